@@ -1,0 +1,41 @@
+"""What a task is handed: the model, the optional dataset, its options, where to write, how to report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from workers.dataset import Dataset
+from workers.model import LoadedModel
+
+ProgressFn = Callable[[str, float], None]
+
+
+def _no_progress(stage: str, fraction: float) -> None:
+    return None
+
+
+@dataclass
+class TaskContext:
+    """options: the task's options message as JSON (proto field names; unset fields absent).
+
+    out_dir: every file a task writes under it becomes an artifact named by its relative path.
+    progress(stage, fraction): fraction of this task done, in [0, 1]; cheap, call it often.
+    """
+
+    model: LoadedModel
+    options: dict[str, Any]
+    out_dir: Path
+    dataset: Dataset | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    progress: ProgressFn = _no_progress
+
+    def option(self, name: str, default: Any) -> Any:
+        """The option's value, or `default` when the caller left it unset (or empty)."""
+        value = self.options.get(name)
+        if value is None or value == "" or value == []:
+            return default
+        return value

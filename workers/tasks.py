@@ -1,0 +1,46 @@
+"""The task registry: one name per analysis, mapped to the function that runs it.
+
+A task function takes a TaskContext and returns a JSON-serialisable summary dict; artifacts are
+the files it writes under ctx.out_dir. Modules register themselves on import; `get` imports the
+analysis packages lazily so that a worker pays only for what a job asks for.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable
+
+from workers.context import TaskContext
+from workers.errors import BadOptions
+
+TaskFn = Callable[[TaskContext], dict[str, Any]]
+
+# Task name -> module whose import registers it.
+_PROVIDERS: dict[str, str] = {
+    "describe": "workers.inventory",
+    "tconv_stats": "workers.tconv.task",
+    "kernel_viz": "workers.kernel_viz.task",
+    "class_filters": "workers.class_filters.task",
+}
+_REGISTRY: dict[str, TaskFn] = {}
+
+NAMES: tuple[str, ...] = tuple(_PROVIDERS)
+
+
+def register(name: str) -> Callable[[TaskFn], TaskFn]:
+    """Decorator: make `fn` the implementation of task `name`."""
+
+    def wrap(fn: TaskFn) -> TaskFn:
+        _REGISTRY[name] = fn
+        return fn
+
+    return wrap
+
+
+def get(name: str) -> TaskFn:
+    """The function for task `name`; INVALID_ARGUMENT listing the valid names for an unknown one."""
+    if name not in _PROVIDERS:
+        raise BadOptions(f"unknown task {name!r}; valid tasks: {', '.join(NAMES)}", reason="UNKNOWN_TASK")
+    if name not in _REGISTRY:
+        importlib.import_module(_PROVIDERS[name])
+    return _REGISTRY[name]
