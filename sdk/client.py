@@ -1,0 +1,291 @@
+"""The kernelscope client: upload models and datasets, run analyses, fetch results.
+
+    client = sdk.Client()                         # KERNELSCOPE_TARGET, else 127.0.0.1:50051
+    result = client.analyze("model.pt2", tasks=["tconv_stats", {"kernel_viz": {"steps": 64}}])
+    result.download("out/")
+
+Every call has a deadline; only UNAVAILABLE is retried (with backoff, for up to `retry_seconds`), and
+CreateJob carries a request_id so that a retried submission never creates a second job.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, TypeVar
+
+import grpc
+from google.protobuf import duration_pb2
+
+from kernelscope.v1 import datasets_pb2, jobs_pb2, models_pb2
+from sdk import model_source, tasks as task_specs
+from sdk.errors import Unavailable, from_rpc_error
+from sdk.job import TERMINAL, Job
+from sdk.result import Result
+from sdk.transport import GrpcTransport, Transport
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+CALL_TIMEOUT_S = 30.0  # deadline of a unary call
+UPLOAD_MIN_TIMEOUT_S = 60.0  # an upload's deadline: this plus size at UPLOAD_SLOWEST_BPS
+UPLOAD_SLOWEST_BPS = 5e6
+WAIT_SLICE_S = 30.0  # one WatchJob stream lasts at most this long before the client reconnects
+RETRY_SECONDS = 60.0  # how long UNAVAILABLE is retried before it is raised
+DESCRIBE_TIMEOUT_S = 180.0
+
+T = TypeVar("T")
+
+
+class Client:
+    """Talks to one kernelscope service. `transport` replaces the network channel (tests, embedding)."""
+
+    def __init__(
+        self,
+        target: str | None = None,
+        token: str | None = None,
+        *,
+        transport: Transport | None = None,
+        root_certificates: bytes | None = None,
+        timeout: float = CALL_TIMEOUT_S,
+        retry_seconds: float = RETRY_SECONDS,
+    ) -> None:
+        self.target = target or os.environ.get("KERNELSCOPE_TARGET") or DEFAULT_TARGET
+        token = token if token is not None else os.environ.get("KERNELSCOPE_TOKEN")
+        self._transport = transport or GrpcTransport(self.target, token, root_certificates)
+        self._stub = self._transport.stub()
+        self.timeout = timeout
+        self.retry_seconds = retry_seconds
+        self._on_close: list[Callable[[], None]] = []
+
+    # ------------------------------------------------------------------ lifecycle
+    @classmethod
+    def local(cls, workers: int = 1, **stack_options: Any) -> "Client":
+        """Start the embedded stack (Redis, server, `workers` workers) for this process tree; close() stops it."""
+        from deploy.stack import LocalStack
+
+        stack = LocalStack(workers=workers, **stack_options)
+        stack.start()
+        client = cls(stack.target, token=stack.token or None)
+        client._on_close.append(stack.stop)
+        client.stack = stack  # type: ignore[attr-defined]
+        return client
+
+    def close(self) -> None:
+        self._transport.close()
+        while self._on_close:
+            self._on_close.pop()()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ models
+    def upload_model(self, model: Any, **options: Any) -> models_pb2.Model:
+        """Upload a model (see sdk.model_source.prepare for what `model` may be); known bytes are not re-sent twice."""
+        source = model_source.prepare(model, **options)
+
+        def messages() -> Iterator[models_pb2.UploadModelRequest]:
+            yield models_pb2.UploadModelRequest(header=source.header())
+            for chunk in source.chunks():
+                yield models_pb2.UploadModelRequest(chunk=chunk)
+
+        timeout = UPLOAD_MIN_TIMEOUT_S + source.size / UPLOAD_SLOWEST_BPS
+        return self._retry(lambda: self._stub.UploadModel(messages(), timeout=timeout, metadata=self._md()))
+
+    def get_model(self, model_id: str) -> models_pb2.Model:
+        return self._unary(self._stub.GetModel, models_pb2.GetModelRequest(model_id=model_id))
+
+    def list_models(self, page_size: int = 50) -> list[models_pb2.Model]:
+        return self._paged(lambda token: self._unary(self._stub.ListModels, models_pb2.ListModelsRequest(page_size=page_size, page_token=token)), "models")
+
+    def delete_model(self, model_id: str) -> None:
+        self._unary(self._stub.DeleteModel, models_pb2.DeleteModelRequest(model_id=model_id))
+
+    def describe(self, model: Any, **options: Any) -> models_pb2.ModelDescription:
+        """The layer inventory of a model (an id, or anything upload_model takes)."""
+        model_id = self._model_id(model, **options)
+        return self._unary(self._stub.DescribeModel, models_pb2.DescribeModelRequest(model_id=model_id), timeout=DESCRIBE_TIMEOUT_S)
+
+    # ------------------------------------------------------------------ datasets
+    def upload_dataset(self, data: Any, y: Any = None, class_names: Iterable[str] | None = None, name: str = "dataset") -> datasets_pb2.Dataset:
+        """Upload a labelled sample set: an .npz path or bytes (arrays x, y, optional class_names), or x and y arrays."""
+        if isinstance(data, (str, os.PathLike)):
+            name, payload = Path(data).name, Path(data).read_bytes()
+        elif isinstance(data, (bytes, bytearray)):
+            payload = bytes(data)
+        else:
+            np = sys.modules.get("numpy")
+            if np is None or y is None:
+                raise TypeError("upload_dataset takes an .npz path, NPZ bytes, or numpy arrays x and y")
+            buffer = io.BytesIO()
+            arrays = {"x": np.asarray(data), "y": np.asarray(y)}
+            if class_names is not None:
+                arrays["class_names"] = np.asarray(list(class_names), dtype=str)
+            np.savez(buffer, **arrays)
+            payload = buffer.getvalue()
+        import hashlib
+
+        header = datasets_pb2.DatasetHeader(name=name, size_bytes=len(payload), sha256=hashlib.sha256(payload).hexdigest())
+
+        def messages() -> Iterator[datasets_pb2.UploadDatasetRequest]:
+            yield datasets_pb2.UploadDatasetRequest(header=header)
+            for start in range(0, len(payload), model_source.CHUNK_BYTES):
+                yield datasets_pb2.UploadDatasetRequest(chunk=payload[start : start + model_source.CHUNK_BYTES])
+
+        timeout = UPLOAD_MIN_TIMEOUT_S + len(payload) / UPLOAD_SLOWEST_BPS
+        return self._retry(lambda: self._stub.UploadDataset(messages(), timeout=timeout, metadata=self._md()))
+
+    def get_dataset(self, dataset_id: str) -> datasets_pb2.Dataset:
+        return self._unary(self._stub.GetDataset, datasets_pb2.GetDatasetRequest(dataset_id=dataset_id))
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        self._unary(self._stub.DeleteDataset, datasets_pb2.DeleteDatasetRequest(dataset_id=dataset_id))
+
+    # ------------------------------------------------------------------ jobs
+    def analyze(
+        self,
+        model: Any,
+        tasks: Any = ("tconv_stats",),
+        dataset: Any = None,
+        *,
+        wait: bool = True,
+        progress: bool | None = None,
+        timeout: float | None = None,
+        request_id: str | None = None,
+        raise_on_error: bool = True,
+        **model_options: Any,
+    ) -> Result | Job:
+        """Upload `model` (and `dataset`), run `tasks`, and return the Result (or the Job when wait=False).
+
+        model_options go to upload_model: example_input (torch modules), input_spec, format, name, architecture.
+        """
+        model_id = self._model_id(model, **model_options)
+        dataset_id = ""
+        if dataset is not None:
+            if isinstance(dataset, str) and dataset.startswith("ds_"):
+                dataset_id = dataset
+            elif isinstance(dataset, tuple):
+                dataset_id = self.upload_dataset(*dataset).id
+            else:
+                dataset_id = self.upload_dataset(dataset).id
+        job = self.create_job(model_id, tasks, dataset_id=dataset_id, request_id=request_id)
+        if not wait:
+            return job
+        return job.wait(timeout=timeout, progress=progress, raise_on_error=raise_on_error)
+
+    def create_job(self, model_id: str, tasks: Any, dataset_id: str = "", request_id: str | None = None) -> Job:
+        request = jobs_pb2.CreateJobRequest(
+            model_id=model_id,
+            dataset_id=dataset_id or "",
+            tasks=task_specs.to_tasks(tasks),
+            request_id=request_id or uuid.uuid4().hex,
+        )
+        return Job(self._unary(self._stub.CreateJob, request), self)
+
+    def get_job(self, job_id: str) -> Job:
+        return Job(self._unary(self._stub.GetJob, jobs_pb2.GetJobRequest(job_id=job_id)), self)
+
+    def list_jobs(self, state: str | None = None, page_size: int = 50) -> list[Job]:
+        state_value = jobs_pb2.JobState.Value(state.upper()) if state else 0
+        protos = self._paged(
+            lambda token: self._unary(self._stub.ListJobs, jobs_pb2.ListJobsRequest(page_size=page_size, page_token=token, state=state_value)),
+            "jobs",
+        )
+        return [Job(p, self) for p in protos]
+
+    def cancel_job(self, job_id: str) -> Job:
+        return Job(self._unary(self._stub.CancelJob, jobs_pb2.CancelJobRequest(job_id=job_id)), self)
+
+    def delete_job(self, job_id: str) -> None:
+        self._unary(self._stub.DeleteJob, jobs_pb2.DeleteJobRequest(job_id=job_id))
+
+    def wait_job(self, job_id: str, timeout: float = WAIT_SLICE_S) -> jobs_pb2.Job:
+        """One WaitJob call: the job when it ends or after `timeout` seconds, whichever is first."""
+        request = jobs_pb2.WaitJobRequest(job_id=job_id, timeout=duration_pb2.Duration(seconds=int(timeout)))
+        return self._unary(self._stub.WaitJob, request, timeout=timeout + self.timeout)
+
+    def watch_job(self, job_id: str, deadline: float | None = None) -> Iterator[jobs_pb2.Job]:
+        """Yield the job at each change until it ends; reconnects across UNAVAILABLE and stream time-outs."""
+        from sdk.errors import DeadlineExceeded
+
+        outage_started: float | None = None
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise DeadlineExceeded(f"job {job_id} did not finish in time")
+            slice_s = WAIT_SLICE_S if remaining is None else min(WAIT_SLICE_S, remaining)
+            try:
+                for job in self._stub.WatchJob(jobs_pb2.WatchJobRequest(job_id=job_id), timeout=slice_s, metadata=self._md()):
+                    outage_started = None
+                    yield job
+                    if job.state in TERMINAL:
+                        return
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    continue
+                if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise from_rpc_error(exc) from None
+                outage_started = outage_started or time.monotonic()
+                if time.monotonic() - outage_started > self.retry_seconds:
+                    raise from_rpc_error(exc) from None
+                time.sleep(0.5)
+
+    # ------------------------------------------------------------------ artifacts
+    def read_artifact(self, job_id: str, name: str) -> bytes:
+        request = jobs_pb2.ReadArtifactRequest(job_id=job_id, name=name)
+        return self._retry(lambda: b"".join(c.data for c in self._stub.ReadArtifact(request, timeout=UPLOAD_MIN_TIMEOUT_S * 5, metadata=self._md())))
+
+    def download_artifact(self, job_id: str, name: str, dest: Path) -> Path:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".part")
+        tmp.write_bytes(self.read_artifact(job_id, name))
+        os.replace(tmp, dest)
+        return dest
+
+    def result(self, job_id: str) -> Result:
+        return Result(self.get_job(job_id).proto, self)
+
+    # ------------------------------------------------------------------ plumbing
+    def _model_id(self, model: Any, **options: Any) -> str:
+        if isinstance(model, str) and model.startswith("mdl_") and not os.path.exists(model):
+            return model
+        if isinstance(model, models_pb2.Model):
+            return model.id
+        return self.upload_model(model, **options).id
+
+    def _md(self) -> tuple[tuple[str, str], ...]:
+        return self._transport.metadata()
+
+    def _unary(self, method: Callable[..., T], request: Any, timeout: float | None = None) -> T:
+        return self._retry(lambda: method(request, timeout=timeout or self.timeout, metadata=self._md()))
+
+    def _retry(self, call: Callable[[], T]) -> T:
+        """Run `call`, retrying UNAVAILABLE with jittered exponential backoff for up to retry_seconds."""
+        started, delay = time.monotonic(), 0.1
+        while True:
+            try:
+                return call()
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() - started > self.retry_seconds:
+                    raise from_rpc_error(exc) from None
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 2.0)
+
+    @staticmethod
+    def _paged(fetch: Callable[[str], Any], field: str) -> list[Any]:
+        items, token = [], ""
+        while True:
+            page = fetch(token)
+            items.extend(getattr(page, field))
+            token = page.next_page_token
+            if not token:
+                return items
+
+
+__all__ = ["Client", "Unavailable"]

@@ -1,0 +1,118 @@
+"""What a finished job gives back: per-task summaries, the artifact list, and a way to fetch the files."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+from kernelscope.v1 import jobs_pb2
+
+if TYPE_CHECKING:
+    from sdk.client import Client
+
+
+@dataclass(frozen=True)
+class Artifact:
+    name: str
+    media_type: str
+    size_bytes: int
+    sha256: str
+    task: str
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    """One task's result. `error` is None when it succeeded; else {"code", "reason", "message"}."""
+
+    task: str
+    summary: dict[str, Any] | None
+    artifacts: tuple[Artifact, ...]
+    error: dict[str, str] | None
+    duration_seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class Result:
+    """A job's results. `summaries["tconv_stats"]` is that task's summary dict (see the task's docstring)."""
+
+    def __init__(self, job: jobs_pb2.Job, client: "Client") -> None:
+        self.job = job
+        self._client = client
+        self.tasks: list[TaskOutcome] = [_outcome(r) for r in job.results]
+
+    @property
+    def id(self) -> str:
+        return self.job.id
+
+    @property
+    def ok(self) -> bool:
+        return self.job.state == jobs_pb2.SUCCEEDED
+
+    @property
+    def summaries(self) -> dict[str, dict[str, Any]]:
+        return {t.task: t.summary for t in self.tasks if t.summary is not None}
+
+    @property
+    def artifacts(self) -> list[Artifact]:
+        return [a for t in self.tasks for a in t.artifacts]
+
+    def __getitem__(self, task: str) -> dict[str, Any]:
+        return self.summaries[task]
+
+    def download(self, directory: str | Path, *, only: str | None = None) -> list[Path]:
+        """Fetch every artifact (or those of task `only`) under `directory`; return the local paths."""
+        root = Path(directory)
+        paths = []
+        for artifact in self.artifacts:
+            if only and artifact.task != only:
+                continue
+            relative = PurePosixPath(artifact.name)
+            if relative.is_absolute() or ".." in relative.parts:
+                raise ValueError(f"refusing artifact name {artifact.name!r}")
+            dest = root.joinpath(*relative.parts)
+            self._client.download_artifact(self.job.id, artifact.name, dest)
+            paths.append(dest)
+        (root / "job.json").parent.mkdir(parents=True, exist_ok=True)
+        (root / "job.json").write_text(json.dumps(self.to_dict(), indent=2))
+        return paths
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job.id,
+            "model_id": self.job.model_id,
+            "state": jobs_pb2.JobState.Name(self.job.state),
+            "tasks": [
+                {
+                    "task": t.task,
+                    "summary": t.summary,
+                    "error": t.error,
+                    "duration_seconds": t.duration_seconds,
+                    "artifacts": [a.__dict__ for a in t.artifacts],
+                }
+                for t in self.tasks
+            ],
+        }
+
+    def __repr__(self) -> str:
+        names = ", ".join(f"{t.task}={'ok' if t.ok else t.error['reason']}" for t in self.tasks)  # type: ignore[index]
+        return f"Result(job={self.job.id!r}, state={jobs_pb2.JobState.Name(self.job.state)}, {names})"
+
+
+def _outcome(result: jobs_pb2.TaskResult) -> TaskOutcome:
+    error = None
+    if result.HasField("error") and (result.error.code or result.error.reason):
+        error = {"code": result.error.code, "reason": result.error.reason, "message": result.error.message}
+    return TaskOutcome(
+        task=result.task,
+        summary=json.loads(result.summary_json) if result.summary_json else None,
+        artifacts=tuple(
+            Artifact(a.name, a.media_type, a.size_bytes, a.sha256, a.task or result.task) for a in result.artifacts
+        ),
+        error=error,
+        duration_seconds=result.duration_seconds,
+    )

@@ -1,0 +1,70 @@
+"""Task specifications: what `analyze(model, tasks=[...])` accepts, turned into typed proto Tasks.
+
+Accepted forms, freely mixed:
+    "kernel_viz"                                   a name: the service's defaults
+    {"kernel_viz": {"steps": 64, "layers": ["conv1"]}}   name -> options (proto field names)
+    ("tconv_stats", {"fit_conv3d": False})
+    tasks_pb2.KernelVizOptions(steps=64)           a typed options message
+    tasks_pb2.Task(...)                            passed through
+An unknown name is sent as a name, and the service refuses it with INVALID_ARGUMENT listing the valid ones.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from kernelscope.v1 import tasks_pb2
+
+OPTIONS_BY_TASK: dict[str, type[Message]] = {
+    "kernel_viz": tasks_pb2.KernelVizOptions,
+    "tconv_stats": tasks_pb2.TConvStatsOptions,
+    "class_filters": tasks_pb2.ClassFiltersOptions,
+    "describe": tasks_pb2.DescribeOptions,
+}
+TASK_NAMES: tuple[str, ...] = ("kernel_viz", "tconv_stats", "class_filters")
+
+TaskSpec = Any
+
+
+def to_task(spec: TaskSpec) -> tasks_pb2.Task:
+    """One task specification as a proto Task."""
+    if isinstance(spec, tasks_pb2.Task):
+        return spec
+    if isinstance(spec, str):
+        return tasks_pb2.Task(name=spec)
+    if isinstance(spec, tuple) and len(spec) == 2:
+        return _with_options(str(spec[0]), spec[1])
+    if isinstance(spec, Mapping) and len(spec) == 1:
+        (name, options), = spec.items()
+        return _with_options(str(name), options)
+    for name, cls in OPTIONS_BY_TASK.items():
+        if isinstance(spec, cls):
+            task = tasks_pb2.Task(name=name)
+            getattr(task, name).CopyFrom(spec)
+            return task
+    raise TypeError(f"cannot read a task from {spec!r}; give a name, {{name: options}} or an options message")
+
+
+def to_tasks(specs: Iterable[TaskSpec] | TaskSpec) -> list[tasks_pb2.Task]:
+    if isinstance(specs, (str, Mapping, tuple, Message)):
+        specs = [specs]
+    return [to_task(s) for s in specs]
+
+
+def task_name(task: tasks_pb2.Task) -> str:
+    return task.name or (task.WhichOneof("options") or "")
+
+
+def _with_options(name: str, options: Any) -> tasks_pb2.Task:
+    task = tasks_pb2.Task(name=name)
+    cls = OPTIONS_BY_TASK.get(name)
+    if cls is None:
+        return task  # the service names the valid tasks
+    if isinstance(options, Message):
+        getattr(task, name).CopyFrom(options)
+    else:
+        json_format.ParseDict(dict(options or {}), getattr(task, name))
+    return task

@@ -1,0 +1,104 @@
+"""The worker's link to the service: fetch blobs, write artifacts, authenticated by the worker token.
+
+The worker process reads its token from the environment once at start (`configure`) and removes it
+from os.environ, so that the job's work-horse (which loads untrusted models) inherits the token in
+memory only and cannot leak it to code that reads the environment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+CHUNK_BYTES = 1 << 20  # 1 MiB per streamed message
+RPC_TIMEOUT_S = 600.0  # upper bound for one blob transfer
+
+_settings: dict[str, str] = {}
+
+
+def configure(target: str | None = None, token: str | None = None) -> None:
+    """Remember the service address and worker token; scrub the token from the environment."""
+    _settings["target"] = target or os.environ.get("KERNELSCOPE_SERVICE", "127.0.0.1:50051")
+    _settings["token"] = token if token is not None else os.environ.get("KERNELSCOPE_WORKER_TOKEN", "")
+    os.environ.pop("KERNELSCOPE_WORKER_TOKEN", None)
+
+
+@dataclass
+class ServiceConnection:
+    """A channel to the service's Worker API; create one per work-horse (gRPC channels do not survive fork)."""
+
+    target: str
+    token: str
+
+    @classmethod
+    def from_settings(cls) -> "ServiceConnection":
+        if not _settings:
+            configure()
+        return cls(target=_settings["target"], token=_settings["token"])
+
+    def __post_init__(self) -> None:
+        import grpc
+
+        from kernelscope.v1 import worker_pb2_grpc
+
+        self._channel = grpc.insecure_channel(
+            self.target,
+            options=[("grpc.max_receive_message_length", 16 << 20), ("grpc.max_send_message_length", 16 << 20)],
+        )
+        self._stub = worker_pb2_grpc.WorkerStub(self._channel)
+        self._metadata = (("authorization", f"Bearer {self.token}"),)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def fetch_blob(self, sha256: str, dest: Path) -> None:
+        """Stream blob `sha256` into dest (through a temp file), verifying its hash."""
+        from kernelscope.v1 import worker_pb2
+
+        tmp = dest.with_name(dest.name + f".part{os.getpid()}")
+        digest = hashlib.sha256()
+        try:
+            with open(tmp, "wb") as f:
+                for chunk in self._stub.FetchBlob(
+                    worker_pb2.FetchBlobRequest(sha256=sha256), metadata=self._metadata, timeout=RPC_TIMEOUT_S
+                ):
+                    digest.update(chunk.data)
+                    f.write(chunk.data)
+                f.flush()
+                os.fsync(f.fileno())
+            if digest.hexdigest() != sha256:
+                raise IOError(f"blob {sha256} arrived with hash {digest.hexdigest()}")
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def write_artifact(self, job_id: str, task: str, name: str, path: Path, media_type: str) -> dict:
+        """Upload one artifact file; return its Artifact record as a dict."""
+        from kernelscope.v1 import worker_pb2
+
+        data = path.read_bytes()
+        header = worker_pb2.ArtifactHeader(
+            job_id=job_id,
+            name=name,
+            media_type=media_type,
+            size_bytes=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+            task=task,
+        )
+
+        def messages() -> Iterator[worker_pb2.WriteArtifactRequest]:
+            yield worker_pb2.WriteArtifactRequest(header=header)
+            for start in range(0, len(data), CHUNK_BYTES):
+                yield worker_pb2.WriteArtifactRequest(chunk=data[start : start + CHUNK_BYTES])
+
+        artifact = self._stub.WriteArtifact(messages(), metadata=self._metadata, timeout=RPC_TIMEOUT_S)
+        return {
+            "name": artifact.name,
+            "media_type": artifact.media_type,
+            "size_bytes": artifact.size_bytes,
+            "sha256": artifact.sha256,
+            "task": artifact.task,
+        }

@@ -1,0 +1,51 @@
+"""Progress of a running job, written to the RQ job's meta where the service reads it.
+
+Tasks report their own fraction; the reporter maps it onto the whole job and throttles writes to
+Redis so that a task may call it in its inner loop.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+MIN_INTERVAL_S = 0.25  # at most this often to Redis, except at stage changes
+
+
+class JobProgress:
+    """Writes {"stage", "fraction", "task", "task_index", "task_count", "message"} into job.meta["progress"]."""
+
+    def __init__(self, rq_job: Any | None, task_count: int) -> None:
+        self._job = rq_job
+        self.task_count = max(task_count, 1)
+        self.task = ""
+        self.task_index = 0
+        self._stage = ""
+        self._last_write = 0.0
+        self.last: dict[str, Any] = {}
+
+    def start_task(self, index: int, name: str) -> None:
+        self.task_index, self.task = index, name
+        self.report("starting", 0.0)
+
+    def report(self, stage: str, fraction: float, message: str = "") -> None:
+        fraction = min(max(float(fraction), 0.0), 1.0)
+        overall = (self.task_index + fraction) / self.task_count
+        self.last = {
+            "stage": stage,
+            "fraction": round(overall, 4),
+            "task": self.task,
+            "task_index": self.task_index,
+            "task_count": self.task_count,
+            "message": message,
+        }
+        now = time.monotonic()
+        if stage != self._stage or now - self._last_write >= MIN_INTERVAL_S or fraction >= 1.0:
+            self._stage, self._last_write = stage, now
+            self._write()
+
+    def _write(self) -> None:
+        if self._job is None:
+            return
+        self._job.meta["progress"] = self.last
+        self._job.save_meta()
