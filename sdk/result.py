@@ -81,6 +81,12 @@ class Result:
         (root / "job.json").write_text(json.dumps(self.to_dict(), indent=2))
         return paths
 
+    def save_report(self, path: str | Path, description: Any = None) -> Path:
+        """Write one self-contained HTML report of this job (images embedded) to `path`."""
+        from sdk.report import write_report
+
+        return write_report([self], Path(path), description=description)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "job_id": self.job.id,
