@@ -1,0 +1,171 @@
+"""The KernelScope servicer: the public API, a thin layer over the registry, the blob store and the jobs."""
+
+from __future__ import annotations
+
+from typing import Iterable, Iterator
+
+import grpc
+from google.protobuf import empty_pb2
+from kernelscope.v1 import datasets_pb2, jobs_pb2, kernelscope_pb2_grpc, models_pb2
+
+from service import datasets, defaults, formats, models, uploads
+from service.blobstore import BlobStore, check_sha256
+from service.config import Config
+from service.errors import invalid_argument, rpc_errors
+from service.jobs import JobManager
+from service.registry import Registry
+
+_MAX_NAME = 255
+
+
+class KernelScopeServicer(kernelscope_pb2_grpc.KernelScopeServicer):
+    """Every method raises ServiceError for what the caller got wrong; rpc_errors turns it into a status."""
+
+    def __init__(self, config: Config, store: BlobStore, registry: Registry, jobs: JobManager) -> None:
+        self.config = config
+        self.store = store
+        self.registry = registry
+        self.jobs = jobs
+
+    # --- models -----------------------------------------------------------------------------
+
+    @rpc_errors
+    def UploadModel(
+        self, request_iterator: Iterable[models_pb2.UploadModelRequest], context: grpc.ServicerContext
+    ) -> models_pb2.Model:
+        header, chunks = uploads.split(request_iterator, "ModelHeader")
+        model = models.check_header(header, self.config.max_upload_bytes)
+        with self.store.stage(
+            chunks,
+            limit=self.config.max_upload_bytes,
+            expected_size=header.size_bytes,
+            expected_sha256=header.sha256,
+            check_head=lambda head: formats.check(header.format, head, header.size_bytes),
+            head_bytes=defaults.SNIFF_BYTES,
+            what="model",
+        ) as staged:
+            model.create_time.GetCurrentTime()
+            return self.registry.models.add(model, staged)
+
+    @rpc_errors
+    def GetModel(self, request: models_pb2.GetModelRequest, context: grpc.ServicerContext) -> models_pb2.Model:
+        return self.registry.models.get(request.model_id)
+
+    @rpc_errors
+    def ListModels(
+        self, request: models_pb2.ListModelsRequest, context: grpc.ServicerContext
+    ) -> models_pb2.ListModelsResponse:
+        found, token = self.registry.models.list(request.page_token, request.page_size)
+        return models_pb2.ListModelsResponse(models=found, next_page_token=token)
+
+    @rpc_errors
+    def DeleteModel(self, request: models_pb2.DeleteModelRequest, context: grpc.ServicerContext) -> empty_pb2.Empty:
+        self.registry.delete_model(request.model_id)
+        return empty_pb2.Empty()
+
+    @rpc_errors
+    def DescribeModel(
+        self, request: models_pb2.DescribeModelRequest, context: grpc.ServicerContext
+    ) -> models_pb2.ModelDescription:
+        return self.jobs.describe(request.model_id, context.is_active)
+
+    # --- datasets ---------------------------------------------------------------------------
+
+    @rpc_errors
+    def UploadDataset(
+        self, request_iterator: Iterable[datasets_pb2.UploadDatasetRequest], context: grpc.ServicerContext
+    ) -> datasets_pb2.Dataset:
+        header, chunks = uploads.split(request_iterator, "DatasetHeader")
+        check_sha256(header.sha256, "header.sha256")
+        uploads.check_size(header.size_bytes, self.config.max_dataset_bytes, "dataset")
+        if len(header.name) > _MAX_NAME:
+            raise invalid_argument("BAD_NAME", f"name is longer than {_MAX_NAME} characters")
+        with self.store.stage(
+            chunks,
+            limit=self.config.max_dataset_bytes,
+            expected_size=header.size_bytes,
+            expected_sha256=header.sha256,
+            what="dataset",
+        ) as staged:
+            ident = datasets.dataset_id(staged.sha256)
+            existing = self.registry.datasets.find(ident)
+            if existing is not None:  # same verified bytes: already validated once
+                return self.registry.datasets.add(existing, staged)
+            facts = datasets.inspect_npz(
+                staged.path,
+                max_samples=self.config.max_dataset_samples,
+                max_decoded_bytes=self.config.max_dataset_bytes,
+            )
+            dataset = datasets_pb2.Dataset(
+                id=ident,
+                name=header.name,
+                size_bytes=staged.size_bytes,
+                sha256=staged.sha256,
+                num_samples=facts.num_samples,
+                num_classes=facts.num_classes,
+                class_names=facts.class_names,
+                sample_shape=facts.sample_shape,
+            )
+            dataset.create_time.GetCurrentTime()
+            return self.registry.datasets.add(dataset, staged)
+
+    @rpc_errors
+    def GetDataset(self, request: datasets_pb2.GetDatasetRequest, context: grpc.ServicerContext) -> datasets_pb2.Dataset:
+        return self.registry.datasets.get(request.dataset_id)
+
+    @rpc_errors
+    def ListDatasets(
+        self, request: datasets_pb2.ListDatasetsRequest, context: grpc.ServicerContext
+    ) -> datasets_pb2.ListDatasetsResponse:
+        found, token = self.registry.datasets.list(request.page_token, request.page_size)
+        return datasets_pb2.ListDatasetsResponse(datasets=found, next_page_token=token)
+
+    @rpc_errors
+    def DeleteDataset(
+        self, request: datasets_pb2.DeleteDatasetRequest, context: grpc.ServicerContext
+    ) -> empty_pb2.Empty:
+        self.registry.datasets.delete(request.dataset_id)
+        return empty_pb2.Empty()
+
+    # --- jobs -------------------------------------------------------------------------------
+
+    @rpc_errors
+    def CreateJob(self, request: jobs_pb2.CreateJobRequest, context: grpc.ServicerContext) -> jobs_pb2.Job:
+        return self.jobs.create(request)
+
+    @rpc_errors
+    def GetJob(self, request: jobs_pb2.GetJobRequest, context: grpc.ServicerContext) -> jobs_pb2.Job:
+        return self.jobs.get(request.job_id)
+
+    @rpc_errors
+    def ListJobs(self, request: jobs_pb2.ListJobsRequest, context: grpc.ServicerContext) -> jobs_pb2.ListJobsResponse:
+        found, token = self.jobs.list(request.page_size, request.page_token, request.state)
+        return jobs_pb2.ListJobsResponse(jobs=found, next_page_token=token)
+
+    @rpc_errors
+    def WaitJob(self, request: jobs_pb2.WaitJobRequest, context: grpc.ServicerContext) -> jobs_pb2.Job:
+        timeout = request.timeout.ToTimedelta().total_seconds() if request.HasField("timeout") else 0.0
+        if timeout < 0:
+            raise invalid_argument("BAD_TIMEOUT", f"timeout must not be negative, got {timeout} s")
+        return self.jobs.wait(request.job_id, timeout, context.is_active)
+
+    @rpc_errors
+    def WatchJob(self, request: jobs_pb2.WatchJobRequest, context: grpc.ServicerContext) -> Iterator[jobs_pb2.Job]:
+        yield from self.jobs.watch(request.job_id, context.is_active)
+
+    @rpc_errors
+    def CancelJob(self, request: jobs_pb2.CancelJobRequest, context: grpc.ServicerContext) -> jobs_pb2.Job:
+        return self.jobs.cancel(request.job_id)
+
+    @rpc_errors
+    def DeleteJob(self, request: jobs_pb2.DeleteJobRequest, context: grpc.ServicerContext) -> empty_pb2.Empty:
+        self.jobs.delete(request.job_id)
+        return empty_pb2.Empty()
+
+    @rpc_errors
+    def ReadArtifact(
+        self, request: jobs_pb2.ReadArtifactRequest, context: grpc.ServicerContext
+    ) -> Iterator[jobs_pb2.ArtifactChunk]:
+        artifact = self.jobs.artifact(request.job_id, request.name)
+        for chunk in self.store.read_chunks(artifact.sha256, self.config.chunk_bytes):
+            yield jobs_pb2.ArtifactChunk(data=chunk)

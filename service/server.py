@@ -1,0 +1,117 @@
+"""Assembles the gRPC server: KernelScope, Worker, grpc.health.v1 (following Redis) and server reflection."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import redis
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from kernelscope.v1 import kernelscope_pb2, kernelscope_pb2_grpc, worker_pb2, worker_pb2_grpc
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from service.api import KernelScopeServicer
+from service.artifacts import ArtifactLog
+from service.blobstore import BlobStore
+from service.config import Config
+from service.jobs import JobManager
+from service.registry import Registry
+from service.worker_api import WorkerServicer
+
+log = logging.getLogger(__name__)
+
+KERNELSCOPE_SERVICE = kernelscope_pb2.DESCRIPTOR.services_by_name["KernelScope"].full_name
+WORKER_SERVICE = worker_pb2.DESCRIPTOR.services_by_name["Worker"].full_name
+# Health is reported for the whole server ("") and for the public API by name.
+HEALTH_SERVICES = ("", KERNELSCOPE_SERVICE)
+
+
+def connect_redis(config: Config) -> redis.Redis:
+    """A client that fails fast (one retry, no backoff) so a Redis outage surfaces as UNAVAILABLE quickly."""
+    if not config.redis_url:
+        raise ValueError("redis_url is empty: set REDIS_URL (python -m service starts an embedded Redis when unset)")
+    return redis.Redis.from_url(
+        config.redis_url,
+        socket_timeout=config.redis_timeout,
+        socket_connect_timeout=config.redis_timeout,
+        retry=Retry(NoBackoff(), 1),
+    )
+
+
+def build_server(config: Config) -> tuple[grpc.Server, int]:
+    """A started server bound to config.host:config.port (0 picks a port), and the port it got.
+
+    Stop it with `server.stop(grace)`; its Redis health monitor ends with it.
+    """
+    conn = connect_redis(config)
+    store = BlobStore(config.data_dir)
+    swept = store.sweep_tmp()
+    if swept:
+        log.info("removed %d stale temp files from %s", swept, store.tmp_dir)
+    registry = Registry(conn, store)
+    jobs = JobManager(conn, config, registry, ArtifactLog(conn, registry.refs, registry.keys))
+
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="kernelscope-rpc"),
+        options=[
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", config.max_message_bytes),
+        ],
+    )
+    kernelscope_pb2_grpc.add_KernelScopeServicer_to_server(KernelScopeServicer(config, store, registry, jobs), server)
+    worker_pb2_grpc.add_WorkerServicer_to_server(WorkerServicer(config, store, jobs), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (KERNELSCOPE_SERVICE, WORKER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    if port == 0:
+        raise OSError(f"could not bind {config.host}:{config.port}")
+    server.start()
+    healthy = _report_health(health_servicer, conn)
+    if not healthy:
+        log.warning("Redis at %s is unreachable: health NOT_SERVING", config.redis_url)
+    threading.Thread(
+        target=_monitor_health,
+        args=(server, health_servicer, conn, config.health_interval, healthy),
+        name="kernelscope-health",
+        daemon=True,
+    ).start()
+    return server, port
+
+
+def serve(config: Config, stop: threading.Event) -> None:
+    """Run until `stop` is set, then refuse new RPCs and give running ones config.shutdown_grace seconds."""
+    server, port = build_server(config)
+    log.info("kernelscope service listening on %s:%d (data in %s, queue %r)", config.host, port, config.data_dir, config.queue_name)
+    stop.wait()
+    log.info("stopping: %.1f s grace for running RPCs", config.shutdown_grace)
+    server.stop(config.shutdown_grace).wait()
+
+
+def _report_health(servicer: health.HealthServicer, conn: redis.Redis) -> bool:
+    try:
+        healthy = bool(conn.ping())
+    except redis.RedisError:
+        healthy = False
+    status = health_pb2.HealthCheckResponse.SERVING if healthy else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in HEALTH_SERVICES:
+        servicer.set(name, status)
+    return healthy
+
+
+def _monitor_health(
+    server: grpc.Server, servicer: health.HealthServicer, conn: redis.Redis, interval: float, healthy: bool
+) -> None:
+    """Ping Redis every `interval` s while the server runs; log each change of health."""
+    while server.wait_for_termination(timeout=interval):  # True: timed out, the server still runs
+        now = _report_health(servicer, conn)
+        if now != healthy:
+            log.warning("Redis is %s: health %s", "back" if now else "unreachable", "SERVING" if now else "NOT_SERVING")
+            healthy = now
+    conn.close()
