@@ -1,0 +1,76 @@
+"""How filters are ranked per class: by their share of the class logit (default) or Badola's frequency.
+
+Both rankings are class means of a per-sample score matrix (N × D), so bootstrap stability can
+resample samples and re-rank without another forward pass:
+- contribution: each sample's per-filter share of its own class logit (exact split or grad×act);
+- frequency (Badola et al. 2022): how often a filter is in a sample's "loud set", the fewest
+  filters whose |activation| makes up half of the sample's L1 norm. It reads activation size
+  only, so filters that are loud for every class win it: on planted data it finds none of the
+  class subsets, which is why it is an option and never the default.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+CONTRIBUTION = "contribution"
+FREQUENCY = "frequency"
+RANKINGS = (CONTRIBUTION, FREQUENCY)
+
+# Share of a sample's L1 norm its loud set must cover (Badola's Ψ threshold).
+LOUD_SHARE = 0.5
+
+
+def class_means(per_sample: np.ndarray, y: np.ndarray, num_classes: int) -> np.ndarray:
+    """(C, D): the mean row of each class (zeros for a class without samples)."""
+    sums = np.zeros((num_classes, per_sample.shape[1]))
+    np.add.at(sums, y, per_sample)
+    counts = np.bincount(y, minlength=num_classes).astype(np.float64)
+    return sums / np.maximum(counts, 1.0)[:, None]
+
+
+def loud_sets(features: np.ndarray, share: float = LOUD_SHARE) -> np.ndarray:
+    """(N, D) bool: per sample, the fewest filters whose |activation| sums to `share` of its L1 norm."""
+    magnitude = np.abs(features)
+    order = np.argsort(-magnitude, axis=1, kind="stable")
+    cumulative = np.cumsum(np.take_along_axis(magnitude, order, axis=1), axis=1)
+    total = cumulative[:, -1:]
+    needed = np.where(total[:, 0] > 0, (cumulative < share * total).sum(axis=1) + 1, 0)
+    ranks = np.empty_like(order)
+    np.put_along_axis(ranks, order, np.arange(features.shape[1])[None, :].repeat(len(features), 0), axis=1)
+    return ranks < needed[:, None]
+
+
+def frequency_sample_scores(features: np.ndarray, y: np.ndarray, num_classes: int) -> np.ndarray:
+    """Per-sample scores whose class means rank by loud-set frequency, ties broken by mean |activation|.
+
+    The tie-break term is below half a frequency step (1 / n_c), so it never reorders frequencies.
+    """
+    counts = np.bincount(y, minlength=num_classes).astype(np.float64)
+    magnitude = np.abs(features)
+    scale = float(magnitude.max()) or 1.0
+    return loud_sets(features) + (0.5 / counts[y])[:, None] * (magnitude / scale)
+
+
+def frequency(features: np.ndarray, y: np.ndarray, num_classes: int) -> np.ndarray:
+    """(C, D): share of class-c samples whose loud set holds filter i."""
+    return class_means(loud_sets(features).astype(np.float64), y, num_classes)
+
+
+def sample_scores(kind: str, features: np.ndarray, contributions: np.ndarray, y: np.ndarray, num_classes: int) -> np.ndarray:
+    """The per-sample matrix whose class means are the ranking score of `kind`."""
+    if kind == CONTRIBUTION:
+        return contributions
+    if kind == FREQUENCY:
+        return frequency_sample_scores(features, y, num_classes)
+    raise ValueError(f"unknown ranking {kind!r}; one of {RANKINGS}")
+
+
+def order(score: np.ndarray) -> np.ndarray:
+    """(C, D) filter indices per class, highest score first (stable: ties keep index order)."""
+    return np.argsort(-score, axis=1, kind="stable")
+
+
+def top_k(score: np.ndarray, k: int) -> np.ndarray:
+    """(C, k) the k best filters per class."""
+    return order(score)[:, :k]

@@ -1,0 +1,176 @@
+"""The restricted model (each class's logit computed from its own filter subset) and ablation studies.
+
+"Removing" a filter means different things where the layer sits:
+- at the last Linear's input (exact split): its term leaves the logit sum. The decomposed head
+  z_c = Σ_{i∈S_c} w[c,i]·a_i + b_c costs C·k multiply-adds instead of C·D; one matrix product
+  scores every subset at once and a cumulative sum scores every prefix of a ranking at once.
+- deeper in the network: its output map is replaced by its mean over the fit samples (mean
+  ablation), and the rest of the network runs; one forward pass per mask.
+Both implement the same three questions, so subsets.py and the ablation study need not care.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from workers.class_filters.activations import BATCH_SIZE, LayerActivations, frozen, model_batches
+from workers.model import LoadedModel
+
+# Random subsets averaged for the "random subset of the same size" control.
+RANDOM_DRAWS = 5
+
+
+class Restriction(Protocol):
+    """Scores the eval samples with filters removed. Masks are bool, True = keep / remove as named."""
+
+    exhaustive: bool  # True when every prefix size is cheap to score at once
+
+    def restricted_logits(self, keep: np.ndarray) -> np.ndarray:
+        """keep (C, D): (N, C) logits where class c's logit sees only the filters keep[c]."""
+
+    def prefix_logits(self, c: int, order: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+        """(len(sizes), N): class c's logit from the first `size` filters of `order` alone."""
+
+    def logits_without(self, remove: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """(len(rows), C): all logits of the eval rows `rows` with the filters `remove` removed from the layer."""
+
+
+class HeadRestriction:
+    """The decomposed head at the last Linear's input: exact, closed form, no network pass."""
+
+    exhaustive = True
+
+    def __init__(self, features: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> None:
+        self.features = features
+        self.weight = weight
+        self.bias = bias
+
+    def restricted_logits(self, keep: np.ndarray) -> np.ndarray:
+        return self.features @ (self.weight * keep).T + self.bias
+
+    def prefix_logits(self, c: int, order: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+        running = np.cumsum(self.features[:, order] * self.weight[c, order], axis=1)
+        return running[:, np.asarray(sizes) - 1].T + self.bias[c]
+
+    def logits_without(self, remove: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        return (self.features[rows] * ~remove) @ self.weight.T + self.bias
+
+
+class AblationRestriction:
+    """Mean ablation at an inner layer: the removed filters' maps become their fit-set mean map."""
+
+    exhaustive = False
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        layer: str,
+        mean_map: torch.Tensor,
+        x_eval: np.ndarray,
+        device: torch.device | str = "cpu",
+        batch_size: int = BATCH_SIZE,
+    ) -> None:
+        self.model = model
+        self.module = model.require_module("class_filters")
+        self.target = model.submodule(layer)
+        self.mean_map = mean_map.to(device)
+        self.x_eval = x_eval
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.passes = 0  # forward passes over eval samples, for cost reporting
+
+    def restricted_logits(self, keep: np.ndarray) -> np.ndarray:
+        rows = np.arange(len(self.x_eval))
+        return np.stack([self._logits(rows, keep[c])[:, c] for c in range(keep.shape[0])], axis=1)
+
+    def prefix_logits(self, c: int, order: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+        rows = np.arange(len(self.x_eval))
+        out = []
+        for size in np.asarray(sizes):
+            keep = np.zeros(len(order), dtype=bool)
+            keep[order[:size]] = True
+            out.append(self._logits(rows, keep)[:, c])
+        return np.stack(out)
+
+    def logits_without(self, remove: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        return self._logits(rows, ~remove)
+
+    def _logits(self, rows: np.ndarray, keep: np.ndarray) -> np.ndarray:
+        keep_t = torch.as_tensor(keep, device=self.device)
+        shape = (1, -1) + (1,) * (self.mean_map.dim() - 1)
+        keep_view = keep_t.view(shape).to(self.mean_map.dtype)
+        fill = (self.mean_map.unsqueeze(0) * (1 - keep_view)).to(self.mean_map.dtype)
+
+        def hook(_m: nn.Module, _inputs: Any, output: Any) -> Any:
+            out = output[0] if isinstance(output, (tuple, list)) else output
+            replaced = out * keep_view.to(out.dtype) + fill.to(out.dtype)
+            if isinstance(output, tuple):
+                return (replaced, *output[1:])
+            if isinstance(output, list):
+                return [replaced, *output[1:]]
+            return replaced
+
+        handle = self.target.register_forward_hook(hook)
+        chunks: list[np.ndarray] = []
+        try:
+            with torch.no_grad(), frozen(self.module):
+                for _, xb in model_batches(self.model, self.x_eval, rows, self.device, self.batch_size):
+                    out = self.module(xb)
+                    out = out[0] if isinstance(out, (tuple, list)) else out
+                    chunks.append(out.double().cpu().numpy())
+        finally:
+            handle.remove()
+        self.passes += 1
+        return np.concatenate(chunks) if chunks else np.zeros((0, 0))
+
+
+def restriction_for(acts: LayerActivations, eval_rows: np.ndarray, model: LoadedModel, x: np.ndarray, device: torch.device | str = "cpu") -> Restriction:
+    """The decomposed head when the split is exact, else mean ablation at the layer."""
+    if acts.exact:
+        return HeadRestriction(acts.features[eval_rows], acts.head_weight, acts.head_bias)
+    return AblationRestriction(model, acts.layer, acts.mean_map, x[eval_rows], device)
+
+
+def recall(logits: np.ndarray, y: np.ndarray, c: int) -> float:
+    """Share of class-c rows predicted as c (argmax)."""
+    rows = y == c
+    return float((logits[rows].argmax(axis=1) == c).mean()) if rows.any() else 0.0
+
+
+def ablation_drops(
+    restriction: Restriction,
+    subsets: np.ndarray,
+    full_logits: np.ndarray,
+    y: np.ndarray,
+    num_filters: int,
+    seed: int = 0,
+    draws: int = RANDOM_DRAWS,
+) -> list[dict[str, float]]:
+    """Per class: class-c recall lost when S_c, a random same-size subset of the other filters
+    (mean over `draws`), or everything but S_c is removed from the layer."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for c, subset in enumerate(subsets):
+        rows = np.flatnonzero(y == c)
+        truth = y[rows]
+        base = recall(full_logits[rows], truth, c)
+        remove = np.zeros(num_filters, dtype=bool)
+        remove[subset] = True
+        others = np.flatnonzero(~remove)
+        random_recalls = []
+        for _ in range(draws if len(others) >= len(subset) else 0):
+            drawn = np.zeros(num_filters, dtype=bool)
+            drawn[rng.choice(others, size=len(subset), replace=False)] = True
+            random_recalls.append(recall(restriction.logits_without(drawn, rows), truth, c))
+        out.append(
+            {
+                "subset_drop": base - recall(restriction.logits_without(remove, rows), truth, c),
+                "random_drop": base - float(np.mean(random_recalls)) if random_recalls else None,
+                "complement_drop": base - recall(restriction.logits_without(~remove, rows), truth, c),
+            }
+        )
+    return out

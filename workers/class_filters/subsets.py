@@ -1,0 +1,95 @@
+"""How many filters each class needs, three ways, and how the classes' subsets relate.
+
+- fixed k: the k best filters of the class's ranking (S_c, the subset every other figure uses);
+- mass coverage: the shortest prefix of the ranking holding `mass` of the class's positive
+  contribution (R[c, i] > 0 summed);
+- accuracy retention: the shortest prefix whose restricted class-c logit keeps `fraction` of the
+  full model's class-c F1 on the eval samples. F1 per class, not overall accuracy: with many
+  classes one class's share of the overall accuracy is ~1/C, so "99 % of accuracy" would accept
+  an empty subset; F1 counts both the class's misses and the false alarms its logit causes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from workers.class_filters.restriction import Restriction
+
+
+def coverage_sizes(contribution: np.ndarray, order: np.ndarray, mass: float) -> np.ndarray:
+    """(C,) shortest prefix of each class's `order` whose positive contribution reaches `mass` of the total (0 if none is positive)."""
+    positive = np.maximum(np.take_along_axis(contribution, order, axis=1), 0.0)
+    running = np.cumsum(positive, axis=1)
+    total = running[:, -1:]
+    reached = running >= mass * total * (1.0 - 1e-12)
+    sizes = reached.argmax(axis=1) + 1
+    return np.where(total[:, 0] > 0, sizes, 0)
+
+
+def f1(predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """F1 along the last axis (predicted may carry leading axes); 1 when there is nothing to find or claim."""
+    tp = (predicted & truth).sum(axis=-1)
+    wrong = (predicted ^ truth).sum(axis=-1)
+    denominator = 2 * tp + wrong
+    return np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 1.0)
+
+
+def retention_sizes(restriction: Restriction, order: np.ndarray, full_logits: np.ndarray, y: np.ndarray, fraction: float) -> np.ndarray:
+    """(C,) shortest prefix of each class's ranking whose restricted logit keeps `fraction` of its F1.
+
+    Only class c's logit is restricted; the others stay full. An exhaustive restriction scores every
+    size; otherwise the size is found by bisection (assumes the F1 does not fall as filters are added).
+    """
+    num_classes, width = order.shape
+    sizes = np.zeros(num_classes, dtype=np.int64)
+    for c in range(num_classes):
+        rivals = np.delete(full_logits, c, axis=1).max(axis=1)
+        truth = y == c
+        target = fraction * float(f1(full_logits[:, c] > rivals, truth)) - 1e-12
+
+        def keeps(candidates: np.ndarray) -> np.ndarray:
+            z = restriction.prefix_logits(c, order[c], candidates)
+            return f1(z > rivals[None, :], truth[None, :]) >= target
+
+        if restriction.exhaustive:
+            ok = keeps(np.arange(1, width + 1))
+            sizes[c] = int(ok.argmax()) + 1 if ok.any() else width
+            continue
+        lo, hi = 1, width
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if keeps(np.array([mid]))[0]:
+                hi = mid
+            else:
+                lo = mid + 1
+        sizes[c] = lo
+    return sizes
+
+
+def keep_masks(subsets: np.ndarray, width: int) -> np.ndarray:
+    """(C, D) bool: True on each class's subset."""
+    keep = np.zeros((len(subsets), width), dtype=bool)
+    np.put_along_axis(keep, subsets, True, axis=1)
+    return keep
+
+
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    sa, sb = set(int(i) for i in a), set(int(i) for i in b)
+    union = sa | sb
+    return len(sa & sb) / len(union) if union else 1.0
+
+
+def mean_overlap(subsets: np.ndarray) -> float:
+    """Mean Jaccard between the subsets of every pair of classes (0 = disjoint)."""
+    pairs = [jaccard(subsets[i], subsets[j]) for i in range(len(subsets)) for j in range(i + 1, len(subsets))]
+    return float(np.mean(pairs)) if pairs else 0.0
+
+
+def density(subsets: np.ndarray, width: int) -> float:
+    """Share of the layer's filters that some class's subset uses."""
+    return len(np.unique(subsets)) / width if width else 0.0
+
+
+def compute_saving(subsets: np.ndarray, width: int) -> float:
+    """1 − Σ_c |S_c| / (C·D): multiply-adds the decomposed head saves over the full head."""
+    return 1.0 - subsets.size / (len(subsets) * width) if width and len(subsets) else 0.0
