@@ -1,0 +1,33 @@
+"""Service-test fixtures: a server whose jobs run the torch-free fake worker, and a way to run them."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pytest
+
+from tests.service import fake_worker
+
+FAKE_JOB_FUNCTION = "tests.service.fake_worker.run"
+
+
+@pytest.fixture
+def fake_server(start_server: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A server that enqueues tests.service.fake_worker.run; the fake writes artifacts back to it."""
+    server = start_server(job_function=FAKE_JOB_FUNCTION)
+    monkeypatch.setenv(fake_worker.SERVICE_ENV, server.address)
+    monkeypatch.setenv(fake_worker.TOKEN_ENV, server.config.worker_token)
+    return server
+
+
+@pytest.fixture
+def run_jobs(redis_conn: Any) -> Callable[[Any], None]:
+    """run_jobs(server): an RQ SimpleWorker in this thread works through the server's queue, then returns."""
+    from rq import Queue, SimpleWorker
+    from rq.serializers import JSONSerializer
+
+    def run(server: Any) -> None:
+        queue = Queue(server.config.queue_name, connection=redis_conn, serializer=JSONSerializer)
+        SimpleWorker([queue], connection=redis_conn, serializer=JSONSerializer).work(burst=True, logging_level="WARNING")
+
+    return run

@@ -1,0 +1,85 @@
+"""A torch-free stand-in for workers.job.run, enqueued by tests through config.job_function.
+
+It behaves like the real worker at the service boundary: progress in job.meta, artifacts through
+Worker.WriteArtifact, a manifest as the return value. FAKE_WORKER_MODE picks the outcome;
+FAKE_WORKER_SERVICE and FAKE_WORKER_TOKEN say where to write artifacts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from typing import Any
+
+MODE_ENV = "FAKE_WORKER_MODE"
+SERVICE_ENV = "FAKE_WORKER_SERVICE"
+TOKEN_ENV = "FAKE_WORKER_TOKEN"
+
+DESCRIPTION = {
+    "input_spec": {"shape": [3, 4, 8, 8], "dtype": "float32", "value_min": 0.0, "value_max": 1.0, "mean": [], "std": []},
+    "layers": [
+        {"name": "conv1", "kind": "Conv3d", "kernel_shape": [8, 3, 3, 3, 3], "stride": [1, 1, 1],
+         "receptive_field": [3, 3, 3], "output_shape": [8, 4, 8, 8], "parameters": 656},
+        {"name": "fc", "kind": "Linear", "kernel_shape": [2, 8], "stride": None,
+         "receptive_field": None, "output_shape": [2], "parameters": 18},
+    ],
+    "supported_tasks": ["describe", "tconv_stats", "kernel_viz"],
+}
+
+
+def _progress(job: Any, **progress: Any) -> None:
+    job.meta["progress"] = progress
+    job.save_meta()
+
+
+def _write_artifact(job_id: str, task: str, name: str, data: bytes) -> None:
+    import grpc
+    from kernelscope.v1 import worker_pb2, worker_pb2_grpc
+
+    header = worker_pb2.ArtifactHeader(
+        job_id=job_id, name=name, size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), task=task
+    )
+    with grpc.insecure_channel(os.environ[SERVICE_ENV]) as channel:
+        worker_pb2_grpc.WorkerStub(channel).WriteArtifact(
+            iter([worker_pb2.WriteArtifactRequest(header=header), worker_pb2.WriteArtifactRequest(chunk=data)]),
+            metadata=(("authorization", f"Bearer {os.environ[TOKEN_ENV]}"),),
+            timeout=10,
+        )
+
+
+def run(spec: dict[str, Any]) -> dict[str, Any]:
+    import rq
+
+    job = rq.get_current_job()
+    mode = os.environ.get(MODE_ENV, "succeed")
+    tasks = spec["tasks"]
+    if mode == "raise":
+        raise RuntimeError("the fake worker crashed on purpose")
+    if mode == "sleep":
+        time.sleep(5)
+    results = []
+    for index, task in enumerate(tasks):
+        name = task["name"]
+        _progress(job, stage="working", fraction=(index + 0.5) / len(tasks), task=name, task_index=index,
+                  task_count=len(tasks), message=f"half of {name}")
+        time.sleep(0.3)  # long enough for a watcher polling every 20 ms to see it
+        if name == "describe":
+            if mode == "describe_fails":
+                error = {"code": "FAILED_PRECONDITION", "reason": "MODEL_REJECTED", "message": "the fake model is hostile"}
+                results.append({"task": name, "summary": None, "artifacts": [], "error": error, "duration_seconds": 0.3})
+            else:
+                results.append({"task": name, "summary": DESCRIPTION, "artifacts": [], "error": None, "duration_seconds": 0.3})
+            continue
+        if mode == "task_error" and index == 0:
+            error = {"code": "FAILED_PRECONDITION", "reason": "UNKNOWN_LAYER", "message": "no layer named 'nope'"}
+            results.append({"task": name, "summary": None, "artifacts": [], "error": error, "duration_seconds": 0.3})
+            continue
+        summary = {"task": name, "options": task["options"], "model": spec["model"], "dataset": spec["dataset"]}
+        _write_artifact(spec["job_id"], name, f"{name}/summary.json", json.dumps(summary).encode())
+        _write_artifact(spec["job_id"], name, f"{name}/big.bin", bytes(range(256)) * 12_000)
+        if mode == "write_then_raise":
+            raise RuntimeError("the fake worker crashed after writing artifacts")
+        results.append({"task": name, "summary": summary, "artifacts": [], "error": None, "duration_seconds": 0.3})
+    return {"results": results, "error": None, "worker": "fake-worker"}
