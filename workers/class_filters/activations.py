@@ -181,15 +181,16 @@ def collect(
     with recorder, frozen(module):
         with torch.no_grad():
             probe_out = recorder.run(probe, as_leaf=False)
-        width = reduce_space_time(recorder.activation()).shape[1]
-        affine = _head_affine(head[1], width, device) if head else None
-        exact = affine is not None and _feeds_head(recorder.activation(), recorder.head_output(), *affine)
+        probe_act, probe_head = recorder.activation(), recorder.head_output()
+        with recorder.paused():
+            affine = _head_affine(head[1], reduce_space_time(probe_act).shape[1], device) if head else None
+        exact = affine is not None and _feeds_head(probe_act, probe_head, *affine)
         if not layer and not exact:
             raise ModelUnusable(
                 f"the last Linear layer ({head[0]}) is not an affine map of its input; name a layer to use gradient×activation",
                 reason="HEAD_NOT_AFFINE",
             )
-        _check_outputs(recorder.head_output() if exact else probe_out, num_classes)
+        _check_outputs(probe_head if exact else probe_out, num_classes)
         for idx, xb in model_batches(model, x, rows, device, batch_size):
             yb = torch.as_tensor(y[idx], device=device)
             if exact:
@@ -303,6 +304,7 @@ class _Recorder:
         self.head = head
         self.read_input = read_input
         self.as_leaf = False
+        self._paused = False
         self._acts: list[torch.Tensor] = []
         self._head_out: list[torch.Tensor] = []
         self._handles: list[Any] = []
@@ -327,6 +329,15 @@ class _Recorder:
         self.as_leaf = as_leaf
         return _first_tensor(self.module(xb))
 
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Hooks stay registered but record nothing (for calling the head on its own)."""
+        self._paused = True
+        try:
+            yield
+        finally:
+            self._paused = False
+
     def activation(self) -> torch.Tensor:
         if not self._acts:
             raise ModelUnusable("the chosen layer did not run in the forward pass", reason="LAYER_NOT_REACHED")
@@ -338,6 +349,8 @@ class _Recorder:
         return self._head_out[-1] if self._head_out else None
 
     def _on_input(self, _m: nn.Module, inputs: tuple[Any, ...]) -> None:
+        if self._paused:
+            return
         a = _first_tensor(inputs)
         if a.dim() != 2:
             raise ModelUnusable(
@@ -347,6 +360,8 @@ class _Recorder:
         self._acts.append(a)
 
     def _on_output(self, _m: nn.Module, _inputs: Any, output: Any) -> Any:
+        if self._paused:
+            return None
         out = _first_tensor(output)
         if out.dim() < 2:
             raise ModelUnusable(f"layer output has shape {tuple(out.shape)}; expected (N, filters, ...)", reason="LAYER_NOT_CHANNELS")
@@ -362,4 +377,6 @@ class _Recorder:
         return None
 
     def _on_head(self, _m: nn.Module, _inputs: Any, output: Any) -> None:
+        if self._paused:
+            return
         self._head_out.append(_first_tensor(output))
