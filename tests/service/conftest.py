@@ -21,13 +21,15 @@ def fake_server(start_server: Callable[..., Any], monkeypatch: pytest.MonkeyPatc
 
 
 @pytest.fixture
-def run_jobs(redis_conn: Any) -> Callable[[Any], None]:
-    """run_jobs(server): an RQ SimpleWorker in this thread works through the server's queue, then returns."""
+def run_jobs(redis_conn: Any) -> Callable[..., None]:
+    """run_jobs(queue_name): an RQ SimpleWorker in this thread works through the queue, then returns."""
     from rq import Queue, SimpleWorker
     from rq.serializers import JSONSerializer
 
-    def run(server: Any) -> None:
-        queue = Queue(server.config.queue_name, connection=redis_conn, serializer=JSONSerializer)
+    from service import defaults
+
+    def run(queue_name: str = defaults.QUEUE_NAME) -> None:
+        queue = Queue(queue_name, connection=redis_conn, serializer=JSONSerializer)
         SimpleWorker([queue], connection=redis_conn, serializer=JSONSerializer).work(burst=True, logging_level="WARNING")
 
     return run

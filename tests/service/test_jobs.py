@@ -222,7 +222,7 @@ def test_a_job_runs_reports_progress_and_serves_its_artifacts(fake_server, run_j
     watcher = threading.Thread(target=lambda: updates.extend(stub.WatchJob(jobs_pb2.WatchJobRequest(job_id=job.id), timeout=30)))
     watcher.start()
     time.sleep(0.2)
-    run_jobs(fake_server)
+    run_jobs()
     watcher.join(30)
     states = [u.state for u in updates]
     assert states[0] == jobs_pb2.QUEUED and states[-1] == jobs_pb2.SUCCEEDED
@@ -271,7 +271,7 @@ def test_failures_are_recorded_inside_the_job(fake_server, run_jobs, monkeypatch
     monkeypatch.setenv(fake_worker.MODE_ENV, mode)
     stub = fake_server.stub()
     job = create(stub, upload_model(stub, onnx_bytes()).id, task("tconv_stats"), task("kernel_viz"))
-    run_jobs(fake_server)
+    run_jobs()
     final = stub.GetJob(jobs_pb2.GetJobRequest(job_id=job.id))
     assert final.state == jobs_pb2.FAILED
     assert (final.error.code, final.error.reason) == (code, reason) and words in final.error.message
@@ -288,7 +288,7 @@ def test_a_job_past_its_timeout_fails_with_deadline_exceeded(start_server, run_j
     monkeypatch.setenv(fake_worker.MODE_ENV, "sleep")
     stub = server.stub()
     job = create(stub, upload_model(stub, onnx_bytes()).id, task())
-    run_jobs(server)
+    run_jobs()
     final = stub.GetJob(jobs_pb2.GetJobRequest(job_id=job.id))
     assert final.state == jobs_pb2.FAILED
     assert (final.error.code, final.error.reason) == ("DEADLINE_EXCEEDED", "JOB_TIMEOUT")
@@ -298,7 +298,7 @@ def test_a_job_stays_readable_after_rq_forgets_it(fake_server, run_jobs, redis_c
     stub = fake_server.stub()
     model = upload_model(stub, onnx_bytes())
     done = create(stub, model.id, task())
-    run_jobs(fake_server)
+    run_jobs()
     before = stub.GetJob(jobs_pb2.GetJobRequest(job_id=done.id))
     lost = create(stub, model.id, task())
     for job_id in (done.id, lost.id):
@@ -312,7 +312,7 @@ def test_delete_job_removes_artifacts_and_only_unshared_blobs(fake_server, run_j
     stub = fake_server.stub()
     model = upload_model(stub, onnx_bytes())
     first, second = create(stub, model.id, task()), create(stub, model.id, task("kernel_viz"))
-    run_jobs(fake_server)
+    run_jobs()
     blobs = lambda: {p.name for p in stored_files(fake_server.config.data_dir)["blobs"]}  # noqa: E731
     artifacts = {j: stub.GetJob(jobs_pb2.GetJobRequest(job_id=j)).results[0].artifacts for j in (first.id, second.id)}
     shared = artifacts[first.id][0].sha256  # big.bin: same bytes in both jobs
@@ -337,7 +337,7 @@ def _describe_with_worker(server, stub, run_jobs, redis_conn, model_id: str):
     deadline = time.monotonic() + 10
     while queue_of(server, redis_conn).count == 0 and time.monotonic() < deadline:
         time.sleep(0.02)
-    run_jobs(server)
+    run_jobs()
     return future
 
 
