@@ -1,0 +1,290 @@
+"""The layer inventory (task `describe`, behind DescribeModel): what a user can name in a task.
+
+For every analysable layer: name (the module path tasks take), kind (Conv3d, Conv2d, TConv3d,
+Linear, ConvTranspose3d, ...), kernel shape, stride, receptive field at the model's input and
+output shape for one sample of the model's input, and its parameter count.
+
+Why measure the receptive field with a gradient probe instead of composing layer attributes:
+uploads have branches, pools, dilations and padding in any arrangement; the support of
+d(centre unit)/d(input) is the receptive field whatever the graph. It is united over a few
+random inputs (a ReLU or max-pool hides part of the field for any single input) and is clipped
+to the model's input size. Models that hold only weights (no runnable module) get kernel shapes
+from the state_dict and empty strides, fields and output shapes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from workers.context import TaskContext
+from workers.model import LoadedModel
+from workers.tasks import register
+
+CONV_KINDS = frozenset(
+    {"Conv1d", "Conv2d", "Conv3d", "TConv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"}
+)
+KINDS = CONV_KINDS | {"Linear"}
+# Random inputs united for the receptive-field probe.
+PROBE_SAMPLES = 4
+
+_TORCH_TYPES: tuple[tuple[type[nn.Module], str], ...] = (
+    (nn.Conv1d, "Conv1d"),
+    (nn.Conv2d, "Conv2d"),
+    (nn.Conv3d, "Conv3d"),
+    (nn.ConvTranspose1d, "ConvTranspose1d"),
+    (nn.ConvTranspose2d, "ConvTranspose2d"),
+    (nn.ConvTranspose3d, "ConvTranspose3d"),
+    (nn.Linear, "Linear"),
+)
+_CONV_TARGET = re.compile(r"aten\.(conv[123]d|convolution|conv_transpose[123]d)")
+
+
+@dataclass
+class Layer:
+    name: str
+    kind: str
+    kernel_shape: list[int] = field(default_factory=list)
+    stride: list[int] = field(default_factory=list)
+    receptive_field: list[int] = field(default_factory=list)
+    output_shape: list[int] = field(default_factory=list)
+    parameters: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "kernel_shape": list(self.kernel_shape),
+            "stride": list(self.stride),
+            "receptive_field": list(self.receptive_field),
+            "output_shape": list(self.output_shape),
+            "parameters": int(self.parameters),
+        }
+
+
+@register("describe")
+def run(ctx: TaskContext) -> dict[str, Any]:
+    """The summary DescribeModel turns into a ModelDescription."""
+    return describe(ctx.model, device=ctx.device, progress=ctx.progress)
+
+
+def describe(
+    model: LoadedModel,
+    device: torch.device | str = "cpu",
+    progress: Callable[[str, float], None] = lambda stage, fraction: None,
+) -> dict[str, Any]:
+    """{"input_spec", "layers", "supported_tasks"} for `model` (plain JSON types only)."""
+    progress("listing layers", 0.0)
+    found = inventory(model, device=torch.device(device), progress=progress)
+    progress("done", 1.0)
+    return {
+        "input_spec": model.input_spec.to_dict(),
+        "layers": [layer.to_dict() for layer in found],
+        "supported_tasks": supported_tasks(model, found),
+    }
+
+
+def inventory(
+    model: LoadedModel,
+    device: torch.device = torch.device("cpu"),
+    progress: Callable[[str, float], None] = lambda stage, fraction: None,
+) -> list[Layer]:
+    """Every analysable layer of `model`, in module order."""
+    if model.module is None or not model.input_spec.shape:
+        return _from_state_dict(model)
+    module = model.module
+    kinds = model.info.get("layer_kinds", {}) or {}
+    named = [(name, m, _kind(m, name, kinds)) for name, m in module.named_modules() if name]
+    picked = [(name, m, kind) for name, m, kind in named if kind in KINDS]
+    module.to(device)
+    inputs = _probe_input(model, device)
+    outputs = _output_shapes(module, [(n, m) for n, m, _ in picked], inputs)
+    layers: list[Layer] = []
+    for index, (name, m, kind) in enumerate(picked):
+        progress("receptive fields", index / max(len(picked), 1))
+        weight = _weight(m)
+        out_shape = outputs.get(name, [])
+        layers.append(
+            Layer(
+                name=name,
+                kind=kind,
+                kernel_shape=list(weight.shape) if weight is not None else [],
+                stride=_stride(m, kind, len(model.input_spec.spatial)),
+                receptive_field=_receptive_field(model, name, out_shape, inputs) if name in outputs else [],
+                output_shape=out_shape,
+                parameters=_parameters(model, name, m),
+            )
+        )
+    return layers
+
+
+def supported_tasks(model: LoadedModel, layers: list[Layer]) -> list[str]:
+    """Tasks this model can run given its format: weight-based ones always, activation ones with a module."""
+    tasks = ["describe"]
+    has_3d_kernels = any(v.dim() == 5 for v in model.state_dict.values()) or any(
+        k.endswith("first_weight") for k in model.state_dict
+    )
+    if has_3d_kernels:
+        tasks.append("tconv_stats")
+    runnable = model.module is not None and bool(model.input_spec.shape)
+    if runnable and any(layer.kind in CONV_KINDS - {"Conv1d", "ConvTranspose1d"} for layer in layers):
+        tasks.append("kernel_viz")
+    if runnable:
+        tasks.append("class_filters")
+    return tasks
+
+
+# ---------------------------------------------------------------- kinds and attributes
+
+def _kind(m: nn.Module, name: str, recorded: dict[str, str]) -> str:
+    own = getattr(m, "kind", None)
+    if isinstance(own, str) and own in KINDS:
+        return own
+    if type(m).__name__ == "TConv3d":
+        return "TConv3d"
+    for cls, kind in _TORCH_TYPES:
+        if isinstance(m, cls):
+            return kind
+    return recorded.get(name, "")
+
+
+def _weight(m: nn.Module) -> torch.Tensor | None:
+    try:
+        weight = getattr(m, "weight", None)
+    except Exception:  # noqa: BLE001 - a computed weight property may fail before a forward pass
+        return None
+    return weight if isinstance(weight, torch.Tensor) else None
+
+
+def _stride(m: nn.Module, kind: str, spatial_rank: int) -> list[int]:
+    if kind == "Linear":
+        return []
+    stride = getattr(m, "stride", None)
+    if stride is None and hasattr(m, "graph"):
+        stride = _graph_stride(m)
+    if stride is None and hasattr(m, "_script"):
+        stride = getattr(m._script, "stride", None)
+    if stride is None:
+        return []
+    if isinstance(stride, int):
+        rank = int(kind[-2]) if kind[-2].isdigit() else spatial_rank
+        return [stride] * rank
+    return [int(s) for s in stride]
+
+
+def _graph_stride(m: nn.Module) -> list[int] | None:
+    """Stride of the convolution inside a torch.export InterpreterModule (aten.conv3d(x, w, b, stride, ...))."""
+    for node in m.graph.nodes:  # type: ignore[union-attr]
+        if node.op == "call_function" and _CONV_TARGET.search(str(node.target)):
+            rank = None
+            weight = node.args[1] if len(node.args) > 1 else None
+            if weight is not None and hasattr(weight, "meta") and "val" in weight.meta:
+                rank = weight.meta["val"].dim() - 2
+            stride = node.args[3] if len(node.args) > 3 else node.kwargs.get("stride")
+            if stride is None:
+                return [1] * (rank or 0) if rank else None
+            stride = list(stride)
+            return [int(stride[0])] * rank if rank and len(stride) == 1 else [int(s) for s in stride]
+    return None
+
+
+def _parameters(model: LoadedModel, name: str, m: nn.Module) -> int:
+    records = getattr(model.module, "layers", None)
+    record = records.get(name) if isinstance(records, dict) else None
+    if isinstance(record, dict) and record.get("kind", "").startswith("TConv"):
+        # A 3TConv kernel computed inside an ONNX graph: count the initializers it is built from.
+        return sum(
+            int(model.state_dict[w].numel())
+            for w in record.get("weights", [])
+            if w in model.state_dict and model.state_dict[w].is_floating_point()
+        )
+    return sum(int(p.numel()) for p in m.parameters())
+
+
+# ---------------------------------------------------------------- probes
+
+def _probe_input(model: LoadedModel, device: torch.device) -> torch.Tensor:
+    spec = model.input_spec
+    batch = model.info.get("fixed_batch") or PROBE_SAMPLES
+    generator = torch.Generator().manual_seed(0)
+    return spec.normalize(spec.random(int(batch), generator=generator)).to(device)
+
+
+def _output_shapes(module: nn.Module, layers: list[tuple[str, nn.Module]], x: torch.Tensor) -> dict[str, list[int]]:
+    """Each layer's output shape without the batch axis, from one forward pass with hooks."""
+    shapes: dict[str, list[int]] = {}
+    handles = []
+    for name, m in layers:
+
+        def hook(_m: nn.Module, _inp: Any, out: Any, name: str = name) -> None:
+            value = out[0] if isinstance(out, (tuple, list)) else out
+            if isinstance(value, torch.Tensor) and name not in shapes:
+                shapes[name] = [int(s) for s in value.shape[1:]]
+
+        handles.append(m.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            module(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return shapes
+
+
+def _receptive_field(model: LoadedModel, name: str, out_shape: list[int], x: torch.Tensor) -> list[int]:
+    """Extent (per input axis) of the input that the layer's centre unit depends on, clipped to the input."""
+    spatial = list(model.input_spec.spatial)
+    out_spatial = out_shape[1:]
+    if len(out_spatial) == 0:
+        return spatial  # a Linear on flattened or pooled features sees the whole input
+    probe = x.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        out = model.forward_to(name, probe)
+        centre = tuple(s // 2 for s in out.shape[2:])
+        unit = out[(slice(None), slice(None)) + centre]
+        (grad,) = torch.autograd.grad(unit.sum(), probe, allow_unused=True)
+    if grad is None:
+        return []
+    support = grad.detach().abs().sum(dim=(0, 1)) > 0
+    extents = []
+    for axis in range(support.dim()):
+        others = tuple(a for a in range(support.dim()) if a != axis)
+        hit = support.any(dim=others) if others else support
+        idx = torch.nonzero(hit).flatten()
+        extents.append(int(idx.max() - idx.min() + 1) if idx.numel() else 0)
+    return extents
+
+
+# ---------------------------------------------------------------- weights only
+
+def _from_state_dict(model: LoadedModel) -> list[Layer]:
+    """Layers read off the weights: 5-D -> Conv3d, 4-D -> Conv2d, 2-D -> Linear, first_weight -> TConv3d."""
+    state = model.state_dict
+    recorded = model.info.get("layer_kinds", {}) or {}
+    layers: list[Layer] = []
+    for key, value in state.items():
+        if key.endswith("first_weight"):
+            prefix = key[: -len("first_weight")].rstrip(".")
+            scale = state.get(_join(prefix, "scale"))
+            k_t = 1 + (int(scale.shape[0]) if scale is not None else 0)
+            shape = [int(value.shape[0]), int(value.shape[1]), k_t, *(int(s) for s in value.shape[-2:])]
+            names = ("first_weight", "scale", "rotate", "translate_x", "translate_y", "bias")
+            count = sum(int(state[_join(prefix, n)].numel()) for n in names if _join(prefix, n) in state)
+            layers.append(Layer(name=prefix, kind="TConv3d", kernel_shape=shape, parameters=count))
+        elif key == "weight" or key.endswith(".weight"):
+            prefix = key[: -len("weight")].rstrip(".")
+            kind = recorded.get(prefix) or {5: "Conv3d", 4: "Conv2d", 3: "Conv1d", 2: "Linear"}.get(value.dim(), "")
+            if kind not in KINDS:
+                continue
+            bias = state.get(_join(prefix, "bias"))
+            count = int(value.numel()) + (int(bias.numel()) if bias is not None else 0)
+            layers.append(Layer(name=prefix, kind=kind, kernel_shape=[int(s) for s in value.shape], parameters=count))
+    return layers
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name

@@ -1,0 +1,113 @@
+"""OnnxModule: an ONNX graph as an nn.Module whose every node is a named submodule.
+
+Every node is a submodule, so a forward hook on any of them sees that node's output: weighted
+layers under their PyTorch-style path ("layer1.0.conv1"), every other node under its (sanitised)
+output tensor name ("relu_3"). `forward` runs the nodes in topological order, keeping each
+intermediate tensor only until its last consumer has run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+Tensor = torch.Tensor
+
+
+class Scope(nn.Module):
+    """A container on a module path ("layer1" of "layer1.0.conv1"); it is never called itself."""
+
+    def forward(self, *args: Any) -> Any:  # pragma: no cover - containers are not executed
+        raise RuntimeError("a Scope only groups layers; it has no computation of its own")
+
+
+class OpNode(nn.Module):
+    """One ONNX node without weights of its own; its constant tensors are buffers (they follow .to())."""
+
+    def __init__(
+        self,
+        op_type: str,
+        onnx_name: str,
+        fn: Callable[..., Any],
+        attrs: dict[str, Any],
+        opset: int,
+        num_outputs: int,
+        constants: dict[str, Tensor] | None = None,
+    ) -> None:
+        super().__init__()
+        self.op_type = op_type
+        self.onnx_name = onnx_name
+        self.attrs = attrs
+        self.opset = opset
+        self.num_outputs = num_outputs
+        self._fn = fn
+        for key, value in (constants or {}).items():
+            self.register_buffer(key, value)
+
+    def forward(self, *inputs: Tensor | None) -> Any:
+        try:
+            return self._fn(self, *inputs)
+        except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+            raise RuntimeError(f"ONNX node {self.onnx_name!r} ({self.op_type}) failed: {exc}") from exc
+
+    def extra_repr(self) -> str:
+        return f"{self.op_type} {self.onnx_name!r}"
+
+
+@dataclass(frozen=True)
+class Step:
+    """Run `module` on the tensors named `inputs` ("" = omitted optional input), store under `outputs`."""
+
+    module: nn.Module
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    release: tuple[str, ...]  # tensors no later step needs
+
+
+class OnnxModule(nn.Module):
+    """The graph: `forward(*inputs)` returns the output tensor (or a tuple for several outputs).
+
+    layers: module path -> what it is ({"op", "kind", "onnx_node", "weight"}), for the inventory.
+    tensor_modules: ONNX tensor name -> path of the module that produces it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.initializers = Scope()
+        self.input_names: list[str] = []
+        self.output_names: list[str] = []
+        self.layers: dict[str, dict[str, Any]] = {}
+        self.tensor_modules: dict[str, str] = {}
+        self.initializer_buffers: dict[str, str] = {}  # ONNX initializer name -> buffer name
+        self.steps: list[Step] = []
+
+    def forward(self, *inputs: Tensor) -> Any:
+        if len(inputs) != len(self.input_names):
+            raise ValueError(f"the graph takes {len(self.input_names)} inputs ({self.input_names}), got {len(inputs)}")
+        buffers = self.initializers._buffers
+        env: dict[str, Any] = {raw: buffers[buf] for raw, buf in self.initializer_buffers.items()}
+        env.update(zip(self.input_names, inputs))
+        for step in self.steps:
+            out = step.module(*[env[name] if name else None for name in step.inputs])
+            if len(step.outputs) == 1:
+                env[step.outputs[0]] = out[0] if isinstance(out, (tuple, list)) else out
+            else:
+                for name, value in zip(step.outputs, out):
+                    if name:
+                        env[name] = value
+            for name in step.release:
+                env.pop(name, None)
+        outs = [env[name] for name in self.output_names]
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def resolve(self, name: str) -> str:
+        """A module path for `name`: a module path itself, or an ONNX tensor name produced by a node."""
+        modules = dict(self.named_modules())
+        if name in modules:
+            return name
+        if name in self.tensor_modules:
+            return self.tensor_modules[name]
+        raise KeyError(name)
