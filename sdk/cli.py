@@ -5,14 +5,17 @@
     kernelscope describe MODEL [--local]
     kernelscope jobs list|show JOB|cancel JOB
     kernelscope download JOB DIR
+    kernelscope report JOB [-o report.html]
+    kernelscope gate MODEL --policy gate.toml [--baseline OLD_MODEL] [--local] [--junit J.xml] [--json R.json]
 
-Exit codes: 0 success, 1 the job failed, 2 usage or service error.
+Exit codes: 0 success, 1 the job failed (gate: the gate failed), 2 usage, policy or service error.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
@@ -86,6 +89,28 @@ def _parser() -> argparse.ArgumentParser:
     download.add_argument("job")
     download.add_argument("dir")
     download.set_defaults(func=_download)
+
+    report = sub.add_parser("report", help="write a job's self-contained HTML report")
+    report.add_argument("job")
+    report.add_argument("-o", "--output", default=None, help="HTML file to write (default: JOB.html)")
+    report.add_argument("--beside", action="store_true", help="write images beside the page (<name>_files/) instead of embedding them")
+    report.set_defaults(func=_report)
+
+    gate = sub.add_parser("gate", help="check a model against a policy of metric bounds: exit 0 pass, 1 gate failed, 2 tool error")
+    gate.add_argument("model", help="model file or id to judge")
+    gate.add_argument("--policy", required=True, help="TOML policy (see examples/gate.toml)")
+    gate.add_argument("--baseline", default=None, help="model file or id the relative bounds compare against")
+    gate.add_argument("--dataset", default=None, help=".npz for class_filters (overrides the policy's dataset)")
+    gate.add_argument("--local", action="store_true", help="start an embedded stack for this command")
+    gate.add_argument("--fail-on", choices=["failure", "warning"], default=None, help="also fail the gate on warnings (default: the policy's fail_on)")
+    gate.add_argument("--json", dest="json_path", default=None, metavar="PATH", help="write the JSON report here")
+    gate.add_argument("--junit", dest="junit_path", default=None, metavar="PATH", help="write JUnit XML here")
+    gate.add_argument("--report", dest="report_path", default=None, metavar="HTML", help="write the model's HTML report here")
+    gate.add_argument("--github", action=argparse.BooleanOptionalAction, default=None, help="print GitHub annotations and the step summary (default: when GITHUB_ACTIONS=true)")
+    gate.add_argument("--format", default=None, help="override model format detection")
+    gate.add_argument("--input-spec", default=None, help="JSON input spec for both models")
+    gate.add_argument("--timeout", type=float, default=None, help="seconds to wait for each job")
+    gate.set_defaults(func=_gate)
     return parser
 
 
@@ -210,6 +235,49 @@ def _download(args: argparse.Namespace) -> int:
         paths = client.result(args.job).download(args.dir)
     print(f"{len(paths)} artifacts in {args.dir}")
     return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from sdk.report import write_report
+
+    output = Path(args.output or f"{args.job}.html")
+    with _client(args) as client:
+        path = write_report([client.result(args.job)], output, embed=not args.beside)
+    print(path)
+    return 0
+
+
+def _gate(args: argparse.Namespace) -> int:
+    """Exit 0 pass, 1 gate failed, 2 anything else went wrong (a traceback must never read as a failed gate)."""
+    from sdk.errors import KernelscopeError
+    from sdk.gate import Policy, run_gate
+
+    try:
+        policy = Policy.load(args.policy)
+        options: dict[str, Any] = {"format": args.format}
+        if args.input_spec:
+            options["input_spec"] = json.loads(args.input_spec)
+        with _client(args, local=args.local) as client:
+            report, result, _ = run_gate(
+                client, args.model, policy, baseline=args.baseline, dataset=args.dataset, timeout=args.timeout, **options
+            )
+            if args.report_path:
+                result.save_report(args.report_path)
+        print(report.to_text(args.fail_on), file=sys.stderr)
+        report.write(json_path=args.json_path, junit_path=args.junit_path, github=args.github, fail_on=args.fail_on)
+        return report.exit_code(args.fail_on)
+    except KernelscopeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+    except (OSError, ValueError) as exc:
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - a crash is a tool error (2), never "gate failed" (1)
+        import traceback
+
+        traceback.print_exc()
+        print(f"error: the gate itself failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+    if os.environ.get("GITHUB_ACTIONS") == "true" if args.github is None else args.github:
+        print("::error title=kernelscope gate::the gate could not run; see the log")
+    return 2
 
 
 if __name__ == "__main__":

@@ -1,0 +1,243 @@
+"""Small inline SVG charts for the HTML report: histogram, grouped bars, lines, heat map.
+
+Why hand-drawn SVG: the SDK stays thin (no matplotlib, no numpy) and the report must open offline,
+so the figures are drawn from the task summaries as markup. Every function takes plain lists and
+returns one <svg> string; non-finite values (None, NaN) are skipped, never drawn as zero.
+"""
+
+from __future__ import annotations
+
+import math
+from html import escape
+from typing import Sequence
+
+PALETTE = ("#3b6fb6", "#e0803a", "#3a9e6e", "#c8453c", "#7d5ab5", "#8c6d45", "#d36fb0", "#6f6f6f", "#a8a83a", "#3ab0c0")
+_W, _H = 360, 200  # default canvas, CSS pixels
+_PAD_L, _PAD_R, _PAD_T, _PAD_B = 46, 12, 22, 36
+
+
+def _finite(values: Sequence[float | None]) -> list[float]:
+    return [float(v) for v in values if v is not None and math.isfinite(float(v))]
+
+
+def _tick(value: float) -> str:
+    if value == 0:
+        return "0"
+    if abs(value) >= 1000 or abs(value) < 0.01:
+        return f"{value:.1e}"
+    return f"{value:.3g}"
+
+
+def _frame(title: str, xlabel: str, ylabel: str, width: int, height: int, body: list[str], legend: Sequence[str] = ()) -> str:
+    parts = [
+        f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}">',
+        f"<title>{escape(title)}</title>",
+        f'<text x="{width / 2}" y="14" text-anchor="middle" class="chart-title">{escape(title)}</text>',
+        *body,
+        f'<text x="{(width + _PAD_L) / 2}" y="{height - 4}" text-anchor="middle" class="chart-label">{escape(xlabel)}</text>',
+        f'<text x="10" y="{height / 2}" text-anchor="middle" class="chart-label" transform="rotate(-90 10 {height / 2})">{escape(ylabel)}</text>',
+    ]
+    for i, name in enumerate(legend):
+        x = _PAD_L + 6 + i * 110
+        parts.append(f'<rect x="{x}" y="{_PAD_T}" width="9" height="9" fill="{PALETTE[i % len(PALETTE)]}"/>')
+        parts.append(f'<text x="{x + 12}" y="{_PAD_T + 8}" class="chart-tick">{escape(name)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _axes(lo: float, hi: float, width: int, height: int) -> list[str]:
+    """Y axis with three ticks between lo and hi, and the plot's bottom line."""
+    out = [f'<line x1="{_PAD_L}" y1="{height - _PAD_B}" x2="{width - _PAD_R}" y2="{height - _PAD_B}" class="axis"/>']
+    for k in range(3):
+        v = lo + (hi - lo) * k / 2
+        y = _y(v, lo, hi, height)
+        out.append(f'<line x1="{_PAD_L}" y1="{y:.1f}" x2="{width - _PAD_R}" y2="{y:.1f}" class="grid"/>')
+        out.append(f'<text x="{_PAD_L - 4}" y="{y + 3:.1f}" text-anchor="end" class="chart-tick">{_tick(v)}</text>')
+    return out
+
+
+def _y(value: float, lo: float, hi: float, height: int) -> float:
+    span = hi - lo or 1.0
+    return height - _PAD_B - (value - lo) / span * (height - _PAD_T - _PAD_B - 12)
+
+
+def histogram(
+    values: Sequence[float | None] | None = None,
+    *,
+    counts: Sequence[float] | None = None,
+    edges: Sequence[float] | None = None,
+    bins: int = 20,
+    title: str = "",
+    xlabel: str = "",
+    ylabel: str = "filters",
+    width: int = _W,
+    height: int = _H,
+) -> str:
+    """A histogram of raw `values`, or of precomputed `counts` over `edges` (len(edges) == len(counts) + 1)."""
+    if counts is None:
+        data = _finite(values or [])
+        if not data:
+            return empty(title, "no finite values")
+        lo, hi = min(data), max(data)
+        if hi == lo:
+            lo, hi = lo - 0.5, hi + 0.5
+        edges = [lo + (hi - lo) * k / bins for k in range(bins + 1)]
+        counts = [0.0] * bins
+        for v in data:
+            counts[min(int((v - lo) / (hi - lo) * bins), bins - 1)] += 1
+    if edges is None or len(edges) != len(counts) + 1:
+        return empty(title, "histogram edges do not match its counts")
+    top = max(counts) or 1.0
+    plot_w = width - _PAD_L - _PAD_R
+    body = _axes(0.0, top, width, height)
+    n = len(counts)
+    for i, c in enumerate(counts):
+        x = _PAD_L + plot_w * i / n
+        y = _y(c, 0.0, top, height)
+        body.append(
+            f'<rect x="{x:.1f}" y="{y:.1f}" width="{max(plot_w / n - 1, 0.5):.1f}" height="{height - _PAD_B - y:.1f}" fill="{PALETTE[0]}">'
+            f"<title>[{_tick(edges[i])}, {_tick(edges[i + 1])}): {c:g}</title></rect>"
+        )
+    for i in (0, n // 2, n):
+        x = _PAD_L + plot_w * i / n
+        body.append(f'<text x="{x:.1f}" y="{height - _PAD_B + 12}" text-anchor="middle" class="chart-tick">{_tick(edges[i])}</text>')
+    return _frame(title, xlabel, ylabel, width, height, body)
+
+
+def bars(
+    labels: Sequence[str],
+    series: dict[str, Sequence[float | None]],
+    *,
+    title: str = "",
+    xlabel: str = "",
+    ylabel: str = "",
+    lo: float | None = None,
+    hi: float | None = None,
+    width: int | None = None,
+    height: int = _H,
+) -> str:
+    """Grouped bars: one group per label, one bar per series (missing values leave a gap)."""
+    data = _finite([v for vs in series.values() for v in vs])
+    if not labels or not data:
+        return empty(title, "no values")
+    width = width or max(_W, _PAD_L + _PAD_R + len(labels) * (14 * len(series) + 18))
+    lo = min(0.0, min(data)) if lo is None else lo
+    hi = max(data) if hi is None else hi
+    hi = hi if hi > lo else lo + 1.0
+    plot_w = width - _PAD_L - _PAD_R
+    group = plot_w / len(labels)
+    bar = min(group * 0.8 / max(len(series), 1), 28)
+    body = _axes(lo, hi, width, height)
+    for g, label in enumerate(labels):
+        x0 = _PAD_L + g * group + (group - bar * len(series)) / 2
+        for s, (name, values) in enumerate(series.items()):
+            v = values[g] if g < len(values) else None
+            if v is None or not math.isfinite(float(v)):
+                continue
+            y, base = _y(float(v), lo, hi, height), _y(max(lo, 0.0), lo, hi, height)
+            top, h = min(y, base), abs(base - y)
+            body.append(
+                f'<rect x="{x0 + s * bar:.1f}" y="{top:.1f}" width="{bar - 1:.1f}" height="{max(h, 0.5):.1f}" fill="{PALETTE[s % len(PALETTE)]}">'
+                f"<title>{escape(label)} · {escape(name)}: {float(v):.4g}</title></rect>"
+            )
+        body.append(f'<text x="{_PAD_L + (g + 0.5) * group:.1f}" y="{height - _PAD_B + 12}" text-anchor="middle" class="chart-tick">{escape(str(label))[:14]}</text>')
+    return _frame(title, xlabel, ylabel, width, height, body, legend=list(series) if len(series) > 1 else ())
+
+
+def lines(
+    series: Sequence[Sequence[float | None]],
+    *,
+    x: Sequence[float] | None = None,
+    names: Sequence[str] = (),
+    title: str = "",
+    xlabel: str = "",
+    ylabel: str = "",
+    width: int = _W,
+    height: int = _H,
+    max_series: int = 64,
+) -> str:
+    """One polyline per series over x (default 0..n-1); at most `max_series` are drawn, thin and translucent when many."""
+    series = list(series)[:max_series]
+    data = _finite([v for s in series for v in s])
+    if not data:
+        return empty(title, "no values")
+    n = max(len(s) for s in series)
+    xs = list(x) if x is not None else list(range(n))
+    x_lo, x_hi = min(xs), max(xs)
+    x_span = (x_hi - x_lo) or 1.0
+    lo, hi = min(data), max(data)
+    if hi == lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    plot_w = width - _PAD_L - _PAD_R
+    body = _axes(lo, hi, width, height)
+    opacity = 1.0 if len(series) <= 10 else 0.45
+    for i, s in enumerate(series):
+        points = [
+            f"{_PAD_L + plot_w * (xs[j] - x_lo) / x_span:.1f},{_y(float(v), lo, hi, height):.1f}"
+            for j, v in enumerate(s)
+            if j < len(xs) and v is not None and math.isfinite(float(v))
+        ]
+        name = names[i] if i < len(names) else f"#{i}"
+        body.append(
+            f'<polyline points="{" ".join(points)}" fill="none" stroke="{PALETTE[i % len(PALETTE)]}" stroke-width="1.4" stroke-opacity="{opacity}">'
+            f"<title>{escape(name)}</title></polyline>"
+        )
+    for v in (x_lo, x_hi):
+        body.append(f'<text x="{_PAD_L + plot_w * (v - x_lo) / x_span:.1f}" y="{height - _PAD_B + 12}" text-anchor="middle" class="chart-tick">{_tick(v)}</text>')
+    return _frame(title, xlabel, ylabel, width, height, body)
+
+
+def heatmap(
+    matrix: Sequence[Sequence[float | None]],
+    *,
+    row_labels: Sequence[str] = (),
+    title: str = "",
+    xlabel: str = "",
+    ylabel: str = "",
+    cell: int = 8,
+) -> str:
+    """Rows × columns as coloured cells: diverging blue–white–red around zero when values have both signs."""
+    data = _finite([v for row in matrix for v in row])
+    if not data:
+        return empty(title, "no values")
+    rows, cols = len(matrix), max(len(r) for r in matrix)
+    left = 70
+    width, height = left + cols * cell + _PAD_R, _PAD_T + rows * max(cell, 12) + _PAD_B
+    row_h = max(cell, 12)
+    bound = max(abs(v) for v in data) or 1.0
+    signed = min(data) < 0
+    body = []
+    for r, row in enumerate(matrix):
+        label = row_labels[r] if r < len(row_labels) else str(r)
+        body.append(f'<text x="{left - 4}" y="{_PAD_T + r * row_h + row_h * 0.75:.1f}" text-anchor="end" class="chart-tick">{escape(str(label))[:12]}</text>')
+        for c, v in enumerate(row):
+            if v is None or not math.isfinite(float(v)):
+                continue
+            body.append(
+                f'<rect x="{left + c * cell}" y="{_PAD_T + r * row_h}" width="{cell}" height="{row_h}" fill="{_colour(float(v), bound, signed)}">'
+                f"<title>{escape(str(label))}, {c}: {float(v):.4g}</title></rect>"
+            )
+    for c in sorted({0, cols // 2, cols - 1}):
+        body.append(f'<text x="{left + c * cell + cell / 2}" y="{_PAD_T + rows * row_h + 12}" text-anchor="middle" class="chart-tick">{c}</text>')
+    return _frame(title, xlabel, ylabel, width, height, body)
+
+
+def _colour(value: float, bound: float, signed: bool) -> str:
+    t = max(-1.0, min(1.0, value / bound))
+    if not signed:
+        t = abs(t)
+        r, g, b = 255 - t * (255 - 59), 255 - t * (255 - 111), 255 - t * (255 - 182)
+    elif t >= 0:
+        r, g, b = 255, 255 - t * 190, 255 - t * 195
+    else:
+        r, g, b = 255 + t * 195, 255 + t * 145, 255
+    return f"rgb({r:.0f},{g:.0f},{b:.0f})"
+
+
+def empty(title: str, why: str) -> str:
+    """A placeholder figure that says why there is nothing to draw (never a blank chart)."""
+    return (
+        f'<svg class="chart empty" xmlns="http://www.w3.org/2000/svg" width="{_W}" height="60" viewBox="0 0 {_W} 60" role="img" aria-label="{escape(title)}">'
+        f'<text x="{_W / 2}" y="20" text-anchor="middle" class="chart-title">{escape(title)}</text>'
+        f'<text x="{_W / 2}" y="42" text-anchor="middle" class="chart-label">{escape(why)}</text></svg>'
+    )

@@ -1,0 +1,592 @@
+"""CI gates on analysis results: a TOML policy of checks on named metrics, judged pass / warn / fail.
+
+    policy = Policy.load("gate.toml")               # PolicyError for anything malformed (exit 2)
+    report = run_gate(client, "model.pt2", policy, baseline="old.pt2")
+    report.exit_code()                               # 0 pass, 1 gate failed
+
+A check names one metric of the catalogue (sdk.metrics) and bounds it absolutely (`max`, `min`,
+`warn_max`, `warn_min`) or against the same metric of a baseline model (`max_regression`,
+`warn_regression`: the largest allowed relative worsening, 0.1 = 10 % worse, in the direction the
+catalogue calls worse). Each check ends in one of
+
+    pass   within every bound
+    warn   past a warn_* bound only (fails the gate with fail_on = "warning")
+    fail   past a failing bound
+    error  could not run: the task failed, the metric is absent, the baseline has no value
+    skip   a baseline check without a baseline model
+
+`could_not_run = "fail"` (default) makes an error fail the gate: a gate that cannot look must not pass.
+Outputs: a JSON report, JUnit XML (task → testsuite, check → testcase, metrics as properties),
+GitHub workflow annotations and a Markdown step summary. examples/gate.toml documents every key.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import sys
+import tomllib
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
+
+from sdk import metrics
+from sdk.errors import KernelscopeError
+from sdk.tasks import TASK_NAMES
+
+if TYPE_CHECKING:
+    from sdk.client import Client
+    from sdk.result import Result
+
+POLICY_VERSION = 1
+REPORT_SCHEMA = "kernelscope.gate.report/v1"
+
+PASS, WARN, FAIL, ERROR, SKIP = "pass", "warn", "fail", "error", "skip"
+_ABSOLUTE_BOUNDS = ("max", "min", "warn_max", "warn_min")
+_RELATIVE_BOUNDS = ("max_regression", "warn_regression")
+_CHECK_KEYS = ("metric", "name", "layer", *_ABSOLUTE_BOUNDS, *_RELATIVE_BOUNDS)
+_POLICY_KEYS = ("version", "fail_on", "could_not_run", "dataset", "tasks", "checks")
+
+
+class PolicyError(KernelscopeError):
+    """The policy file is malformed or names something that does not exist; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class Check:
+    """One bound on one metric. `line` is where the check starts in the policy file (for annotations)."""
+
+    name: str
+    metric: str
+    layer: str | None = None
+    max: float | None = None
+    min: float | None = None
+    warn_max: float | None = None
+    warn_min: float | None = None
+    max_regression: float | None = None
+    warn_regression: float | None = None
+    line: int | None = None
+
+    @property
+    def task(self) -> str:
+        return metrics.get(self.metric).task
+
+    @property
+    def relative(self) -> bool:
+        return self.max_regression is not None or self.warn_regression is not None
+
+    def bounds(self) -> dict[str, float]:
+        return {k: getattr(self, k) for k in (*_ABSOLUTE_BOUNDS, *_RELATIVE_BOUNDS) if getattr(self, k) is not None}
+
+    def describe_bounds(self) -> str:
+        parts = []
+        for key, text in (("min", "≥ {}"), ("max", "≤ {}"), ("warn_min", "warn < {}"), ("warn_max", "warn > {}")):
+            if getattr(self, key) is not None:
+                parts.append(text.format(_fmt(getattr(self, key))))
+        if self.max_regression is not None:
+            parts.append(f"≤ {self.max_regression:.0%} worse than baseline")
+        if self.warn_regression is not None:
+            parts.append(f"warn > {self.warn_regression:.0%} worse")
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class Policy:
+    checks: tuple[Check, ...]
+    task_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    dataset: Path | None = None
+    fail_on: str = "failure"
+    could_not_run: str = "fail"
+    source: Path | None = None
+
+    @property
+    def tasks(self) -> list[str]:
+        """Tasks the checks need, plus any given options, in the catalogue's order."""
+        wanted = {c.task for c in self.checks} | set(self.task_options)
+        return [t for t in TASK_NAMES if t in wanted]
+
+    def task_specs(self) -> list[Any]:
+        """What Client.analyze takes as `tasks`."""
+        return [{t: dict(self.task_options[t])} if self.task_options.get(t) else t for t in self.tasks]
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Policy":
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise PolicyError(f"cannot read policy {path}: {exc.strerror or exc}") from None
+        return cls.parse(text, source=path)
+
+    @classmethod
+    def parse(cls, text: str, source: Path | None = None) -> "Policy":
+        where = str(source) if source else "policy"
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise PolicyError(f"{where} is not valid TOML: {exc}") from None
+        _no_unknown(raw, _POLICY_KEYS, where)
+        version = raw.get("version", POLICY_VERSION)
+        if version != POLICY_VERSION:
+            raise PolicyError(f"{where}: version {version!r} is not supported; this kernelscope reads version {POLICY_VERSION}")
+        fail_on = _choice(raw, "fail_on", ("failure", "warning"), where)
+        could_not_run = _choice(raw, "could_not_run", ("fail", "warn"), where)
+        task_options = raw.get("tasks", {})
+        if not isinstance(task_options, dict) or not all(isinstance(v, dict) for v in task_options.values()):
+            raise PolicyError(f"{where}: [tasks.NAME] tables hold each task's options, e.g. [tasks.kernel_viz] steps = 64")
+        for task in task_options:
+            if task not in TASK_NAMES:
+                raise PolicyError(f"{where}: unknown task [tasks.{task}]; valid tasks: {', '.join(TASK_NAMES)}")
+        dataset = raw.get("dataset")
+        if dataset is not None:
+            if isinstance(dataset, dict):
+                dataset = dataset.get("path")
+            if not isinstance(dataset, str) or not dataset:
+                raise PolicyError(f'{where}: dataset is a path to an .npz (dataset = "clips.npz")')
+            dataset = Path(dataset) if source is None else (source.parent / dataset)
+        raw_checks = raw.get("checks")
+        if not isinstance(raw_checks, list) or not raw_checks:
+            raise PolicyError(f"{where}: no checks; add at least one [[checks]] table with a metric and a bound")
+        lines = [n for n, line in enumerate(text.splitlines(), 1) if re.match(r"\s*\[\[\s*checks\s*\]\]", line)]
+        checks = tuple(
+            _check(item, f"{where} check {i + 1}", lines[i] if i < len(lines) else None) for i, item in enumerate(raw_checks)
+        )
+        names = [c.name for c in checks]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise PolicyError(f"{where}: check names must be unique; give these a distinct name: {', '.join(duplicates)}")
+        return cls(checks, task_options, dataset, fail_on, could_not_run, source)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    check: Check
+    status: str
+    value: float | None
+    baseline: float | None
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.check.name,
+            "task": self.check.task,
+            "metric": self.check.metric,
+            "layer": self.check.layer,
+            "status": self.status,
+            "value": _json_number(self.value),
+            "baseline": _json_number(self.baseline),
+            "bounds": self.check.bounds(),
+            "message": self.message,
+        }
+
+
+@dataclass
+class GateReport:
+    """The verdict on one model. `metrics`/`baseline_metrics`: task → metric name → value (None: absent)."""
+
+    policy: Policy
+    results: list[CheckResult]
+    metrics: dict[str, dict[str, float | None]]
+    baseline_metrics: dict[str, dict[str, float | None]] | None = None
+    model: str = ""
+    baseline_model: str = ""
+    job_id: str = ""
+    baseline_job_id: str = ""
+    durations: dict[str, float] = field(default_factory=dict)
+
+    def counts(self) -> dict[str, int]:
+        return {s: sum(r.status == s for r in self.results) for s in (PASS, WARN, FAIL, ERROR, SKIP)}
+
+    def failing(self, fail_on: str | None = None) -> list[CheckResult]:
+        """The checks that fail the gate under `fail_on` (default: the policy's)."""
+        fail_on = fail_on or self.policy.fail_on
+        bad = {FAIL}
+        if self.policy.could_not_run == "fail":
+            bad.add(ERROR)
+        if fail_on == "warning":
+            bad |= {WARN, ERROR}
+        return [r for r in self.results if r.status in bad]
+
+    def status(self, fail_on: str | None = None) -> str:
+        if self.failing(fail_on):
+            return FAIL
+        return WARN if any(r.status in (WARN, ERROR) for r in self.results) else PASS
+
+    def exit_code(self, fail_on: str | None = None) -> int:
+        return 1 if self.failing(fail_on) else 0
+
+    # ------------------------------------------------------------------ outputs
+    def to_dict(self, fail_on: str | None = None) -> dict[str, Any]:
+        return {
+            "schema": REPORT_SCHEMA,
+            "status": self.status(fail_on),
+            "exit_code": self.exit_code(fail_on),
+            "fail_on": fail_on or self.policy.fail_on,
+            "policy": str(self.policy.source) if self.policy.source else None,
+            "model": self.model,
+            "job_id": self.job_id,
+            "baseline_model": self.baseline_model or None,
+            "baseline_job_id": self.baseline_job_id or None,
+            "counts": self.counts(),
+            "checks": [r.to_dict() for r in self.results],
+            "metrics": _json_metrics(self.metrics),
+            "baseline_metrics": _json_metrics(self.baseline_metrics) if self.baseline_metrics is not None else None,
+        }
+
+    def to_junit(self, fail_on: str | None = None) -> str:
+        """JUnit XML: one testsuite per task (its metrics as properties), one testcase per check."""
+        failing = {id(r) for r in self.failing(fail_on)}
+        root = ET.Element("testsuites", name="kernelscope gate")
+        totals = dict.fromkeys(("tests", "failures", "errors", "skipped"), 0)
+        for task in self.policy.tasks:
+            results = [r for r in self.results if r.check.task == task]
+            suite = ET.SubElement(root, "testsuite", name=task)
+            props = ET.SubElement(suite, "properties")
+            _property(props, "job_id", self.job_id)
+            for name, value in sorted(self.metrics.get(task, {}).items()):
+                _property(props, name, _fmt(value))
+            if self.baseline_metrics is not None:
+                _property(props, "baseline.job_id", self.baseline_job_id)
+                for name, value in sorted(self.baseline_metrics.get(task, {}).items()):
+                    _property(props, f"baseline.{name}", _fmt(value))
+            counts = dict.fromkeys(totals, 0)
+            for r in results:
+                counts["tests"] += 1
+                case = ET.SubElement(suite, "testcase", name=r.check.name, classname=f"kernelscope.gate.{task}", time="0")
+                case_props = ET.SubElement(case, "properties")
+                _property(case_props, "metric", r.check.metric)
+                _property(case_props, "value", _fmt(r.value))
+                if r.baseline is not None:
+                    _property(case_props, "baseline", _fmt(r.baseline))
+                _property(case_props, "bounds", r.check.describe_bounds())
+                if r.status == SKIP:
+                    counts["skipped"] += 1
+                    ET.SubElement(case, "skipped", message=r.message)
+                elif r.status == ERROR and id(r) in failing:
+                    counts["errors"] += 1
+                    ET.SubElement(case, "error", message=r.message, type="could_not_run").text = r.message
+                elif id(r) in failing:
+                    counts["failures"] += 1
+                    ET.SubElement(case, "failure", message=r.message, type=r.status).text = r.message
+                elif r.status in (WARN, ERROR):
+                    ET.SubElement(case, "system-out").text = f"{r.status.upper()}: {r.message}"
+            for key, value in counts.items():
+                suite.set(key, str(value))
+                totals[key] += value
+            suite.set("time", f"{self.durations.get(task, 0.0):.3f}")
+        for key, value in totals.items():
+            root.set(key, str(value))
+        ET.indent(root)
+        return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+    def to_annotations(self, fail_on: str | None = None) -> list[str]:
+        """GitHub workflow commands: ::error for checks that fail the gate, ::warning for the rest that are not clean."""
+        failing = {id(r) for r in self.failing(fail_on)}
+        lines = []
+        file = _repo_relative(self.policy.source)
+        for r in self.results:
+            if r.status in (PASS, SKIP):
+                continue
+            level = "error" if id(r) in failing else "warning"
+            props = {"title": f"kernelscope gate: {r.check.name}"}
+            if file:
+                props["file"] = file
+                if r.check.line:
+                    props["line"] = str(r.check.line)
+            rendered = ",".join(f"{k}={_escape_property(v)}" for k, v in props.items())
+            lines.append(f"::{level} {rendered}::{_escape_data(f'{r.status.upper()}: {r.message}')}")
+        return lines
+
+    def to_markdown(self, fail_on: str | None = None) -> str:
+        status = self.status(fail_on)
+        icon = {PASS: "✅", WARN: "⚠️", FAIL: "❌"}[status]
+        counts = self.counts()
+        out = [
+            f"## {icon} kernelscope gate: {status.upper()}",
+            "",
+            f"Model `{self.model}` (job `{self.job_id}`)"
+            + (f" against baseline `{self.baseline_model}` (job `{self.baseline_job_id}`)" if self.baseline_model else "")
+            + ". "
+            + ", ".join(f"{n} {s}" for s, n in counts.items() if n),
+            "",
+            "| | check | metric | value | baseline | bounds | |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        marks = {PASS: "✅", WARN: "⚠️", FAIL: "❌", ERROR: "⛔", SKIP: "⏭️"}
+        for r in self.results:
+            cells = [
+                marks[r.status],
+                r.check.name,
+                f"`{r.check.metric}`" + (f" ({r.check.layer})" if r.check.layer else ""),
+                _fmt(r.value),
+                _fmt(r.baseline) if r.baseline is not None else "",
+                r.check.describe_bounds(),
+                r.message,
+            ]
+            out.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
+        return "\n".join(out) + "\n"
+
+    def to_text(self, fail_on: str | None = None) -> str:
+        rows = [("status", "check", "value", "baseline", "message")]
+        for r in self.results:
+            rows.append((r.status.upper(), r.check.name, _fmt(r.value), _fmt(r.baseline) if r.baseline is not None else "", r.message))
+        widths = [max(len(row[i]) for row in rows) for i in range(4)]
+        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths)) + "  " + row[4] for row in rows]
+        lines.append(f"gate: {self.status(fail_on).upper()} ({', '.join(f'{n} {s}' for s, n in self.counts().items() if n)})")
+        return "\n".join(lines)
+
+    def write(
+        self,
+        *,
+        json_path: str | Path | None = None,
+        junit_path: str | Path | None = None,
+        github: bool | None = None,
+        fail_on: str | None = None,
+        stream: Any = None,
+    ) -> None:
+        """Write the requested files; under GitHub Actions (or github=True) print annotations and append the step summary."""
+        if json_path:
+            _write(Path(json_path), json.dumps(self.to_dict(fail_on), indent=2) + "\n")
+        if junit_path:
+            _write(Path(junit_path), self.to_junit(fail_on))
+        if github is None:
+            github = os.environ.get("GITHUB_ACTIONS") == "true"
+        if github:
+            stream = stream or sys.stdout
+            for line in self.to_annotations(fail_on):
+                print(line, file=stream)
+            summary = os.environ.get("GITHUB_STEP_SUMMARY")
+            if summary:
+                with open(summary, "a", encoding="utf-8") as handle:
+                    handle.write(self.to_markdown(fail_on) + "\n")
+
+
+# ---------------------------------------------------------------------- evaluation
+def evaluate(policy: Policy, result: "Result", baseline: "Result | None" = None) -> GateReport:
+    """Judge every check of `policy` on `result` (and `baseline` for the relative checks)."""
+    values = metrics.extract_all(result)
+    baseline_values = metrics.extract_all(baseline) if baseline is not None else None
+    results = [_judge(check, result, baseline, values, baseline_values) for check in policy.checks]
+    return GateReport(
+        policy=policy,
+        results=results,
+        metrics={t: values.get(t, {}) for t in policy.tasks},
+        baseline_metrics={t: baseline_values.get(t, {}) for t in policy.tasks} if baseline_values is not None else None,
+        model=result.job.model_id,
+        baseline_model=baseline.job.model_id if baseline is not None else "",
+        job_id=result.id,
+        baseline_job_id=baseline.id if baseline is not None else "",
+        durations={t.task: t.duration_seconds for t in result.tasks},
+    )
+
+
+def run_gate(
+    client: "Client",
+    model: Any,
+    policy: Policy,
+    *,
+    baseline: Any = None,
+    dataset: Any = None,
+    timeout: float | None = None,
+    progress: bool | None = False,
+    **model_options: Any,
+) -> tuple[GateReport, "Result", "Result | None"]:
+    """Analyse `model` (and `baseline`) with the tasks the policy needs; return the report and the results.
+
+    Both jobs are submitted before either is awaited, so a service with two workers runs them side by side.
+    """
+    dataset = dataset if dataset is not None else policy.dataset
+    if "class_filters" in policy.tasks and dataset is None:
+        raise PolicyError("the policy checks class_filters, which needs a labelled dataset: pass --dataset or set dataset = \"x.npz\" in the policy")
+    if dataset is not None and isinstance(dataset, (str, Path)) and not str(dataset).startswith("ds_"):
+        if not Path(dataset).is_file():
+            raise PolicyError(f"dataset {dataset} does not exist")
+        dataset = client.upload_dataset(str(dataset)).id
+    tasks = policy.task_specs()
+    jobs = [client.analyze(model, tasks=tasks, dataset=dataset, wait=False, **model_options)]
+    if baseline is not None:
+        jobs.append(client.analyze(baseline, tasks=tasks, dataset=dataset, wait=False, **model_options))
+    results = [job.wait(timeout=timeout, progress=progress, raise_on_error=False) for job in jobs]  # type: ignore[union-attr]
+    base = results[1] if baseline is not None else None
+    return evaluate(policy, results[0], base), results[0], base
+
+
+def _judge(
+    check: Check,
+    result: "Result",
+    baseline: "Result | None",
+    values: dict[str, dict[str, float | None]],
+    baseline_values: dict[str, dict[str, float | None]] | None,
+) -> CheckResult:
+    task = check.task
+    problem = _task_problem(result, task, "the model")
+    if problem:
+        return CheckResult(check, ERROR, None, None, problem)
+    key = metrics.key(check.metric, check.layer)
+    value = values.get(task, {}).get(key)
+    if value is None:
+        return CheckResult(check, ERROR, None, None, f"{key} is absent from the {task} summary: {metrics.get(check.metric).why_absent(check.layer)}")
+    status, reasons = PASS, []
+    if check.max is not None and value > check.max:
+        status, reasons = FAIL, reasons + [f"{_fmt(value)} > max {_fmt(check.max)}"]
+    if check.min is not None and value < check.min:
+        status, reasons = FAIL, reasons + [f"{_fmt(value)} < min {_fmt(check.min)}"]
+    if status == PASS and check.warn_max is not None and value > check.warn_max:
+        status, reasons = WARN, reasons + [f"{_fmt(value)} > warn_max {_fmt(check.warn_max)}"]
+    if status == PASS and check.warn_min is not None and value < check.warn_min:
+        status, reasons = WARN, reasons + [f"{_fmt(value)} < warn_min {_fmt(check.warn_min)}"]
+    base_value = None
+    if check.relative:
+        if baseline is None:
+            if status == PASS and not check.bounds().keys() - set(_RELATIVE_BOUNDS):
+                return CheckResult(check, SKIP, value, None, "compares against a baseline; none given (--baseline)")
+            reasons.append("baseline bound not checked: no baseline given")
+        else:
+            problem = _task_problem(baseline, task, "the baseline")
+            base_value = (baseline_values or {}).get(task, {}).get(key)
+            if problem or base_value is None:
+                why = problem or f"{key} is absent from the baseline's {task} summary"
+                return CheckResult(check, ERROR, value, None, why)
+            regression = _regression(metrics.get(check.metric).better, value, base_value)
+            text = f"{_pct(regression)} worse than baseline {_fmt(base_value)}" if regression > 0 else f"not worse than baseline {_fmt(base_value)}"
+            if check.max_regression is not None and regression > check.max_regression:
+                status = FAIL
+                reasons.append(f"{text} (allowed {check.max_regression:.0%})")
+            elif check.warn_regression is not None and regression > check.warn_regression:
+                status = WARN if status == PASS else status
+                reasons.append(f"{text} (warn above {check.warn_regression:.0%})")
+            elif status == PASS:
+                reasons.append(text)
+    if not reasons:
+        reasons.append(f"{_fmt(value)} within {check.describe_bounds()}")
+    return CheckResult(check, status, value, base_value, "; ".join(reasons))
+
+
+def _regression(better: str | None, value: float, base: float) -> float:
+    """Relative worsening of `value` against `base` (0 when not worse; inf when the baseline is 0 and it got worse)."""
+    delta = value - base if better == "lower" else base - value
+    if delta <= 0:
+        return 0.0
+    return delta / abs(base) if base != 0 else math.inf
+
+
+def _task_problem(result: "Result", task: str, who: str) -> str | None:
+    outcome = next((t for t in result.tasks if t.task == task), None)
+    if outcome is None:
+        return f"{task} did not run on {who} (job {result.id} is {_state(result)})"
+    if outcome.error:
+        e = outcome.error
+        return f"{task} could not run on {who}: {e.get('code', '')} {e.get('reason', '')}: {e.get('message', '')}".strip()
+    if outcome.summary is None:
+        return f"{task} returned no summary for {who}"
+    return None
+
+
+def _state(result: "Result") -> str:
+    from kernelscope.v1 import jobs_pb2
+
+    return jobs_pb2.JobState.Name(result.job.state)
+
+
+# ---------------------------------------------------------------------- policy parsing helpers
+def _check(raw: Any, where: str, line: int | None) -> Check:
+    if not isinstance(raw, dict):
+        raise PolicyError(f"{where}: a check is a table ([[checks]]) with a metric and bounds")
+    _no_unknown(raw, _CHECK_KEYS, where)
+    name = raw.get("metric")
+    if not isinstance(name, str) or not name:
+        raise PolicyError(f'{where}: metric is missing; set metric = "<task>.<name>". {metrics.listing()}')
+    metric = metrics.find(name)
+    if metric is None:
+        raise PolicyError(f"{where}: unknown metric {name!r}. {metrics.listing()}")
+    layer = raw.get("layer")
+    if layer is not None and (not isinstance(layer, str) or not metric.per_layer):
+        raise PolicyError(f"{where}: {name} is a whole-model metric and takes no layer" if not metric.per_layer else f"{where}: layer is a layer name string")
+    bounds: dict[str, float] = {}
+    for key in (*_ABSOLUTE_BOUNDS, *_RELATIVE_BOUNDS):
+        if key in raw:
+            value = raw[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+                raise PolicyError(f"{where}: {key} must be a number, not {value!r}")
+            bounds[key] = float(value)
+    if not bounds:
+        raise PolicyError(f"{where}: {name} has no bound; give one of {', '.join((*_ABSOLUTE_BOUNDS, *_RELATIVE_BOUNDS))}")
+    for warn, hard, ok in (("warn_max", "max", lambda w, h: w <= h), ("warn_min", "min", lambda w, h: w >= h), ("warn_regression", "max_regression", lambda w, h: w <= h)):
+        if warn in bounds and hard in bounds and not ok(bounds[warn], bounds[hard]):
+            raise PolicyError(f"{where}: {warn} {_fmt(bounds[warn])} lies beyond {hard} {_fmt(bounds[hard])}; a warning comes before a failure")
+    for key in _RELATIVE_BOUNDS:
+        if key in bounds and bounds[key] < 0:
+            raise PolicyError(f"{where}: {key} is a share of the baseline (0.1 = 10 % worse) and cannot be negative")
+    if any(k in bounds for k in _RELATIVE_BOUNDS) and metric.better is None:
+        raise PolicyError(f"{where}: {name} has no better direction, so it cannot regress; bound it absolutely")
+    label = raw.get("name") or (f"{name}[{layer}]" if layer else name) + (" vs baseline" if any(k in bounds for k in _RELATIVE_BOUNDS) else "")
+    return Check(name=str(label), metric=metric.name, layer=layer, line=line, **bounds)  # type: ignore[arg-type]
+
+
+def _no_unknown(raw: Mapping[str, Any], allowed: Iterable[str], where: str) -> None:
+    unknown = sorted(set(raw) - set(allowed))
+    if unknown:
+        raise PolicyError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
+
+
+def _choice(raw: Mapping[str, Any], key: str, choices: tuple[str, ...], where: str) -> str:
+    value = raw.get(key, choices[0])
+    if value not in choices:
+        raise PolicyError(f"{where}: {key} is one of {', '.join(repr(c) for c in choices)}, not {value!r}")
+    return str(value)
+
+
+# ---------------------------------------------------------------------- formatting helpers
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
+    if float(value).is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return f"{value:.4g}"
+
+
+def _pct(share: float) -> str:
+    return "infinitely" if math.isinf(share) else f"{share:.1%}"
+
+
+def _json_number(value: float | None) -> float | None:
+    return None if value is None or (isinstance(value, float) and not math.isfinite(value)) else value
+
+
+def _json_metrics(values: dict[str, dict[str, float | None]] | None) -> dict[str, dict[str, float | None]]:
+    return {t: {k: _json_number(v) for k, v in m.items()} for t, m in (values or {}).items()}
+
+
+def _property(parent: ET.Element, name: str, value: str) -> None:
+    ET.SubElement(parent, "property", name=name, value=value)
+
+
+def _escape_data(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _escape_property(text: str) -> str:
+    return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def _repo_relative(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    root = Path(os.environ.get("GITHUB_WORKSPACE") or Path.cwd()).resolve()
+    try:
+        return Path(path).resolve().relative_to(root).as_posix()
+    except ValueError:
+        return None
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+
+__all__ = ["Policy", "Check", "CheckResult", "GateReport", "PolicyError", "evaluate", "run_gate", "POLICY_VERSION"]

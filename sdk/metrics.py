@@ -1,0 +1,227 @@
+"""The catalogue of named metrics a gate can check, each read (or computed) from one task's summary.
+
+    metrics.names()                                  # "kernel_viz.dead_kernels", ...
+    metrics.value("kernel_viz.dead_kernels", summary)       # whole model
+    metrics.value("kernel_viz.dead_kernels", summary, "conv1")  # one layer (per_layer metrics)
+
+Names are "<task>.<metric>". `better` says which way is good ("lower", "higher"; None when neither,
+so no baseline regression can be judged). A value is a float, or None when the summary does not
+hold what the metric needs (the gate reports that as "could not run", never as a pass).
+Summaries are plain dicts as the workers document them in their task modules' docstrings.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+if TYPE_CHECKING:
+    from sdk.result import Result
+
+Summary = dict[str, Any]
+Extractor = Callable[[Summary, "str | None"], "float | None"]
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    description: str
+    better: str | None
+    extract: Extractor
+    per_layer: bool = False
+    layers: Callable[[Summary], list[str]] | None = None
+
+    @property
+    def task(self) -> str:
+        return self.name.split(".", 1)[0]
+
+    def value(self, summary: Summary | None, layer: str | None = None) -> float | None:
+        if summary is None:
+            return None
+        try:
+            raw = self.extract(summary, layer)
+        except (KeyError, IndexError, TypeError, ValueError, ZeroDivisionError):
+            return None
+        if raw is None:
+            return None
+        value = float(raw)
+        return value if not math.isnan(value) else None
+
+    def why_absent(self, layer: str | None = None) -> str:
+        where = f" for layer {layer!r}" if layer else ""
+        return f"the summary holds no {self.description.rstrip('.').lower()}{where} (was the layer analysed? did the task get the options it needs?)"
+
+
+_CATALOGUE: dict[str, Metric] = {}
+
+
+def _metric(name: str, description: str, better: str | None, per_layer: bool = False, layers: Callable[[Summary], list[str]] | None = None) -> Callable[[Extractor], Extractor]:
+    def register(fn: Extractor) -> Extractor:
+        _CATALOGUE[name] = Metric(name, description, better, fn, per_layer, layers)
+        return fn
+
+    return register
+
+
+def names(task: str | None = None) -> list[str]:
+    return [n for n, m in _CATALOGUE.items() if task is None or m.task == task]
+
+
+def find(name: str) -> Metric | None:
+    return _CATALOGUE.get(name)
+
+
+def get(name: str) -> Metric:
+    metric = _CATALOGUE.get(name)
+    if metric is None:
+        raise KeyError(f"unknown metric {name!r}. {listing()}")
+    return metric
+
+
+def listing() -> str:
+    """The valid names, one line per task, for error messages."""
+    tasks: dict[str, list[str]] = {}
+    for metric in _CATALOGUE.values():
+        tasks.setdefault(metric.task, []).append(metric.name + (" (per layer)" if metric.per_layer else ""))
+    return "Valid metrics: " + "; ".join(", ".join(v) for v in tasks.values())
+
+
+def key(name: str, layer: str | None = None) -> str:
+    """How a metric value is named in reports: "task.metric" or "task.metric[layer]"."""
+    return f"{name}[{layer}]" if layer else name
+
+
+def value(name: str, summary: Summary | None, layer: str | None = None) -> float | None:
+    return get(name).value(summary, layer)
+
+
+def extract_all(result: "Result | None", per_layer: bool = True) -> dict[str, dict[str, float | None]]:
+    """Every catalogue metric of every task that succeeded: task → key → value (per layer too, unless per_layer=False)."""
+    out: dict[str, dict[str, float | None]] = {}
+    if result is None:
+        return out
+    for outcome in result.tasks:
+        if outcome.summary is None or outcome.error:
+            continue
+        values: dict[str, float | None] = {}
+        for metric in _CATALOGUE.values():
+            if metric.task != outcome.task:
+                continue
+            values[metric.name] = metric.value(outcome.summary)
+            if per_layer and metric.per_layer and metric.layers:
+                try:
+                    layer_names = metric.layers(outcome.summary)
+                except (KeyError, TypeError):
+                    layer_names = []
+                for layer in layer_names:
+                    values[key(metric.name, layer)] = metric.value(outcome.summary, layer)
+        out[outcome.task] = values
+    return out
+
+
+def catalogue() -> list[Metric]:
+    return list(_CATALOGUE.values())
+
+
+# ---------------------------------------------------------------------- helpers for extractors
+def _mean(values: Iterable[float | None]) -> float | None:
+    data = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    return sum(data) / len(data) if data else None
+
+
+def _layer_list(summary: Summary) -> list[dict[str, Any]]:
+    layers = summary.get("layers")
+    if isinstance(layers, dict):
+        return [dict(v, name=k) if isinstance(v, dict) else {"name": k} for k, v in layers.items()]
+    return list(layers or [])
+
+
+def _layer_names(summary: Summary) -> list[str]:
+    return [str(layer.get("name") or layer.get("layer")) for layer in _layer_list(summary)]
+
+
+def _pick_layers(summary: Summary, layer: str | None) -> list[dict[str, Any]]:
+    layers = _layer_list(summary)
+    if layer is None:
+        return layers
+    chosen = [entry for entry in layers if (entry.get("name") or entry.get("layer")) == layer]
+    if not chosen:
+        raise KeyError(layer)
+    return chosen
+
+
+# ---------------------------------------------------------------------- class_filters
+# Summary: {"layer", "num_filters", "num_classes", "class_names", "k", "classes": [{"class", "name",
+# "subset_k", "coverage_size", "retention_size", "recall_full", "recall_restricted", "ablation":
+# {"subset_drop", "random_drop", "complement_drop"}, "stability_jaccard", "mi_top_k_jaccard"}],
+# "global": {"mis", "mis_shuffled", "psi_0_5", "density", "mean_overlap", "accuracy_full",
+# "accuracy_restricted", "compute_saving", "selectivity": {"mean", "median"}}}.
+
+
+def _global(field: str) -> Extractor:
+    return lambda s, _layer: s["global"][field]
+
+
+def _classes(s: Summary) -> list[dict[str, Any]]:
+    return list(s["classes"])
+
+
+_metric("class_filters.accuracy_full", "Eval accuracy of the full model.", "higher")(_global("accuracy_full"))
+_metric("class_filters.accuracy_restricted", "Eval accuracy when each class logit uses only its fixed-k filter subset.", "higher")(_global("accuracy_restricted"))
+
+
+@_metric("class_filters.accuracy_retained", "Restricted accuracy as a share of full accuracy.", "higher")
+def _accuracy_retained(s: Summary, _layer: str | None) -> float | None:
+    full, restricted = s["global"]["accuracy_full"], s["global"]["accuracy_restricted"]
+    return None if full in (None, 0) or restricted is None else restricted / full
+
+
+_metric("class_filters.mis", "Mean information selectivity (bits): mean over filters of the max over classes of MI.", "higher")(_global("mis"))
+_metric("class_filters.mis_shuffled", "MIS of the same activations with shuffled labels (the chance level).", None)(_global("mis_shuffled"))
+
+
+@_metric("class_filters.mis_margin", "MIS minus its shuffled-label baseline (bits).", "higher")
+def _mis_margin(s: Summary, _layer: str | None) -> float | None:
+    mis, base = s["global"]["mis"], s["global"]["mis_shuffled"]
+    return None if mis is None or base is None else mis - base
+
+
+_metric("class_filters.psi", "Badola's Psi(0.5): mean share of filters needed for half of a sample's activation L1 norm.", None)(_global("psi_0_5"))
+_metric("class_filters.density", "Share of the layer's filters used by the union of the fixed-k subsets.", "lower")(_global("density"))
+_metric("class_filters.mean_overlap", "Mean Jaccard overlap between the classes' fixed-k subsets.", "lower")(_global("mean_overlap"))
+_metric("class_filters.compute_saving", "Share of the head's multiply-adds saved by the decomposed head.", "higher")(_global("compute_saving"))
+_metric("class_filters.selectivity_mean", "Mean class selectivity index over filters.", None)(lambda s, _l: s["global"]["selectivity"]["mean"])
+
+
+@_metric("class_filters.min_recall_restricted", "Lowest per-class recall of the restricted model.", "higher")
+def _min_recall_restricted(s: Summary, _layer: str | None) -> float | None:
+    values = [c["recall_restricted"] for c in _classes(s) if c.get("recall_restricted") is not None]
+    return min(values) if values else None
+
+
+@_metric("class_filters.max_recall_loss", "Largest per-class recall lost by restricting to the fixed-k subset.", "lower")
+def _max_recall_loss(s: Summary, _layer: str | None) -> float | None:
+    losses = [c["recall_full"] - c["recall_restricted"] for c in _classes(s) if c.get("recall_full") is not None and c.get("recall_restricted") is not None]
+    return max(losses) if losses else None
+
+
+@_metric("class_filters.max_retention_size", "Largest per-class subset that keeps the required share of accuracy.", "lower")
+def _max_retention_size(s: Summary, _layer: str | None) -> float | None:
+    sizes = [c["retention_size"] for c in _classes(s) if c.get("retention_size") is not None]
+    return max(sizes) if sizes else None
+
+
+@_metric("class_filters.mean_coverage_size", "Mean per-class subset size covering the required contribution mass.", "lower")
+def _mean_coverage_size(s: Summary, _layer: str | None) -> float | None:
+    return _mean(c.get("coverage_size") for c in _classes(s))
+
+
+@_metric("class_filters.mean_subset_drop", "Mean class recall lost when the class's own subset is ablated.", None)
+def _mean_subset_drop(s: Summary, _layer: str | None) -> float | None:
+    return _mean((c.get("ablation") or {}).get("subset_drop") for c in _classes(s))
+
+
+@_metric("class_filters.mean_stability", "Mean bootstrap Jaccard stability of the fixed-k subsets.", "higher")
+def _mean_stability(s: Summary, _layer: str | None) -> float | None:
+    return _mean(c.get("stability_jaccard") for c in _classes(s))
