@@ -14,6 +14,7 @@ REDIS_UNAVAILABLE, so that clients retry instead of seeing INTERNAL.
 
 from __future__ import annotations
 
+import errno
 import functools
 import inspect
 import logging
@@ -74,7 +75,14 @@ def _as_service_error(exc: Exception) -> ServiceError:
     if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
                         redis.exceptions.BusyLoadingError)):
         return unavailable("REDIS_UNAVAILABLE", f"the job store (Redis) is unreachable: {exc}")
+    if isinstance(exc, redis.exceptions.LockError):
+        return unavailable("BLOB_BUSY", "another request holds this blob for too long; retry")
+    if isinstance(exc, grpc.RpcError):  # the client went away while we read its stream
+        return ServiceError(grpc.StatusCode.CANCELLED, "CLIENT_CANCELLED", "the client cancelled the call")
     if isinstance(exc, OSError):
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            log.error("blob store is full: %s", exc)
+            return resource_exhausted("STORAGE_FULL", "the service's blob store is full")
         log.exception("storage error")
         return unavailable("STORAGE_UNAVAILABLE", f"the blob store failed: {exc.strerror or exc}")
     log.exception("unexpected error in an RPC")

@@ -225,3 +225,28 @@ def test_dataset_limits(start_server) -> None:
     with rpc_error(CODE.RESOURCE_EXHAUSTED, "TOO_LARGE"):
         stub.UploadDataset(dataset_messages(b"x" * 10, size=300_000), timeout=10)
     assert stored_files(server.config.data_dir) == {"blobs": [], "tmp": []}
+
+
+def test_an_upload_the_client_abandons_leaves_nothing(kernelscope_server, kernelscope_stub) -> None:
+    data = onnx_bytes(padding=300_000)
+    sent_some = threading.Event()
+    never = threading.Event()
+
+    def abandoned():
+        messages = model_messages(data)
+        yield next(messages)
+        yield next(messages)
+        sent_some.set()
+        never.wait(20)
+
+    future = kernelscope_stub.UploadModel.future(abandoned(), timeout=30)
+    assert sent_some.wait(10)
+    deadline = time.monotonic() + 10
+    while not stored_files(kernelscope_server.config.data_dir)["tmp"] and time.monotonic() < deadline:
+        time.sleep(0.01)  # the server is receiving into its temp file
+    assert stored_files(kernelscope_server.config.data_dir)["tmp"]
+    future.cancel()
+    never.set()
+    while stored_files(kernelscope_server.config.data_dir)["tmp"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert stored_files(kernelscope_server.config.data_dir) == {"blobs": [], "tmp": []}
