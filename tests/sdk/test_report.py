@@ -1,0 +1,193 @@
+"""The HTML report, from hand-made job results and a fake client (no service): sections, embedded
+images byte for byte, the layer inventory, failures shown rather than hidden, and no network fetch.
+The real-job report opened in Chromium is tests/e2e/test_report_browser.py."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kernelscope.v1 import jobs_pb2, models_pb2
+from sdk import charts
+from sdk.errors import NotFound
+from sdk.report import write_report
+from sdk.result import Result
+from tests.sdk.test_gate import class_filters_summary
+
+
+def png(colour: tuple[int, int, int], size: int = 12) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), colour).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def gif(frames: int = 3, size: int = 10) -> bytes:
+    from PIL import Image
+
+    images = [Image.new("RGB", (size, size), (40 * i, 80, 200 - 40 * i)) for i in range(frames)]
+    buffer = io.BytesIO()
+    images[0].save(buffer, "GIF", save_all=True, append_images=images[1:], duration=100, loop=0)
+    return buffer.getvalue()
+
+
+class FakeClient:
+    """read_artifact and describe, from memory; records what was asked."""
+
+    def __init__(self, files: dict[str, bytes], description: models_pb2.ModelDescription | None = None, broken: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+        self.files = files
+        self.description = description
+        self.broken = broken
+        self.described: list[str] = []
+
+    def read_artifact(self, job_id: str, name: str) -> bytes:
+        if name in self.broken:
+            raise NotFound(f"artifact {name} of job {job_id} is gone", reason="ARTIFACT_NOT_FOUND")
+        return self.files[name]
+
+    def describe(self, model_id: str) -> models_pb2.ModelDescription:
+        self.described.append(model_id)
+        if self.description is None:
+            raise NotFound(f"model {model_id} not found", reason="MODEL_NOT_FOUND")
+        return self.description
+
+
+def description() -> models_pb2.ModelDescription:
+    d = models_pb2.ModelDescription(model_id="mdl_model", supported_tasks=["describe", "kernel_viz", "tconv_stats", "class_filters"])
+    d.input_spec.shape.extend([3, 8, 32, 32])
+    d.input_spec.value_max = 1.0
+    for name, kind, kernel, params in (("conv1", "Conv3d", [16, 3, 3, 3, 3], 1312), ("conv2", "Conv3d", [32, 16, 3, 3, 3], 13856), ("fc", "Linear", [4, 64], 260)):
+        d.layers.add(name=name, kind=kind, kernel_shape=kernel, parameters=params, stride=[1, 1, 1], output_shape=[kernel[0], 8, 32, 32])
+    return d
+
+
+def make_job(outcomes: dict[str, tuple[dict[str, Any] | None, dict[str, bytes]]], errors: dict[str, tuple[str, str, str]] | None = None) -> tuple[jobs_pb2.Job, dict[str, bytes]]:
+    job = jobs_pb2.Job(id="job_1234", model_id="mdl_model", state=jobs_pb2.SUCCEEDED, dataset_id="ds_1")
+    files: dict[str, bytes] = {}
+    for task, (summary, artifacts) in outcomes.items():
+        result = job.results.add(task=task, summary_json=json.dumps(summary) if summary is not None else "", duration_seconds=3.25)
+        for name, data in artifacts.items():
+            media = {".png": "image/png", ".gif": "image/gif", ".json": "application/json"}.get(Path(name).suffix, "application/octet-stream")
+            result.artifacts.add(name=name, media_type=media, size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), task=task)
+            files[name] = data
+    for task, (code, reason, message) in (errors or {}).items():
+        job.state = jobs_pb2.FAILED
+        result = job.results.add(task=task)
+        result.error.code, result.error.reason, result.error.message = code, reason, message
+    return job, files
+
+
+def class_filters_outcome() -> tuple[dict[str, Any], dict[str, bytes]]:
+    summary = class_filters_summary(accuracy_full=0.9, accuracy_restricted=0.75)
+    return summary, {
+        "class_filters/heatmap.png": png((200, 30, 30)),
+        "class_filters/subset_sizes.png": png((30, 200, 30)),
+        "class_filters/class_filters.json": json.dumps(summary).encode(),
+        "class_filters/matrices.npz": b"PK\x03\x04 not really",
+    }
+
+
+def images(html: str) -> dict[str, str]:
+    """title (the artifact name) -> src of every <img> on the page."""
+    return {m.group(2): m.group(1) for m in re.finditer(r'<img src="([^"]*)" alt="[^"]*" title="([^"]*)"', html)}
+
+
+def sections(html: str) -> list[str]:
+    return re.findall(r'<section id="([^"]+)" class="report-section" data-section="([^"]+)"', html)
+
+
+def test_report_has_every_section_and_embeds_images_byte_for_byte(tmp_path: Path) -> None:
+    job, files = make_job({"class_filters": class_filters_outcome()})
+    client = FakeClient(files, description())
+    path = write_report([Result(job, client)], tmp_path / "report.html")  # type: ignore[arg-type]
+    html = path.read_text()
+    assert [s[0] for s in sections(html)] == ["job", "model", "task-class_filters", "artifacts"]
+    shown = images(html)
+    for name in ("class_filters/heatmap.png", "class_filters/subset_sizes.png"):
+        assert shown[name].startswith("data:image/png;base64,")
+        assert base64.b64decode(shown[name].split(",", 1)[1]) == files[name]
+    # the planted numbers are on the page, with the layer inventory asked of the service
+    assert client.described == ["mdl_model"]
+    for text in ("conv1", "Conv3d", "16×3×3×3×3", "15428"):
+        assert text in html
+    assert ">0.75<" in html and ">0.9<" in html  # restricted vs full accuracy
+
+
+def test_report_fetches_nothing_from_the_network(tmp_path: Path) -> None:
+    job, files = make_job({"class_filters": class_filters_outcome()})
+    html = write_report([Result(job, FakeClient(files, description()))], tmp_path / "r.html").read_text()  # type: ignore[arg-type]
+    assert "default-src 'none'" in html
+    assert not re.search(r'(src|href)\s*=\s*"(https?:)?//', html)
+    assert "url(" not in html and "@import" not in html
+
+
+def test_sortable_tables_carry_numeric_sort_keys(tmp_path: Path) -> None:
+    job, files = make_job({"class_filters": class_filters_outcome()})
+    html = write_report([Result(job, FakeClient(files, description()))], tmp_path / "r.html").read_text()  # type: ignore[arg-type]
+    per_class = html[html.index("<h3>Per class</h3>") :]
+    table = per_class[: per_class.index("</table>")]
+    assert 'class="data sortable"' in table
+    assert 'data-sort="0.75"' in table
+
+
+def test_failures_are_shown_not_hidden(tmp_path: Path) -> None:
+    summary, artifacts = class_filters_outcome()
+    job, files = make_job(
+        {"class_filters": (summary, artifacts)},
+        errors={"kernel_viz": ("FAILED_PRECONDITION", "MODEL_UNUSABLE", "kernel_viz needs a runnable module")},
+    )
+    client = FakeClient(files, description=None, broken={"class_filters/heatmap.png"})
+    html = write_report([Result(job, client)], tmp_path / "r.html").read_text()  # type: ignore[arg-type]
+    assert "MODEL_UNUSABLE" in html and "kernel_viz needs a runnable module" in html
+    assert "Layer inventory unavailable" in html and "MODEL_NOT_FOUND" in html
+    assert "heatmap.png unavailable" in html and "ARTIFACT_NOT_FOUND" in html
+    assert "class_filters/heatmap.png" not in images(html)
+    assert "class_filters/subset_sizes.png" in images(html)
+
+
+def test_images_beside_the_page(tmp_path: Path) -> None:
+    job, files = make_job({"class_filters": class_filters_outcome()})
+    from sdk.report import write_report as write
+
+    path = write([Result(job, FakeClient(files, description()))], tmp_path / "out" / "r.html", embed=False)  # type: ignore[arg-type]
+    shown = images(path.read_text())
+    assert shown and not any(src.startswith("data:") for src in shown.values())
+    for name, src in shown.items():
+        assert (path.parent / src).read_bytes() == files[name]
+
+
+def test_a_describe_task_in_the_job_is_the_inventory(tmp_path: Path) -> None:
+    inventory = {
+        "input_spec": {"shape": [3, 8, 32, 32], "dtype": "float32", "value_min": 0.0, "value_max": 1.0, "mean": [0.5] * 3, "std": [0.25] * 3},
+        "layers": [{"name": "block.conv_a", "kind": "TConv3d", "kernel_shape": [8, 3, 3, 3, 3], "stride": [1, 1, 1], "receptive_field": [3, 3, 3], "output_shape": [8, 8, 32, 32], "parameters": 99}],
+        "supported_tasks": ["describe", "tconv_stats"],
+    }
+    job, files = make_job({"describe": (inventory, {})})
+    client = FakeClient(files)
+    html = write_report([Result(job, client)], tmp_path / "r.html").read_text()  # type: ignore[arg-type]
+    assert client.described == [] and "block.conv_a" in html and "TConv3d" in html
+
+
+def test_histogram_bars_count_the_planted_values() -> None:
+    svg = charts.histogram([0.0, 0.1, 0.1, 0.9, 1.0, None, float("nan")], bins=2, title="t")
+    root = ET.fromstring(svg)
+    bars = [r for r in root.iter("{http://www.w3.org/2000/svg}rect")]
+    counts = [float(r.find("{http://www.w3.org/2000/svg}title").text.rsplit(": ", 1)[1]) for r in bars]  # type: ignore[union-attr]
+    assert counts == [3.0, 2.0]
+    heights = [float(r.get("height")) for r in bars]  # type: ignore[arg-type]
+    assert heights[0] / heights[1] == pytest.approx(1.5, rel=1e-2)
+
+
+def test_charts_say_when_there_is_nothing_to_draw() -> None:
+    assert "no finite values" in charts.histogram([None, float("inf")], title="empty")
+    ET.fromstring(charts.lines([[1.0, 2.0, None, 3.0]], title="l"))
+    ET.fromstring(charts.heatmap([[1.0, -1.0], [0.5, None]], row_labels=["a", "b"]))
