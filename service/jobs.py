@@ -170,18 +170,19 @@ class JobManager:
             internal=internal,
         )
         names = ", ".join(t.name for t in job_tasks)
+        # Public jobs live until DeleteJob; DescribeModel's internal ones expire (their result is cached).
+        ttl = self.config.internal_job_ttl if internal else None
         with self.conn.pipeline(transaction=True) as pipe:
             self.queue.enqueue(
                 self.config.job_function,
                 job_spec(job_id, model, dataset, job_tasks),
                 job_id=job_id,
                 job_timeout=self.config.job_timeout,
-                result_ttl=-1,
-                failure_ttl=self.config.failure_ttl,
+                result_ttl=ttl or -1,
+                failure_ttl=min(self.config.failure_ttl, ttl or self.config.failure_ttl),
                 description=f"kernelscope {names} on {model.id}",
                 pipeline=pipe,
             )
-            ttl = self.config.internal_job_ttl if internal else None
             pipe.set(self.keys.record("job", job_id), record.dumps(), ex=ttl)
             if not internal:
                 self.index.add(record.index_member, pipe)
