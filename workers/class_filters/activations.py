@@ -98,6 +98,19 @@ def find_head(module: nn.Module, probe: torch.Tensor) -> tuple[str, nn.Module] |
     return order[-1], modules[order[-1]]
 
 
+def output_width(model: LoadedModel, x: np.ndarray, device: torch.device | str = "cpu") -> int:
+    """How many logits the model returns, from one sample (so label problems surface before the long pass)."""
+    device = torch.device(device)
+    module = model.require_module("class_filters").to(device)
+    module.eval()
+    _, probe = next(model_batches(model, x, np.arange(1), device))
+    with torch.no_grad():
+        out = _first_tensor(module(probe))
+    if out.dim() != 2:
+        raise ModelUnusable(f"the model returns shape {tuple(out.shape)}; class_filters needs logits (N, classes)", reason="OUTPUT_NOT_LOGITS")
+    return int(out.shape[1])
+
+
 def affine_map(head: nn.Module, width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(W (C, D), b (C,)) of an affine module, read by probing it with 0 and the unit vectors.
 

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from workers.class_filters.activations import collect
+from workers.class_filters.activations import collect, output_width
 from workers.class_filters.analysis import analyse
 from workers.class_filters.figures import heatmap, subset_sizes
 from workers.class_filters.options import Options
@@ -60,7 +60,7 @@ def run(ctx: TaskContext) -> dict[str, Any]:
     ctx.model.require_module(NAME)
     dataset = checked_dataset(ctx.dataset, ctx.model.input_spec)
     x, y = dataset.x, dataset.y
-    num_classes = int(y.max()) + 1
+    num_classes = checked_classes(y, output_width(ctx.model, x, ctx.device))
     split = stratified_split(y, options.fit_fraction, num_classes, options.seed)
 
     ctx.progress("forward pass", 0.0)
@@ -126,3 +126,16 @@ def checked_dataset(dataset: Dataset | None, spec: InputSpec) -> Dataset:
     if y.size == 0 or int(y.max()) < 1:
         raise DatasetUnusable("dataset needs samples of at least 2 classes", reason="TOO_FEW_CLASSES")
     return Dataset(x=x, y=y.astype(np.int64), class_names=list(dataset.class_names))
+
+
+def checked_classes(y: np.ndarray, outputs: int) -> int:
+    """The number of classes: the model's outputs, every one of which the labels must use."""
+    if int(y.max()) >= outputs:
+        raise DatasetUnusable(f"labels go up to {int(y.max())} but the model has {outputs} outputs", reason="LABELS_EXCEED_OUTPUTS")
+    if int(y.max()) + 1 < outputs:
+        raise DatasetUnusable(
+            f"the model has {outputs} outputs but the labels cover only {int(y.max()) + 1} classes; "
+            f"give every output class (0..{outputs - 1}) at least 2 samples",
+            reason="CLASSES_DO_NOT_MATCH_OUTPUTS",
+        )
+    return outputs
