@@ -38,4 +38,7 @@ class TaskContext:
         value = self.options.get(name)
         if value is None or value == "" or value == []:
             return default
+        # proto3 JSON writes int64 fields (seeds) as strings: give them the default's type back.
+        if isinstance(value, str) and isinstance(default, (int, float)) and not isinstance(default, bool):
+            return type(default)(value)
         return value
