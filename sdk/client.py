@@ -36,6 +36,7 @@ UPLOAD_SLOWEST_BPS = 5e6
 WAIT_SLICE_S = 30.0  # one WatchJob stream lasts at most this long before the client reconnects
 RETRY_SECONDS = 60.0  # how long UNAVAILABLE is retried before it is raised
 DESCRIBE_TIMEOUT_S = 180.0
+MODEL_ID_PREFIX, MODEL_ID_HASH_CHARS = "mdl_", 24  # the service names a model after its bytes
 
 T = TypeVar("T")
 
@@ -89,6 +90,9 @@ class Client:
     def upload_model(self, model: Any, **options: Any) -> models_pb2.Model:
         """Upload a model (see sdk.model_source.prepare for what `model` may be); known bytes are not re-sent twice."""
         source = model_source.prepare(model, **options)
+        known = self._known_model(source.sha256)
+        if known is not None:
+            return known
 
         def messages() -> Iterator[models_pb2.UploadModelRequest]:
             yield models_pb2.UploadModelRequest(header=source.header())
@@ -97,6 +101,16 @@ class Client:
 
         timeout = UPLOAD_MIN_TIMEOUT_S + source.size / UPLOAD_SLOWEST_BPS
         return self._retry(lambda: self._stub.UploadModel(messages(), timeout=timeout, metadata=self._md()))
+
+    def _known_model(self, sha256: str) -> models_pb2.Model | None:
+        """The model the service already holds with these bytes (ids are content-derived), else None."""
+        from sdk.errors import NotFound
+
+        try:
+            model = self.get_model(MODEL_ID_PREFIX + sha256[:MODEL_ID_HASH_CHARS])
+        except NotFound:
+            return None
+        return model if model.sha256 == sha256 else None
 
     def get_model(self, model_id: str) -> models_pb2.Model:
         return self._unary(self._stub.GetModel, models_pb2.GetModelRequest(model_id=model_id))
