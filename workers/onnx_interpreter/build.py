@@ -145,9 +145,9 @@ def _layer(
                     f"ONNX node {node.name!r}: ConvTranspose with a computed weight is not supported", reason="UNSUPPORTED_OP"
                 )
             first = sorted(a for a in static.ancestors(w) if a.endswith("first_weight"))
-            rank = len(attrs["kernel_shape"]) if "kernel_shape" in attrs else _rank_of(w, static, inits)
-            kind = (f"TConv{rank}d" if first else f"Conv{rank}d") if rank else "Conv"
-            module = ComputedConv(attrs, kind=kind, rank=rank or 3)
+            rank = _conv_rank(attrs, w, static, inits)
+            kind = f"TConv{rank or 3}d" if first else (f"Conv{rank}d" if rank else "Conv")
+            module = ComputedConv(attrs, kind=kind, rank=rank)
             return module, tuple(node.input), naming.layer_path(node, first[0] if first else None)
         if op == "Gemm":
             weight, bias = static.value(w), (static.value(b) if b else None)
@@ -170,15 +170,24 @@ def _layer(
     return None, (), ""
 
 
-def _rank_of(name: str, static: _StaticValues, inits: dict[str, Tensor]) -> int | None:
-    anc = [inits[a] for a in static.ancestors(name) if inits[a].dim() >= 3]
-    return anc[0].dim() - 2 if anc else None
+def _conv_rank(attrs: dict[str, Any], weight: str, static: _StaticValues, inits: dict[str, Tensor]) -> int | None:
+    """Spatial rank of a Conv from its attributes, else from a 5-D/4-D initializer its weight is built from."""
+    for key in ("kernel_shape", "strides", "dilations"):
+        if attrs.get(key):
+            return len(attrs[key])
+    if attrs.get("pads"):
+        return len(attrs["pads"]) // 2
+    shaped = [inits[a] for a in static.ancestors(weight) if inits[a].dim() >= 3]
+    return shaped[0].dim() - 2 if shaped else None
 
 
 def _layer_record(node: onnx.NodeProto, module: nn.Module, static: _StaticValues) -> dict[str, Any]:
     if isinstance(module, ComputedConv):
         kind = module.kind
         weight_names = sorted(static.ancestors(node.input[1]))
+        bias = static.source(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        if bias is not None:
+            weight_names.append(bias)
     else:
         kind = type(module).__name__.removeprefix("Onnx")
         weight_names = [static.source(node.input[1]) or node.input[1]]

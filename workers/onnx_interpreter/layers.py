@@ -180,32 +180,42 @@ class ComputedConv(_OnnxPadding, nn.Module):
 
     `kind` says what the weight was built from ("TConv3d" when from a `first_weight` initializer);
     `weight` is the kernel of the latest forward pass (None before the first), so code that reads a
-    layer's weight sees what was applied.
+    layer's weight sees what was applied. The rank comes from the weight when the graph does not say.
     """
 
-    def __init__(self, attrs: dict[str, Any], kind: str, rank: int) -> None:
+    def __init__(self, attrs: dict[str, Any], kind: str, rank: int | None) -> None:
         super().__init__()
-        _check_rank(rank, "Conv")
-        strides, dilations, group, auto_pad, begin, end = _geometry(attrs, rank)
+        self.onnx_attrs = dict(attrs)
         self.kind = kind
+        self.rank: int | None = None
+        self._last_weight: Tensor | None = None
+        if rank is not None:
+            self._set_rank(rank)
+
+    def _set_rank(self, rank: int) -> None:
+        _check_rank(rank, "Conv")
+        strides, dilations, group, auto_pad, begin, end = _geometry(self.onnx_attrs, rank)
         self.rank = rank
         self.stride = tuple(strides)
         self.dilation = tuple(dilations)
         self.groups = group
-        self.kernel_size: tuple[int, ...] = tuple(int(k) for k in attrs.get("kernel_shape", ()))
+        self.kernel_size: tuple[int, ...] = tuple(int(k) for k in self.onnx_attrs.get("kernel_shape", ()))
         self.onnx_auto_pad = auto_pad if auto_pad.startswith("SAME") else "NOTSET"
         self.onnx_pads = None if self.onnx_auto_pad != "NOTSET" else (begin, end)
-        self._last_weight: Tensor | None = None
+        if self.kind == "Conv":
+            self.kind = f"Conv{rank}d"
 
     @property
     def weight(self) -> Tensor | None:
         return self._last_weight
 
     def forward(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        if self.rank is None:
+            self._set_rank(weight.dim() - 2)
         self._last_weight = weight.detach()
         if not self.kernel_size:
             self.kernel_size = tuple(int(k) for k in weight.shape[2:])
-        return _CONV_FN[self.rank](self._pre_pad(x), weight, bias, self.stride, 0, self.dilation, self.groups)
+        return _CONV_FN[self.rank](self._pre_pad(x), weight, bias, self.stride, 0, self.dilation, self.groups)  # type: ignore[index]
 
     def extra_repr(self) -> str:
-        return f"kind={self.kind}, stride={self.stride}, dilation={self.dilation}, groups={self.groups}"
+        return f"kind={self.kind}, rank={self.rank}"
