@@ -13,7 +13,7 @@ from typing import Sequence
 
 PALETTE = ("#3b6fb6", "#e0803a", "#3a9e6e", "#c8453c", "#7d5ab5", "#8c6d45", "#d36fb0", "#6f6f6f", "#a8a83a", "#3ab0c0")
 _W, _H = 360, 200  # default canvas, CSS pixels
-_PAD_L, _PAD_R, _PAD_T, _PAD_B = 46, 12, 22, 36
+_PAD_L, _PAD_R, _PAD_T, _PAD_B = 46, 12, 36, 36  # room for the title and a legend row above the plot
 
 
 def _finite(values: Sequence[float | None]) -> list[float]:
@@ -37,10 +37,11 @@ def _frame(title: str, xlabel: str, ylabel: str, width: int, height: int, body: 
         f'<text x="{(width + _PAD_L) / 2}" y="{height - 4}" text-anchor="middle" class="chart-label">{escape(xlabel)}</text>',
         f'<text x="10" y="{height / 2}" text-anchor="middle" class="chart-label" transform="rotate(-90 10 {height / 2})">{escape(ylabel)}</text>',
     ]
+    x = _PAD_L
     for i, name in enumerate(legend):
-        x = _PAD_L + 6 + i * 110
-        parts.append(f'<rect x="{x}" y="{_PAD_T}" width="9" height="9" fill="{PALETTE[i % len(PALETTE)]}"/>')
-        parts.append(f'<text x="{x + 12}" y="{_PAD_T + 8}" class="chart-tick">{escape(name)}</text>')
+        parts.append(f'<rect x="{x}" y="20" width="9" height="9" fill="{PALETTE[i % len(PALETTE)]}"/>')
+        parts.append(f'<text x="{x + 12}" y="28" class="chart-tick">{escape(name)}</text>')
+        x += 24 + 6 * len(name)
     parts.append("</svg>")
     return "".join(parts)
 
@@ -51,14 +52,14 @@ def _axes(lo: float, hi: float, width: int, height: int) -> list[str]:
     for k in range(3):
         v = lo + (hi - lo) * k / 2
         y = _y(v, lo, hi, height)
-        out.append(f'<line x1="{_PAD_L}" y1="{y:.1f}" x2="{width - _PAD_R}" y2="{y:.1f}" class="grid"/>')
+        out.append(f'<line x1="{_PAD_L}" y1="{y:.1f}" x2="{width - _PAD_R}" y2="{y:.1f}" class="gridline"/>')
         out.append(f'<text x="{_PAD_L - 4}" y="{y + 3:.1f}" text-anchor="end" class="chart-tick">{_tick(v)}</text>')
     return out
 
 
 def _y(value: float, lo: float, hi: float, height: int) -> float:
     span = hi - lo or 1.0
-    return height - _PAD_B - (value - lo) / span * (height - _PAD_T - _PAD_B - 12)
+    return height - _PAD_B - (value - lo) / span * (height - _PAD_T - _PAD_B)
 
 
 def histogram(

@@ -225,3 +225,73 @@ def _mean_subset_drop(s: Summary, _layer: str | None) -> float | None:
 @_metric("class_filters.mean_stability", "Mean bootstrap Jaccard stability of the fixed-k subsets.", "higher")
 def _mean_stability(s: Summary, _layer: str | None) -> float | None:
     return _mean(c.get("stability_jaccard") for c in _classes(s))
+
+
+# ---------------------------------------------------------------------- tconv_stats
+# Summary: {"layers": [{"name", "kind": "TConv3d" | "Conv3d-fit", "filters", "filters_included", "stats",
+# "departure_from_identity", "near_identity_share", "dominant_direction_deg", "dominant_direction_share",
+# "direction_histogram", "trajectories", (fits:) "residual": {"plain", "gain": SUMMARY},
+# "explainable_share": {"plain", "gain"}, "zero_filters", "gain_variant"}], "model": {...pooled...},
+# "options", "units", "notes"}; SUMMARY = {count, mean, std, min, q05, ..., max}.
+
+
+def _fitted(s: Summary, layer: str | None) -> list[dict[str, Any]]:
+    return [entry for entry in _pick_layers(s, layer) if entry.get("kind") == "Conv3d-fit"]
+
+
+def _pooled_residual(variant: str) -> Extractor:
+    def extract(s: Summary, layer: str | None) -> float | None:
+        blocks = [entry["residual"][variant] for entry in _fitted(s, layer)]
+        counted = [(b["mean"], b["count"]) for b in blocks if b.get("mean") is not None and b.get("count")]
+        total = sum(n for _, n in counted)
+        return sum(m * n for m, n in counted) / total if total else None
+
+    return extract
+
+
+def _pooled_share(variant: str) -> Extractor:
+    def extract(s: Summary, layer: str | None) -> float | None:
+        if layer is None and s.get("model", {}).get("explainable_share") is not None:
+            return s["model"]["explainable_share"][variant]
+        fitted = _fitted(s, layer)
+        weighted = [(entry["explainable_share"][variant], entry["filters"]) for entry in fitted if entry["explainable_share"][variant] is not None]
+        total = sum(n for _, n in weighted)
+        return sum(v * n for v, n in weighted) / total if total else None
+
+    return extract
+
+
+def _tconv_field(read: Callable[[dict[str, Any]], Any]) -> Extractor:
+    """`read` applied to the pooled "model" block, or to the named layer's block."""
+
+    def extract(s: Summary, layer: str | None) -> float | None:
+        return read(s["model"] if layer is None else _pick_layers(s, layer)[0])
+
+    return extract
+
+
+def _translation_mean(block: dict[str, Any]) -> float | None:
+    stats = block["stats"]
+    chosen = stats.get("translation_px_model") or stats["translation_px_layer"]
+    return chosen["magnitude"]["mean"]
+
+
+_TCONV = dict(per_layer=True, layers=_layer_names)
+_metric("tconv_stats.mean_residual", "Mean relative residual of the plain 3T fit over fitted Conv3d filters (0 = fully 3T-explainable).", "lower", **_TCONV)(_pooled_residual("plain"))
+_metric("tconv_stats.mean_residual_gain", "Mean relative residual of the 3T fit with per-slice gains.", "lower", **_TCONV)(_pooled_residual("gain"))
+_metric("tconv_stats.explainable_share", "Share of fitted filters whose plain 3T residual is below the threshold.", "higher", **_TCONV)(_pooled_share("plain"))
+_metric("tconv_stats.explainable_share_gain", "Share of fitted filters the gain variant explains below the threshold.", "higher", **_TCONV)(_pooled_share("gain"))
+
+
+@_metric("tconv_stats.zero_filters", "Fitted Conv3d filters that are all zero (dead: nothing to fit).", "lower", **_TCONV)
+def _zero_filters(s: Summary, layer: str | None) -> float | None:
+    fitted = _fitted(s, layer)
+    return sum(int(entry.get("zero_filters") or 0) for entry in fitted) if fitted else None
+
+
+_metric("tconv_stats.filters_included", "Filters the statistics cover (every 3TConv filter; fits below the residual threshold).", None, **_TCONV)(_tconv_field(lambda b: b["filters_included"]))
+_metric("tconv_stats.near_identity_share", "Share of included filters whose transforms stay near identity.", None, **_TCONV)(_tconv_field(lambda b: b["near_identity_share"]))
+_metric("tconv_stats.mean_abs_rotation_deg", "Mean |rotation| per time step, degrees.", None, **_TCONV)(_tconv_field(lambda b: b["departure_from_identity"]["abs_rotation_deg"]["mean"]))
+_metric("tconv_stats.mean_abs_scale_change", "Mean |1 - 1/s| per time step.", None, **_TCONV)(_tconv_field(lambda b: b["departure_from_identity"]["abs_one_minus_inv_scale"]["mean"]))
+_metric("tconv_stats.mean_translation_px", "Mean per-step translation magnitude, in model-input pixels (layer-input pixels where the stride is unknown).", None, **_TCONV)(_tconv_field(_translation_mean))
+_metric("tconv_stats.dominant_direction_share", "Share of filters moving within the dominant direction's sector.", None, **_TCONV)(_tconv_field(lambda b: b["dominant_direction_share"]))

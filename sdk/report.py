@@ -207,6 +207,8 @@ def fmt(value: Any, digits: int = 4) -> str:
         return "yes" if value else "no"
     if isinstance(value, int):
         return str(value)
+    if isinstance(value, (list, tuple)):
+        return ", ".join(fmt(v, digits) for v in value)
     if isinstance(value, float):
         if not math.isfinite(value):
             return str(value)
@@ -227,7 +229,7 @@ def _figure(inner: str, caption: str = "") -> str:
 
 
 def _grid(figures: Iterable[str]) -> str:
-    return f'<div class="grid">{"".join(figures)}</div>'
+    return f'<div class="figures">{"".join(figures)}</div>'
 
 
 def _scalars(summary: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -379,7 +381,7 @@ def _class_filters(outcome: "TaskOutcome", assets: _Assets) -> str:
         ]
     )
     heat = [n for n in assets.names(outcome.task, r".*heat.*") if assets.is_image(n)]
-    figures = [_figure(assets.img(n, alt=n, cls="figure"), PurePosixPath(n).stem.replace("_", " ")) for n in heat]
+    figures = [_figure(assets.img(n, alt=n, cls="wide"), "Class × filter contribution; dots mark each class's fixed-k subset.") for n in heat]
     figures.append(
         _figure(
             charts.bars(
@@ -399,18 +401,12 @@ def _class_filters(outcome: "TaskOutcome", assets: _Assets) -> str:
             "MI selectivity well above the shuffled baseline means filters carry class information.",
         )
     )
-    figures.append(
-        _figure(
-            charts.bars(
-                names,
-                {"fixed k": [s.get("k")] * len(classes), "mass coverage": [c.get("coverage_size") for c in classes], "accuracy retention": [c.get("retention_size") for c in classes]},
-                title="Subset sizes per class",
-                ylabel="filters",
-            ),
-        )
-    )
     sizes = [n for n in assets.names(outcome.task, r".*size.*") if assets.is_image(n)]
-    figures += [_figure(assets.img(n, alt=n, cls="figure"), PurePosixPath(n).stem.replace("_", " ")) for n in sizes]
+    if sizes:
+        figures += [_figure(assets.img(n, alt=n, cls="figure"), "Subset sizes per class") for n in sizes]
+    else:
+        sizes_by_kind = {"fixed k": [s.get("k")] * len(classes), "mass coverage": [c.get("coverage_size") for c in classes], "accuracy retention": [c.get("retention_size") for c in classes]}
+        figures.append(_figure(charts.bars(names, sizes_by_kind, title="Subset sizes per class", ylabel="filters")))
     out += _grid(figures)
     rows = []
     for c in classes:
@@ -441,6 +437,112 @@ def _class_filters(outcome: "TaskOutcome", assets: _Assets) -> str:
 _RENDERERS["class_filters"] = _class_filters
 
 
+def _tconv_stats(outcome: "TaskOutcome", assets: _Assets) -> str:
+    s = outcome.summary or {}
+    layers = s.get("layers", [])
+    model = s.get("model", {})
+    share = model.get("explainable_share") or {}
+    out = _kv(
+        [
+            ("layers analysed", model.get("layers")),
+            ("3TConv layers / fitted Conv3d layers", f"{model.get('tconv_layers', 0)} / {model.get('fitted_layers', 0)}"),
+            ("filters in the statistics", model.get("filters_included")),
+            ("near-identity share", model.get("near_identity_share")),
+            ("dominant direction (°, 0 = right, 90 = up)", model.get("dominant_direction_deg")),
+            ("share in the dominant direction", model.get("dominant_direction_share")),
+            ("3T-explainable share: plain / with gains", f"{fmt(share.get('plain'))} / {fmt(share.get('gain'))}" if share else None),
+            ("residual threshold", (s.get("options") or {}).get("residual_threshold")),
+            ("translation units (pooled)", model.get("translation_units")),
+        ]
+    )
+    for note in s.get("notes") or []:
+        out += f'<p class="muted">Note: {escape(str(note))}</p>'
+    rows = []
+    for layer in layers:
+        dep = layer.get("departure_from_identity") or {}
+        residual = layer.get("residual") or {}
+        explained = layer.get("explainable_share") or {}
+        rows.append(
+            (
+                layer.get("name"),
+                layer.get("kind"),
+                layer.get("filters"),
+                layer.get("filters_included"),
+                (residual.get("plain") or {}).get("mean"),
+                (residual.get("gain") or {}).get("mean"),
+                explained.get("plain"),
+                explained.get("gain"),
+                layer.get("zero_filters"),
+                layer.get("near_identity_share"),
+                (dep.get("abs_one_minus_inv_scale") or {}).get("mean"),
+                (dep.get("abs_rotation_deg") or {}).get("mean"),
+                layer.get("dominant_direction_deg"),
+            )
+        )
+    out += "<h3>Layers</h3>" + table(
+        ("layer", "kind", "filters", "in statistics", "mean residual (plain)", "mean residual (gains)", "explainable (plain)", "explainable (gains)", "zero filters", "near identity", "mean |1−1/s|", "mean |rotation| °", "dominant direction °"),
+        rows,
+    )
+    if model.get("stats"):
+        out += "<h3>All layers pooled</h3>" + _summary_table(model["stats"])
+        out += _grid([_figure(_direction_chart(model.get("direction_histogram"), "Net displacement direction, all layers"))])
+    for layer in layers:
+        name = str(layer.get("name") or "(root)")
+        out += f"<h3>Layer {escape(name)} <span class=\"pill\">{escape(str(layer.get('kind', '')))}</span></h3>"
+        out += _kv([("kernel", "×".join(str(k) for k in layer.get("kernel_shape", []))), ("stride (model px per layer px)", layer.get("stride_px_model")), ("filters in the statistics", layer.get("filters_included"))])
+        figures = []
+        for path in layer.get("artifacts", []):
+            if assets.is_image(path):
+                kind = PurePosixPath(path).stem.rsplit("_", 1)[-1]
+                caption = {"histograms": "Distributions of 1/s, rotation and translation", "joint": "Translation per step (x, y)", "trajectories": "Cumulative trajectories of the most-moving filters", "residuals": "Residual distribution of the 3T fits (plain vs gains)"}.get(kind, kind)
+                figures.append(_figure(assets.img(path, alt=f"{name} {caption}", cls="wide" if kind == "histograms" else "figure"), caption))
+        residual = layer.get("residual") or {}
+        if residual:
+            figures.append(_figure(charts.bars(["min", "q25", "median", "q75", "max"], {v: [(residual.get(v) or {}).get(q) for q in ("min", "q25", "median", "q75", "max")] for v in ("plain", "gain")}, title=f"{name}: 3T residual quantiles", ylabel="relative residual", lo=0.0)))
+        figures.append(_figure(_direction_chart(layer.get("direction_histogram"), f"{name}: displacement direction")))
+        out += _grid(figures)
+        if layer.get("stats"):
+            out += "<details class=\"more\"><summary>Distributions (table)</summary>" + _summary_table(layer["stats"]) + "</details>"
+        trajectories = layer.get("trajectories") or []
+        if trajectories:
+            rows = [
+                (
+                    t.get("filter"),
+                    t.get("path_length_px_layer"),
+                    (t.get("displacement_px_layer") or [None, None])[0],
+                    (t.get("displacement_px_layer") or [None, None])[1],
+                    t.get("direction_deg"),
+                    (t.get("cumulative_inv_scale") or [None])[-1],
+                    (t.get("cumulative_rotation_deg") or [None])[-1],
+                )
+                for t in trajectories
+            ]
+            out += "<h4>Most-moving filters</h4>" + table(("filter", "path length px", "net dx px", "net dy px", "direction °", "cumulative 1/s", "cumulative rotation °"), rows)
+    return out
+
+
+def _summary_table(stats: dict[str, Any]) -> str:
+    """Rows of SUMMARY blocks ({count, mean, std, min, q05, ..., max}), nested translation blocks flattened."""
+    rows = []
+    for name, block in stats.items():
+        if not isinstance(block, dict):
+            continue
+        parts = [(name, block)] if "count" in block else [(f"{name}.{axis}", sub) for axis, sub in block.items() if isinstance(sub, dict)]
+        for label, b in parts:
+            rows.append((label, b.get("count"), b.get("mean"), b.get("std"), b.get("min"), b.get("q05"), b.get("median"), b.get("q95"), b.get("max")))
+    return table(("quantity", "count", "mean", "std", "min", "q05", "median", "q95", "max"), rows)
+
+
+def _direction_chart(histogram: Any, title: str) -> str:
+    if not histogram:
+        return charts.empty(title, "no directions")
+    labels = [f"{30 * i}°" for i in range(len(histogram))]
+    return charts.bars(labels, {"share": list(histogram)}, title=title, ylabel="share of filters", lo=0.0)
+
+
+_RENDERERS["tconv_stats"] = _tconv_stats
+
+
 _CSS = """
 :root{--fg:#1d232b;--muted:#66707c;--line:#dde2e8;--bg:#fff;--accent:#3b6fb6;--bad:#b3261e;--ok:#2e7d4f}
 *{box-sizing:border-box}body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;color:var(--fg);background:var(--bg);margin:0}
@@ -454,13 +556,13 @@ table{border-collapse:collapse;margin:6px 0}td,th{padding:3px 8px;border-bottom:
 table.kv th{color:var(--muted);font-weight:500;padding-right:16px}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .table-wrap{overflow-x:auto;max-height:720px;overflow-y:auto}table.data thead th{position:sticky;top:0;background:#f1f4f7}
 table.sortable th{cursor:pointer;user-select:none}table.sortable th[aria-sort=ascending]::after{content:" ▲"}table.sortable th[aria-sort=descending]::after{content:" ▼"}
-.grid{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}figure.fig{margin:4px 0}figcaption{font-size:12px;color:var(--muted);max-width:420px}
+.figures{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}figure.fig{margin:4px 0}figcaption{font-size:12px;color:var(--muted);max-width:420px}
 img{image-rendering:pixelated;max-width:100%}img.thumb{width:96px;height:96px;object-fit:contain;background:#eee}img.sheet{max-width:900px;width:auto}
-img.figure{max-width:560px}img.broken{outline:3px solid var(--bad)}details.more{margin:8px 0}summary{cursor:pointer;color:var(--accent)}
+img.figure{max-width:620px}img.wide{max-width:100%}img.broken{outline:3px solid var(--bad)}details.more{margin:8px 0}summary{cursor:pointer;color:var(--accent)}
 pre{background:#f6f8fa;padding:8px;overflow:auto;max-height:420px;font-size:12px}
 svg.chart{background:#fff;border:1px solid var(--line);border-radius:4px}.chart-title{font:600 12px system-ui,sans-serif}
-.chart-label{font:11px system-ui,sans-serif;fill:#555}.chart-tick{font:10px system-ui,sans-serif;fill:#555}.axis{stroke:#888}.grid{stroke:#eee}
-line.grid{stroke:#eee}.pill{display:inline-block;padding:0 6px;border-radius:8px;font-size:12px;background:#eef2f7}
+svg.chart text{stroke:none}.chart-label{font:11px system-ui,sans-serif;fill:#444}.chart-tick{font:10px system-ui,sans-serif;fill:#444}
+line.axis{stroke:#888}line.gridline{stroke:#e6e6e6}.pill{display:inline-block;padding:0 6px;border-radius:8px;font-size:12px;background:#eef2f7}
 """
 
 _JS = r"""
