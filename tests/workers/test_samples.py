@@ -226,7 +226,9 @@ def test_sample_input_is_normalised_and_seeded() -> None:
 
 
 def test_reduced_training_is_deterministic_and_reports_metrics() -> None:
+    caller_rng = torch.get_rng_state()
     first, metrics = train_c3d(seed=0, n_per_class=4, epochs=1, eval_per_class=2)
+    assert torch.equal(torch.get_rng_state(), caller_rng), "training must not reseed the caller's RNG"
     second, _ = train_c3d(seed=0, n_per_class=4, epochs=1, eval_per_class=2)
     other, _ = train_c3d(seed=1, n_per_class=4, epochs=1, eval_per_class=2)
     assert not first.training

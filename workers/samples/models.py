@@ -83,14 +83,16 @@ def train_c3d(
 
     Deterministic for a seed (same weights on the same machine and thread count). Metrics:
     train_accuracy and eval_accuracy (on held-out clips from another seed), seconds (wall time
-    of data generation plus training), samples (training clips), plus epochs and eval_samples.
+    of data generation, training and evaluation), samples (training clips), epochs, eval_samples.
+    The defaults reach eval accuracy 1.0 for seeds 0-3 in about 10-12 s on 2 idle cores.
     """
     started = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)  # nn.Module init draws from the global generator
     x, y = _normalised_clips(n_per_class, num_classes, seed)
     x_eval, y_eval = _normalised_clips(eval_per_class, num_classes, seed + _EVAL_SEED_OFFSET)
-    model = C3DSmall(num_classes=num_classes)
+    with torch.random.fork_rng(devices=[]):  # seed the weight init without touching the caller's RNG
+        torch.manual_seed(seed)
+        model = C3DSmall(num_classes=num_classes)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     steps_per_epoch = math.ceil(len(x) / batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
