@@ -31,6 +31,8 @@ ProgressFn = Callable[[float], None]
 _RESTART_LOG_SCALE = 0.25
 _RESTART_ROTATION = 0.5
 _RESTART_TRANSLATION = 1.5
+# Deterministic starts before the random ones: identity, slice registration, content leaving the window.
+_FIXED_STARTS = 3
 # Levenberg–Marquardt damping: start, shrink on success, grow on failure, give up above.
 _LAMBDA_START, _LAMBDA_DOWN, _LAMBDA_UP, _LAMBDA_MAX = 1e-3, 3.0, 4.0, 1e8
 # Stop a row when one accepted step gains less than this share of ‖W‖²; every _PRUNE_EVERY iterations
@@ -200,11 +202,19 @@ def _registration_start(target: torch.Tensor, k_t: int, k_h: int, k_w: int) -> t
     return torch.cat(starts, dim=1)
 
 
+def _vanishing_shift(k_h: int, k_w: int) -> tuple[float, float]:
+    """A translation (normalised units) that moves a whole k_h×k_w slice out of its zero-padded window."""
+    beyond = lambda k: 0.0 if k <= 1 else 2.0 + 2.0 / (k - 1) + 0.5  # noqa: E731
+    return (beyond(k_w), 0.0) if k_w > 1 else (0.0, beyond(k_h))
+
+
 def _initial_parameters(
     target: torch.Tensor, restarts: int, k_t: int, k_h: int, k_w: int, gain: bool, generator: torch.Generator
 ) -> torch.Tensor:
-    """(restarts+2)·F starting points: identity, slice registration, then random draws; gains from the
-    rank-1 SVD of the slices (ignoring motion), so a sign flip like [W, 0, −W] starts where it belongs."""
+    """(restarts+3)·F starting points: identity, slice registration, "content leaves after slice 0", then
+    random draws. The third start matters because once content is shifted out of the zero-padded slice
+    the loss is flat, so no local search finds that mode (a temporal derivative [W, 0, −W] needs it).
+    Gains come from the rank-1 SVD of the slices (ignoring motion), so a sign flip starts where it belongs."""
     filters = target.shape[0]
     steps = k_t - 1
     dtype, device = target.dtype, target.device
@@ -213,7 +223,9 @@ def _initial_parameters(
     random = (draws * spread).to(device=device, dtype=dtype).reshape(restarts, filters, 4 * steps)
     identity = torch.zeros((1, filters, 4 * steps), dtype=dtype, device=device)
     registered = _registration_start(target, k_t, k_h, k_w)[None]
-    motion = torch.cat([identity, registered, random]).reshape((restarts + 2) * filters, 4 * steps)
+    vanish = identity.clone()
+    vanish[..., 2:4] = torch.tensor(_vanishing_shift(k_h, k_w), dtype=dtype, device=device)
+    motion = torch.cat([identity, registered, vanish, random]).reshape((restarts + _FIXED_STARTS) * filters, 4 * steps)
     if not gain:
         return motion
     u, _s, _vh = torch.linalg.svd(target.reshape(filters, k_t, -1), full_matrices=False)
@@ -221,7 +233,7 @@ def _initial_parameters(
     sign = torch.sign(lead.gather(1, lead.abs().argmax(1, keepdim=True)))
     g = lead * sign * math.sqrt(k_t)
     g = torch.where(g.abs().sum(1, keepdim=True) > 0, g, torch.ones_like(g))
-    return torch.cat([motion, g.repeat(restarts + 2, 1)], dim=1)
+    return torch.cat([motion, g.repeat(restarts + _FIXED_STARTS, 1)], dim=1)
 
 
 def _normal_equations(
@@ -317,7 +329,8 @@ def fit_3t(
 ) -> ThreeTFit:
     """Fit every filter of a Conv3d weight (C_out, C_in, k_t, k_h, k_w) with 3T, all filters at once.
 
-    restarts: random starts besides identity; steps: LM iterations at most (it stops early once every
+    restarts: random starts besides the three fixed ones (identity, slice registration, content leaving
+    the window); steps: LM iterations at most (it stops early once every
     filter has converged). Runs in float64 on `device` (default: the weight's).
     """
     if weight.dim() != 5:
@@ -338,13 +351,13 @@ def fit_3t(
     target_all = compact.reshape(c_out, k_t, p, -1)
     generator = torch.Generator().manual_seed(int(seed))
     params_per_filter = 4 * (k_t - 1) + (k_t if gain else 0)
-    per_filter_elements = (restarts + 2) * (3 * params_per_filter * k_t * p * p + (k_t * p) ** 2)
+    per_filter_elements = (restarts + _FIXED_STARTS) * (3 * params_per_filter * k_t * p * p + (k_t * p) ** 2)
     chunk = max(1, min(c_out, _CHUNK_ELEMENTS // max(per_filter_elements, 1)))
     phis, bases, costs = [], [], []
     for start in range(0, c_out, chunk):
         stop = min(c_out, start + chunk)
         filters = stop - start
-        starts = restarts + 2
+        starts = restarts + _FIXED_STARTS
         target = target_all[start:stop].repeat(starts, 1, 1, 1)
         phi0 = _initial_parameters(target_all[start:stop], restarts, k_t, k_h, k_w, gain, generator)
         report = None
