@@ -275,7 +275,9 @@ def _gradient_batch(recorder: "_Recorder", xb: torch.Tensor, yb: torch.Tensor) -
         _check_batch_labels(yb, z)
         leaf = recorder.activation()
         own = z.gather(1, yb[:, None]).sum()
-        (grad,) = torch.autograd.grad(own, leaf)
+        grad = torch.autograd.grad(own, leaf, allow_unused=True)[0] if own.requires_grad else None
+    if grad is None:
+        raise ModelUnusable("the logits do not depend on the chosen layer's output", reason="LAYER_NOT_ON_PATH")
     leaf = leaf.detach()
     spatial = tuple(range(2, leaf.dim()))
     contrib = (grad * leaf).sum(dim=spatial) if spatial else grad * leaf

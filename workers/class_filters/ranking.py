@@ -23,10 +23,14 @@ LOUD_SHARE = 0.5
 
 def class_means(per_sample: np.ndarray, y: np.ndarray, num_classes: int) -> np.ndarray:
     """(C, D): the mean row of each class (zeros for a class without samples)."""
+    counts = np.bincount(y, minlength=num_classes)
     sums = np.zeros((num_classes, per_sample.shape[1]))
-    np.add.at(sums, y, per_sample)
-    counts = np.bincount(y, minlength=num_classes).astype(np.float64)
-    return sums / np.maximum(counts, 1.0)[:, None]
+    present = np.flatnonzero(counts)
+    if len(present):
+        grouped = per_sample[np.argsort(y, kind="stable")]
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])[present]
+        sums[present] = np.add.reduceat(grouped, starts, axis=0)
+    return sums / np.maximum(counts, 1)[:, None]
 
 
 def loud_sets(features: np.ndarray, share: float = LOUD_SHARE) -> np.ndarray:

@@ -48,16 +48,25 @@ class HeadRestriction:
         self.features = features
         self.weight = weight
         self.bias = bias
+        self._by_filter = np.ascontiguousarray(features.T)  # (D, N): prefix sums gather whole rows
+        self._full = features @ weight.T + bias
 
     def restricted_logits(self, keep: np.ndarray) -> np.ndarray:
         return self.features @ (self.weight * keep).T + self.bias
 
     def prefix_logits(self, c: int, order: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-        running = np.cumsum(self.features[:, order] * self.weight[c, order], axis=1)
-        return running[:, np.asarray(sizes) - 1].T + self.bias[c]
+        sizes = np.asarray(sizes)
+        used = order[: int(sizes.max())]
+        running = np.cumsum(self._by_filter[used] * self.weight[c, used][:, None], axis=0)
+        return running[sizes - 1] + self.bias[c]
 
     def logits_without(self, remove: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        return (self.features[rows] * ~remove) @ self.weight.T + self.bias
+        """Subtract the few removed terms from the full logits, or add up the few kept ones."""
+        removed = np.flatnonzero(remove)
+        if 2 * len(removed) <= len(remove):
+            return self._full[rows] - self.features[np.ix_(rows, removed)] @ self.weight[:, removed].T
+        kept = np.flatnonzero(~remove)
+        return self.features[np.ix_(rows, kept)] @ self.weight[:, kept].T + self.bias
 
 
 class AblationRestriction:

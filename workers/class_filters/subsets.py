@@ -38,22 +38,28 @@ def retention_sizes(restriction: Restriction, order: np.ndarray, full_logits: np
     """(C,) shortest prefix of each class's ranking whose restricted logit keeps `fraction` of its F1.
 
     Only class c's logit is restricted; the others stay full. An exhaustive restriction scores every
-    size; otherwise the size is found by bisection (assumes the F1 does not fall as filters are added).
+    size up to the answer (in doubling blocks, so a small answer stays cheap); otherwise the size is
+    found by bisection (which assumes the F1 does not fall as filters are added).
     """
     num_classes, width = order.shape
+    rivals = _best_rival(full_logits)
     sizes = np.zeros(num_classes, dtype=np.int64)
     for c in range(num_classes):
-        rivals = np.delete(full_logits, c, axis=1).max(axis=1)
         truth = y == c
-        target = fraction * float(f1(full_logits[:, c] > rivals, truth)) - 1e-12
+        target = fraction * float(f1(full_logits[:, c] > rivals[:, c], truth)) - 1e-12
 
         def keeps(candidates: np.ndarray) -> np.ndarray:
             z = restriction.prefix_logits(c, order[c], candidates)
-            return f1(z > rivals[None, :], truth[None, :]) >= target
+            return f1(z > rivals[None, :, c], truth[None, :]) >= target
 
         if restriction.exhaustive:
-            ok = keeps(np.arange(1, width + 1))
-            sizes[c] = int(ok.argmax()) + 1 if ok.any() else width
+            block = _FIRST_BLOCK
+            while True:
+                ok = keeps(np.arange(1, min(block, width) + 1))
+                if ok.any() or block >= width:
+                    sizes[c] = int(ok.argmax()) + 1 if ok.any() else width
+                    break
+                block *= 2
             continue
         lo, hi = 1, width
         while lo < hi:
@@ -64,6 +70,20 @@ def retention_sizes(restriction: Restriction, order: np.ndarray, full_logits: np
                 lo = mid + 1
         sizes[c] = lo
     return sizes
+
+
+# Prefix sizes scored at once before doubling (exhaustive restrictions).
+_FIRST_BLOCK = 32
+
+
+def _best_rival(logits: np.ndarray) -> np.ndarray:
+    """(N, C): for each class, the largest logit among the OTHER classes."""
+    if logits.shape[1] < 2:
+        return np.full_like(logits, -np.inf)
+    top2 = np.argsort(-logits, axis=1, kind="stable")[:, :2]
+    best = np.take_along_axis(logits, top2[:, :1], axis=1)
+    second = np.take_along_axis(logits, top2[:, 1:2], axis=1)
+    return np.where(np.arange(logits.shape[1])[None, :] == top2[:, :1], second, best)
 
 
 def keep_masks(subsets: np.ndarray, width: int) -> np.ndarray:
