@@ -812,13 +812,17 @@ def _weights_model(state: dict[str, torch.Tensor], header: dict[str, Any], archi
         return LoadedModel(input_spec=_spec(header, None), state_dict=state, module=None, info={"architecture": ""})
     arch = architectures.get_architecture(architecture)
     module = architectures.build(architecture)
-    result = module.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    reshaped = [f"{k} {list(state[k].shape)} != {list(v.shape)}" for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    if missing or unexpected or reshaped:
         raise ModelRejected(
-            f"the weights do not fit architecture {architecture!r}: missing {result.missing_keys[:5]}, "
-            f"unexpected {result.unexpected_keys[:5]}",
+            f"the weights do not fit architecture {architecture!r}: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+            f"wrong shapes {reshaped[:5]}",
             reason="ARCHITECTURE_MISMATCH",
         )
+    module.load_state_dict(state, strict=True)
     default = arch.default_spec()
     spec = _spec(header, default.shape if default else None)
     if default and not header.get("mean") and not header.get("std") and not header.get("shape"):
