@@ -26,7 +26,16 @@ defaults.py):
     KERNELSCOPE_POLL_INTERVAL        seconds between job-state looks      (0.1)
     KERNELSCOPE_DESCRIBE_TIMEOUT     seconds DescribeModel waits          (120)
     KERNELSCOPE_HEALTH_INTERVAL      seconds between Redis health pings   (2)
+    KERNELSCOPE_MAX_JOBS_IN_FLIGHT   jobs a tenant may have queued/running (100)
+    KERNELSCOPE_REAP_INTERVAL        seconds between looks for dead workers (1)
+    KERNELSCOPE_WORKER_TIMEOUT       seconds of late heartbeats before a job is re-queued (15)
+    KERNELSCOPE_JOB_RETRIES          times a job whose worker died is re-queued (2)
     KERNELSCOPE_WORKER_TOKEN         bearer token of the Worker service   (empty: refuse all)
+    KERNELSCOPE_TOKENS_FILE          API tokens file, "tenant:sha256" lines (none)
+    KERNELSCOPE_TOKENS               API tokens "tenant=token,..."        (none; neither: open, tenant "default")
+    KERNELSCOPE_TLS_CERT             PEM certificate chain: TLS on        (none: plaintext)
+    KERNELSCOPE_TLS_KEY              PEM private key of that certificate  (none)
+    KERNELSCOPE_METRICS_PORT         Prometheus /metrics port on HOST     (0: off)
 
 Byte sizes take a plain integer or a suffix KiB, MiB, GiB ("512MiB").
 """
@@ -84,7 +93,16 @@ class Config:
     poll_interval: float = field(default=defaults.POLL_INTERVAL, metadata=_env("KERNELSCOPE_POLL_INTERVAL"))
     describe_timeout: float = field(default=defaults.DESCRIBE_TIMEOUT, metadata=_env("KERNELSCOPE_DESCRIBE_TIMEOUT"))
     health_interval: float = field(default=defaults.HEALTH_INTERVAL, metadata=_env("KERNELSCOPE_HEALTH_INTERVAL"))
+    max_jobs_in_flight: int = field(default=defaults.MAX_JOBS_IN_FLIGHT, metadata=_env("KERNELSCOPE_MAX_JOBS_IN_FLIGHT"))
+    reap_interval: float = field(default=defaults.REAP_INTERVAL, metadata=_env("KERNELSCOPE_REAP_INTERVAL"))
+    worker_timeout: float = field(default=defaults.WORKER_TIMEOUT, metadata=_env("KERNELSCOPE_WORKER_TIMEOUT"))
+    job_retries: int = field(default=defaults.JOB_RETRIES, metadata=_env("KERNELSCOPE_JOB_RETRIES"))
     worker_token: str = field(default=defaults.WORKER_TOKEN, metadata=_env("KERNELSCOPE_WORKER_TOKEN"), repr=False)
+    tokens_file: str = field(default=defaults.TOKENS_FILE, metadata=_env("KERNELSCOPE_TOKENS_FILE"))
+    tokens: str = field(default=defaults.TOKENS, metadata=_env("KERNELSCOPE_TOKENS"), repr=False)
+    tls_cert: str = field(default=defaults.TLS_CERT, metadata=_env("KERNELSCOPE_TLS_CERT"))
+    tls_key: str = field(default=defaults.TLS_KEY, metadata=_env("KERNELSCOPE_TLS_KEY"))
+    metrics_port: int = field(default=defaults.METRICS_PORT, metadata=_env("KERNELSCOPE_METRICS_PORT"))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser())
@@ -94,12 +112,19 @@ class Config:
                 f"({self.max_message_bytes})"
             )
         for name in ("max_workers", "max_upload_bytes", "max_dataset_bytes", "max_dataset_samples",
-                     "max_artifact_bytes", "job_timeout", "request_id_ttl"):
+                     "max_artifact_bytes", "job_timeout", "request_id_ttl", "max_jobs_in_flight"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("poll_interval", "health_interval", "max_wait_seconds", "describe_timeout"):
+        for name in ("poll_interval", "health_interval", "max_wait_seconds", "describe_timeout",
+                     "reap_interval", "worker_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive seconds, got {getattr(self, name)}")
+        if self.job_retries < 0:
+            raise ValueError(f"job_retries must be >= 0, got {self.job_retries}")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("TLS needs both KERNELSCOPE_TLS_CERT and KERNELSCOPE_TLS_KEY (or neither)")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ValueError(f"metrics_port must be 0 (off) or a TCP port, got {self.metrics_port}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Config":

@@ -35,6 +35,8 @@ MAX_UPLOAD_BYTES = 2 * GiB
 MAX_DATASET_BYTES = 1 * GiB
 # Most samples a dataset may hold.
 MAX_DATASET_SAMPLES = 1_000_000
+# Most jobs one tenant may have queued or running at once (DescribeModel's internal jobs count too).
+MAX_JOBS_IN_FLIGHT = 100
 # Largest artifact a worker may write, bytes.
 MAX_ARTIFACT_BYTES = 512 * MiB
 # Page size of List* calls when the request leaves it 0, and the most a request may ask for.
@@ -66,8 +68,26 @@ POLL_INTERVAL = 0.1
 DESCRIBE_TIMEOUT = 120.0
 # Seconds between two Redis pings of the health checker.
 HEALTH_INTERVAL = 2.0
-# Tenant of every record until authentication assigns tenants.
+# Seconds between two passes of the reaper over running jobs (service/reaper.py).
+REAP_INTERVAL = 1.0
+# Seconds a running job's heartbeat may be late before its worker counts as dead and the job is queued
+# again; keep it well above the workers' KERNELSCOPE_WORKER_HEARTBEAT (2 s by default).
+WORKER_TIMEOUT = 15.0
+# Times a job whose worker died is queued again before it fails with WORKER_LOST.
+JOB_RETRIES = 2
+
+# --- auth, TLS and metrics -----------------------------------------------------------------------
+# Tenant of every record when no API tokens are configured (the open, local mode).
 TENANT = "default"
+# File of API tokens, one "tenant:sha256-hex-of-token" per line (service/auth.py); empty: none.
+TOKENS_FILE = ""
+# API tokens as "tenant=token,tenant=token", hashed at load; empty: none. Neither set: the service is open.
+TOKENS = ""
+# PEM files of the server's certificate chain and private key; both set: the server speaks TLS only.
+TLS_CERT = ""
+TLS_KEY = ""
+# TCP port of the Prometheus /metrics endpoint (on HOST); 0: no endpoint.
+METRICS_PORT = 0
 
 # --- workers ---------------------------------------------------------------------------------
 # Bearer token the Worker service requires; empty refuses every worker call.

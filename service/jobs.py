@@ -4,6 +4,10 @@ RQ holds the queue and the live state (status, progress in job.meta, the worker'
 return value). The service keeps its own record per job (request, tenant, times, cancel flag and,
 once the job ended, its outcome) so that a job stays readable after RQ's data expires. The job
 function is enqueued by dotted path (config.job_function): the service never imports the worker.
+
+Each tenant may have at most config.max_jobs_in_flight jobs queued or running: a set of its job ids
+is claimed atomically at creation and released when the service first sees the job ended (or, when
+the set is full, after asking RQ which of its members did end).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from rq.job import JobStatus
 from rq.serializers import JSONSerializer
 
 from service import datasets, errors, models, tasks
+from service.reaper import WORKER_LOST_MARK
 from service.artifacts import ArtifactLog
 from service.blobstore import StagedBlob
 from service.config import Config
@@ -43,6 +48,21 @@ _MAX_REQUEST_ID = 128
 _MAX_SCAN = 2000
 # Seconds a repeated request_id waits for the first request to finish creating its job.
 _REQUEST_RACE_SECONDS = 5.0
+# RQ statuses after which a job holds no in-flight slot (a missing job counts as ended too).
+_ENDED_RQ_STATUSES = frozenset(s.value.encode() for s in (
+    JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED,
+))
+# Claim an in-flight slot: add job ARGV[1] (scored by the claim time ARGV[3]) to the sorted set KEYS[1]
+# unless it already holds ARGV[2] members. Returns -1 when claimed, else the count.
+_CLAIM_SLOT = """
+local n = redis.call('ZCARD', KEYS[1])
+if n >= tonumber(ARGV[2]) then return n end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+return -1
+"""
+# Seconds after its claim that a slot whose job has neither an RQ job nor a record counts as abandoned
+# (a creation that died half-way, or an internal job whose records expired); before, it is being created.
+_CLAIM_GRACE_SECONDS = 60.0
 
 IsActive = Callable[[], bool]
 
@@ -82,16 +102,25 @@ class JobRecord:
 
 
 class JobManager:
-    """Every job operation of the API, for one tenant."""
+    """Every job operation of the API, for one tenant. `on_end(seconds, state)` hears of each ended job once."""
 
-    def __init__(self, conn: redis.Redis, config: Config, registry: Registry, artifacts: ArtifactLog) -> None:
+    def __init__(
+        self,
+        conn: redis.Redis,
+        config: Config,
+        registry: Registry,
+        artifacts: ArtifactLog,
+        on_end: Callable[[float, str], None] | None = None,
+    ) -> None:
         self.conn = conn
         self.config = config
         self.registry = registry
         self.artifacts = artifacts
+        self.on_end = on_end
         self.keys: Keys = registry.keys
         self.index = Index(conn, self.keys.index("job"))
         self.queue = Queue(config.queue_name, connection=conn, serializer=JSONSerializer)
+        self._claim_slot = conn.register_script(_CLAIM_SLOT)
 
     # --- create -----------------------------------------------------------------------------
 
@@ -172,6 +201,24 @@ class JobManager:
         names = ", ".join(t.name for t in job_tasks)
         # Public jobs live until DeleteJob; DescribeModel's internal ones expire (their result is cached).
         ttl = self.config.internal_job_ttl if internal else None
+        self._claim(job_id)
+        try:
+            self._write(record, model, dataset, job_tasks, names, ttl)
+        except BaseException:
+            self._release(job_id)
+            raise
+        return record
+
+    def _write(
+        self,
+        record: JobRecord,
+        model: models_pb2.Model,
+        dataset: datasets_pb2.Dataset | None,
+        job_tasks: list[tasks_pb2.Task],
+        names: str,
+        ttl: int | None,
+    ) -> None:
+        job_id, internal = record.id, record.internal
         with self.conn.pipeline(transaction=True) as pipe:
             self.queue.enqueue(
                 self.config.job_function,
@@ -184,10 +231,51 @@ class JobManager:
                 pipeline=pipe,
             )
             pipe.set(self.keys.record("job", job_id), record.dumps(), ex=ttl)
+            pipe.set(Keys.job_owner(job_id), self.keys.tenant, ex=ttl)
             if not internal:
                 self.index.add(record.index_member, pipe)
             pipe.execute()
-        return record
+
+    # --- the in-flight limit ----------------------------------------------------------------
+
+    def _claim(self, job_id: str) -> None:
+        """Take one of the tenant's in-flight slots for `job_id`, or RESOURCE_EXHAUSTED naming the limit."""
+        limit = self.config.max_jobs_in_flight
+        key = self.keys.inflight()
+        for attempt in range(2):
+            count = int(self._claim_slot(keys=[key], args=[job_id, limit, time.time()]))
+            if count < 0:
+                return
+            if attempt == 0:
+                self._release_ended()
+        raise errors.resource_exhausted(
+            "TOO_MANY_JOBS",
+            f"tenant {self.keys.tenant!r} has {count} jobs queued or running, the limit is {limit} "
+            "(KERNELSCOPE_MAX_JOBS_IN_FLIGHT); wait for some to finish",
+        )
+
+    def _release(self, job_id: str) -> bool:
+        """Give the job's slot back; True only for the call that actually released it."""
+        return bool(self.conn.zrem(self.keys.inflight(), job_id))
+
+    def _release_ended(self) -> None:
+        """Free the slots of jobs RQ says have ended (or no longer holds) though nobody looked at them since."""
+        claims = [(m.decode(), score) for m, score in self.conn.zrange(self.keys.inflight(), 0, -1, withscores=True)]
+        if not claims:
+            return
+        with self.conn.pipeline(transaction=False) as pipe:
+            for job_id, _ in claims:
+                pipe.hget(RQJob.key_for(job_id), "status")
+                pipe.exists(self.keys.record("job", job_id))
+            replies = pipe.execute()
+        settled = time.time() - _CLAIM_GRACE_SECONDS
+        ended = [
+            job_id
+            for (job_id, claimed), status, has_record in zip(claims, replies[0::2], replies[1::2])
+            if status in _ENDED_RQ_STATUSES or (status is None and (has_record or claimed < settled))
+        ]
+        if ended:
+            self.conn.zrem(self.keys.inflight(), *ended)
 
     def _await_record(self, job_id: str) -> JobRecord:
         """The record a concurrent first request with the same request_id is writing."""
@@ -236,8 +324,18 @@ class JobManager:
             if job.state in TERMINAL:
                 record.outcome = json_format.MessageToDict(job, preserving_proto_field_name=True)
                 self.conn.set(self.keys.record("job", record.id), record.dumps(), xx=True, keepttl=True)
+                if self._release(record.id):
+                    self._report_end(job)
         self._attach_artifacts(job)
         return job
+
+    def _report_end(self, job: jobs_pb2.Job) -> None:
+        if self.on_end is None:
+            return
+        seconds = 0.0
+        if job.HasField("start_time") and job.HasField("end_time"):
+            seconds = (job.end_time.ToNanoseconds() - job.start_time.ToNanoseconds()) / 1e9
+        self.on_end(seconds, jobs_pb2.JobState.Name(job.state))
 
     def _base(self, record: JobRecord) -> jobs_pb2.Job:
         job = jobs_pb2.Job(
@@ -395,7 +493,8 @@ class JobManager:
         except NoSuchJobError:
             pass
         with self.conn.pipeline() as pipe:
-            pipe.delete(self.keys.record("job", job_id))
+            pipe.delete(self.keys.record("job", job_id), Keys.job_owner(job_id))
+            pipe.zrem(self.keys.inflight(), job_id)
             self.index.remove(record.index_member, pipe)
             pipe.execute()
         if record.request_id:
@@ -579,11 +678,17 @@ def _apply_manifest(job: jobs_pb2.Job, manifest: Any) -> None:
 
 
 def _apply_failure(job: jobs_pb2.Job, exc_string: str) -> None:
-    """A job whose function raised (or was killed): WORKER_FAILED with the exception's last line, or JOB_TIMEOUT."""
+    """A job whose function raised (or was killed): WORKER_FAILED with the exception's last line, JOB_TIMEOUT,
+    or WORKER_LOST when its worker died once too often (UNAVAILABLE: submitting it again may well work)."""
     lines = [line for line in exc_string.strip().splitlines() if line.strip()]
     last = lines[-1].strip() if lines else "the worker failed without an exception"
     if "JobTimeoutException" in exc_string:
         _set_error(job.error, "DEADLINE_EXCEEDED", "JOB_TIMEOUT", f"the job ran past its timeout: {last}")
+    elif WORKER_LOST_MARK in exc_string or "AbandonedJobError" in exc_string:
+        message = last.split(WORKER_LOST_MARK, 1)[-1].strip(" :") if WORKER_LOST_MARK in last else (
+            "the worker running this job stopped responding and the job was given up"
+        )
+        _set_error(job.error, "UNAVAILABLE", "WORKER_LOST", message)
     else:
         _set_error(job.error, "INTERNAL", "WORKER_FAILED", last)
 

@@ -10,6 +10,8 @@ Key layout (every record carries its tenant; blobs are shared across tenants, be
     ks:{tenant}:job:{id}              the service's job record (jobs.py)   ks:{tenant}:jobs   its index
     ks:{tenant}:job:{id}:artifacts    hash: artifact name -> Artifact JSON
     ks:{tenant}:request:{request_id}  job id a request_id created (24 h)
+    ks:{tenant}:inflight              sorted set: the tenant's job ids not known to have ended, by claim time
+    ks:@job:{id}                      the tenant that owns job {id} (the Worker API finds jobs by id alone)
     ks:blob:{sha256}:refs             set of records using the blob; the blob is deleted with the last one
     ks:blob:{sha256}:lock             held while a blob is committed or released
 """
@@ -60,6 +62,13 @@ class Keys:
 
     def describing(self, model_id: str) -> str:
         return f"{self._p}describing:{model_id}"
+
+    def inflight(self) -> str:
+        return f"{self._p}inflight"
+
+    @staticmethod
+    def job_owner(job_id: str) -> str:
+        return f"ks:@job:{job_id}"
 
     @staticmethod
     def blob_refs(sha256: str) -> str:

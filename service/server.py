@@ -1,10 +1,13 @@
-"""Assembles the gRPC server: KernelScope, Worker, grpc.health.v1 (following Redis) and server reflection."""
+"""Assembles the gRPC server: KernelScope, Worker, grpc.health.v1 (following Redis) and server reflection,
+with token auth, TLS when configured, the reaper of abandoned jobs and, on request, Prometheus metrics."""
 
 from __future__ import annotations
 
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
 
 import grpc
 import redis
@@ -15,11 +18,11 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from service.api import KernelScopeServicer
-from service.artifacts import ArtifactLog
+from service.auth import Authenticator
 from service.blobstore import BlobStore
 from service.config import Config
-from service.jobs import JobManager
-from service.registry import Registry
+from service.reaper import Reaper
+from service.tenants import Tenants
 from service.worker_api import WorkerServicer
 
 log = logging.getLogger(__name__)
@@ -45,15 +48,19 @@ def connect_redis(config: Config) -> redis.Redis:
 def build_server(config: Config) -> tuple[grpc.Server, int]:
     """A started server bound to config.host:config.port (0 picks a port), and the port it got.
 
-    Stop it with `server.stop(grace)`; its Redis health monitor ends with it.
+    Stop it with `server.stop(grace)`; its Redis health monitor, reaper and metrics endpoint end with it.
+    Raises ValueError for a bad tokens file and OSError for unreadable TLS files or a port in use.
     """
+    auth = Authenticator(config.tokens_file, config.tokens, config.worker_token)
+    credentials = _tls_credentials(config)
     conn = connect_redis(config)
     store = BlobStore(config.data_dir)
     swept = store.sweep_tmp()
     if swept:
         log.info("removed %d stale temp files from %s", swept, store.tmp_dir)
-    registry = Registry(conn, store)
-    jobs = JobManager(conn, config, registry, ArtifactLog(conn, registry.refs, registry.keys))
+    metrics = _metrics(conn, config)
+    on_upload = metrics.record_upload if metrics else None
+    tenants = Tenants(conn, config, store, on_job_end=metrics.observe_job if metrics else None)
 
     server = grpc.server(
         ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="kernelscope-rpc"),
@@ -62,17 +69,26 @@ def build_server(config: Config) -> tuple[grpc.Server, int]:
             ("grpc.max_send_message_length", config.max_message_bytes),
         ],
     )
-    kernelscope_pb2_grpc.add_KernelScopeServicer_to_server(KernelScopeServicer(config, store, registry, jobs), server)
-    worker_pb2_grpc.add_WorkerServicer_to_server(WorkerServicer(config, store, jobs), server)
+    kernelscope_pb2_grpc.add_KernelScopeServicer_to_server(
+        KernelScopeServicer(config, store, tenants, auth, on_upload=on_upload), server
+    )
+    worker_pb2_grpc.add_WorkerServicer_to_server(WorkerServicer(config, store, tenants, auth, on_upload=on_upload), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (KERNELSCOPE_SERVICE, WORKER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    address = f"{config.host}:{config.port}"
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if port == 0:
-        raise OSError(f"could not bind {config.host}:{config.port}")
+        raise OSError(f"could not bind {address}")
+    endpoint = metrics.start_http_server(config.metrics_port, addr=config.host) if metrics else None
     server.start()
+    (log.warning if auth.open else log.info)("%s", auth.describe())
+    if credentials:
+        log.info("TLS on with certificate %s", config.tls_cert)
+    if endpoint:
+        log.info("Prometheus metrics on http://%s:%d/metrics", config.host, endpoint.port)
     healthy = _report_health(health_servicer, conn)
     if not healthy:
         log.warning("Redis at %s is unreachable: health NOT_SERVING", config.redis_url)
@@ -82,13 +98,45 @@ def build_server(config: Config) -> tuple[grpc.Server, int]:
         name="kernelscope-health",
         daemon=True,
     ).start()
+    stopped = threading.Event()
+    threading.Thread(target=Reaper(conn, config).run, args=(stopped,), name="kernelscope-reaper", daemon=True).start()
+    threading.Thread(target=_on_termination, args=(server, stopped, endpoint), name="kernelscope-stop", daemon=True).start()
     return server, port
+
+
+def _tls_credentials(config: Config) -> grpc.ServerCredentials | None:
+    if not config.tls_cert:
+        return None
+    try:
+        chain, key = Path(config.tls_cert).read_bytes(), Path(config.tls_key).read_bytes()
+    except OSError as exc:
+        raise OSError(f"cannot read the TLS certificate or key: {exc}") from None
+    return grpc.ssl_server_credentials([(key, chain)])
+
+
+def _metrics(conn: redis.Redis, config: Config) -> Any:
+    """The Metrics of this server when KERNELSCOPE_METRICS_PORT is set (prometheus_client is imported only then)."""
+    if not config.metrics_port:
+        return None
+    from service.metrics import Metrics
+
+    return Metrics(conn, config.queue_name)
+
+
+def _on_termination(server: grpc.Server, stopped: threading.Event, endpoint: Any) -> None:
+    server.wait_for_termination()
+    stopped.set()
+    if endpoint is not None:
+        endpoint.stop()
 
 
 def serve(config: Config, stop: threading.Event) -> None:
     """Run until `stop` is set, then refuse new RPCs and give running ones config.shutdown_grace seconds."""
     server, port = build_server(config)
-    log.info("kernelscope service listening on %s:%d (data in %s, queue %r)", config.host, port, config.data_dir, config.queue_name)
+    log.info(
+        "kernelscope service listening on %s:%d (%s, data in %s, queue %r)",
+        config.host, port, "TLS" if config.tls_cert else "plaintext", config.data_dir, config.queue_name,
+    )
     stop.wait()
     log.info("stopping: %.1f s grace for running RPCs", config.shutdown_grace)
     server.stop(config.shutdown_grace).wait()

@@ -2,47 +2,42 @@
 
 from __future__ import annotations
 
-import hmac
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import grpc
 from kernelscope.v1 import jobs_pb2, worker_pb2, worker_pb2_grpc
 
-from service import artifacts, uploads
+from service import artifacts, errors, uploads
+from service.auth import Authenticator
 from service.blobstore import BlobStore, check_sha256
 from service.config import Config
-from service.errors import ServiceError, rpc_errors
-from service.jobs import JobManager
+from service.errors import rpc_errors
+from service.tenants import Tenants
 
 
 class WorkerServicer(worker_pb2_grpc.WorkerServicer):
-    """Every call needs metadata "authorization: Bearer <worker token>"; with no token configured, none passes."""
+    """Every call needs metadata "authorization: Bearer <worker token>"; with no token configured, none passes.
 
-    def __init__(self, config: Config, store: BlobStore, jobs: JobManager) -> None:
+    Artifacts land in the tenant that owns the job; a worker never names a tenant itself.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        store: BlobStore,
+        tenants: Tenants,
+        auth: Authenticator,
+        on_upload: Callable[[str, int], None] | None = None,
+    ) -> None:
         self.config = config
         self.store = store
-        self.jobs = jobs
-
-    def _authorize(self, context: grpc.ServicerContext) -> None:
-        expected = self.config.worker_token
-        if not expected:
-            raise ServiceError(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "WORKER_TOKEN_NOT_CONFIGURED",
-                "this service accepts no worker calls: set KERNELSCOPE_WORKER_TOKEN for the service and its workers",
-            )
-        metadata = {m.key: m.value for m in context.invocation_metadata() or ()}
-        scheme, _, given = str(metadata.get("authorization", "")).partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected.encode()):
-            raise ServiceError(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "BAD_WORKER_TOKEN",
-                "worker calls need metadata 'authorization: Bearer <worker token>' with the service's token",
-            )
+        self.tenants = tenants
+        self.auth = auth
+        self.on_upload = on_upload
 
     @rpc_errors
     def FetchBlob(self, request: worker_pb2.FetchBlobRequest, context: grpc.ServicerContext) -> Iterator[worker_pb2.BlobChunk]:
-        self._authorize(context)
+        self.auth.check_worker(context)
         for chunk in self.store.read_chunks(check_sha256(request.sha256), self.config.chunk_bytes):
             yield worker_pb2.BlobChunk(data=chunk)
 
@@ -50,10 +45,16 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
     def WriteArtifact(
         self, request_iterator: Iterable[worker_pb2.WriteArtifactRequest], context: grpc.ServicerContext
     ) -> jobs_pb2.Artifact:
-        self._authorize(context)
+        self.auth.check_worker(context)
         header, chunks = uploads.split(request_iterator, "ArtifactHeader")
         name = artifacts.check_name(header.name)
-        self.jobs.record(header.job_id)
+        if not header.job_id:
+            raise errors.invalid_argument("JOB_ID_REQUIRED", "job_id is required")
+        tenant = self.tenants.owner_of_job(header.job_id)
+        if tenant is None:
+            raise errors.not_found("job", header.job_id)
+        jobs = tenant.jobs
+        jobs.record(header.job_id)
         uploads.check_size(header.size_bytes, self.config.max_artifact_bytes, f"artifact {name!r}", allow_empty=True)
         if header.sha256:
             check_sha256(header.sha256, "header.sha256")
@@ -71,5 +72,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                 sha256=staged.sha256,
                 task=header.task or name.split("/", 1)[0],
             )
-            self.jobs.add_artifact(header.job_id, artifact, staged)
+            jobs.add_artifact(header.job_id, artifact, staged)
+        if self.on_upload is not None:
+            self.on_upload("artifact", staged.size_bytes)
         return artifact

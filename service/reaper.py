@@ -1,0 +1,178 @@
+"""The reaper: finds jobs whose worker died mid-job and queues them again, within seconds.
+
+RQ notices an abandoned job only when its StartedJobRegistry entry expires, a minute or more after
+the worker's last heartbeat, and then fails it (it retries only jobs enqueued with `Retry`, which
+would also retry jobs that raised or ran out of time on their own: those fail for good here). So
+the service checks every started execution each `config.reap_interval` seconds. An execution is
+abandoned when
+
+- its worker is gone from Redis (the worker's key expired or was removed), or
+- its heartbeat is late: older than `config.worker_timeout`, and older than three of the worker's
+  own heartbeat intervals (read off the execution key's TTL, which RQ sets to interval + 60 s at
+  each beat), so that a worker left at RQ's slow 30 s default is never taken for dead.
+
+An abandoned job is queued again at the front, at most `config.job_retries` times; after that, or
+when a cancel was requested, it fails with WORKER_LOST (shown CANCELLED when it was cancelled).
+Workers beat every KERNELSCOPE_WORKER_HEARTBEAT seconds (workers/__main__.py), and a work-horse
+dies with its worker, so that a lost job is never also finished by an orphan.
+
+Each decision runs in a WATCH transaction on the job and its execution, so a heartbeat that lands
+meanwhile, or another service replica reaping at the same time, turns it into a no-op.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import redis
+from rq import Queue
+from rq.exceptions import NoSuchJobError
+from rq.executions import Execution
+from rq.job import Job as RQJob
+from rq.job import JobStatus
+from rq.job_lifecycle import record_job_failure
+from rq.registry import StartedJobRegistry
+from rq.serializers import JSONSerializer
+from rq.utils import parse_composite_key
+from rq.worker import Worker
+
+from service.config import Config
+from service.registry import Keys
+
+log = logging.getLogger(__name__)
+
+# Starts the failure line the service recognises as a lost worker (jobs._apply_failure).
+WORKER_LOST_MARK = "kernelscope.WorkerLost"
+# job.meta key counting how often the job's worker died under it.
+LOSSES_META = "kernelscope_worker_losses"
+# What RQ adds to a worker's heartbeat interval for the TTL of an execution key.
+_RQ_TTL_SLACK_SECONDS = 60.0
+# A heartbeat is late after this many of the worker's own intervals (and config.worker_timeout).
+_LATE_INTERVALS = 3
+
+
+@dataclass(frozen=True)
+class Reaped:
+    """One abandoned job dealt with: queued again (`requeued`) or failed, after `losses` lost workers."""
+
+    job_id: str
+    worker: str
+    losses: int
+    requeued: bool
+
+
+class Reaper:
+    """Checks the queue's started executions; `run(stop)` loops until `stop` is set."""
+
+    def __init__(self, conn: redis.Redis, config: Config) -> None:
+        self.conn = conn
+        self.config = config
+        self.queue = Queue(config.queue_name, connection=conn, serializer=JSONSerializer)
+        self.started = StartedJobRegistry(config.queue_name, connection=conn, serializer=JSONSerializer)
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.wait(self.config.reap_interval):
+            try:
+                self.reap()
+            except redis.RedisError as exc:  # Redis away: health reports it; try again next round
+                log.debug("reaper: Redis unavailable: %s", exc)
+            except Exception:  # noqa: BLE001 - the reaper must outlive any one bad job
+                log.exception("reaper: unexpected error")
+
+    def reap(self) -> list[Reaped]:
+        """One pass over the started executions; returns the abandoned jobs it handled."""
+        done = []
+        for entry in self.conn.zrange(self.started.key, 0, -1):
+            composite = entry.decode() if isinstance(entry, bytes) else str(entry)
+            try:
+                job_id, execution_id = parse_composite_key(composite)
+            except ValueError:
+                continue
+            reaped = self._reap_if_abandoned(job_id, execution_id)
+            if reaped is not None:
+                done.append(reaped)
+        return done
+
+    def _late(self, execution: Execution, now: float) -> tuple[bool, str]:
+        """(abandoned?, worker name) of one execution, read inside the caller's WATCH."""
+        last_beat, worker = self.conn.hmget(execution.key, "last_heartbeat", "worker_name")
+        ttl_ms = self.conn.pttl(execution.key)
+        worker_name = worker.decode() if worker else ""
+        if last_beat is None or ttl_ms == -2:  # the execution record expired: nobody beat for a minute
+            return True, worker_name
+        if worker_name and not self.conn.exists(Worker.redis_worker_namespace_prefix + worker_name):
+            return True, worker_name
+        since = now - float(last_beat)
+        interval = max(1.0, ttl_ms / 1000.0 + since - _RQ_TTL_SLACK_SECONDS) if ttl_ms > 0 else 1.0
+        return since > max(self.config.worker_timeout, _LATE_INTERVALS * interval), worker_name
+
+    def _reap_if_abandoned(self, job_id: str, execution_id: str) -> Reaped | None:
+        execution = Execution(id=execution_id, job_id=job_id, connection=self.conn)
+        job_key = RQJob.key_for(job_id)
+        with self.conn.pipeline() as pipe:
+            try:
+                pipe.watch(job_key, execution.key)
+                status = self.conn.hget(job_key, "status")
+                if status is None:  # the job's data is gone: drop the stale entry
+                    pipe.multi()
+                    pipe.zrem(self.started.key, execution.composite_key)
+                    pipe.execute()
+                    return None
+                if status.decode() != JobStatus.STARTED.value:
+                    return None  # ended or requeued; RQ's own cleanup removes leftovers
+                abandoned, worker = self._late(execution, time.time())
+                if not abandoned:
+                    return None
+                job = RQJob.fetch(job_id, connection=self.conn, serializer=JSONSerializer)
+                execution.worker_name = worker
+                losses = int((job.meta or {}).get(LOSSES_META, 0)) + 1
+                cancelled = self._cancel_requested(job_id)
+                requeue = losses <= self.config.job_retries and not cancelled
+                pipe.multi()
+                execution.delete(job=job, pipeline=pipe)
+                if requeue:
+                    self._requeue(job, losses, pipe)
+                else:
+                    why = "a cancel was requested" if cancelled else f"gave up after {losses} lost worker(s)"
+                    record_job_failure(
+                        job,
+                        f"{WORKER_LOST_MARK}: the worker running this job ({worker or 'unknown'}) stopped "
+                        f"responding; {why} (KERNELSCOPE_JOB_RETRIES={self.config.job_retries})",
+                        pipe,
+                    )
+                pipe.execute()
+            except (redis.WatchError, NoSuchJobError):
+                return None  # it moved on meanwhile: alive after all, or another replica got there first
+        log.warning(
+            "job %s: worker %s stopped responding; %s",
+            job_id,
+            worker or "?",
+            f"queued again (lost worker {losses} of at most {self.config.job_retries})" if requeue else "failed",
+        )
+        return Reaped(job_id=job_id, worker=worker, losses=losses, requeued=requeue)
+
+    def _requeue(self, job: RQJob, losses: int, pipe: redis.client.Pipeline) -> None:
+        job.meta[LOSSES_META] = losses
+        job.meta["progress"] = {
+            "stage": "queued again",
+            "fraction": 0.0,
+            "message": f"the worker running this job stopped responding; queued again (retry {losses} of {self.config.job_retries})",
+        }
+        job.started_at = None
+        job.ended_at = None
+        job.worker_name = None
+        self.queue.enqueue_job(job, pipeline=pipe, at_front=True)
+
+    def _cancel_requested(self, job_id: str) -> bool:
+        owner = self.conn.get(Keys.job_owner(job_id))
+        if owner is None:
+            return False
+        raw = self.conn.get(Keys(owner.decode()).record("job", job_id))
+        try:
+            return bool(raw and json.loads(raw).get("cancel_requested"))
+        except ValueError:
+            return False

@@ -1,0 +1,70 @@
+"""Tenants: each one's registry (models, datasets) and job manager, and which tenant owns a job.
+
+Every record lives under its tenant's Redis keys (ks:{tenant}:..., registry.Keys), so a tenant reaches
+only its own: another tenant's model, dataset, job or artifact is NOT_FOUND, exactly like one that
+never existed. Blobs are shared (content-addressed), but only the worker token reads them by hash.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+import redis
+
+from service import defaults
+from service.artifacts import ArtifactLog
+from service.blobstore import BlobStore
+from service.config import Config
+from service.jobs import JobManager
+from service.registry import Keys, Registry
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """One tenant's view of the service."""
+
+    name: str
+    registry: Registry
+    jobs: JobManager
+
+
+class Tenants:
+    """Builds each tenant's Registry and JobManager once; `on_job_end(seconds, state)` hears of ended jobs."""
+
+    def __init__(
+        self,
+        conn: redis.Redis,
+        config: Config,
+        store: BlobStore,
+        on_job_end: Callable[[float, str], None] | None = None,
+    ) -> None:
+        self.conn = conn
+        self.config = config
+        self.store = store
+        self.on_job_end = on_job_end
+        self._tenants: dict[str, Tenant] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> Tenant:
+        tenant = self._tenants.get(name)
+        if tenant is None:
+            with self._lock:
+                tenant = self._tenants.get(name)
+                if tenant is None:
+                    registry = Registry(self.conn, self.store, name)
+                    artifacts = ArtifactLog(self.conn, registry.refs, registry.keys)
+                    jobs = JobManager(self.conn, self.config, registry, artifacts, on_end=self.on_job_end)
+                    tenant = self._tenants[name] = Tenant(name, registry, jobs)
+        return tenant
+
+    def owner_of_job(self, job_id: str) -> Tenant | None:
+        """The tenant whose job this is (the Worker API knows only the id); None for an unknown job."""
+        owner = self.conn.get(Keys.job_owner(job_id)) if job_id else None
+        if owner is not None:
+            return self.get(owner.decode())
+        # Jobs created before owners were recorded all belong to the default tenant.
+        if job_id and self.conn.exists(Keys(defaults.TENANT).record("job", job_id)):
+            return self.get(defaults.TENANT)
+        return None
