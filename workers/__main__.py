@@ -3,6 +3,10 @@
 The parent process imports torch (so each forked work-horse starts warm) but never touches CUDA:
 CUDA is initialised, if at all, inside the work-horse, which is what makes forking safe on GPU nodes.
 It also never opens a gRPC channel (those do not survive fork); each horse opens its own.
+
+While a job runs, the worker beats every KERNELSCOPE_WORKER_HEARTBEAT seconds (RQ's default is 30), so
+that the service's reaper re-queues the job within seconds if this worker dies; and the work-horse is
+killed with its worker (PR_SET_PDEATHSIG), so that a re-queued job never also finishes on an orphan.
 """
 
 from __future__ import annotations
@@ -10,9 +14,26 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 
 from workers import defaults
+
+# KERNELSCOPE_WORKER_HEARTBEAT: seconds between a busy worker's heartbeats (whole seconds, RQ uses alarm()).
+HEARTBEAT_SECONDS = 2
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """In the work-horse: ask Linux to SIGKILL us when the worker dies (a no-op elsewhere)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:  # the worker died before prctl took effect
+        os._exit(1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,9 +59,18 @@ def main(argv: list[str] | None = None) -> int:
     from rq import Queue, Worker
     from rq.serializers import JSONSerializer
 
+    class HorseDiesWithWorker(Worker):
+        def main_work_horse(self, *horse_args: object, **horse_kwargs: object) -> None:
+            _die_with_parent(parent_pid)
+            super().main_work_horse(*horse_args, **horse_kwargs)  # type: ignore[arg-type]
+
+    parent_pid = os.getpid()
+    heartbeat = max(1, int(os.environ.get("KERNELSCOPE_WORKER_HEARTBEAT", HEARTBEAT_SECONDS)))
     redis = Redis.from_url(args.redis_url)
     queue = Queue(args.queue, connection=redis, serializer=JSONSerializer)
-    worker = Worker([queue], connection=redis, serializer=JSONSerializer, name=args.name)
+    worker = HorseDiesWithWorker(
+        [queue], connection=redis, serializer=JSONSerializer, name=args.name, job_monitoring_interval=heartbeat
+    )
     worker.work(burst=args.burst, with_scheduler=False)
     return 0
 

@@ -3,18 +3,25 @@
 The worker process reads its token from the environment once at start (`configure`) and removes it
 from os.environ, so that the job's work-horse (which loads untrusted models) inherits the token in
 memory only and cannot leak it to code that reads the environment.
+
+When the service speaks TLS, KERNELSCOPE_TLS_CA names the PEM file of the certificate(s) to trust.
+Calls answered UNAVAILABLE (the service restarting) are retried for up to RETRY_SECONDS.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 CHUNK_BYTES = 1 << 20  # 1 MiB per streamed message
 RPC_TIMEOUT_S = 600.0  # upper bound for one blob transfer
+RETRY_SECONDS = 60.0  # how long a call answered UNAVAILABLE is retried
+
+T = TypeVar("T")
 
 _settings: dict[str, str] = {}
 
@@ -44,18 +51,37 @@ class ServiceConnection:
 
         from kernelscope.v1 import worker_pb2_grpc
 
-        self._channel = grpc.insecure_channel(
-            self.target,
-            options=[("grpc.max_receive_message_length", 16 << 20), ("grpc.max_send_message_length", 16 << 20)],
-        )
+        options = [("grpc.max_receive_message_length", 16 << 20), ("grpc.max_send_message_length", 16 << 20)]
+        ca = os.environ.get("KERNELSCOPE_TLS_CA", "")
+        if ca:
+            credentials = grpc.ssl_channel_credentials(root_certificates=Path(ca).read_bytes())
+            self._channel = grpc.secure_channel(self.target, credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(self.target, options=options)
         self._stub = worker_pb2_grpc.WorkerStub(self._channel)
         self._metadata = (("authorization", f"Bearer {self.token}"),)
 
     def close(self) -> None:
         self._channel.close()
 
+    def _retry(self, call: Callable[[], T]) -> T:
+        import grpc
+
+        started, delay = time.monotonic(), 0.2
+        while True:
+            try:
+                return call()
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() - started > RETRY_SECONDS:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
     def fetch_blob(self, sha256: str, dest: Path) -> None:
         """Stream blob `sha256` into dest (through a temp file), verifying its hash."""
+        self._retry(lambda: self._fetch_blob(sha256, dest))
+
+    def _fetch_blob(self, sha256: str, dest: Path) -> None:
         from kernelscope.v1 import worker_pb2
 
         tmp = dest.with_name(dest.name + f".part{os.getpid()}")
@@ -94,7 +120,7 @@ class ServiceConnection:
             for start in range(0, len(data), CHUNK_BYTES):
                 yield worker_pb2.WriteArtifactRequest(chunk=data[start : start + CHUNK_BYTES])
 
-        artifact = self._stub.WriteArtifact(messages(), metadata=self._metadata, timeout=RPC_TIMEOUT_S)
+        artifact = self._retry(lambda: self._stub.WriteArtifact(messages(), metadata=self._metadata, timeout=RPC_TIMEOUT_S))
         return {
             "name": artifact.name,
             "media_type": artifact.media_type,
