@@ -18,7 +18,7 @@ CLASSES = 4
 CHANCE = 1.0 / CLASSES
 
 
-def _run(tmp_path: Path, video: bool, layer: str = "", n_per_class: int = 40) -> tuple[dict, HandWiredCNN]:
+def _run(tmp_path: Path, video: bool, layer: str = "", n_per_class: int = 32) -> tuple[dict, HandWiredCNN]:
     torch.manual_seed(0)
     model = HandWiredCNN(num_classes=CLASSES, video=video, seed=1)
     x, y = model.images(n_per_class, seed=2)
@@ -65,7 +65,7 @@ def test_pooled_features_give_the_planted_subsets(tmp_path: Path, video: bool) -
 def test_inner_layer_uses_grad_x_act_and_mean_ablation(tmp_path: Path) -> None:
     """At the conv output (before ReLU) nothing is linear in the logits: gradient × activation ranks,
     mean ablation removes, and the planted answer still comes out."""
-    summary, model = _run(tmp_path, video=True, layer="conv", n_per_class=32)
+    summary, model = _run(tmp_path, video=True, layer="conv", n_per_class=24)
     assert summary["attribution"] == "gradient_x_activation" and summary["restriction"] == "mean_ablation"
     _assert_planted_answer(summary, model)
 
@@ -73,4 +73,21 @@ def test_inner_layer_uses_grad_x_act_and_mean_ablation(tmp_path: Path) -> None:
 def test_a_layer_behind_global_pooling_is_an_exact_split(tmp_path: Path) -> None:
     summary, model = _run(tmp_path, video=True, layer="relu", n_per_class=20)
     assert summary["attribution"] == "exact_logit_split"
+    assert [sorted(e["subset_k"]) for e in summary["classes"]] == model.subsets
+
+
+@pytest.mark.parametrize("fmt", ["TORCH_EXPORT", "ONNX"])
+def test_exported_models_give_the_same_answer(tmp_path: Path, fmt: str) -> None:
+    """The loaders' modules (torch.export unflattened, the ONNX interpreter) expose the head and the layers."""
+    from workers.loader import load_model
+    from workers.samples.models import export_onnx, export_pt2
+
+    model = HandWiredCNN(num_classes=CLASSES, video=True, seed=1)
+    x, y = model.images(12, seed=2)
+    path = tmp_path / ("model.pt2" if fmt == "TORCH_EXPORT" else "model.onnx")
+    (export_pt2 if fmt == "TORCH_EXPORT" else export_onnx)(model, path, example=torch.zeros(2, *model.input_spec.shape))
+    loaded = load_model(path, fmt, model.input_spec.to_dict())
+    ctx = TaskContext(model=loaded, options={"bootstrap": 0}, out_dir=tmp_path, dataset=Dataset(x, y))
+    summary = get("class_filters")(ctx)
+    assert summary["layer"] == "fc:input" and summary["attribution"] == "exact_logit_split"
     assert [sorted(e["subset_k"]) for e in summary["classes"]] == model.subsets
