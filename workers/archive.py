@@ -98,10 +98,10 @@ def check_archive(path: Path, what: str, limits: ArchiveLimits = DEFAULT_LIMITS)
                     f"entry {info.filename!r} expands {ratio:.0f}x ({info.compress_size} -> {info.file_size} bytes; "
                     f"limit {limits.max_ratio:.0f}x): a zip bomb"
                 )
+    for info in infos:
         if info.header_offset + info.compress_size > size:
             raise ModelRejected(
-                f"{what}: entry {info.filename!r} extends past the end of the file; upload the complete file",
-                reason="TRUNCATED",
+                f"{what}: entry {info.filename!r} extends past the end of the file: it is truncated", reason="TRUNCATED"
             )
     names = tuple(i.filename for i in infos)
     return ArchiveListing(names=names, root=_common_root(names), total_bytes=total)

@@ -174,7 +174,13 @@ def _check_claim(path: Path, fmt: str) -> None:
     }[fmt]
     if kind in expected:
         return
-    what = _KIND_WORDS.get(kind, "not a file of that format")
+    what = _KIND_WORDS.get(kind) or {
+        "TORCH_EXPORT": "not a zip archive (a torch.export .pt2 is one)",
+        "TORCHSCRIPT": "not a zip archive (a TorchScript .pt is one)",
+        "STATE_DICT": "neither a zip archive nor a pickle (torch.save writes one of those)",
+        "SAFETENSORS": "not a safetensors file (no JSON header after the 8-byte length)",
+        "ONNX": "not an ONNX protobuf",
+    }[fmt]
     raise ModelRejected(f"uploaded as {fmt}, but the file is {what}", reason="WRONG_FORMAT")
 
 
@@ -188,8 +194,9 @@ def _pickle_globals(data: bytes, where: str) -> list[str]:
     found: list[str] = []
     strings: list[Any] = []
     memo: dict[int, Any] = {}
+    stream = io.BytesIO(data)
     try:
-        for op, arg, _ in pickletools.genops(data):
+        for op, arg in _pickle_ops(stream):
             name = op.name
             if name == "GLOBAL":
                 module, _, attr = str(arg).partition(" ")
@@ -208,6 +215,17 @@ def _pickle_globals(data: bytes, where: str) -> list[str]:
     except (ValueError, IndexError, KeyError, struct.error) as exc:
         raise ModelRejected(f"{where} holds a damaged or truncated pickle ({exc})", reason="TRUNCATED") from exc
     return [g.replace("__builtin__.", "builtins.") for g in found]
+
+
+def _pickle_ops(stream: io.BytesIO) -> Iterator[tuple[Any, Any]]:
+    """Opcodes of every pickle in a row (torch's legacy format is several pickles back to back, then raw bytes)."""
+    for _ in range(8):
+        start = stream.tell()
+        if stream.read(1) != b"\x80":
+            return
+        stream.seek(start)
+        for op, arg, _ in pickletools.genops(stream):
+            yield op, arg
 
 
 def _allowed_globals() -> set[str]:
@@ -253,6 +271,8 @@ def _weights_only_load(data: bytes | Path, where: str) -> Any:
         return torch.load(source, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - whatever torch says, the file is refused
         text = str(exc).split("\n", 1)[0]
+        if isinstance(exc, EOFError) or "unexpected EOF" in text or "truncated" in text.lower():
+            raise ModelRejected(f"{where} ends early: it is truncated ({text or type(exc).__name__})", reason="TRUNCATED") from exc
         if "Unsupported global" in str(exc) or "weights_only" in str(exc).lower():
             raise ModelRejected(f"{where} holds objects other than tensors; nothing was unpickled ({text})", reason="UNSAFE_PICKLE") from exc
         raise ModelRejected(f"{where} cannot be read as a weights-only checkpoint: {text}", reason="UNREADABLE") from exc

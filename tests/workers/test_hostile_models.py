@@ -1,0 +1,375 @@
+"""Hostile and broken uploads: each is refused with a clear error and the right status, and nothing runs.
+
+The canary payload creates a file when unpickled (checked once directly, so the tests below can fail);
+it is then smuggled into every place a loader could unpickle it. The canary must never appear.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
+
+from workers.archive import ArchiveLimits, check_archive
+from workers.errors import ModelRejected, ModelUnusable, TaskError
+from workers.loader import load_model
+
+torch.set_num_threads(1)
+
+
+class Canary:
+    """Unpickling this runs exec(), which writes the canary file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (exec, (f"open({str(self.path)!r}, 'w').write('pwned')",))
+
+
+def _tiny() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv3d(3, 2, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(2, 2)).eval()
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A valid file of every format for the same tiny network."""
+    root = tmp_path_factory.mktemp("good")
+    net = _tiny()
+    example = torch.zeros(1, 3, 4, 8, 8)
+    paths = {k: root / name for k, name in [("pt2", "m.pt2"), ("ts", "m.pt"), ("sd", "sd.pt"), ("legacy", "legacy.pt"),
+                                            ("st", "m.safetensors"), ("onnx", "m.onnx"), ("pickled", "pickled.pt")]}
+    torch.export.save(torch.export.export(net, (example,)), paths["pt2"])
+    paths["pt2dyn"] = root / "dyn.pt2"
+    dynamic = {"input": {0: torch.export.Dim("batch")}}
+    torch.export.save(torch.export.export(net, (torch.zeros(2, 3, 4, 8, 8),), dynamic_shapes=dynamic), paths["pt2dyn"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.script(net).save(str(paths["ts"]))
+        torch.onnx.export(net, (example,), paths["onnx"], dynamo=False, opset_version=20, input_names=["x"])
+    torch.save(net.state_dict(), paths["sd"])
+    torch.save(net.state_dict(), paths["legacy"], _use_new_zipfile_serialization=False)
+    torch.save(net, paths["pickled"])
+    from safetensors.torch import save_file
+
+    save_file(net.state_dict(), str(paths["st"]))
+    return paths
+
+
+@pytest.fixture()
+def canary(tmp_path: Path) -> Path:
+    return tmp_path / "canary"
+
+
+def _refused(
+    path: Path, fmt: str, reasons: set[str], kind: type[TaskError] = ModelRejected, header: dict | None = None
+) -> TaskError:
+    with pytest.raises(kind) as err:
+        load_model(path, fmt, {"shape": [3, 4, 8, 8]} if header is None else header)
+    assert err.value.code == "FAILED_PRECONDITION", err.value
+    assert err.value.reason in reasons, err.value
+    assert err.value.message
+    return err.value
+
+
+def _rewrite_zip(src: Path, dst: Path, edit: Callable[[str, bytes], bytes | None], add: dict[str, bytes] | None = None) -> None:
+    """Copy the archive entry by entry (stored, like torch writes), editing or dropping (None) entries."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as zout:
+        for info in zin.infolist():
+            data = edit(info.filename, zin.read(info))
+            if data is not None:
+                zout.writestr(info.filename, data)
+        for name, data in (add or {}).items():
+            zout.writestr(name, data)
+
+
+def _torch_save_bytes(obj: object) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------- the canary
+
+
+def test_the_canary_payload_really_fires(tmp_path: Path) -> None:
+    target = tmp_path / "proof"
+    pickle.loads(pickle.dumps(Canary(target)))
+    assert target.read_text() == "pwned"
+
+
+@pytest.mark.parametrize("fmt", ["STATE_DICT", "TORCH_EXPORT", "TORCHSCRIPT", "SAFETENSORS", "ONNX"])
+def test_raw_pickle_canary_is_never_unpickled(tmp_path: Path, canary: Path, fmt: str) -> None:
+    path = tmp_path / "model.bin"
+    path.write_bytes(pickle.dumps(Canary(canary), protocol=4))
+    _refused(path, fmt, {"UNSAFE_PICKLE", "WRONG_FORMAT"})
+    assert not canary.exists()
+
+
+@pytest.mark.parametrize("fmt", ["STATE_DICT", "TORCH_EXPORT", "TORCHSCRIPT"])
+def test_torch_save_canary_is_never_unpickled(tmp_path: Path, canary: Path, fmt: str) -> None:
+    path = tmp_path / "model.pt"
+    path.write_bytes(_torch_save_bytes({"weight": torch.zeros(2), "evil": Canary(canary)}))
+    err = _refused(path, fmt, {"UNSAFE_PICKLE"})
+    assert "builtins.exec" in err.message
+    assert not canary.exists()
+
+
+def test_canary_in_torch_export_sample_inputs(tmp_path: Path, canary: Path, good: dict[str, Path]) -> None:
+    """torch.export.load falls back to weights_only=False for sample inputs: this file WOULD fire in plain torch."""
+    path = tmp_path / "evil.pt2"
+    payload = _torch_save_bytes(Canary(canary))
+    _rewrite_zip(good["pt2"], path, lambda name, data: payload if "/data/sample_inputs/" in name else data)
+    _refused(path, "TORCH_EXPORT", {"UNSAFE_PICKLE"})
+    assert not canary.exists()
+
+
+def test_canary_as_a_pickled_weight_in_torch_export(tmp_path: Path, canary: Path, good: dict[str, Path]) -> None:
+    path = tmp_path / "evil.pt2"
+    payload = _torch_save_bytes(Canary(canary))
+
+    def edit(name: str, data: bytes) -> bytes:
+        if name.endswith("_weights_config.json"):
+            config = json.loads(data)
+            first = next(iter(config["config"].values()))
+            first["use_pickle"] = True
+            return json.dumps(config).encode()
+        return data
+
+    _rewrite_zip(good["pt2"], path, edit)
+    with zipfile.ZipFile(path) as z:
+        config = json.loads(next(z.read(n) for n in z.namelist() if n.endswith("_weights_config.json")))
+    weight_file = next(m["path_name"] for m in config["config"].values() if m["use_pickle"])
+    path2 = tmp_path / "evil2.pt2"
+    _rewrite_zip(path, path2, lambda name, data: payload if name.endswith("/data/weights/" + weight_file) else data)
+    _refused(path2, "TORCH_EXPORT", {"UNSAFE_PICKLE"})
+    assert not canary.exists()
+
+
+def test_canary_as_an_opaque_constant_in_torch_export(tmp_path: Path, canary: Path, good: dict[str, Path]) -> None:
+    path = tmp_path / "evil.pt2"
+
+    def edit(name: str, data: bytes) -> bytes:
+        if name.endswith("_constants_config.json"):
+            return json.dumps({"config": {"evil": {"path_name": "opaque_obj_0", "use_pickle": True}}}).encode()
+        return data
+
+    root = zipfile.ZipFile(good["pt2"]).namelist()[0].split("/")[0]
+    _rewrite_zip(good["pt2"], path, edit, add={f"{root}/data/constants/opaque_obj_0": pickle.dumps(Canary(canary))})
+    _refused(path, "TORCH_EXPORT", {"UNSAFE_PICKLE"})
+    assert not canary.exists()
+
+
+def test_canary_in_a_torchscript_archive(tmp_path: Path, canary: Path, good: dict[str, Path]) -> None:
+    path = tmp_path / "evil.pt"
+    payload = pickle.dumps(Canary(canary), protocol=2)
+    _rewrite_zip(good["ts"], path, lambda name, data: payload if name.endswith("/data.pkl") else data)
+    _refused(path, "TORCHSCRIPT", {"UNSAFE_PICKLE"})
+    assert not canary.exists()
+
+
+def test_code_in_a_symbolic_shape_is_never_evaluated(tmp_path: Path, canary: Path, good: dict[str, Path]) -> None:
+    """torch.export.load passes symbolic shapes to sympy.sympify (eval): in plain torch this file runs the payload."""
+    symbol = b"Symbol('s"
+    payload = f"0*len(__import__('builtins').exec(\"open({str(canary)!r}, 'w')\") or 'x') + "
+
+    def edit(name: str, data: bytes) -> bytes:
+        if name.endswith(".json") and "/models/" in name:
+            assert symbol in data
+            return data.replace(symbol, json.dumps(payload)[1:-1].encode() + symbol, 1)
+        return data
+
+    path = tmp_path / "evil.pt2"
+    _rewrite_zip(good["pt2dyn"], path, edit)
+    err = _refused(path, "TORCH_EXPORT", {"ARCHIVE_UNSAFE"}, header={})
+    assert "symbolic shape" in err.message and "nothing was loaded" in err.message
+    assert not canary.exists()
+
+
+@pytest.mark.parametrize(
+    "where,code",
+    [
+        ("guard", "__import__('os').makedirs({canary!r}) or True"),
+        ("target", "builtins.exec"),
+        ("target", "torch.os.system"),
+        ("target", "torch.ops.load_library"),
+        ("target", "_operator.attrgetter"),
+    ],
+)
+def test_code_in_guards_and_call_targets_is_refused(tmp_path: Path, canary: Path, good: dict[str, Path], where: str, code: str) -> None:
+    """Guard code (exec'd when torch builds the module) and node targets (called when it runs): only data passes."""
+    code = code.format(canary=str(canary))
+
+    def edit(name: str, data: bytes) -> bytes:
+        if not (name.endswith(".json") and "/models/" in name):
+            return data
+        program = json.loads(data)
+        if where == "guard":
+            program["guards_code"] = [code]
+        else:
+            program["graph_module"]["graph"]["nodes"][0]["target"] = code
+        return json.dumps(program).encode()
+
+    path = tmp_path / "evil.pt2"
+    _rewrite_zip(good["pt2"], path, edit)
+    err = _refused(path, "TORCH_EXPORT", {"ARCHIVE_UNSAFE"})
+    assert "nothing was loaded" in err.message
+    assert not canary.exists()
+
+
+def test_compiled_code_inside_a_torch_export_archive_is_refused(tmp_path: Path, good: dict[str, Path]) -> None:
+    root = zipfile.ZipFile(good["pt2"]).namelist()[0].split("/")[0]
+    path = tmp_path / "aoti.pt2"
+    _rewrite_zip(good["pt2"], path, lambda n, d: d, add={f"{root}/data/aotinductor/model/model.so": b"\x7fELF"})
+    err = _refused(path, "TORCH_EXPORT", {"ARCHIVE_UNSAFE"})
+    assert "aotinductor" in err.message
+
+
+# ---------------------------------------------------------------- pickled modules
+
+@pytest.mark.parametrize("fmt", ["STATE_DICT", "TORCH_EXPORT", "TORCHSCRIPT"])
+def test_pickled_module_is_refused_with_export_instructions(good: dict[str, Path], fmt: str) -> None:
+    err = _refused(good["pickled"], fmt, {"PICKLED_MODULE"})
+    assert "torch.export.save(torch.export.export(" in err.message and "torch.onnx.export(" in err.message
+
+
+# ---------------------------------------------------------------- archives
+
+def test_zip_bomb_is_refused_before_decompressing(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.pt2"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("bomb/archive_format", "pt2")
+        z.writestr("bomb/data/weights/weight_0", b"\0" * (20 * 2**20))
+    assert path.stat().st_size < 100_000
+    err = _refused(path, "TORCH_EXPORT", {"ARCHIVE_UNSAFE"})
+    assert "zip bomb" in err.message
+
+
+def test_declared_sizes_are_checked(tmp_path: Path) -> None:
+    """Entries that declare ~4 GB each (sizes patched in the central directory) are refused by their declaration."""
+    path = tmp_path / "declared.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        for i in range(5):
+            z.writestr(f"m/data/weights/weight_{i}", b"x")
+    data = bytearray(path.read_bytes())
+    start = 0
+    while (pos := data.find(b"PK\x01\x02", start)) >= 0:  # central directory headers
+        data[pos + 20 : pos + 28] = (0xF0000000).to_bytes(4, "little") * 2  # compressed, uncompressed size
+        start = pos + 4
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelRejected) as err:
+        check_archive(path, "test archive")
+    assert err.value.reason == "ARCHIVE_UNSAFE" and "declare" in err.value.message
+
+
+def test_too_many_entries_and_escaping_names(tmp_path: Path) -> None:
+    many = tmp_path / "many.zip"
+    with zipfile.ZipFile(many, "w") as z:
+        for i in range(30):
+            z.writestr(f"m/{i}", b"")
+    with pytest.raises(ModelRejected) as err:
+        check_archive(many, "test archive", ArchiveLimits(max_entries=20))
+    assert err.value.reason == "ARCHIVE_UNSAFE"
+    for name in ("../evil.py", "m/../../evil.py", "/etc/evil", "C:\\evil", "m\\..\\..\\evil"):
+        path = tmp_path / "escape.pt"
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("m/data.pkl", pickle.dumps({}))
+            z.writestr(name, b"x")
+        with pytest.raises(ModelRejected) as err:
+            load_model(path, "STATE_DICT", {})
+        assert err.value.reason == "ARCHIVE_UNSAFE", name
+
+
+# ---------------------------------------------------------------- truncated and mislabelled files
+
+@pytest.mark.parametrize(
+    "key,fmt",
+    [("pt2", "TORCH_EXPORT"), ("ts", "TORCHSCRIPT"), ("sd", "STATE_DICT"), ("legacy", "STATE_DICT"),
+     ("st", "SAFETENSORS"), ("onnx", "ONNX")],
+)
+def test_truncated_files(tmp_path: Path, good: dict[str, Path], key: str, fmt: str) -> None:
+    load_model(good[key], fmt, {"shape": [3, 4, 8, 8]})  # the complete file loads
+    data = good[key].read_bytes()
+    path = tmp_path / good[key].name
+    path.write_bytes(data[: len(data) // 2])
+    err = _refused(path, fmt, {"TRUNCATED"})
+    assert "truncated" in err.message.lower()
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    path = tmp_path / "empty.onnx"
+    path.write_bytes(b"")
+    _refused(path, "ONNX", {"TRUNCATED"})
+
+
+@pytest.mark.parametrize(
+    "key,fmt,named",
+    [
+        ("onnx", "TORCH_EXPORT", "not a zip"),
+        ("pt2", "ONNX", "TORCH_EXPORT"),
+        ("ts", "STATE_DICT", "TORCHSCRIPT"),
+        ("sd", "TORCHSCRIPT", "STATE_DICT"),
+        ("st", "STATE_DICT", "SAFETENSORS"),
+        ("sd", "SAFETENSORS", "STATE_DICT"),
+        ("onnx", "SAFETENSORS", "not"),
+    ],
+)
+def test_wrong_format_names_what_the_file_is(good: dict[str, Path], key: str, fmt: str, named: str) -> None:
+    err = _refused(good[key], fmt, {"WRONG_FORMAT"})
+    assert named in err.message
+
+
+def test_an_image_uploaded_as_onnx(tmp_path: Path) -> None:
+    path = tmp_path / "cat.onnx"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8)
+    _refused(path, "ONNX", {"WRONG_FORMAT"})
+
+
+# ---------------------------------------------------------------- ONNX specifics
+
+def test_onnx_with_external_data_is_refused(tmp_path: Path, good: dict[str, Path]) -> None:
+    model = onnx.load(str(good["onnx"]))
+    path = tmp_path / "ext.onnx"
+    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
+    assert (tmp_path / "weights.bin").exists()
+    err = _refused(path, "ONNX", {"EXTERNAL_DATA"})
+    assert "weights.bin" in err.message
+
+
+def test_onnx_with_an_unsupported_op_names_op_and_node(tmp_path: Path) -> None:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])
+    w = numpy_helper.from_array(np.ones((2, 3, 3, 3), np.float32), "conv.weight")
+    nodes = [
+        helper.make_node("Conv", ["x", "conv.weight"], ["c"], name="conv"),
+        helper.make_node("LpNormalization", ["c"], ["y"], name="mystery_norm", axis=1),
+    ]
+    graph = helper.make_graph(nodes, "g", [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 6, 6])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "unsupported.onnx"
+    onnx.save(model, str(path))
+    err = _refused(path, "ONNX", {"UNSUPPORTED_OP"}, kind=ModelUnusable, header={})
+    assert "LpNormalization" in err.message and "mystery_norm" in err.message
+
+
+def test_onnx_that_fails_the_checker(tmp_path: Path) -> None:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])
+    graph = helper.make_graph([helper.make_node("Relu", ["x", "x", "x"], ["y"], name="r")], "g", [x],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(model.SerializeToString())
+    _refused(path, "ONNX", {"ONNX_INVALID"})
