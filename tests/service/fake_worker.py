@@ -1,7 +1,9 @@
 """A torch-free stand-in for workers.job.run, enqueued by tests through config.job_function.
 
 It behaves like the real worker at the service boundary: progress in job.meta, artifacts through
-Worker.WriteArtifact, a manifest as the return value. FAKE_WORKER_MODE picks the outcome;
+Worker.WriteArtifact, a manifest as the return value ("worker": "fake-worker@<RQ worker name>").
+FAKE_WORKER_MODE picks the outcome for every job; a model named "fake:<mode>" picks it for its jobs
+alone (the fault tests mix modes on one worker). "sleep=<s>" pauses that long, then succeeds.
 FAKE_WORKER_SERVICE and FAKE_WORKER_TOKEN say where to write artifacts.
 """
 
@@ -42,11 +44,19 @@ def _write_artifact(job_id: str, task: str, name: str, data: bytes) -> None:
         job_id=job_id, name=name, size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), task=task
     )
     with grpc.insecure_channel(os.environ[SERVICE_ENV]) as channel:
-        worker_pb2_grpc.WorkerStub(channel).WriteArtifact(
-            iter([worker_pb2.WriteArtifactRequest(header=header), worker_pb2.WriteArtifactRequest(chunk=data)]),
-            metadata=(("authorization", f"Bearer {os.environ[TOKEN_ENV]}"),),
-            timeout=10,
-        )
+        deadline = time.monotonic() + 30
+        while True:  # like the real worker, wait through a restarting service
+            try:
+                worker_pb2_grpc.WorkerStub(channel).WriteArtifact(
+                    iter([worker_pb2.WriteArtifactRequest(header=header), worker_pb2.WriteArtifactRequest(chunk=data)]),
+                    metadata=(("authorization", f"Bearer {os.environ[TOKEN_ENV]}"),),
+                    timeout=10,
+                )
+                return
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
 
 def run(spec: dict[str, Any]) -> dict[str, Any]:
@@ -54,11 +64,17 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
 
     job = rq.get_current_job()
     mode = os.environ.get(MODE_ENV, "succeed")
+    model_name = str(spec["model"].get("name") or "")
+    if model_name.startswith("fake:"):
+        mode = model_name[len("fake:"):]
     tasks = spec["tasks"]
     if mode == "raise":
         raise RuntimeError("the fake worker crashed on purpose")
     if mode == "sleep":
         time.sleep(5)
+    if mode.startswith("sleep="):
+        _progress(job, stage="sleeping", fraction=0.1, task=tasks[0]["name"], task_index=0, task_count=len(tasks))
+        time.sleep(float(mode.split("=", 1)[1]))
     results = []
     for index, task in enumerate(tasks):
         name = task["name"]
@@ -82,4 +98,4 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         if mode == "write_then_raise":
             raise RuntimeError("the fake worker crashed after writing artifacts")
         results.append({"task": name, "summary": summary, "artifacts": [], "error": None, "duration_seconds": 0.3})
-    return {"results": results, "error": None, "worker": "fake-worker"}
+    return {"results": results, "error": None, "worker": f"fake-worker@{job.worker_name or ''}"}

@@ -235,7 +235,7 @@ def test_a_job_runs_reports_progress_and_serves_its_artifacts(fake_server, run_j
 
     final = stub.GetJob(jobs_pb2.GetJobRequest(job_id=job.id))
     assert final == updates[-1]
-    assert final.worker == "fake-worker" and final.progress.fraction == 1.0 and not final.HasField("error")
+    assert final.worker.startswith("fake-worker@") and final.progress.fraction == 1.0 and not final.HasField("error")
     assert final.create_time.ToNanoseconds() <= final.start_time.ToNanoseconds() <= final.end_time.ToNanoseconds()
     assert [r.task for r in final.results] == ["tconv_stats", "kernel_viz"]
     summary = json.loads(final.results[0].summary_json)

@@ -1,0 +1,219 @@
+"""Faults survived with nothing lost, on real processes (tests/service/cluster.py): a worker SIGKILLed
+mid-job, Redis restarted, the server SIGKILLed and restarted under a waiting SDK client, and a job past
+its timeout. One cluster serves the module; each test leaves it with its two workers running."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import psutil
+import pytest
+from kernelscope.v1 import datasets_pb2, jobs_pb2, models_pb2, tasks_pb2
+from rq.job import Job as RQJob
+from rq.serializers import JSONSerializer
+
+from service.reaper import LOSSES_META
+from tests.service.cluster import Cluster
+from tests.service.helpers import clips, npz_bytes, onnx_bytes, upload_dataset, upload_model
+
+TOKEN = "fault-test-token"
+JOB_TIMEOUT_S = 4  # the cluster's KERNELSCOPE_JOB_TIMEOUT
+WORKER_TIMEOUT_S = 3.0  # the cluster's KERNELSCOPE_WORKER_TIMEOUT; workers beat every second
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    root = tmp_path_factory.mktemp("cluster")
+    cluster = Cluster(
+        root,
+        server_env={
+            "KERNELSCOPE_TOKENS": f"faults={TOKEN}",
+            "KERNELSCOPE_JOB_TIMEOUT": str(JOB_TIMEOUT_S),
+            "KERNELSCOPE_WORKER_TIMEOUT": str(WORKER_TIMEOUT_S),
+            "KERNELSCOPE_REAP_INTERVAL": "0.25",
+            "KERNELSCOPE_JOB_RETRIES": "2",
+        },
+        worker_env={"KERNELSCOPE_WORKER_HEARTBEAT": "1"},
+    ).start()
+    try:
+        cluster.start_worker()
+        cluster.start_worker()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+MD = (("authorization", f"Bearer {TOKEN}"),)
+_padding = iter(range(1000, 10**6, 7))
+
+
+def fake_model(stub: Any, mode: str = "succeed") -> models_pb2.Model:
+    """A new model (fresh bytes) whose jobs the fake worker runs in `mode` ("sleep=2.5", "succeed", ...)."""
+    return stub.UploadModel(_model_messages(onnx_bytes(padding=next(_padding)), f"fake:{mode}"), metadata=MD, timeout=30)
+
+
+def _model_messages(data: bytes, name: str) -> Iterator[models_pb2.UploadModelRequest]:
+    from tests.service.helpers import model_messages
+
+    yield from model_messages(data, name=name)
+
+
+def create(stub: Any, model_id: str, task: str = "tconv_stats") -> jobs_pb2.Job:
+    request = jobs_pb2.CreateJobRequest(model_id=model_id, tasks=[tasks_pb2.Task(name=task)])
+    return stub.CreateJob(request, metadata=MD, timeout=10)
+
+
+def wait_state(stub: Any, job_id: str, states: set[int], timeout: float = 30) -> jobs_pb2.Job:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = stub.GetJob(jobs_pb2.GetJobRequest(job_id=job_id), metadata=MD, timeout=10)
+        if job.state in states:
+            return job
+        assert time.monotonic() < deadline, f"job stayed {jobs_pb2.JobState.Name(job.state)}"
+        time.sleep(0.05)
+
+
+def wait_done(stub: Any, job_id: str, timeout: float = 40) -> jobs_pb2.Job:
+    terminal = {jobs_pb2.SUCCEEDED, jobs_pb2.FAILED, jobs_pb2.CANCELLED}
+    return wait_state(stub, job_id, terminal, timeout)
+
+
+def read(stub: Any, job_id: str, name: str) -> bytes:
+    chunks = stub.ReadArtifact(jobs_pb2.ReadArtifactRequest(job_id=job_id, name=name), metadata=MD, timeout=10)
+    return b"".join(c.data for c in chunks)
+
+
+def ensure_two_workers(cluster: Cluster) -> None:
+    for name, process in list(cluster.workers.items()):
+        if process.poll() is not None:
+            cluster.workers.pop(name)
+    while len(cluster.workers) < 2:
+        cluster.start_worker()
+
+
+def test_a_worker_killed_mid_job_is_replaced_and_the_job_finishes_elsewhere(cluster: Cluster) -> None:
+    stub = cluster.stub()
+    job = create(stub, fake_model(stub, "sleep=2.5").id)
+    running = wait_state(stub, job.id, {jobs_pb2.RUNNING})
+    victim = running.worker
+    assert victim in cluster.workers
+    horse = [p.pid for p in psutil.Process(cluster.workers[victim].pid).children()]
+    assert len(horse) == 1, "the worker forks one work-horse per job"
+
+    cluster.kill_worker(victim, signal.SIGKILL)
+    killed = time.monotonic()
+    psutil.wait_procs([psutil.Process(horse[0])], timeout=5)
+    assert not psutil.pid_exists(horse[0]) or psutil.Process(horse[0]).status() == psutil.STATUS_ZOMBIE, (
+        "the work-horse outlived its worker"
+    )
+    requeued = wait_state(stub, job.id, {jobs_pb2.QUEUED, jobs_pb2.SUCCEEDED}, timeout=WORKER_TIMEOUT_S + 10)
+    noticed = time.monotonic() - killed
+    final = wait_done(stub, job.id)
+
+    survivor = next(iter(cluster.workers))
+    assert final.state == jobs_pb2.SUCCEEDED, final.error
+    assert final.worker == f"fake-worker@{survivor}" != f"fake-worker@{victim}"
+    assert noticed < WORKER_TIMEOUT_S + 3, f"the lost job was noticed only after {noticed:.1f} s"
+    assert requeued.state == jobs_pb2.SUCCEEDED or "queued again" in requeued.progress.message
+    assert read(stub, job.id, "tconv_stats/summary.json")
+    rq_job = RQJob.fetch(job.id, connection=cluster.redis_client(), serializer=JSONSerializer)
+    assert rq_job.meta[LOSSES_META] == 1
+    ensure_two_workers(cluster)
+
+
+def test_a_job_past_its_timeout_fails_clearly_and_the_worker_carries_on(cluster: Cluster) -> None:
+    stub = cluster.stub()
+    slow = create(stub, fake_model(stub, f"sleep={JOB_TIMEOUT_S + 30}").id)
+    ran_on = wait_state(stub, slow.id, {jobs_pb2.RUNNING}).worker
+    final = wait_done(stub, slow.id, timeout=JOB_TIMEOUT_S + 20)
+    assert final.state == jobs_pb2.FAILED
+    assert (final.error.code, final.error.reason) == ("DEADLINE_EXCEEDED", "JOB_TIMEOUT")
+    assert f"{JOB_TIMEOUT_S} seconds" in final.error.message, final.error.message
+    assert cluster.workers[ran_on].poll() is None, "the worker died with its job"
+
+    cluster.kill_worker(next(n for n in cluster.workers if n != ran_on), signal.SIGTERM)  # only ran_on is left
+    after = wait_done(stub, create(stub, fake_model(stub).id).id)
+    assert after.state == jobs_pb2.SUCCEEDED and after.worker == f"fake-worker@{ran_on}"
+    ensure_two_workers(cluster)
+
+
+def test_redis_restart_keeps_queued_and_finished_jobs(cluster: Cluster) -> None:
+    stub = cluster.stub()
+    model = fake_model(stub)
+    dataset = stub.UploadDataset(_dataset_messages(), metadata=MD, timeout=30)
+    finished = wait_done(stub, create(stub, model.id).id)
+    assert finished.state == jobs_pb2.SUCCEEDED
+    artifact = read(stub, finished.id, "tconv_stats/summary.json")
+    for name in list(cluster.workers):  # idle workers leave; what is created now stays queued
+        cluster.kill_worker(name, signal.SIGTERM)
+    queued = [create(stub, model.id) for _ in range(3)]
+
+    cluster.stop_redis()
+    cluster.start_redis()
+
+    deadline = time.monotonic() + 20
+    while True:  # the server reconnects by itself
+        try:
+            again = stub.GetJob(jobs_pb2.GetJobRequest(job_id=finished.id), metadata=MD, timeout=5)
+            break
+        except Exception:  # noqa: BLE001 - UNAVAILABLE until the client reconnects
+            assert time.monotonic() < deadline, "the server never reconnected to Redis"
+            time.sleep(0.1)
+    assert again.state == jobs_pb2.SUCCEEDED and read(stub, finished.id, "tconv_stats/summary.json") == artifact
+    assert stub.GetModel(models_pb2.GetModelRequest(model_id=model.id), metadata=MD).sha256 == model.sha256
+    assert stub.GetDataset(datasets_pb2.GetDatasetRequest(dataset_id=dataset.id), metadata=MD).num_samples == 6
+    for job in queued:
+        assert stub.GetJob(jobs_pb2.GetJobRequest(job_id=job.id), metadata=MD).state == jobs_pb2.QUEUED
+    ensure_two_workers(cluster)
+    for job in queued:
+        assert wait_done(stub, job.id).state == jobs_pb2.SUCCEEDED
+
+
+def _dataset_messages() -> Iterator[datasets_pb2.UploadDatasetRequest]:
+    from tests.service.helpers import dataset_messages
+
+    yield from dataset_messages(npz_bytes(**clips(n_per_class=3, classes=2)))
+
+
+def test_server_killed_and_restarted_loses_nothing_and_the_sdk_waits_through_it(cluster: Cluster) -> None:
+    import sdk
+
+    client = sdk.Client(cluster.address, token=TOKEN, retry_seconds=60)
+    stub = cluster.stub()
+    before = client.create_job(fake_model(stub).id, ["tconv_stats"])
+    before_result = before.wait(timeout=40, progress=False)
+    dataset = client.upload_dataset(npz_bytes(**clips(n_per_class=2, classes=2, seed=3)), name="kept")
+    slow_model = fake_model(stub, "sleep=2")
+    job = client.create_job(slow_model.id, ["kernel_viz"])
+    wait_state(stub, job.id, {jobs_pb2.RUNNING})
+
+    def restart() -> None:
+        cluster.kill_server(signal.SIGKILL)
+        time.sleep(0.5)
+        cluster.start_server()
+
+    restarter = threading.Thread(target=restart)
+    restarter.start()
+    try:
+        result = job.wait(timeout=60, progress=False)  # watches across the outage
+    finally:
+        restarter.join()
+    assert result.job.state == jobs_pb2.SUCCEEDED
+    assert client.read_artifact(job.id, "kernel_viz/summary.json")
+    # Everything from before the restart is still there.
+    assert client.get_model(slow_model.id).sha256 == slow_model.sha256
+    assert client.get_dataset(dataset.id).name == "kept"
+    assert client.get_job(before.id).state == "SUCCEEDED"
+    names = {a.name for r in before_result.job.results for a in r.artifacts}
+    assert {"tconv_stats/summary.json", "tconv_stats/big.bin"} <= names
+    assert client.read_artifact(before.id, "tconv_stats/big.bin") == bytes(range(256)) * 12_000
+    client.close()
+
+
+def test_the_open_local_mode_says_so_and_this_server_does_not(cluster: Cluster, tmp_path: Path) -> None:
+    assert "no API tokens configured" not in cluster.log("server")
+    assert "API tokens of 1 tenant(s) from KERNELSCOPE_TOKENS" in cluster.log("server")
