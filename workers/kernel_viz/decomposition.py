@@ -1,0 +1,250 @@
+"""Stage 2: explain each video as one static texture I warped by per-frame motion, network-free, batched.
+
+Model: V_t(p) ≈ I(p − D_t(p)) with D_0 = 0 and D_t = Σ_{s<t} v_s, so v_t is the velocity (pixels
+per frame, x = column to the right, y = row down) that carries frame t to frame t + 1, and content
+at p in frame 0 is at p + D_t in frame t. The reference code renormalised the sampling grid
+cumulatively and swapped x and y, so it recovers ~0 px/frame on a texture translating 2 px/frame;
+here the warp is one grid_sample per frame with pixel ↔ grid units matched to align_corners=False.
+
+Loss = mean (V̂ − V)² + tv·TV(v over x, y, t) + tv·share·TV(I) + anchor·mean (I − V_0)², optimised
+with Adam coarse-to-fine (half resolution first, then full) from I = V_0. TV is applied to the
+velocities, not to D: the temporal TV of D would be the speed itself and bias it towards 0.
+
+Why a global start: a dense gradient fit only reaches shifts within the texture's correlation
+length (from v = 0 it found ~0 px/frame on a 2 px/frame texture). Each frame pair's global
+translation in the focus window (pyramidal Lucas–Kanade) starts the velocities in the right
+basin, and is also the "dominant motion" the summary reports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from workers.kernel_viz import defaults
+
+# Lucas–Kanade's 2x2 system is damped by this share of its trace: a direction with little
+# structure moves slowly instead of being amplified without bound.
+_DAMPING = 0.05
+# A pattern whose weaker structure-tensor eigenvalue is below this share of the stronger is one-oriented.
+_ONE_ORIENTATION = 0.05
+# Gauss–Newton iterations of Lucas–Kanade per pyramid level.
+_ITERATIONS = 10
+
+
+@dataclass
+class Decomposition:
+    """texture (B, C, H, W) raw values; velocity (B, T−1, 2, H, W) px/frame as (x, y); shifts (B, T−1, 2):
+    each frame pair's global translation in the focus window; reconstruction (B, C, T, H, W) raw;
+    error (B,) relative reconstruction error ‖V̂ − V‖ / ‖V − mean V‖."""
+
+    texture: torch.Tensor
+    velocity: torch.Tensor
+    shifts: torch.Tensor
+    reconstruction: torch.Tensor
+    error: torch.Tensor
+
+
+def displacement(velocity: torch.Tensor) -> torch.Tensor:
+    """(B, T−1, 2, H, W) velocities → (B, T, 2, H, W) displacements with D_0 = 0 and D_t = Σ_{s<t} v_s."""
+    zero = torch.zeros_like(velocity[:, :1])
+    return torch.cat([zero, velocity.cumsum(dim=1)], dim=1)
+
+
+def warp(texture: torch.Tensor, displacement: torch.Tensor) -> torch.Tensor:
+    """Frame t samples the texture (B, C, H, W) at p − D_t(p): (B, C, T, H, W). Border padding."""
+    b, c, h, w = texture.shape
+    t = displacement.shape[1]
+    ys = (2.0 * torch.arange(h, device=texture.device, dtype=texture.dtype) + 1.0) / h - 1.0
+    xs = (2.0 * torch.arange(w, device=texture.device, dtype=texture.dtype) + 1.0) / w - 1.0
+    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+    # One pixel is 2 / size grid units with align_corners=False; x is the column, y the row.
+    sample_x = grid_x - displacement[:, :, 0] * (2.0 / w)  # (B, T, H, W)
+    sample_y = grid_y - displacement[:, :, 1] * (2.0 / h)
+    grid = torch.stack([sample_x, sample_y], dim=-1).reshape(b * t, h, w, 2)
+    frames = texture.unsqueeze(1).expand(b, t, c, h, w).reshape(b * t, c, h, w)
+    out = F.grid_sample(frames, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out.reshape(b, t, c, h, w).transpose(1, 2)
+
+
+def hann_window(h: int, w: int, box: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+    """(H, W) separable Hann window over `box` = (top, bottom, left, right), inclusive (default: everything), 0 outside."""
+    top, bottom, left, right = box if box is not None else (0, h - 1, 0, w - 1)
+    window = torch.zeros(h, w)
+    hy = torch.hann_window(bottom - top + 3, periodic=False)[1:-1]
+    hx = torch.hann_window(right - left + 3, periodic=False)[1:-1]
+    window[top : bottom + 1, left : right + 1] = torch.outer(hy, hx)
+    return window
+
+
+def global_translation(first: torch.Tensor, second: torch.Tensor, window: torch.Tensor | None = None) -> torch.Tensor:
+    """(N, 2) translation (x, y) in pixels that best carries first (N, C, H, W) onto second: second(p) ≈ first(p − d).
+
+    Lucas–Kanade weighted by `window` (H, W) (default: Hann over the whole image), started from
+    every depth of the image pyramid (a coarse start reaches large shifts but aliases fine
+    stripes); the result with the smallest misfit wins, ties going to the smaller shift. The
+    2x2 system is damped and a one-oriented pattern keeps only its normal component, so a
+    grating (the aperture problem) gets its normal velocity, never a slide along its stripes.
+    """
+    n, _, h, w = first.shape
+    window = (hann_window(h, w) if window is None else window).to(first)
+    factors = _levels(h, w, 8)
+    best = first.new_zeros(n, 2)
+    best_score = _misfit(first, second, best, window)
+    for depth in range(len(factors)):
+        shift = first.new_zeros(n, 2)
+        previous: int | None = None
+        for factor in factors[len(factors) - 1 - depth :]:
+            if previous is not None:
+                shift = shift * (previous / factor)
+            shift = _lucas_kanade(_pool(first, factor), _pool(second, factor), shift, _pool(window[None, None], factor)[0, 0])
+            previous = factor
+        shift = _normal_part(first, shift, window)
+        score = _misfit(first, second, shift, window)
+        better = score < best_score
+        best = torch.where(better[:, None], shift, best)
+        best_score = torch.where(better, score, best_score)
+    return best
+
+
+def decompose(
+    video: torch.Tensor,
+    value_range: tuple[float, float] = (0.0, 1.0),
+    *,
+    focus: torch.Tensor | None = None,
+    tv_weight: float = defaults.TV_WEIGHT,
+    steps: int = defaults.DECOMPOSITION_STEPS,
+    levels: int = 2,
+) -> Decomposition:
+    """Texture + per-frame velocities of each video (B, C, T, H, W) in `value_range` (T ≥ 2).
+
+    focus (H, W): where the global shifts are measured (e.g. a Hann window over the unit's
+    receptive field; default: Hann over the whole canvas).
+    """
+    lo, hi = float(value_range[0]), float(value_range[1])
+    target = (video.detach().float() - lo) / max(hi - lo, 1e-12)  # in [0, 1], so the weights mean the same for any range
+    b, _, t, h, w = target.shape
+    if t < 2:
+        raise ValueError("a decomposition needs at least 2 frames")
+    frames = target.transpose(1, 2)  # (B, T, C, H, W)
+    shifts = global_translation(frames[:, :-1].flatten(0, 1), frames[:, 1:].flatten(0, 1), focus).view(b, t - 1, 2)
+    velocity = shifts.view(b, t - 1, 2, 1, 1)
+    texture = target[:, :, 0]
+    for factor in _levels(h, w, levels):
+        level = target if factor == 1 else F.avg_pool3d(target, (1, factor, factor))
+        lh, lw = level.shape[-2:]
+        # Velocities carry over in this level's pixels; the texture restarts from this level's V_0.
+        start = F.interpolate(velocity.flatten(0, 1), size=(lh, lw), mode="bilinear", align_corners=False)
+        scale = lw / (w if velocity.shape[-1] == 1 else velocity.shape[-1])
+        velocity, texture = _fit(level, start.unflatten(0, (b, t - 1)) * scale, tv_weight, steps)
+    with torch.no_grad():
+        recon = warp(texture, displacement(velocity))
+        spread = (target - target.mean(dim=(1, 2, 3, 4), keepdim=True)).flatten(1).norm(dim=1)
+        error = (recon - target).flatten(1).norm(dim=1) / spread.clamp_min(1e-12)
+    return Decomposition(
+        texture=lo + (hi - lo) * texture,
+        velocity=velocity,
+        shifts=shifts,
+        reconstruction=lo + (hi - lo) * recon,
+        error=error,
+    )
+
+
+def _fit(target: torch.Tensor, velocity: torch.Tensor, tv_weight: float, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Adam on (velocity, texture) at one pyramid level, texture starting from V_0."""
+    first = target[:, :, 0]
+    velocity = velocity.clone().requires_grad_(True)
+    texture = first.clone().requires_grad_(True)
+    optimiser = torch.optim.Adam(
+        [
+            {"params": [velocity], "lr": defaults.VELOCITY_LEARNING_RATE},
+            {"params": [texture], "lr": defaults.TEXTURE_LEARNING_RATE},
+        ]
+    )
+    for _ in range(steps):
+        optimiser.zero_grad(set_to_none=True)
+        recon = warp(texture, displacement(velocity))
+        loss = (
+            (recon - target).pow(2).mean()
+            + tv_weight * _tv(velocity, (1, 3, 4))
+            + tv_weight * defaults.TEXTURE_TV_SHARE * _tv(texture, (2, 3))
+            + defaults.ANCHOR_WEIGHT * (texture - first).pow(2).mean()
+        )
+        loss.backward()  # Adam is scale-free, and each video's terms touch only its own parameters
+        optimiser.step()
+    return velocity.detach(), texture.detach()
+
+
+def _tv(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """Mean squared difference of neighbours along each of `dims` (nothing for an axis of size 1)."""
+    total = x.new_zeros(())
+    for d in dims:
+        if x.shape[d] > 1:
+            total = total + x.diff(dim=d).pow(2).mean()
+    return total
+
+
+def _levels(h: int, w: int, levels: int) -> list[int]:
+    """Downsampling factors, coarsest first (e.g. [2, 1]); a level's shorter side stays ≥ MIN_PYRAMID_SIZE."""
+    factors = [1]
+    while len(factors) < levels and min(h, w) // (factors[-1] * 2) >= defaults.MIN_PYRAMID_SIZE:
+        factors.append(factors[-1] * 2)
+    return factors[::-1]
+
+
+def _pool(x: torch.Tensor, factor: int) -> torch.Tensor:
+    return x if factor == 1 else F.avg_pool2d(x, factor)
+
+
+def _shifted(image: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    n, _, h, w = image.shape
+    return warp(image, shift.view(n, 1, 2, 1, 1).expand(n, 1, 2, h, w))[:, :, 0]
+
+
+def _structure(gx: torch.Tensor, gy: torch.Tensor, window: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Windowed structure-tensor entries (sxx, sxy, syy), each (N,)."""
+    return tuple((window * a * b).sum(dim=(1, 2, 3)) for a, b in ((gx, gx), (gx, gy), (gy, gy)))
+
+
+def _lucas_kanade(first: torch.Tensor, second: torch.Tensor, shift: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    for _ in range(_ITERATIONS):
+        moved = _shifted(first, shift)
+        gy, gx = torch.gradient(moved, dim=(-2, -1))
+        gt = second - moved
+        sxx, sxy, syy = _structure(gx, gy, window)
+        bx = (window * gx * gt).sum(dim=(1, 2, 3))
+        by = (window * gy * gt).sum(dim=(1, 2, 3))
+        damp = _DAMPING * (sxx + syy) + 1e-12
+        a11, a22 = sxx + damp, syy + damp
+        det = a11 * a22 - sxy * sxy
+        # second ≈ moved − ∇moved · δ  ⇒  δ = −A⁻¹ Σ ∇moved · (second − moved)
+        step = torch.stack([-(a22 * bx - sxy * by) / det, -(a11 * by - sxy * bx) / det], dim=1)
+        # At most one pixel per iteration, keeping the step's direction (the linearisation holds within ~1 px).
+        shift = shift + step / step.norm(dim=1, keepdim=True).clamp_min(1.0)
+    return shift
+
+
+def _normal_part(image: torch.Tensor, shift: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    """`shift` without its slide along the stripes where `image` (N, C, H, W) has one orientation only.
+
+    Along such a pattern's stripes the data say nothing and interpolation error alone would
+    pick a slide; where the structure tensor's smaller eigenvalue is below _ONE_ORIENTATION of
+    the larger, only the component along the stripes' normal is kept.
+    """
+    gy, gx = torch.gradient(image, dim=(-2, -1))
+    sxx, sxy, syy = _structure(gx, gy, window)
+    tensor = torch.stack([torch.stack([sxx, sxy], -1), torch.stack([sxy, syy], -1)], -2)
+    values, vectors = torch.linalg.eigh(tensor)  # ascending eigenvalues
+    normal = vectors[..., :, 1]
+    one_orientation = values[:, 0] < _ONE_ORIENTATION * values[:, 1].clamp_min(1e-30)
+    projected = (shift * normal).sum(dim=1, keepdim=True) * normal
+    return torch.where(one_orientation[:, None], projected, shift)
+
+
+def _misfit(first: torch.Tensor, second: torch.Tensor, shift: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    """(N,) windowed squared error of second vs first moved by `shift`, relative, plus a tiny preference for small shifts."""
+    error = (window * (second - _shifted(first, shift)).pow(2)).sum(dim=(1, 2, 3))
+    spread = (window * (second - second.mean(dim=(1, 2, 3), keepdim=True)).pow(2)).sum(dim=(1, 2, 3))
+    return error / spread.clamp_min(1e-12) + 1e-3 * shift.pow(2).sum(dim=1)

@@ -1,0 +1,127 @@
+"""The network from the model's raw input up to one layer, as a function of raw 5D canvas videos.
+
+Everything in kernel_viz is 5D (B, C, T, H, W) in the model's raw value space; this is the one
+place that normalises with the model's own input spec, drops the time axis for image models
+(T = 1), stops the forward pass at the target layer, and copes with networks that only take
+their full input size or batch size 1 (e.g. a torch.export program with static shapes): a
+canvas is then placed inside a full-size mid-grey input, and a batch runs one sample at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, replace
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from workers.errors import TaskError
+from workers.model import LoadedModel
+
+Size3 = tuple[int, int, int]
+
+
+@dataclass
+class LayerTarget:
+    """model up to `layer` on `device`. offset: where a canvas sits in the full input, or None when the network takes the canvas itself."""
+
+    model: LoadedModel
+    layer: str
+    device: torch.device
+    offset: Size3 | None = None
+    # Whether the network takes more than one sample per call; found out on the first batched call.
+    batchable: bool = True
+
+    def __post_init__(self) -> None:
+        module = self.model.require_module("kernel_viz")
+        self.model.submodule(self.layer)  # an unknown name fails here, listing the valid ones
+        first = next(iter(module.parameters()), None)
+        if first is not None and first.device != torch.device(self.device):
+            module.to(self.device)
+
+    @property
+    def module(self) -> nn.Module:
+        return self.model.require_module("kernel_viz")
+
+    @property
+    def input_size(self) -> Size3:
+        """The model's input (T, H, W); T = 1 for an image model."""
+        spatial = self.model.input_spec.spatial
+        return (1, *spatial) if len(spatial) == 2 else tuple(spatial)  # type: ignore[return-value]
+
+    @property
+    def channels(self) -> int:
+        return self.model.input_spec.channels
+
+    @property
+    def value_range(self) -> tuple[float, float]:
+        spec = self.model.input_spec
+        return float(spec.value_min), float(spec.value_max)
+
+    def placed(self, offset: Size3 | None) -> "LayerTarget":
+        """The same target with canvases placed at `offset` inside the full input (None: fed as they are)."""
+        return replace(self, offset=offset)
+
+    def __call__(self, video: torch.Tensor) -> torch.Tensor:
+        """The layer's output (B, C', ...) for raw videos (B, C, T, H, W)."""
+        video = video.to(self.device)
+        if self.offset is not None:
+            video = self._embed(video)
+        x = self.model.input_spec.normalize(video)
+        if not self.model.input_spec.is_video:
+            x = x[:, :, 0]
+        if video.shape[0] == 1 or self.batchable:
+            try:
+                return self.model.forward_to(self.layer, x)
+            except TaskError:
+                raise
+            except Exception:
+                if video.shape[0] == 1:
+                    raise
+                single = self.model.forward_to(self.layer, x[:1])  # raises if batching was not the cause
+                self.batchable = False
+                return torch.cat([single, *(self.model.forward_to(self.layer, x[i : i + 1]) for i in range(1, len(x)))])
+        return torch.cat([self.model.forward_to(self.layer, x[i : i + 1]) for i in range(len(x))])
+
+    def accepts(self, size: Size3) -> bool:
+        """Whether the network runs on a canvas of this (T, H, W) and gives the layer a non-empty output."""
+        try:
+            with torch.no_grad():
+                out = self.placed(None)(torch.zeros((1, self.channels, *size), device=self.device))
+        except TaskError:
+            raise
+        except Exception:
+            return False
+        return out.numel() > 0
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator["LayerTarget"]:
+        """Weights need no gradient and the network is in eval mode while inside; both restored after."""
+        module = self.module
+        flags = [(p, p.requires_grad) for p in module.parameters()]
+        modes = [(m, m.training) for m in module.modules()]
+        for p, _ in flags:
+            p.requires_grad_(False)
+        module.eval()
+        try:
+            yield self
+        finally:
+            for p, flag in flags:
+                p.requires_grad_(flag)
+            for m, mode in modes:
+                m.training = mode
+
+    def _embed(self, video: torch.Tensor) -> torch.Tensor:
+        """The canvas inside a full-size input of mid-range grey (gradients flow to the canvas only)."""
+        assert self.offset is not None
+        full = self.input_size
+        pad: list[int] = []
+        for axis in (2, 1, 0):  # F.pad lists the last axis first
+            before = self.offset[axis]
+            pad += [before, full[axis] - before - video.shape[2 + axis]]
+        if min(pad) < 0:
+            raise ValueError(f"canvas {tuple(video.shape[2:])} at {self.offset} does not fit the input {full}")
+        lo, hi = self.value_range
+        return F.pad(video, pad, value=0.5 * (lo + hi))
