@@ -51,6 +51,7 @@ def test_the_service_port_agrees_with_its_settings_probe_and_workers(services: d
     port = int(env["KERNELSCOPE_PORT"])
     published = [p.rsplit(":", 1)[1] for p in service["ports"]]
     assert str(port) in published
+    assert env["KERNELSCOPE_METRICS_PORT"] in published, "/metrics is published beside gRPC"
     assert service["healthcheck"]["test"][1:] == ["python", "-m", "deploy.probe"]  # probes $KERNELSCOPE_PORT
     assert service["volumes"][0].split(":")[1] == env["KERNELSCOPE_DATA_DIR"]
     for worker_name, worker in by_role(services, "worker").items():

@@ -158,7 +158,8 @@ def test_the_service_image_exposes_the_port_it_binds_and_probes_it(images: dict[
 
     runtime = images["service"].runtime
     env = runtime.env()
-    assert runtime.last("EXPOSE").value.split("/")[0] == env["KERNELSCOPE_PORT"]
+    exposed = {word.split("/")[0] for word in runtime.last("EXPOSE").value.split()}
+    assert exposed == {env["KERNELSCOPE_PORT"], env["KERNELSCOPE_METRICS_PORT"]}
     assert env["KERNELSCOPE_HOST"] == "0.0.0.0"
     assert healthcheck_command(runtime.last("HEALTHCHECK").value) == ["python", "-m", "deploy.probe"]
     assert probe.DEFAULT_PORT == defaults.PORT  # the probe's fallback when KERNELSCOPE_PORT is unset

@@ -102,8 +102,7 @@ def test_service_ports_agree_between_settings_container_probes_and_service(docs:
     port = int(container_env(container)["KERNELSCOPE_PORT"])
     assert container_env(container)["KERNELSCOPE_HOST"] == "0.0.0.0"
     service = service_for(docs, workload)
-    (service_port,) = service["spec"]["ports"]
-    assert container_port(container, service_port["targetPort"]) == port
+    (service_port,) = [p for p in service["spec"]["ports"] if container_port(container, p["targetPort"]) == port]
     for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
         probe = container[kind]
         assert probe["grpc"]["port"] == port, f"{kind} must be a gRPC probe on the service's port"
@@ -113,6 +112,30 @@ def test_service_ports_agree_between_settings_container_probes_and_service(docs:
     for worker_workload, worker in workload_by_role(docs, "worker"):
         target = container_env(worker)["KERNELSCOPE_SERVICE"]
         assert target == f"{service['metadata']['name']}:{service_port['port']}", worker_workload["metadata"]["name"]
+
+
+def test_metrics_port_agrees_between_settings_container_annotations_and_service(docs: list[Doc]) -> None:
+    (workload, container), = workload_by_role(docs, "service")
+    port = int(container_env(container)["KERNELSCOPE_METRICS_PORT"])
+    assert port != int(container_env(container)["KERNELSCOPE_PORT"])
+    assert container_port(container, "metrics") == port
+    annotations = workload["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true" and int(annotations["prometheus.io/port"]) == port
+    (service_port,) = [p for p in service_for(docs, workload)["spec"]["ports"] if p["name"] == "metrics"]
+    assert container_port(container, service_port["targetPort"]) == port
+
+
+def test_api_tokens_file_is_mounted_from_the_generated_secret(docs: list[Doc]) -> None:
+    (workload, container), = workload_by_role(docs, "service")
+    path = Path(container_env(container)["KERNELSCOPE_TOKENS_FILE"])
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == str(path.parent)]
+    assert mount.get("readOnly") is True and "subPath" not in mount, "a subPath mount never sees Secret updates"
+    (volume,) = [v for v in workload["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"]]
+    generated = {g["name"]: g for g in manifests.kustomization()["secretGenerator"]}
+    generator = generated[volume["secret"]["secretName"]]
+    assert path.name in {f.split("=", 1)[0] for f in generator["files"]}
+    # The service re-reads the file when it changes; a hashed name would restart the pod instead.
+    assert generator["options"]["disableNameSuffixHash"] is True
 
 
 def test_redis_is_durable_never_evicts_and_is_where_everyone_looks(docs: list[Doc]) -> None:
@@ -235,12 +258,14 @@ def test_kustomize_renders_and_points_every_reference_at_the_generated_secret(tm
     work = tmp_path / "k8s"
     shutil.copytree(K8S_DIR, work)
     (work / "worker-token.env").write_text("token=planted-token-for-the-test\n")
+    (work / "api-tokens").write_text("alice:" + "ab" * 32 + "\n")
     rendered = subprocess.run(
         ["kubectl", "kustomize", str(work)], capture_output=True, text=True, timeout=60, check=True
     ).stdout
     docs = list(yaml.safe_load_all(rendered))
-    (secret,) = [d for d in docs if d["kind"] == "Secret"]
-    name = secret["metadata"]["name"]
+    secrets = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Secret"}
+    (name,) = [n for n in secrets if n.startswith("kernelscope-worker-token")]
+    secret = secrets[name]
     assert name.startswith("kernelscope-worker-token-")  # content-hashed: a new token rolls the pods
     refs = [
         item["valueFrom"]["secretKeyRef"]
@@ -249,3 +274,9 @@ def test_kustomize_renders_and_points_every_reference_at_the_generated_secret(tm
         for item in c.get("env") or [] if "valueFrom" in item
     ]
     assert refs and all(r["name"] == name and r["key"] in secret["data"] for r in refs)
+    mounted = [
+        v["secret"]["secretName"]
+        for d in docs if d["kind"] in manifests.WORKLOAD_KINDS
+        for v in d["spec"]["template"]["spec"].get("volumes") or [] if "secret" in v
+    ]
+    assert mounted and all(m in secrets for m in mounted)
