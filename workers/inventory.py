@@ -106,13 +106,12 @@ def inventory(
     layers: list[Layer] = []
     for index, (name, m, kind) in enumerate(picked):
         progress("receptive fields", index / max(len(picked), 1))
-        weight = _weight(m)
         out_shape = outputs.get(name, [])
         layers.append(
             Layer(
                 name=name,
                 kind=kind,
-                kernel_shape=list(weight.shape) if weight is not None else [],
+                kernel_shape=_kernel_shape(m, kind),
                 stride=_stride(m, kind, len(model.input_spec.spatial)),
                 receptive_field=_receptive_field(model, name, out_shape, inputs) if name in outputs else [],
                 output_shape=out_shape,
@@ -150,6 +149,17 @@ def _kind(m: nn.Module, name: str, recorded: dict[str, str]) -> str:
         if isinstance(m, cls):
             return kind
     return recorded.get(name, "")
+
+
+def _kernel_shape(m: nn.Module, kind: str) -> list[int]:
+    weight = _weight(m)
+    if weight is not None:
+        return [int(s) for s in weight.shape]
+    first, scale = getattr(m, "first_weight", None), getattr(m, "scale", None)
+    if kind == "TConv3d" and isinstance(first, torch.Tensor) and isinstance(scale, torch.Tensor):
+        # A 3TConv whose kernel is not materialised (e.g. inside a torch.export program): (C_out, C_in, k_t, k_h, k_w).
+        return [int(first.shape[0]), int(first.shape[1]), 1 + int(scale.shape[0]), *(int(s) for s in first.shape[-2:])]
+    return []
 
 
 def _weight(m: nn.Module) -> torch.Tensor | None:
