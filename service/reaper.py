@@ -6,7 +6,7 @@ would also retry jobs that raised or ran out of time on their own: those fail fo
 the service checks every started execution each `config.reap_interval` seconds. An execution is
 abandoned when
 
-- its worker is gone from Redis (the worker's key expired or was removed), or
+- its worker is gone from Redis (the worker's key expired, or says the worker died), or
 - its heartbeat is late: older than `config.worker_timeout`, and older than three of the worker's
   own heartbeat intervals (read off the execution key's TTL, which RQ sets to interval + 60 s at
   each beat), so that a worker left at RQ's slow 30 s default is never taken for dead.
@@ -104,11 +104,20 @@ class Reaper:
         worker_name = worker.decode() if worker else ""
         if last_beat is None or ttl_ms == -2:  # the execution record expired: nobody beat for a minute
             return True, worker_name
-        if worker_name and not self.conn.exists(Worker.redis_worker_namespace_prefix + worker_name):
+        if worker_name and self._worker_gone(worker_name):
             return True, worker_name
         since = now - float(last_beat)
         interval = max(1.0, ttl_ms / 1000.0 + since - _RQ_TTL_SLACK_SECONDS) if ttl_ms > 0 else 1.0
         return since > max(self.config.worker_timeout, _LATE_INTERVALS * interval), worker_name
+
+    def _worker_gone(self, name: str) -> bool:
+        """The worker's key expired, or the worker registered its death (RQ keeps the key 60 s more)."""
+        key = Worker.redis_worker_namespace_prefix + name
+        with self.conn.pipeline(transaction=False) as pipe:
+            pipe.exists(key)
+            pipe.hexists(key, "death")
+            exists, died = pipe.execute()
+        return not exists or bool(died)
 
     def _reap_if_abandoned(self, job_id: str, execution_id: str) -> Reaped | None:
         execution = Execution(id=execution_id, job_id=job_id, connection=self.conn)

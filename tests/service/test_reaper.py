@@ -1,0 +1,143 @@
+"""The reaper against real RQ state in a real Redis: worker deaths are staged in-process (an RQ Worker that
+takes a job and then vanishes or stops beating), so each rule is checked without waiting on processes.
+test_faults.py shows the same with a SIGKILLed worker process."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+from kernelscope.v1 import jobs_pb2, tasks_pb2
+from rq import Queue, Worker
+from rq.executions import Execution
+from rq.job import Job as RQJob
+from rq.serializers import JSONSerializer
+
+from service.reaper import LOSSES_META, Reaper
+from tests.service.helpers import onnx_bytes, upload_model
+
+RETRIES = 1
+TIMEOUT_S = 2.0
+
+
+@pytest.fixture
+def server(start_server) -> Any:
+    # The server's own reaper thread sleeps through the test; the test calls reap() itself.
+    return start_server(job_retries=RETRIES, worker_timeout=TIMEOUT_S, reap_interval=1000.0)
+
+
+@pytest.fixture
+def job(server) -> jobs_pb2.Job:
+    stub = server.stub()
+    request = jobs_pb2.CreateJobRequest(model_id=upload_model(stub, onnx_bytes()).id, tasks=[tasks_pb2.Task(name="tconv_stats")])
+    return stub.CreateJob(request, timeout=10)
+
+
+def take(server: Any, conn: Any, name: str, heartbeat: int = 1) -> tuple[Worker, Execution]:
+    """An RQ worker `name` (beating every `heartbeat` s) registers, dequeues the next job and starts it."""
+    queue = Queue(server.config.queue_name, connection=conn, serializer=JSONSerializer)
+    worker = Worker([queue], connection=conn, serializer=JSONSerializer, name=name, job_monitoring_interval=heartbeat)
+    worker.register_birth()
+    dequeued = Queue.dequeue_any([queue], None, connection=conn, serializer=JSONSerializer)
+    assert dequeued is not None
+    rq_job, _ = dequeued
+    execution = worker.prepare_execution(rq_job)
+    worker.prepare_job_execution(rq_job)
+    return worker, execution
+
+
+def beat_ago(conn: Any, execution: Execution, seconds: float, interval: int) -> None:
+    """Make the execution look as if its last heartbeat was `seconds` ago, from a worker beating every `interval` s."""
+    conn.hset(execution.key, "last_heartbeat", time.time() - seconds)
+    remaining = (interval + 60 - seconds) * 1000  # RQ sets the key's TTL to interval + 60 s at each beat
+    if remaining > 0:
+        conn.pexpire(execution.key, int(remaining))
+    else:
+        conn.delete(execution.key)
+
+
+def state(server: Any, job_id: str) -> jobs_pb2.Job:
+    return server.stub().GetJob(jobs_pb2.GetJobRequest(job_id=job_id), timeout=10)
+
+
+def test_a_worker_that_beats_keeps_its_job(server, redis_conn, job) -> None:
+    take(server, redis_conn, "alive")
+    assert Reaper(redis_conn, server.config).reap() == []
+    assert state(server, job.id).state == jobs_pb2.RUNNING
+
+
+def test_a_vanished_worker_s_job_is_queued_again_then_given_up_after_the_retries(server, redis_conn, job) -> None:
+    reaper = Reaper(redis_conn, server.config)
+    first, _ = take(server, redis_conn, "ghost-1")
+    first.register_death()  # its key is gone: dead, no need to wait for the timeout
+
+    [reaped] = reaper.reap()
+    assert (reaped.job_id, reaped.worker, reaped.losses, reaped.requeued) == (job.id, "ghost-1", 1, True)
+    queued = state(server, job.id)
+    assert queued.state == jobs_pb2.QUEUED and queued.worker == ""
+    assert "queued again (retry 1 of 1)" in queued.progress.message
+    assert redis_conn.zcard(f"rq:wip:{server.config.queue_name}") == 0
+    assert Queue(server.config.queue_name, connection=redis_conn).get_job_ids() == [job.id]
+    assert reaper.reap() == []  # nothing more to do
+
+    second, _ = take(server, redis_conn, "ghost-2")
+    assert state(server, job.id).state == jobs_pb2.RUNNING
+    second.register_death()
+    [reaped] = reaper.reap()
+    assert (reaped.losses, reaped.requeued) == (2, False)
+    failed = state(server, job.id)
+    assert failed.state == jobs_pb2.FAILED
+    assert (failed.error.code, failed.error.reason) == ("UNAVAILABLE", "WORKER_LOST")
+    assert "ghost-2" in failed.error.message and "gave up after 2 lost worker(s)" in failed.error.message
+    rq_job = RQJob.fetch(job.id, connection=redis_conn, serializer=JSONSerializer)
+    assert rq_job.meta[LOSSES_META] == 1 and rq_job.get_status().value == "failed"
+
+
+@pytest.mark.parametrize(
+    "interval, ago, abandoned",
+    [
+        (1, TIMEOUT_S / 2, False),  # recent enough
+        (1, TIMEOUT_S + 2, True),  # late past the timeout and three beats
+        (30, TIMEOUT_S + 1, False),  # a worker at RQ's 30 s default is not late yet (3 x 30 s)
+        (30, 95, True),  # ... until its execution record expired
+    ],
+)
+def test_a_late_heartbeat_counts_past_the_timeout_and_three_of_the_worker_s_beats(
+    server, redis_conn, job, interval: int, ago: float, abandoned: bool
+) -> None:
+    _, execution = take(server, redis_conn, f"slow-{interval}", heartbeat=interval)
+    beat_ago(redis_conn, execution, ago, interval)
+    reaped = Reaper(redis_conn, server.config).reap()
+    assert [r.job_id for r in reaped] == ([job.id] if abandoned else [])
+    assert state(server, job.id).state == (jobs_pb2.QUEUED if abandoned else jobs_pb2.RUNNING)
+
+
+def test_a_cancelled_job_whose_worker_died_ends_cancelled_not_queued_again(server, redis_conn, job) -> None:
+    worker, _ = take(server, redis_conn, "doomed")
+    stub = server.stub()
+    assert stub.CancelJob(jobs_pb2.CancelJobRequest(job_id=job.id), timeout=10).state == jobs_pb2.RUNNING
+    worker.register_death()  # it never got to stop the job
+    [reaped] = Reaper(redis_conn, server.config).reap()
+    assert not reaped.requeued
+    final = state(server, job.id)
+    assert final.state == jobs_pb2.CANCELLED and final.error.reason == "JOB_CANCELLED"
+
+
+def test_the_reaper_thread_runs_with_the_server(start_server, redis_conn) -> None:
+    server = start_server(worker_timeout=TIMEOUT_S, reap_interval=0.05)
+    stub = server.stub()
+    request = jobs_pb2.CreateJobRequest(model_id=upload_model(stub, onnx_bytes()).id, tasks=[tasks_pb2.Task(name="tconv_stats")])
+    job = stub.CreateJob(request, timeout=10)
+    worker, _ = take(server, redis_conn, "short-lived")
+    worker.register_death()
+    deadline = time.monotonic() + 10
+    while state(server, job.id).state != jobs_pb2.QUEUED:
+        assert time.monotonic() < deadline, "the server's reaper never re-queued the job"
+        time.sleep(0.05)
+    server.stop()  # and the thread ends with the server
+    deadline = time.monotonic() + 5
+    while any(t.name == "kernelscope-reaper" for t in threading.enumerate()):
+        assert time.monotonic() < deadline, "the reaper outlived its server"
+        time.sleep(0.05)
