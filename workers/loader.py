@@ -40,7 +40,7 @@ import re
 import struct
 import zipfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 import torch
@@ -160,7 +160,8 @@ def _check_claim(path: Path, fmt: str) -> None:
         if kind == "TORCH_SAVE":
             _scan_torch_save(path, listing)
     elif kind == "pickle":
-        _refuse_pickle(_pickle_globals(path.read_bytes(), "the file"), "the file")
+        with open(path, "rb") as f:
+            _refuse_pickle(_pickle_globals(f, "the file"), "the file")
     elif kind == "safetensors_truncated":
         if fmt == "SAFETENSORS":
             raise ModelRejected("the safetensors header is longer than the file: it is truncated", reason="TRUNCATED")
@@ -189,12 +190,12 @@ def _check_claim(path: Path, fmt: str) -> None:
 _PICKLED_MODULE_PREFIXES = ("torch.nn.modules.", "torch.nn.utils.", "torch.jit.", "torch.fx.", "torch.ao.nn.")
 
 
-def _pickle_globals(data: bytes, where: str) -> list[str]:
+def _pickle_globals(data: bytes | BinaryIO, where: str) -> list[str]:
     """Every global ("module.name") a pickle would import, read by pickletools (which runs nothing)."""
     found: list[str] = []
     strings: list[Any] = []
     memo: dict[int, Any] = {}
-    stream = io.BytesIO(data)
+    stream = io.BytesIO(data) if isinstance(data, bytes) else data
     try:
         for op, arg in _pickle_ops(stream):
             name = op.name
@@ -217,7 +218,7 @@ def _pickle_globals(data: bytes, where: str) -> list[str]:
     return [g.replace("__builtin__.", "builtins.") for g in found]
 
 
-def _pickle_ops(stream: io.BytesIO) -> Iterator[tuple[Any, Any]]:
+def _pickle_ops(stream: BinaryIO) -> Iterator[tuple[Any, Any]]:
     """Opcodes of every pickle in a row (torch's legacy format is several pickles back to back, then raw bytes)."""
     for _ in range(8):
         start = stream.tell()
@@ -592,7 +593,7 @@ def _load_onnx(path: Path, header: dict[str, Any], architecture: str) -> LoadedM
     spec = _spec(header, shape, dtype)  # type: ignore[arg-type]
     module = build_module(model).eval()
     state = {t.name: _onnx_tensor(t) for t in model.graph.initializer}
-    diff, tolerance = _compare_with_onnxruntime(data if not model.functions else model.SerializeToString(), module, spec, batch, inputs[0].name)
+    diff, tolerance = _compare_with_onnxruntime(data, module, spec, batch, inputs[0].name)
     info = {
         "onnx_max_abs_diff": diff,
         "onnx_tolerance": tolerance,
@@ -757,20 +758,44 @@ class ScriptLayer(nn.Module):
         return f"TorchScript {self.kind}"
 
 
+class ScriptTree(nn.Sequential):
+    """The root of a hookable TorchScript tree: its parameters and buffers are the scripted module's."""
+
+    def __init__(self, script: Any) -> None:
+        super().__init__()
+        object.__setattr__(self, "_script", script)
+
+    def named_parameters(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True) -> Iterator[tuple[str, nn.Parameter]]:
+        return self._script.named_parameters(prefix=prefix, recurse=recurse)
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]:
+        return self._script.parameters(recurse)
+
+    def named_buffers(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
+        return self._script.named_buffers(prefix=prefix, recurse=recurse)
+
+    def buffers(self, recurse: bool = True) -> Iterator[torch.Tensor]:
+        return self._script.buffers(recurse)
+
+
 def _hookable_tree(script: Any) -> nn.Module | None:
-    """An eager nn.Sequential mirroring a scripted Sequential tree (leaves wrapped), or None."""
+    """An eager nn.Sequential mirroring a scripted Sequential tree (leaves wrapped), or None.
+
+    Every node calls the scripted submodule itself, so weights are shared and `.to(device)` on the
+    tree moves the scripted module.
+    """
     if getattr(script, "original_name", "") != "Sequential":
         return None
 
-    def convert(module: Any) -> nn.Module:
-        if getattr(module, "original_name", "") == "Sequential":
-            seq = nn.Sequential()
-            for child_name, child in module.named_children():
-                seq.add_module(child_name, convert(child))
-            return seq
-        return ScriptLayer(module)
+    def fill(seq: nn.Sequential, module: Any) -> nn.Sequential:
+        for child_name, child in module.named_children():
+            if getattr(child, "original_name", "") == "Sequential":
+                seq.add_module(child_name, fill(nn.Sequential(), child))
+            else:
+                seq.add_module(child_name, ScriptLayer(child))
+        return seq
 
-    return convert(script).eval()
+    return fill(ScriptTree(script), script).eval()
 
 
 # ============================================================== weights only
@@ -856,4 +881,4 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:300]
 
 
-__all__ = ["FORMATS", "ONNX_TOLERANCE", "ScriptLayer", "load_model"]
+__all__ = ["FORMATS", "ONNX_TOLERANCE", "ScriptLayer", "ScriptTree", "load_model"]

@@ -201,6 +201,11 @@ def test_torchscript_sequential_tree_is_hookable(tmp_path) -> None:
     torch.testing.assert_close(model.forward_to("2.0", x), _activation(net, "2.0", x))
     torch.testing.assert_close(_input_grad(model.module, x), _input_grad(net, x))
     assert model.module(x).shape == (2, 2)
+    # The tree exposes the scripted weights (tasks read parameters to find the device) and moves them.
+    assert sum(p.numel() for p in model.module.parameters()) == sum(p.numel() for p in net.parameters())
+    model.module.to(torch.float64)
+    assert next(model.module.parameters()).dtype == torch.float64
+    assert model.module(x.double()).dtype == torch.float64
 
 
 def test_torchscript_custom_forward_allows_weight_tasks_only(tmp_path) -> None:
