@@ -43,7 +43,7 @@ def histograms(arrays: dict[str, np.ndarray], title: str, path: Path) -> Path:
     _hist(axes[2], arrays["tx_px_layer"], "x translation per step (px, right +)")
     _hist(axes[3], arrays["ty_px_layer"], "y translation per step (px, down +)")
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.2, top=0.85, wspace=0.35)
     return _save(fig, path)
 
 
@@ -63,7 +63,7 @@ def joint_translation(arrays: dict[str, np.ndarray], title: str, path: Path, bin
     ax.set_xlabel("x translation per step (px, right +)")
     ax.set_ylabel("y translation per step (px, down +)")
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.17, right=0.95, bottom=0.14, top=0.9)
     return _save(fig, path)
 
 
@@ -85,7 +85,7 @@ def trajectory_plot(tracks: Sequence[dict[str, Any]], title: str, path: Path) ->
     if tracks:
         ax.legend(fontsize=7)
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.17, right=0.95, bottom=0.14, top=0.9)
     return _save(fig, path)
 
 
@@ -105,5 +105,5 @@ def residual_plot(plain: np.ndarray, gain: np.ndarray | None, threshold: float, 
     ax.set_ylabel("filters")
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.17, right=0.95, bottom=0.14, top=0.9)
     return _save(fig, path)

@@ -31,6 +31,14 @@ ProgressFn = Callable[[float], None]
 _RESTART_LOG_SCALE = 0.25
 _RESTART_ROTATION = 0.5
 _RESTART_TRANSLATION = 1.5
+# Every start is nudged by this much (N(0, 1) times it): bilinear warps have kinks exactly where sample
+# points hit pixel centres (identity, whole-pixel shifts), where the symmetric derivative is zero and LM
+# would not move; a nudge makes the one-sided derivative valid.
+_START_JITTER = 1e-3
+# LM iterations at most for the per-step registration start (a 4-parameter problem per step).
+_REGISTRATION_STEPS = 50
+# Best grid points per step refined by that LM (the grid's best alone can sit in the wrong basin).
+_REGISTRATION_CANDIDATES = 4
 # Deterministic starts before the random ones: identity, slice registration, content leaving the window.
 _FIXED_STARTS = 3
 # Levenberg–Marquardt damping: start, shrink on success, grow on failure, give up above.
@@ -48,7 +56,7 @@ class ThreeTFit:
     """Per-filter fit of one layer, in the authors' layouts (numpy, float64).
 
     scale, rotate (radians), translate_x, translate_y: (k_t−1, C_out) like `TConv3d`'s parameters;
-    gain: (k_t, C_out) for the gain variant (normalised so the largest |g_t| of a filter is +1), else None;
+    gain: (k_t, C_out) for the gain variant (normalised: largest |g_t| is 1, first non-zero g_t > 0), else None;
     base: (C_out, C_in, k_h, k_w), the fitted K_0; residual: (C_out,) relative residual, NaN for an
     all-zero filter (nothing to explain).
     """
@@ -182,24 +190,38 @@ def _solve_base(ops: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, 
     return base, (ops @ base - target).pow(2).sum((1, 2))
 
 
-def _registration_start(target: torch.Tensor, k_t: int, k_h: int, k_w: int) -> torch.Tensor:
-    """Per step, the grid point (log s, r, tx, ty) that best maps slice t−1 onto slice t (with the best
-    gain): a data-driven start near the answer for kernels that are 3T, cheap to evaluate."""
+def _registration_start(target: torch.Tensor, k_t: int, k_h: int, k_w: int, generator: torch.Generator, steps: int) -> torch.Tensor:
+    """Per step, the transform that best maps slice t−1 onto slice t: the best point of a grid over
+    (log s, r, tx, ty) (scored through P×P Gram matrices, so nothing scales with the channels), refined by
+    LM on the two-slice problem. For a kernel that is 3T this lands next to the answer, where the joint
+    fit from identity can stall between the kinks of bilinear interpolation."""
     dtype, device = target.dtype, target.device
+    filters = target.shape[0]
     shifts = torch.linspace(-1.0, 1.0, 9, dtype=dtype, device=device)
-    angles = torch.tensor([-0.3, 0.0, 0.3], dtype=dtype, device=device)
+    angles = torch.tensor([-0.3, -0.15, 0.0, 0.15, 0.3], dtype=dtype, device=device)
     logs = torch.tensor([-0.15, 0.0, 0.15], dtype=dtype, device=device)
     grid = torch.cartesian_prod(logs, angles, shifts, shifts)  # (Q, 4)
     warps, _ = _warp_step(grid, k_h, k_w, derivative=False)  # (Q, P, P)
-    starts = []
+    warp_gram = warps.transpose(1, 2) @ warps
+    p = k_h * k_w
+    tops = []
     for step in range(k_t - 1):
         prev, nxt = target[:, step], target[:, step + 1]  # (F, P, r)
-        moved = torch.einsum("qpj,fjr->fqpr", warps, prev)
-        dot = torch.einsum("fqpr,fpr->fq", moved, nxt)
-        energy = moved.pow(2).sum((2, 3)).clamp_min(1e-300)
-        score = dot.pow(2) / energy  # explained energy with the best gain
-        starts.append(grid[score.argmax(1)])
-    return torch.cat(starts, dim=1)
+        dot = warps.reshape(-1, p * p) @ (nxt @ prev.transpose(1, 2)).reshape(filters, p * p).T  # (Q, F)
+        energy = warp_gram.reshape(-1, p * p) @ (prev @ prev.transpose(1, 2)).reshape(filters, p * p).T
+        score = dot.pow(2) / energy.clamp_min(1e-300)  # energy explained with the best gain
+        tops.append(grid[score.topk(_REGISTRATION_CANDIDATES, dim=0).indices])  # (K, F, 4)
+    cands = torch.stack(tops, dim=2)  # (K, F, steps, 4)
+    start = cands.reshape(-1, 4)  # rows: candidate, filter, step
+    start = start + _START_JITTER * torch.randn(start.shape, generator=generator, dtype=torch.float64).to(device=device, dtype=dtype)
+    pairs = torch.stack([target[:, :-1], target[:, 1:]], dim=2).reshape(filters * (k_t - 1), 2, p, -1)
+    pairs = pairs.repeat(_REGISTRATION_CANDIDATES, 1, 1, 1)
+    rows = filters * (k_t - 1)
+    budget = max(1, min(steps, _REGISTRATION_STEPS))
+    refined, _, cost, _ = _levenberg_marquardt(start, pairs, 2, k_h, k_w, False, budget, rows, None)
+    pick = cost.reshape(_REGISTRATION_CANDIDATES, rows).argmin(0) * rows + torch.arange(rows, device=device)
+    refined = refined[pick]
+    return refined.reshape(filters, 4 * (k_t - 1))
 
 
 def _vanishing_shift(k_h: int, k_w: int) -> tuple[float, float]:
@@ -209,12 +231,15 @@ def _vanishing_shift(k_h: int, k_w: int) -> tuple[float, float]:
 
 
 def _initial_parameters(
-    target: torch.Tensor, restarts: int, k_t: int, k_h: int, k_w: int, gain: bool, generator: torch.Generator
+    target: torch.Tensor, restarts: int, k_t: int, k_h: int, k_w: int, gain: bool, generator: torch.Generator,
+    steps: int, warm: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(restarts+3)·F starting points: identity, slice registration, "content leaves after slice 0", then
     random draws. The third start matters because once content is shifted out of the zero-padded slice
     the loss is flat, so no local search finds that mode (a temporal derivative [W, 0, −W] needs it).
-    Gains come from the rank-1 SVD of the slices (ignoring motion), so a sign flip starts where it belongs."""
+    The identity and "content leaves" starts take gains from the rank-1 SVD of the slices (ignoring
+    motion), so a sign flip starts where it belongs; the other starts begin at unit gains. `warm` (F, 4(k_t−1)) transforms, e.g. the
+    plain fit's, are one more start with unit gains, so the gain variant never ends worse than plain 3T."""
     filters = target.shape[0]
     steps = k_t - 1
     dtype, device = target.dtype, target.device
@@ -222,10 +247,13 @@ def _initial_parameters(
     spread = torch.tensor([_RESTART_LOG_SCALE, _RESTART_ROTATION, _RESTART_TRANSLATION, _RESTART_TRANSLATION], dtype=torch.float64)
     random = (draws * spread).to(device=device, dtype=dtype).reshape(restarts, filters, 4 * steps)
     identity = torch.zeros((1, filters, 4 * steps), dtype=dtype, device=device)
-    registered = _registration_start(target, k_t, k_h, k_w)[None]
+    registered = _registration_start(target, k_t, k_h, k_w, generator, steps)[None]
     vanish = identity.clone()
     vanish[..., 2:4] = torch.tensor(_vanishing_shift(k_h, k_w), dtype=dtype, device=device)
-    motion = torch.cat([identity, registered, vanish, random]).reshape((restarts + _FIXED_STARTS) * filters, 4 * steps)
+    blocks = [identity, registered, vanish, random] + ([warm[None].to(device=device, dtype=dtype)] if warm is not None else [])
+    motion = torch.cat(blocks).reshape(-1, 4 * steps)
+    jitter = torch.randn(motion.shape, generator=generator, dtype=torch.float64).to(device=device, dtype=dtype)
+    motion = motion + _START_JITTER * jitter
     if not gain:
         return motion
     u, _s, _vh = torch.linalg.svd(target.reshape(filters, k_t, -1), full_matrices=False)
@@ -233,7 +261,10 @@ def _initial_parameters(
     sign = torch.sign(lead.gather(1, lead.abs().argmax(1, keepdim=True)))
     g = lead * sign * math.sqrt(k_t)
     g = torch.where(g.abs().sum(1, keepdim=True) > 0, g, torch.ones_like(g))
-    return torch.cat([motion, g.repeat(restarts + _FIXED_STARTS, 1)], dim=1)
+    ones = torch.ones_like(g)
+    # Rows follow `blocks`: identity and "content leaves" take the SVD gains, the others unit gains.
+    gains = [g, ones, g] + [ones] * (restarts + (warm is not None))
+    return torch.cat([motion, torch.cat(gains)], dim=1)
 
 
 def _normal_equations(
@@ -326,11 +357,12 @@ def fit_3t(
     seed: int = 0,
     device: torch.device | str | None = None,
     progress: ProgressFn | None = None,
+    warm_start: ThreeTFit | None = None,
 ) -> ThreeTFit:
     """Fit every filter of a Conv3d weight (C_out, C_in, k_t, k_h, k_w) with 3T, all filters at once.
 
     restarts: random starts besides the three fixed ones (identity, slice registration, content leaving
-    the window); steps: LM iterations at most (it stops early once every
+    the window), plus `warm_start`'s transforms when given (pass the plain fit to the gain variant); steps: LM iterations at most (it stops early once every
     filter has converged). Runs in float64 on `device` (default: the weight's).
     """
     if weight.dim() != 5:
@@ -350,16 +382,22 @@ def fit_3t(
         q, compact = None, rows
     target_all = compact.reshape(c_out, k_t, p, -1)
     generator = torch.Generator().manual_seed(int(seed))
+    warm = None
+    if warm_start is not None:
+        as_t = lambda a: torch.as_tensor(a, dtype=torch.float64, device=device).T  # (C_out, steps)  # noqa: E731
+        parts = [torch.log(as_t(warm_start.scale)), as_t(warm_start.rotate), as_t(warm_start.translate_x), as_t(warm_start.translate_y)]
+        warm = torch.stack(parts, dim=-1).reshape(c_out, 4 * (k_t - 1))
     params_per_filter = 4 * (k_t - 1) + (k_t if gain else 0)
-    per_filter_elements = (restarts + _FIXED_STARTS) * (3 * params_per_filter * k_t * p * p + (k_t * p) ** 2)
+    per_filter_elements = (restarts + _FIXED_STARTS + 1) * (3 * params_per_filter * k_t * p * p + (k_t * p) ** 2)
     chunk = max(1, min(c_out, _CHUNK_ELEMENTS // max(per_filter_elements, 1)))
     phis, bases, costs = [], [], []
     for start in range(0, c_out, chunk):
         stop = min(c_out, start + chunk)
         filters = stop - start
-        starts = restarts + _FIXED_STARTS
+        starts = restarts + _FIXED_STARTS + (warm is not None)
         target = target_all[start:stop].repeat(starts, 1, 1, 1)
-        phi0 = _initial_parameters(target_all[start:stop], restarts, k_t, k_h, k_w, gain, generator)
+        warm_rows = warm[start:stop] if warm is not None else None
+        phi0 = _initial_parameters(target_all[start:stop], restarts, k_t, k_h, k_w, gain, generator, steps, warm_rows)
         report = None
         if progress is not None:
             report = lambda f, a=start, z=stop: progress((a + f * (z - a)) / c_out)  # noqa: E731
@@ -379,7 +417,10 @@ def fit_3t(
     gains = None
     if gain:
         g = phi[:, 4 * steps_n :]
-        lead = g.gather(1, g.abs().argmax(1, keepdim=True))
+        # Canonical form: max |g_t| = 1 and the first clearly non-zero gain positive (K_0 absorbs the factor).
+        size = g.abs().max(1, keepdim=True).values
+        first = (g.abs() > 1e-3 * size).to(torch.int64).argmax(1, keepdim=True)
+        lead = size * torch.sign(g.gather(1, first))
         lead = torch.where(lead == 0, torch.ones_like(lead), lead)
         gains = (g / lead).T.cpu().numpy()
         base = base * lead[:, :, None]

@@ -205,7 +205,7 @@ def _analyse_conv(
     k_hw = (int(weight.shape[3]), int(weight.shape[4]))
     common = dict(restarts=opts.restarts, steps=opts.fit_steps, seed=opts.seed, device=device)
     plain = fit_3t(weight, gain=False, progress=lambda f: progress(0.5 * f), **common)
-    gained = fit_3t(weight, gain=True, progress=lambda f: progress(0.5 + 0.5 * f), **common)
+    gained = fit_3t(weight, gain=True, progress=lambda f: progress(0.5 + 0.5 * f), warm_start=plain, **common)
     threshold = opts.residual_threshold
     keep = np.isfinite(plain.residual) & (plain.residual < threshold)
     keep_gain = np.isfinite(gained.residual) & (gained.residual < threshold)
