@@ -101,6 +101,25 @@ def test_copies_come_from_the_repository_or_an_earlier_stage(images: dict[str, D
                     assert (ROOT / source).exists(), f"{name}:{instruction.line}: {source} is not in the repository"
 
 
+def test_no_image_copies_the_operators_token_files(images: dict[str, Dockerfile]) -> None:
+    secret_files = []
+    for generator in manifests.kustomization().get("secretGenerator", []):
+        names = generator.get("envs", []) + [f.split("=", 1)[-1] for f in generator.get("files", [])]
+        secret_files += [(manifests.K8S_DIR / n).relative_to(ROOT) for n in names]
+    assert secret_files
+    for name, dockerfile in images.items():
+        for stage in dockerfile.stages:
+            for instruction in stage.all("COPY"):
+                if "--from=" in instruction.value:
+                    continue
+                for source in instruction.value.split()[:-1]:
+                    source_path = Path(source.rstrip("/"))
+                    for secret in secret_files:
+                        assert source_path != secret and source_path not in secret.parents, (
+                            f"{name}:{instruction.line}: COPY {source} would put {secret} in the image"
+                        )
+
+
 def test_the_runtime_stage_gets_the_virtualenv_from_the_build_stage(images: dict[str, Dockerfile]) -> None:
     for name, dockerfile in images.items():
         copies = [i.value for i in dockerfile.runtime.all("COPY")]
@@ -211,14 +230,16 @@ def _build_context(dockerfile: Dockerfile, dest: Path) -> Path:
     for instruction in dockerfile.stages[0].all("COPY"):
         words = [w for w in instruction.value.split() if not w.startswith("--")]
         *sources, target = words
-        for source in sources:
+        for source in sources:  # Docker's rules: a directory's contents go to target; files into target/
             src = ROOT / source
-            out = dest / (target if target not in ("./", ".") else source)
             if src.is_dir():
-                shutil.copytree(src, out, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+                shutil.copytree(src, dest / target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"), dirs_exist_ok=True)
+            elif target.endswith("/") or len(sources) > 1:
+                (dest / target).mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dest / target / src.name)
             else:
-                out.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(src, out if not target.endswith("/") else dest / src.name)
+                (dest / target).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dest / target)
     return dest
 
 
