@@ -48,7 +48,7 @@ from torch import nn
 
 from workers import architectures
 from workers.archive import ArchiveListing, check_archive, is_zip
-from workers.errors import BadOptions, ModelRejected, ModelUnusable
+from workers.errors import BadOptions, ModelRejected
 from workers.input_spec import InputSpec
 from workers.model import LoadedModel
 

@@ -3,7 +3,6 @@ what the original PyTorch network computes (outputs, hooked activations, input g
 
 from __future__ import annotations
 
-import io
 import warnings
 from pathlib import Path
 

@@ -46,13 +46,13 @@ def build_module(model: onnx.ModelProto) -> OnnxModule:
 
     for node in order:
         attrs, constants = _attributes(node)
-        module, inputs, path = _layer(node, attrs, static, producers, inits)
+        module, inputs, path = _layer(node, attrs, static, inits)
         if module is None:
             module = OpNode(node.op_type, node.name, OPS[node.op_type], attrs, opset, len(node.output), constants)
             inputs = tuple(node.input)
             path = naming.tensor_module_name(node.output[0] if node.output and node.output[0] else node.name)
         placed = _place(root, path, module)
-        if module is not None and not isinstance(module, OpNode):
+        if not isinstance(module, OpNode):
             root.layers[placed] = _layer_record(node, module, static)
         for out in node.output:
             if out:
@@ -126,7 +126,6 @@ def _layer(
     node: onnx.NodeProto,
     attrs: dict[str, Any],
     static: _StaticValues,
-    producers: dict[str, onnx.NodeProto],
     inits: dict[str, Tensor],
 ) -> tuple[nn.Module | None, tuple[str, ...], str]:
     """A layer module for a weighted node (and the inputs it takes), or (None, ...) to run it as an op."""
