@@ -12,8 +12,9 @@ velocities, not to D: the temporal TV of D would be the speed itself and bias it
 
 Why a global start: a dense gradient fit only reaches shifts within the texture's correlation
 length (from v = 0 it found ~0 px/frame on a 2 px/frame texture). Each frame pair's global
-translation in the focus window (pyramidal Lucas–Kanade) starts the velocities in the right
-basin, and is also the "dominant motion" the summary reports.
+translation in the focus window (pyramidal Lucas–Kanade), then one velocity fitted to all pairs
+at once, starts the velocities in the right basin; that one velocity is also the "dominant
+motion" the summary reports.
 """
 
 from __future__ import annotations
@@ -37,12 +38,14 @@ _ITERATIONS = 10
 @dataclass
 class Decomposition:
     """texture (B, C, H, W) raw values; velocity (B, T−1, 2, H, W) px/frame as (x, y); shifts (B, T−1, 2):
-    each frame pair's global translation in the focus window; reconstruction (B, C, T, H, W) raw;
+    each frame pair's global translation in the focus window; dominant (B, 2): the one velocity that
+    best explains all frame pairs there; reconstruction (B, C, T, H, W) raw;
     error (B,) relative reconstruction error ‖V̂ − V‖ / ‖V − mean V‖."""
 
     texture: torch.Tensor
     velocity: torch.Tensor
     shifts: torch.Tensor
+    dominant: torch.Tensor
     reconstruction: torch.Tensor
     error: torch.Tensor
 
@@ -109,6 +112,22 @@ def global_translation(first: torch.Tensor, second: torch.Tensor, window: torch.
     return best
 
 
+def dominant_velocity(video: torch.Tensor, shifts: torch.Tensor, window: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, 2) the one velocity (x, y) in px/frame that best carries every frame of video (B, C, T, H, W) to the next.
+
+    Lucas–Kanade with the normal equations of all frame pairs summed, started from the mean of
+    the pairs' own translations `shifts` (B, T−1, 2). Summing is what makes it robust: a pair whose
+    content has little structure along one axis (an estimate there is unreliable) adds little
+    to that axis, where a mean of per-pair estimates would let it pull the result as much as any.
+    """
+    b, _, t, h, w = video.shape
+    window = (hann_window(h, w) if window is None else window).to(video)
+    frames = video.float().transpose(1, 2)
+    first, second = frames[:, :-1].flatten(0, 1), frames[:, 1:].flatten(0, 1)
+    velocity = _lucas_kanade(first, second, shifts.float().mean(dim=1), window, pairs=t - 1)
+    return _normal_part(first, velocity, window, pairs=t - 1)
+
+
 def decompose(
     video: torch.Tensor,
     value_range: tuple[float, float] = (0.0, 1.0),
@@ -130,7 +149,10 @@ def decompose(
         raise ValueError("a decomposition needs at least 2 frames")
     frames = target.transpose(1, 2)  # (B, T, C, H, W)
     shifts = global_translation(frames[:, :-1].flatten(0, 1), frames[:, 1:].flatten(0, 1), focus).view(b, t - 1, 2)
-    velocity = shifts.view(b, t - 1, 2, 1, 1)
+    dominant = dominant_velocity(target, shifts, focus)
+    # The dense fit starts from the dominant velocity everywhere: per-pair shifts can carry a
+    # slide along stripes that the data cannot correct, the joint estimate does not.
+    velocity = dominant.view(b, 1, 2, 1, 1).expand(b, t - 1, 2, 1, 1)
     texture = target[:, :, 0]
     for factor in _levels(h, w, levels):
         level = target if factor == 1 else F.avg_pool3d(target, (1, factor, factor))
@@ -147,34 +169,50 @@ def decompose(
         texture=lo + (hi - lo) * texture,
         velocity=velocity,
         shifts=shifts,
+        dominant=dominant,
         reconstruction=lo + (hi - lo) * recon,
         error=error,
     )
 
 
 def _fit(target: torch.Tensor, velocity: torch.Tensor, tv_weight: float, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Adam on (velocity, texture) at one pyramid level, texture starting from V_0."""
+    """Adam on (velocity, texture) at one pyramid level, the texture starting from V_0."""
     first = target[:, :, 0]
-    velocity = velocity.clone().requires_grad_(True)
-    texture = first.clone().requires_grad_(True)
-    optimiser = torch.optim.Adam(
-        [
-            {"params": [velocity], "lr": defaults.VELOCITY_LEARNING_RATE},
-            {"params": [texture], "lr": defaults.TEXTURE_LEARNING_RATE},
-        ]
-    )
+    params = [velocity.clone().requires_grad_(True), first.clone().requires_grad_(True)]
+    rates = [defaults.VELOCITY_LEARNING_RATE, defaults.TEXTURE_LEARNING_RATE]
+    adam = _Adam(params, rates)
     for _ in range(steps):
-        optimiser.zero_grad(set_to_none=True)
-        recon = warp(texture, displacement(velocity))
+        recon = warp(params[1], displacement(params[0]))
         loss = (
             (recon - target).pow(2).mean()
-            + tv_weight * _tv(velocity, (1, 3, 4))
-            + tv_weight * defaults.TEXTURE_TV_SHARE * _tv(texture, (2, 3))
-            + defaults.ANCHOR_WEIGHT * (texture - first).pow(2).mean()
+            + tv_weight * _tv(params[0], (1, 3, 4))
+            + tv_weight * defaults.TEXTURE_TV_SHARE * _tv(params[1], (2, 3))
+            + defaults.ANCHOR_WEIGHT * (params[1] - first).pow(2).mean()
         )
-        loss.backward()  # Adam is scale-free, and each video's terms touch only its own parameters
-        optimiser.step()
-    return velocity.detach(), texture.detach()
+        # Adam is scale-free, and each video's terms touch only its own parameters: batching changes nothing.
+        adam.step(torch.autograd.grad(loss, params))
+    return params[0].detach(), params[1].detach()
+
+
+class _Adam:
+    """Plain Adam (descent). torch.optim's first step imports torch._dynamo, seconds per worker process."""
+
+    def __init__(self, params: list[torch.Tensor], rates: list[float], betas: tuple[float, float] = (0.9, 0.999)) -> None:
+        self.params, self.rates, self.betas = params, rates, betas
+        self.first = [torch.zeros_like(p) for p in params]
+        self.second = [torch.zeros_like(p) for p in params]
+        self.count = 0
+
+    @torch.no_grad()
+    def step(self, grads: tuple[torch.Tensor, ...]) -> None:
+        self.count += 1
+        b1, b2 = self.betas
+        for p, g, m, v, rate in zip(self.params, grads, self.first, self.second, self.rates):
+            m.mul_(b1).add_(g, alpha=1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            m_hat = m / (1 - b1**self.count)
+            v_hat = v / (1 - b2**self.count)
+            p.sub_(rate * m_hat / (v_hat.sqrt() + 1e-8))
 
 
 def _tv(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
@@ -208,14 +246,19 @@ def _structure(gx: torch.Tensor, gy: torch.Tensor, window: torch.Tensor) -> tupl
     return tuple((window * a * b).sum(dim=(1, 2, 3)) for a, b in ((gx, gx), (gx, gy), (gy, gy)))
 
 
-def _lucas_kanade(first: torch.Tensor, second: torch.Tensor, shift: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+def _lucas_kanade(
+    first: torch.Tensor, second: torch.Tensor, shift: torch.Tensor, window: torch.Tensor, pairs: int = 1
+) -> torch.Tensor:
+    """Refine `shift` (G, 2) so that second ≈ first moved by it; each group of `pairs` consecutive images
+    (N = G * pairs) shares one shift, its normal equations summed over the group."""
+    groups = shift.shape[0]
     for _ in range(_ITERATIONS):
-        moved = _shifted(first, shift)
+        moved = _shifted(first, shift.repeat_interleave(pairs, dim=0))
         gy, gx = torch.gradient(moved, dim=(-2, -1))
         gt = second - moved
-        sxx, sxy, syy = _structure(gx, gy, window)
-        bx = (window * gx * gt).sum(dim=(1, 2, 3))
-        by = (window * gy * gt).sum(dim=(1, 2, 3))
+        sxx, sxy, syy = (e.view(groups, pairs).sum(dim=1) for e in _structure(gx, gy, window))
+        bx = (window * gx * gt).sum(dim=(1, 2, 3)).view(groups, pairs).sum(dim=1)
+        by = (window * gy * gt).sum(dim=(1, 2, 3)).view(groups, pairs).sum(dim=1)
         damp = _DAMPING * (sxx + syy) + 1e-12
         a11, a22 = sxx + damp, syy + damp
         det = a11 * a22 - sxy * sxy
@@ -226,15 +269,15 @@ def _lucas_kanade(first: torch.Tensor, second: torch.Tensor, shift: torch.Tensor
     return shift
 
 
-def _normal_part(image: torch.Tensor, shift: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
-    """`shift` without its slide along the stripes where `image` (N, C, H, W) has one orientation only.
+def _normal_part(image: torch.Tensor, shift: torch.Tensor, window: torch.Tensor, pairs: int = 1) -> torch.Tensor:
+    """`shift` (G, 2) without its slide along the stripes where the images (G * pairs, C, H, W) have one orientation only.
 
     Along such a pattern's stripes the data say nothing and interpolation error alone would
     pick a slide; where the structure tensor's smaller eigenvalue is below _ONE_ORIENTATION of
     the larger, only the component along the stripes' normal is kept.
     """
     gy, gx = torch.gradient(image, dim=(-2, -1))
-    sxx, sxy, syy = _structure(gx, gy, window)
+    sxx, sxy, syy = (e.view(shift.shape[0], pairs).sum(dim=1) for e in _structure(gx, gy, window))
     tensor = torch.stack([torch.stack([sxx, sxy], -1), torch.stack([sxy, syy], -1)], -2)
     values, vectors = torch.linalg.eigh(tensor)  # ascending eigenvalues
     normal = vectors[..., :, 1]

@@ -3,9 +3,9 @@
 Conventions (the project's): x = column (right), y = row (down); 0° = +x, 90° = +y (down);
 speeds in pixels of the model's input per frame.
 
-Direction and speed come from the mean of the frame pairs' global translations measured in the
-unit's receptive field (stage 2's `shifts`): the translation that best explains the field's
-content, what "the kernel's motion" means for a translating pattern. Coherence comes from the
+Direction and speed come from stage 2's dominant velocity: the one translation per frame that
+best explains the receptive field's content over all frame pairs, which is what "the kernel's
+motion" means for a translating pattern. Coherence comes from the
 dense flow, each velocity counting in proportion to the image structure it moves (in flat
 regions a flow is not measured, only interpolated by the TV prior: the aperture problem).
 """
@@ -40,11 +40,10 @@ def structure_weights(video: torch.Tensor, region: torch.Tensor | None = None) -
     return weights
 
 
-def summarise(shifts: torch.Tensor, velocity: torch.Tensor, weights: torch.Tensor) -> list[MotionSummary]:
-    """One summary per video from global shifts (B, T−1, 2), dense velocities (B, T−1, 2, H, W) and their weights (B, T−1, H, W)."""
+def summarise(dominant: torch.Tensor, velocity: torch.Tensor, weights: torch.Tensor) -> list[MotionSummary]:
+    """One summary per video from dominant velocities (B, 2), dense velocities (B, T−1, 2, H, W) and their weights (B, T−1, H, W)."""
     summaries = []
-    for shift, v, w in zip(shifts.float(), velocity.float(), weights.float()):
-        mean = shift.mean(dim=0)  # (vx, vy)
+    for mean, v, w in zip(dominant.float(), velocity.float(), weights.float()):
         speed = float(mean.norm())
         direction = math.degrees(math.atan2(float(mean[1]), float(mean[0]))) % 360.0
         total = float(w.sum())

@@ -1,0 +1,381 @@
+"""The `kernel_viz` task: texture and motion of every requested 3D (or 2D) convolution kernel.
+
+Options (proto KernelVizOptions, as MessageToDict gives them): layers (default: every Conv3d,
+Conv2d and TConv3d), channels (default: all), steps (256), seed (0), objective ("NEURON" or
+"CHANNEL"), canvas ([T, H, W]; default: receptive field + jitter margin, capped at the input),
+tv_weight (0.1).
+
+Summary (also written to kernel_viz/kernel_viz.json):
+
+    {"objective", "steps", "seed", "tv_weight", "device",
+     "layers": [{
+        "name", "kind" ("conv3d" | "conv2d" | module type),
+        "canvas": [T, H, W], "receptive_field": [T, H, W] (of the centre unit, in input pixels/frames),
+        "jitter": [t, y, x] (largest shift per axis), "placed_in_full_input" (the network refused the
+        canvas alone, so it was placed inside a full-size mid-grey input),
+        "flow_scale_px_per_frame" (speed shown at full brightness in this layer's flow maps),
+        "channels": [{
+            "index", "activation" (reached by the optimal video),
+            "random_activation" (the optimal video's values randomly permuted: same norm and value
+                distribution, no structure), "ratio" (activation / |random_activation|),
+            "direction_deg" (0 = right, 90 = down; None when slower than 0.05 px/frame or no motion stage),
+            "speed_px_per_frame" (dominant motion, pixels of the model's input per frame),
+            "direction_selectivity" ((R − R_reversed) / (|R| + |R_reversed|), R_reversed = the video played backwards),
+            "motion_dependence" (1 − act(static texture) / act(optimal)),
+            "order_dependence" (1 − act(time-shuffled frames) / act(optimal)),
+            "flow_coherence" (|mean flow| / mean |flow| in the receptive field, 1 = one uniform motion),
+            "reconstruction_error" (‖warped texture − video‖ / ‖video − its mean‖),
+            "reconstruction_activation", "static_activation", "shuffled_activation", "reversed_activation",
+            "dead" (the optimisation could not raise the channel above a random input)}],
+        "timing": {"receptive_field_s", "stage1_s", "stage2_s", "evaluation_s", "figures_s", "total_s",
+                   "channels_per_s" (stage 1)}}]}
+
+Motion fields are None for 2D layers (T = 1). Ratios are None where their denominator is ~0.
+Artifacts: kernel_viz/<layer>/chNNN_video.gif, chNNN_texture.png, chNNN_flow.gif (3D layers),
+kernel_viz/<layer>/contact_sheet.png, kernel_viz/kernel_viz.json.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from workers.context import TaskContext
+from workers.errors import BadOptions
+from workers.kernel_viz import defaults, figures
+from workers.kernel_viz.decomposition import decompose, hann_window
+from workers.kernel_viz.motion import direction_selectivity, motion_dependence, structure_weights, summarise
+from workers.kernel_viz.objective import Objective
+from workers.kernel_viz.receptive_field import plan_canvas
+from workers.kernel_viz.renderer import channel_generator, evaluate, render
+from workers.kernel_viz.target import LayerTarget, Size3
+from workers.kernel_viz.transforms import Jitter
+from workers.tasks import register
+
+TASK = "kernel_viz"
+_CONV_TYPES = {"Conv3d", "Conv2d", "TConv3d"}
+_MAX_STEPS = 100_000
+
+
+@dataclass(frozen=True)
+class Options:
+    """KernelVizOptions, validated."""
+
+    layers: list[str]
+    channels: list[int]
+    steps: int
+    seed: int
+    objective: Objective
+    canvas: Size3 | None
+    tv_weight: float
+
+    @classmethod
+    def from_context(cls, ctx: TaskContext) -> "Options":
+        try:
+            layers = [str(name) for name in ctx.option("layers", [])]
+            channels = list(dict.fromkeys(int(c) for c in ctx.option("channels", [])))
+            steps = int(ctx.option("steps", defaults.STEPS))
+            seed = int(ctx.option("seed", 0))  # MessageToDict gives int64 as a string
+            tv_weight = float(ctx.option("tv_weight", defaults.TV_WEIGHT))
+            canvas = [int(s) for s in ctx.option("canvas", [])]
+        except (TypeError, ValueError) as exc:
+            raise BadOptions(f"kernel_viz options are malformed: {exc}", reason="BAD_OPTIONS") from exc
+        try:
+            objective = Objective.parse(ctx.option("objective", None))
+        except ValueError as exc:
+            raise BadOptions(
+                f"objective must be NEURON or CHANNEL, got {ctx.options.get('objective')!r}", reason="BAD_OBJECTIVE"
+            ) from exc
+        if not 1 <= steps <= _MAX_STEPS:
+            raise BadOptions(f"steps must be in [1, {_MAX_STEPS}], got {steps}", reason="BAD_STEPS")
+        if not (math.isfinite(tv_weight) and tv_weight >= 0):
+            raise BadOptions(f"tv_weight must be a finite number >= 0, got {tv_weight}", reason="BAD_TV_WEIGHT")
+        if any(c < 0 for c in channels):
+            raise BadOptions(f"channel indices must be >= 0, got {channels}", reason="CHANNEL_OUT_OF_RANGE")
+        return cls(layers, channels, steps, seed, objective, _canvas(canvas, ctx), tv_weight)
+
+
+@register(TASK)
+def run(ctx: TaskContext) -> dict[str, Any]:
+    """Visualise every requested channel of every requested layer; see the module docstring for the summary."""
+    options = Options.from_context(ctx)
+    module = ctx.model.require_module(TASK)
+    layers = options.layers or conv_layers(module)
+    known = dict(module.named_modules())
+    for name in layers:
+        if not name or name not in known:
+            raise BadOptions(
+                f"no layer named {name!r}; convolution layers: {', '.join(conv_layers(module)[:50])}",
+                reason="UNKNOWN_LAYER",
+            )
+    if not layers:
+        raise BadOptions("the model has no convolution layer to visualise; name layers explicitly", reason="NO_LAYERS")
+    root = Path(ctx.out_dir) / TASK
+    summary: dict[str, Any] = {
+        "objective": options.objective.value,
+        "steps": options.steps,
+        "seed": options.seed,
+        "tv_weight": options.tv_weight,
+        "device": str(ctx.device),
+        "layers": [],
+    }
+    for i, name in enumerate(layers):
+
+        def progress(stage: str, fraction: float, i: int = i, name: str = name) -> None:
+            ctx.progress(f"{name}: {stage}", min(1.0, (i + fraction) / len(layers)))
+
+        summary["layers"].append(
+            _layer(ctx, options, name, type(known[name]).__name__, root / _safe(name), progress)
+        )
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "kernel_viz.json").write_text(json.dumps(summary, indent=1))
+    ctx.progress("done", 1.0)
+    return summary
+
+
+def conv_layers(module: nn.Module) -> list[str]:
+    """Names of the convolution layers: Conv3d / Conv2d / TConv3d, or any module holding a 4D or 5D `weight` of its own."""
+    names = []
+    for name, m in module.named_modules():
+        if not name:
+            continue
+        weight = m._parameters.get("weight") if hasattr(m, "_parameters") else None
+        if type(m).__name__ in _CONV_TYPES or (
+            isinstance(weight, torch.Tensor) and weight.dim() in (4, 5) and "Transpose" not in type(m).__name__
+        ):
+            names.append(name)
+    return names
+
+
+def _layer(
+    ctx: TaskContext,
+    options: Options,
+    name: str,
+    kind: str,
+    out_dir: Path,
+    progress: Callable[[str, float], None],
+) -> dict[str, Any]:
+    started = time.perf_counter()
+    timing: dict[str, float] = {}
+    progress("receptive field", 0.0)
+    target = LayerTarget(ctx.model, name, ctx.device)
+    plan = plan_canvas(target, options.canvas)
+    placed = target.placed(plan.offset)
+    with torch.no_grad(), placed.frozen():
+        out_channels = int(placed(torch.zeros((1, target.channels, *plan.size))).shape[1])
+    channels = options.channels or list(range(out_channels))
+    bad = [c for c in channels if c >= out_channels]
+    if bad:
+        raise BadOptions(
+            f"channels {bad} out of range for layer {name!r} with {out_channels} channels", reason="CHANNEL_OUT_OF_RANGE"
+        )
+    timing["receptive_field_s"] = time.perf_counter() - started
+
+    rendering = render(
+        placed,
+        channels,
+        plan.size,
+        objective=options.objective,
+        steps=options.steps,
+        seed=options.seed,
+        jitter=Jitter(plan.jitter, defaults.SCALE_JITTER),
+        progress=lambda f: progress("stage 1", 0.05 + 0.7 * f),
+    )
+    timing["stage1_s"] = rendering.seconds
+    videos = rendering.videos
+    value_range = target.value_range
+
+    mark = time.perf_counter()
+    random = _permuted(videos, channels, options.seed)
+    evaluations: dict[str, list[float]] = {"random": evaluate(placed, random, channels, options.objective)}
+    timing["evaluation_s"] = time.perf_counter() - mark
+
+    motion_stage = plan.size[0] >= 2
+    rows: list[dict[str, Any]] = [{} for _ in channels]
+    textures = videos[:, :, 0]
+    velocity = None
+    flow_scale = None
+    if motion_stage:
+        progress("stage 2", 0.75)
+        mark = time.perf_counter()
+        box = (plan.field.lo[1], plan.field.hi[1], plan.field.lo[2], plan.field.hi[2])
+        parts = [
+            decompose(videos[s : s + 64], value_range, focus=hann_window(*plan.size[1:], box), tv_weight=options.tv_weight)
+            for s in range(0, len(channels), 64)
+        ]
+        textures = torch.cat([p.texture for p in parts])
+        velocity = torch.cat([p.velocity for p in parts])
+        dominant = torch.cat([p.dominant for p in parts])
+        reconstruction = torch.cat([p.reconstruction for p in parts])
+        errors = torch.cat([p.error for p in parts])
+        timing["stage2_s"] = time.perf_counter() - mark
+
+        progress("evaluation", 0.9)
+        mark = time.perf_counter()
+        order = _shuffled_order(plan.size[0], options.seed)
+        for label, variant in (
+            ("reconstruction", reconstruction),
+            ("static", textures[:, :, None].expand_as(videos)),
+            ("shuffled", videos[:, :, order]),
+            ("reversed", videos.flip(2)),
+        ):
+            evaluations[label] = evaluate(placed, variant, channels, options.objective)
+        timing["evaluation_s"] += time.perf_counter() - mark
+        region = torch.zeros(plan.size[1:])
+        region[box[0] : box[1] + 1, box[2] : box[3] + 1] = 1.0
+        motions = summarise(dominant, velocity, structure_weights(videos, region))
+        speeds = velocity.norm(dim=2)
+        flow_scale = float(torch.quantile(speeds.flatten().float()[:1_000_000], 0.99)) if speeds.numel() else 0.0
+        for k, row in enumerate(rows):
+            act = rendering.activations[k]
+            row.update(
+                direction_deg=motions[k].direction_deg,
+                speed_px_per_frame=motions[k].speed,
+                direction_selectivity=direction_selectivity(act, evaluations["reversed"][k]),
+                motion_dependence=motion_dependence(evaluations["static"][k], act),
+                order_dependence=motion_dependence(evaluations["shuffled"][k], act),
+                flow_coherence=motions[k].coherence,
+                reconstruction_error=float(errors[k]),
+                reconstruction_activation=evaluations["reconstruction"][k],
+                static_activation=evaluations["static"][k],
+                shuffled_activation=evaluations["shuffled"][k],
+                reversed_activation=evaluations["reversed"][k],
+            )
+    else:
+        timing["stage2_s"] = 0.0
+        for row in rows:
+            row.update(
+                direction_deg=None,
+                speed_px_per_frame=None,
+                direction_selectivity=None,
+                motion_dependence=None,
+                order_dependence=None,
+                flow_coherence=None,
+                reconstruction_error=None,
+            )
+
+    gains = [a - r for a, r in zip(rendering.activations, evaluations["random"])]
+    top_gain = max(gains) if gains else 0.0
+    for k, (channel, row) in enumerate(zip(channels, rows)):
+        act, rnd = rendering.activations[k], evaluations["random"][k]
+        dead = rendering.max_gradient[k] == 0.0 or top_gain <= 0.0 or gains[k] <= defaults.DEAD_GAIN_FRACTION * top_gain
+        rows[k] = {
+            "index": int(channel),
+            "activation": act,
+            "random_activation": rnd,
+            "ratio": act / abs(rnd) if abs(rnd) > 1e-12 else None,
+            **row,
+            "dead": bool(dead),
+        }
+
+    progress("figures", 0.95)
+    mark = time.perf_counter()
+    _figures(out_dir, channels, videos, textures, velocity, flow_scale, rows, value_range)
+    timing["figures_s"] = time.perf_counter() - mark
+    timing["total_s"] = time.perf_counter() - started
+    timing["channels_per_s"] = len(channels) / rendering.seconds if rendering.seconds > 0 else None
+    progress("done", 1.0)
+    return _clean(
+        {
+            "name": name,
+            "kind": {"Conv3d": "conv3d", "Conv2d": "conv2d"}.get(kind, kind),
+            "canvas": list(plan.size),
+            "receptive_field": list(plan.full_field.size),
+            "jitter": list(plan.jitter),
+            "placed_in_full_input": plan.offset is not None,
+            "flow_scale_px_per_frame": flow_scale,
+            "channels": rows,
+            "timing": timing,
+        }
+    )
+
+
+def _figures(
+    out_dir: Path,
+    channels: list[int],
+    videos: torch.Tensor,
+    textures: torch.Tensor,
+    velocity: torch.Tensor | None,
+    flow_scale: float | None,
+    rows: list[dict[str, Any]],
+    value_range: tuple[float, float],
+) -> None:
+    tiles = []
+    for k, channel in enumerate(channels):
+        stem = f"ch{channel:03d}"
+        figures.texture_png(out_dir / f"{stem}_texture.png", textures[k], value_range)
+        texture = figures.to_rgb(textures[k][:, None], value_range)[0]
+        panels = [texture]
+        label = f"{stem}"
+        if velocity is not None and flow_scale is not None:
+            figures.video_gif(out_dir / f"{stem}_video.gif", videos[k], value_range)
+            figures.flow_gif(out_dir / f"{stem}_flow.gif", velocity[k], flow_scale)
+            frames = figures.to_rgb(videos[k], value_range)
+            mean_flow = figures.flow_to_rgb(velocity[k].mean(dim=0, keepdim=True), flow_scale)[0]
+            panels = [frames[len(frames) // 2], texture, mean_flow]
+            direction = rows[k].get("direction_deg")
+            label += f" {rows[k]['speed_px_per_frame']:.2f}px/f" + (f" {direction:.0f}°" if direction is not None else "")
+        if rows[k]["dead"]:
+            label += " dead"
+        tiles.append((label, panels))
+    figures.contact_sheet(out_dir / "contact_sheet.png", tiles)
+
+
+def _permuted(videos: torch.Tensor, channels: list[int], seed: int) -> torch.Tensor:
+    """Each video's values in a random order (seeded per channel): same norm and histogram, no structure."""
+    out = torch.empty_like(videos)
+    for k, channel in enumerate(channels):
+        generator = channel_generator(seed + 1, channel)
+        flat = videos[k].flatten()
+        out[k] = flat[torch.randperm(flat.numel(), generator=generator)].view_as(videos[k])
+    return out
+
+
+def _shuffled_order(frames: int, seed: int) -> list[int]:
+    """A seeded permutation of the frames that is not the identity (for two frames: the swap)."""
+    generator = torch.Generator().manual_seed(int(seed) + 7)
+    for _ in range(100):
+        order = torch.randperm(frames, generator=generator).tolist()
+        if order != list(range(frames)):
+            return order
+    return list(reversed(range(frames)))
+
+
+def _canvas(values: list[int], ctx: TaskContext) -> Size3 | None:
+    """The canvas override as (T, H, W), checked against the model's input; an image model takes [H, W] or [1, H, W]."""
+    if not values:
+        return None
+    spec = ctx.model.input_spec
+    full = (1, *spec.spatial) if len(spec.spatial) == 2 else tuple(spec.spatial)
+    if len(values) == 2 and len(spec.spatial) == 2:
+        values = [1, *values]
+    if len(values) != 3 or any(v < 1 for v in values) or any(v > f for v, f in zip(values, full)):
+        raise BadOptions(
+            f"canvas must be [T, H, W] with 1 <= each <= the model's input {list(full)}, got {values}",
+            reason="BAD_CANVAS",
+        )
+    return tuple(values)  # type: ignore[return-value]
+
+
+def _safe(name: str) -> str:
+    """A layer name as one path component."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "_"
+
+
+def _clean(value: Any) -> Any:
+    """Plain JSON: floats that are not finite become None, tuples become lists."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
