@@ -295,3 +295,62 @@ _metric("tconv_stats.mean_abs_rotation_deg", "Mean |rotation| per time step, deg
 _metric("tconv_stats.mean_abs_scale_change", "Mean |1 - 1/s| per time step.", None, **_TCONV)(_tconv_field(lambda b: b["departure_from_identity"]["abs_one_minus_inv_scale"]["mean"]))
 _metric("tconv_stats.mean_translation_px", "Mean per-step translation magnitude, in model-input pixels (layer-input pixels where the stride is unknown).", None, **_TCONV)(_tconv_field(_translation_mean))
 _metric("tconv_stats.dominant_direction_share", "Share of filters moving within the dominant direction's sector.", None, **_TCONV)(_tconv_field(lambda b: b["dominant_direction_share"]))
+
+
+# ---------------------------------------------------------------------- kernel_viz
+# Summary: {"objective", "steps", "seed", "tv_weight", "device", "layers": [{"name", "kind", "canvas",
+# "receptive_field", "jitter", "placed_in_full_input", "flow_scale_px_per_frame", "channels": [{"index",
+# "activation", "random_activation", "ratio", "direction_deg", "speed_px_per_frame",
+# "direction_selectivity", "motion_dependence", "order_dependence", "flow_coherence",
+# "reconstruction_error", ..., "dead"}], "timing"}]}. The dead-kernel count is not in the summary:
+# it is counted here from the per-channel flags.
+
+
+def _channels(s: Summary, layer: str | None) -> list[dict[str, Any]]:
+    return [c for entry in _pick_layers(s, layer) for c in entry.get("channels", [])]
+
+
+def _median(values: Iterable[float | None]) -> float | None:
+    data = sorted(float(v) for v in values if v is not None and math.isfinite(float(v)))
+    if not data:
+        return None
+    mid = len(data) // 2
+    return data[mid] if len(data) % 2 else (data[mid - 1] + data[mid]) / 2
+
+
+def _over_live(field: str, reduce: Callable[[Iterable[float | None]], float | None]) -> Extractor:
+    """`reduce` of one per-channel field over the channels that are not dead."""
+    return lambda s, layer: reduce(c.get(field) for c in _channels(s, layer) if not c.get("dead"))
+
+
+_KV = dict(per_layer=True, layers=_layer_names)
+
+
+@_metric("kernel_viz.dead_kernels", "Channels the optimisation could not drive above a random input (dead kernels).", "lower", **_KV)
+def _dead_kernels(s: Summary, layer: str | None) -> float | None:
+    channels = _channels(s, layer)
+    return sum(bool(c.get("dead")) for c in channels) if channels else None
+
+
+@_metric("kernel_viz.dead_share", "Share of the analysed channels that are dead.", "lower", **_KV)
+def _dead_share(s: Summary, layer: str | None) -> float | None:
+    channels = _channels(s, layer)
+    return sum(bool(c.get("dead")) for c in channels) / len(channels) if channels else None
+
+
+@_metric("kernel_viz.channels", "Channels analysed.", None, **_KV)
+def _channel_count(s: Summary, layer: str | None) -> float | None:
+    return len(_channels(s, layer))
+
+
+_metric("kernel_viz.median_activation_ratio", "Median over live channels of activation reached / |activation of a same-norm random input|.", "higher", **_KV)(_over_live("ratio", _median))
+_metric("kernel_viz.mean_motion_dependence", "Mean over live channels of 1 - act(static texture) / act(optimal video).", None, **_KV)(_over_live("motion_dependence", _mean))
+_metric("kernel_viz.mean_direction_selectivity", "Mean over live channels of the direction-selectivity index (video vs reversed).", None, **_KV)(_over_live("direction_selectivity", _mean))
+_metric("kernel_viz.mean_speed_px_per_frame", "Mean over live channels of the dominant speed, model-input pixels per frame.", None, **_KV)(_over_live("speed_px_per_frame", _mean))
+_metric("kernel_viz.mean_reconstruction_error", "Mean over live channels of the texture-warp reconstruction error (0 = the motion model explains the video).", "lower", **_KV)(_over_live("reconstruction_error", _mean))
+
+
+@_metric("kernel_viz.moving_share", "Share of live channels with a dominant motion (speed above the noise floor).", None, **_KV)
+def _moving_share(s: Summary, layer: str | None) -> float | None:
+    live = [c for c in _channels(s, layer) if not c.get("dead")]
+    return sum(c.get("direction_deg") is not None for c in live) / len(live) if live else None

@@ -437,6 +437,83 @@ def _class_filters(outcome: "TaskOutcome", assets: _Assets) -> str:
 _RENDERERS["class_filters"] = _class_filters
 
 
+def _kernel_viz(outcome: "TaskOutcome", assets: _Assets) -> str:
+    s = outcome.summary or {}
+    out = _kv([("objective", s.get("objective")), ("optimisation steps", s.get("steps")), ("seed", s.get("seed")), ("TV weight", s.get("tv_weight")), ("device", s.get("device"))])
+    out += '<p class="muted small">Directions: 0° = right, 90° = down (image rows). Speeds in pixels of the model\'s input per frame. Dead: the optimisation could not drive the channel above a random input of the same norm.</p>'
+    for layer in s.get("layers", []):
+        name = str(layer.get("name"))
+        channels = layer.get("channels", [])
+        live = [c for c in channels if not c.get("dead")]
+        dead = [int(c.get("index", -1)) for c in channels if c.get("dead")]
+        timing = layer.get("timing") or {}
+        folder = f"kernel_viz/{_path_component(name)}"
+        out += f"<h3>Layer {escape(name)} <span class=\"pill\">{escape(str(layer.get('kind', '')))}</span></h3>"
+        out += _kv(
+            [
+                ("channels analysed", len(channels)),
+                ("dead kernels", f"{len(dead)}" + (f" (channels {', '.join(map(str, dead))})" if dead else "")),
+                ("canvas T×H×W", "×".join(str(v) for v in layer.get("canvas", []))),
+                ("receptive field T×H×W", "×".join(str(v) for v in layer.get("receptive_field", []))),
+                ("jitter t, y, x", layer.get("jitter")),
+                ("placed inside a full-size input", layer.get("placed_in_full_input")),
+                ("flow maps: full brightness at (px/frame)", layer.get("flow_scale_px_per_frame")),
+                ("time: total s / stage 1 channels per s", f"{fmt(timing.get('total_s'))} / {fmt(timing.get('channels_per_s'))}"),
+            ]
+        )
+        sheet = f"{folder}/contact_sheet.png"
+        if sheet in assets.by_name:
+            out += _figure(assets.img(sheet, alt=f"{name} contact sheet", cls="wide sheet"), "Contact sheet: per channel the middle frame of the optimal video, the texture and the mean flow (HSV: hue = direction, brightness = speed).")
+        sectors = [0.0] * 12
+        for c in live:
+            if c.get("direction_deg") is not None:
+                sectors[int(((float(c["direction_deg"]) + 15.0) % 360.0) // 30.0)] += 1.0
+        figures = [
+            _figure(charts.bars([f"{30 * i}°" for i in range(12)], {"channels": sectors}, title=f"{name}: dominant motion direction (live channels)", ylabel="channels", lo=0.0)),
+            _figure(charts.histogram([c.get("speed_px_per_frame") for c in live], bins=12, title=f"{name}: speed", xlabel="px / frame", ylabel="channels")),
+            _figure(charts.histogram([c.get("motion_dependence") for c in live], bins=12, title=f"{name}: motion dependence", xlabel="1 − act(static) / act(optimal)", ylabel="channels")),
+            _figure(charts.histogram([c.get("direction_selectivity") for c in live], bins=12, title=f"{name}: direction selectivity", xlabel="(R − R reversed) / (|R| + |R reversed|)", ylabel="channels")),
+            _figure(charts.histogram([c.get("ratio") for c in live], bins=12, title=f"{name}: activation vs random input", xlabel="activation / |random activation|", ylabel="channels")),
+        ]
+        out += _grid(figures)
+        rows = []
+        for c in channels:
+            stem = f"{folder}/ch{int(c.get('index', 0)):03d}"
+            pictures = [assets.img(f"{stem}_{kind}.{ext}", alt=f"{name} channel {c.get('index')} {kind}", cls="thumb") if f"{stem}_{kind}.{ext}" in assets.by_name else '<span class="missing">—</span>' for kind, ext in (("texture", "png"), ("flow", "gif"), ("video", "gif"))]
+            rows.append(
+                (
+                    c.get("index"),
+                    Html(pictures[0]),
+                    Html(pictures[1]),
+                    Html(pictures[2]),
+                    c.get("direction_deg"),
+                    c.get("speed_px_per_frame"),
+                    c.get("direction_selectivity"),
+                    c.get("motion_dependence"),
+                    c.get("order_dependence"),
+                    c.get("flow_coherence"),
+                    c.get("reconstruction_error"),
+                    c.get("activation"),
+                    c.get("random_activation"),
+                    c.get("ratio"),
+                    Html('<span class="bad">dead</span>' if c.get("dead") else ""),
+                )
+            )
+        out += "<h4>Channels</h4>" + table(
+            ("channel", "texture", "flow", "optimal video", "direction °", "speed px/frame", "direction selectivity", "motion dependence", "order dependence", "flow coherence", "reconstruction error", "activation", "random input", "ratio", "dead"),
+            rows,
+        )
+    return out
+
+
+def _path_component(name: str) -> str:
+    """A layer name as the workers write it into artifact paths (one path component)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "_"
+
+
+_RENDERERS["kernel_viz"] = _kernel_viz
+
+
 def _tconv_stats(outcome: "TaskOutcome", assets: _Assets) -> str:
     s = outcome.summary or {}
     layers = s.get("layers", [])
@@ -557,7 +634,7 @@ table.kv th{color:var(--muted);font-weight:500;padding-right:16px}td.num{text-al
 .table-wrap{overflow-x:auto;max-height:720px;overflow-y:auto}table.data thead th{position:sticky;top:0;background:#f1f4f7}
 table.sortable th{cursor:pointer;user-select:none}table.sortable th[aria-sort=ascending]::after{content:" ▲"}table.sortable th[aria-sort=descending]::after{content:" ▼"}
 .figures{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}figure.fig{margin:4px 0}figcaption{font-size:12px;color:var(--muted);max-width:420px}
-img{image-rendering:pixelated;max-width:100%}img.thumb{width:96px;height:96px;object-fit:contain;background:#eee}img.sheet{max-width:900px;width:auto}
+img{image-rendering:pixelated;max-width:100%}img.thumb{width:80px;height:80px;object-fit:contain;background:#eee}img.sheet{max-width:900px;width:auto}
 img.figure{max-width:620px}img.wide{max-width:100%}img.broken{outline:3px solid var(--bad)}details.more{margin:8px 0}summary{cursor:pointer;color:var(--accent)}
 pre{background:#f6f8fa;padding:8px;overflow:auto;max-height:420px;font-size:12px}
 svg.chart{background:#fff;border:1px solid var(--line);border-radius:4px}.chart-title{font:600 12px system-ui,sans-serif}

@@ -1,0 +1,381 @@
+"""The CI gate: policy parsing, three-valued checks, baseline regressions, exit codes and every output.
+
+Unit tests judge hand-made job results whose metric values are planted; the end-to-end tests at the
+bottom run `kernelscope gate` for real (embedded stack, a C3D model with planted dead kernels).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kernelscope.v1 import jobs_pb2
+from sdk import metrics
+from sdk.cli import main as cli_main
+from sdk.gate import ERROR, FAIL, PASS, SKIP, WARN, GateReport, Policy, PolicyError, evaluate
+from sdk.result import Result
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+# ---------------------------------------------------------------------- planted results
+def class_filters_summary(accuracy_full: float = 0.9, accuracy_restricted: float = 0.88, mis: float = 0.4, mis_shuffled: float = 0.02) -> dict[str, Any]:
+    classes = [
+        {
+            "class": c,
+            "name": name,
+            "subset_k": [c * 5 + i for i in range(5)],
+            "coverage_size": 4 + c,
+            "retention_size": 3 + c,
+            "recall_full": accuracy_full,
+            "recall_restricted": accuracy_restricted,
+            "ablation": {"subset_drop": 0.5, "random_drop": 0.02, "complement_drop": 0.1},
+            "stability_jaccard": 0.8,
+            "mi_top_k_jaccard": 0.6,
+        }
+        for c, name in enumerate(["right", "down"])
+    ]
+    return {
+        "layer": "fc:input",
+        "num_filters": 64,
+        "num_classes": 2,
+        "class_names": ["right", "down"],
+        "ranking": "contribution",
+        "attribution": "exact_logit_split",
+        "restriction": "decomposed_head",
+        "mi_estimator": "binned",
+        "k": 5,
+        "fit_samples": 56,
+        "eval_samples": 24,
+        "classes": classes,
+        "global": {
+            "mis": mis,
+            "mis_shuffled": mis_shuffled,
+            "psi_0_5": 0.2,
+            "density": 10 / 64,
+            "mean_overlap": 0.0,
+            "accuracy_full": accuracy_full,
+            "accuracy_restricted": accuracy_restricted,
+            "compute_saving": 1 - 10 / 128,
+            "selectivity": {"mean": 0.3, "median": 0.25},
+        },
+    }
+
+
+def make_result(summaries: dict[str, dict[str, Any]], errors: dict[str, tuple[str, str, str]] | None = None, job_id: str = "job_model", model_id: str = "mdl_model") -> Result:
+    job = jobs_pb2.Job(id=job_id, model_id=model_id, state=jobs_pb2.SUCCEEDED)
+    for task, summary in summaries.items():
+        job.results.add(task=task, summary_json=json.dumps(summary), duration_seconds=2.5)
+    for task, (code, reason, message) in (errors or {}).items():
+        job.state = jobs_pb2.FAILED
+        result = job.results.add(task=task, duration_seconds=0.1)
+        result.error.code, result.error.reason, result.error.message = code, reason, message
+    return Result(job, client=None)  # type: ignore[arg-type]
+
+
+def policy(text: str, tmp_path: Path | None = None) -> Policy:
+    if tmp_path is None:
+        return Policy.parse(text)
+    path = tmp_path / "gate.toml"
+    path.write_text(text)
+    return Policy.load(path)
+
+
+# ---------------------------------------------------------------------- parsing
+def test_example_policy_parses_and_names_real_metrics() -> None:
+    parsed = Policy.load(ROOT / "examples" / "gate.toml")
+    assert parsed.checks
+    assert all(metrics.find(c.metric) for c in parsed.checks)
+    assert {"kernel_viz", "tconv_stats", "class_filters"} <= set(parsed.tasks)
+    assert any(c.relative for c in parsed.checks) and any(not c.relative for c in parsed.checks)
+
+
+def test_unknown_metric_is_an_error_listing_the_valid_names() -> None:
+    with pytest.raises(PolicyError) as caught:
+        policy('[[checks]]\nmetric = "class_filters.accuracy"\nmin = 0.5\n')
+    message = str(caught.value)
+    assert "unknown metric 'class_filters.accuracy'" in message
+    for name in metrics.names():
+        assert name in message
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("[[checks]\nmetric = 1", "not valid TOML"),
+        ('[[checks]]\nmetric = "class_filters.mis"\n', "has no bound"),
+        ('[[checks]]\nmetric = "class_filters.mis"\nmin = "high"\n', "must be a number"),
+        ('[[checks]]\nmetric = "class_filters.mis"\nmin = 0.3\nwarn_min = 0.1\n', "a warning comes before a failure"),
+        ('[[checks]]\nmetric = "class_filters.mis"\nminimum = 0.3\n', "unknown key(s) minimum"),
+        ('fail_on = "sometimes"\n[[checks]]\nmetric = "class_filters.mis"\nmin = 0.3\n', "fail_on is one of"),
+        ('[[checks]]\nmetric = "class_filters.psi"\nmax_regression = 0.1\n', "cannot regress"),
+        ('[[checks]]\nmetric = "class_filters.mis"\nlayer = "conv1"\nmin = 0.1\n', "takes no layer"),
+        ('[tasks.kernel_vis]\nsteps = 3\n[[checks]]\nmetric = "class_filters.mis"\nmin = 0.1\n', "unknown task [tasks.kernel_vis]"),
+        ("version = 2\n", "version 2 is not supported"),
+        ('dataset = "x.npz"\n', "no checks"),
+        ('[[checks]]\nmetric = "class_filters.mis"\nmin = 0.1\n[[checks]]\nmetric = "class_filters.mis"\nmin = 0.2\n', "must be unique"),
+    ],
+)
+def test_broken_policies_say_what_is_wrong(text: str, fragment: str) -> None:
+    with pytest.raises(PolicyError, match=None) as caught:
+        policy(text)
+    assert fragment in str(caught.value)
+
+
+def test_policy_collects_tasks_options_and_dataset(tmp_path: Path) -> None:
+    parsed = policy(
+        'dataset = "clips.npz"\n[tasks.class_filters]\nk = 3\n[[checks]]\nmetric = "class_filters.mis"\nmin = 0.1\n',
+        tmp_path,
+    )
+    assert parsed.tasks == ["class_filters"]
+    assert parsed.task_specs() == [{"class_filters": {"k": 3}}]
+    assert parsed.dataset == tmp_path / "clips.npz"
+    assert parsed.checks[0].line == 4
+
+
+# ---------------------------------------------------------------------- judging
+THRESHOLDS = """
+[[checks]]
+name = "restricted accuracy"
+metric = "class_filters.accuracy_restricted"
+min = 0.8
+warn_min = 0.85
+
+[[checks]]
+name = "MIS"
+metric = "class_filters.mis"
+min = 0.1
+
+[[checks]]
+name = "MIS margin"
+metric = "class_filters.mis_margin"
+min = 0.05
+"""
+
+
+@pytest.mark.parametrize(
+    "restricted, mis, expected",
+    [
+        (0.88, 0.4, [PASS, PASS, PASS]),
+        (0.83, 0.4, [WARN, PASS, PASS]),
+        (0.70, 0.4, [FAIL, PASS, PASS]),
+        (0.88, 0.05, [PASS, FAIL, FAIL]),
+    ],
+)
+def test_absolute_bounds_are_three_valued(restricted: float, mis: float, expected: list[str]) -> None:
+    result = make_result({"class_filters": class_filters_summary(accuracy_restricted=restricted, mis=mis)})
+    report = evaluate(policy(THRESHOLDS), result)
+    assert [r.status for r in report.results] == expected
+    assert report.results[0].value == pytest.approx(restricted)
+    assert report.results[2].value == pytest.approx(mis - 0.02)
+
+
+def test_exit_codes_and_fail_on_warning() -> None:
+    warned = evaluate(policy(THRESHOLDS), make_result({"class_filters": class_filters_summary(accuracy_restricted=0.83)}))
+    assert warned.status() == WARN and warned.exit_code() == 0
+    assert warned.status("warning") == FAIL and warned.exit_code("warning") == 1
+    strict = evaluate(policy('fail_on = "warning"\n' + THRESHOLDS), make_result({"class_filters": class_filters_summary(accuracy_restricted=0.83)}))
+    assert strict.exit_code() == 1
+    failed = evaluate(policy(THRESHOLDS), make_result({"class_filters": class_filters_summary(accuracy_restricted=0.5)}))
+    assert failed.exit_code() == 1 and [r.check.name for r in failed.failing()] == ["restricted accuracy"]
+
+
+def test_a_task_that_could_not_run_never_passes() -> None:
+    result = make_result({}, errors={"class_filters": ("FAILED_PRECONDITION", "DATASET_REQUIRED", "class_filters needs a labelled dataset")})
+    report = evaluate(policy(THRESHOLDS), result)
+    assert {r.status for r in report.results} == {ERROR}
+    assert "DATASET_REQUIRED" in report.results[0].message
+    assert report.exit_code() == 1
+    lenient = evaluate(policy('could_not_run = "warn"\n' + THRESHOLDS), result)
+    assert lenient.exit_code() == 0 and lenient.status() == WARN
+
+
+def test_an_absent_metric_could_not_run() -> None:
+    summary = class_filters_summary()
+    summary["global"]["mis"] = None  # the worker writes None for a non-finite value
+    report = evaluate(policy(THRESHOLDS), make_result({"class_filters": summary}))
+    assert [r.status for r in report.results] == [PASS, ERROR, ERROR]
+    assert "absent" in report.results[1].message
+
+
+RELATIVE = """
+[[checks]]
+name = "accuracy vs baseline"
+metric = "class_filters.accuracy_full"
+max_regression = 0.10
+warn_regression = 0.02
+"""
+
+
+@pytest.mark.parametrize("accuracy, expected", [(0.95, PASS), (0.90, PASS), (0.87, WARN), (0.80, FAIL)])
+def test_relative_bounds_against_a_baseline(accuracy: float, expected: str) -> None:
+    base = make_result({"class_filters": class_filters_summary(accuracy_full=0.90)}, job_id="job_base", model_id="mdl_base")
+    model = make_result({"class_filters": class_filters_summary(accuracy_full=accuracy)})
+    [check] = evaluate(policy(RELATIVE), model, base).results
+    assert check.status == expected, check.message
+    assert check.baseline == pytest.approx(0.90)
+
+
+def test_relative_check_without_baseline_is_skipped_not_passed_silently() -> None:
+    report = evaluate(policy(RELATIVE), make_result({"class_filters": class_filters_summary()}))
+    assert [r.status for r in report.results] == [SKIP]
+    assert "baseline" in report.results[0].message
+
+
+def test_regression_from_zero_is_infinitely_worse() -> None:
+    from sdk.gate import _regression
+
+    assert _regression("lower", 3.0, 0.0) == math.inf
+    assert _regression("lower", 0.0, 0.0) == 0.0
+    assert _regression("higher", 0.45, 0.5) == pytest.approx(0.1)
+    assert _regression("higher", 0.6, 0.5) == 0.0
+
+
+# ---------------------------------------------------------------------- outputs
+@pytest.fixture()
+def failing_report() -> GateReport:
+    result = make_result({"class_filters": class_filters_summary(accuracy_restricted=0.5, mis=0.3)})
+    return evaluate(policy(THRESHOLDS + RELATIVE), result, make_result({"class_filters": class_filters_summary()}, job_id="job_base", model_id="mdl_base"))
+
+
+def test_junit_has_a_suite_per_task_a_case_per_check_and_metrics_as_properties(failing_report: GateReport) -> None:
+    root = ET.fromstring(failing_report.to_junit())
+    assert root.tag == "testsuites" and root.get("tests") == "4" and root.get("failures") == "1"
+    [suite] = root.findall("testsuite")
+    assert suite.get("name") == "class_filters"
+    props = {p.get("name"): p.get("value") for p in suite.find("properties").findall("property")}  # type: ignore[union-attr]
+    assert props["class_filters.accuracy_restricted"] == "0.5"
+    assert props["baseline.class_filters.accuracy_restricted"] == "0.88"
+    assert props["job_id"] == "job_model" and props["baseline.job_id"] == "job_base"
+    cases = {c.get("name"): c for c in suite.findall("testcase")}
+    assert set(cases) == {"restricted accuracy", "MIS", "MIS margin", "accuracy vs baseline"}
+    failure = cases["restricted accuracy"].find("failure")
+    assert failure is not None and "0.5 < min 0.8" in failure.get("message", "")
+    assert cases["MIS"].find("failure") is None
+
+
+def test_json_report(failing_report: GateReport, tmp_path: Path) -> None:
+    failing_report.write(json_path=tmp_path / "gate.json", github=False)
+    data = json.loads((tmp_path / "gate.json").read_text())
+    assert data["schema"] == "kernelscope.gate.report/v1"
+    assert data["status"] == "fail" and data["exit_code"] == 1
+    assert data["counts"]["fail"] == 1
+    assert [c["status"] for c in data["checks"]] == ["fail", "pass", "pass", "pass"]
+
+
+def test_github_annotations_and_step_summary(failing_report: GateReport, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    summary = tmp_path / "summary.md"
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    failing_report.write()
+    out = capsys.readouterr().out.splitlines()
+    errors = [line for line in out if line.startswith("::error")]
+    assert len(errors) == 1 and "restricted accuracy" in errors[0] and "0.5 < min 0.8" in errors[0]
+    assert "\n" not in errors[0]
+    markdown = summary.read_text()
+    assert "kernelscope gate: FAIL" in markdown and "| ❌ | restricted accuracy |" in markdown
+
+
+def test_annotation_escaping() -> None:
+    from sdk.gate import _escape_data, _escape_property
+
+    assert _escape_data("50% off\nnext") == "50%25 off%0Anext"
+    assert _escape_property("a: b, c") == "a%3A b%2C c"
+
+
+# ---------------------------------------------------------------------- CLI: tool errors exit 2
+def test_cli_broken_policy_exits_2_before_starting_anything(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "gate.toml"
+    bad.write_text('[[checks]]\nmetric = "kernel_viz.deadkernels"\nmax = 0\n')
+    code = cli_main(["gate", "model.pt2", "--policy", str(bad), "--local", "--no-github"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "unknown metric 'kernel_viz.deadkernels'" in err and "Valid metrics:" in err
+
+
+def test_cli_missing_policy_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["gate", "model.pt2", "--policy", str(tmp_path / "nope.toml"), "--no-github"]) == 2
+    assert "cannot read policy" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- end to end: `kernelscope gate --local`
+E2E_POLICY = """
+# conv1 only, a coarse fit: the gate's plumbing is under test here, not the 3T fit's accuracy
+[tasks.tconv_stats]
+layers = ["conv1"]
+restarts = 0
+fit_steps = 5
+
+[[checks]]
+name = "3T residual of conv1"
+metric = "tconv_stats.mean_residual"
+layer = "conv1"
+max = 0.99
+
+[[checks]]
+name = "no more dead conv1 filters than the baseline"
+metric = "tconv_stats.zero_filters"
+max_regression = 0.10
+"""
+
+
+@pytest.fixture(scope="module")
+def c3d_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The same seeded C3DSmall twice: healthy, and with 4 conv1 filters zeroed (planted dead kernels)."""
+    import torch
+
+    from workers.samples.models import C3DSmall, export_pt2
+
+    root = tmp_path_factory.mktemp("gate_models")
+    torch.manual_seed(0)
+    model = C3DSmall().eval()
+    export_pt2(model, root / "healthy.pt2")
+    with torch.no_grad():
+        model.conv1.weight[:4] = 0.0
+        model.conv1.bias[:4] = 0.0
+    export_pt2(model, root / "dead.pt2")
+    return {"healthy": root / "healthy.pt2", "dead": root / "dead.pt2"}
+
+
+def _run_gate(args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
+    (tmp_path / "gate.toml").write_text(E2E_POLICY)
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(tmp_path / "summary.md"))
+    spec = json.dumps({"mean": [0.5] * 3, "std": [0.25] * 3})
+    code = cli_main(["gate", *args, "--policy", str(tmp_path / "gate.toml"), "--local", "--input-spec", spec, "--github",
+                     "--junit", str(tmp_path / "junit.xml"), "--json", str(tmp_path / "gate.json")])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.slow
+def test_gate_passes_a_healthy_model(c3d_models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    code, out, err = _run_gate([str(c3d_models["healthy"])], tmp_path, capsys, monkeypatch)
+    assert code == 0, err[-3000:]
+    report = json.loads((tmp_path / "gate.json").read_text())
+    assert [c["status"] for c in report["checks"]] == ["pass", "skip"]
+    assert report["metrics"]["tconv_stats"]["tconv_stats.zero_filters"] == 0
+    assert "::error" not in out
+    root = ET.parse(tmp_path / "junit.xml").getroot()
+    assert root.get("failures") == "0" and root.get("errors") == "0" and root.get("skipped") == "1"
+
+
+@pytest.mark.slow
+def test_gate_catches_planted_dead_kernels_against_the_baseline(c3d_models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    code, out, err = _run_gate([str(c3d_models["dead"]), "--baseline", str(c3d_models["healthy"])], tmp_path, capsys, monkeypatch)
+    assert code == 1, err[-3000:]
+    report = json.loads((tmp_path / "gate.json").read_text())
+    by_name = {c["name"]: c for c in report["checks"]}
+    regression = by_name["no more dead conv1 filters than the baseline"]
+    assert regression["status"] == "fail" and regression["value"] == 4 and regression["baseline"] == 0
+    assert by_name["3T residual of conv1"]["status"] == "pass"
+    root = ET.parse(tmp_path / "junit.xml").getroot()
+    failures = [(case.get("name"), f.get("message")) for case in root.iter("testcase") for f in case.findall("failure")]
+    assert failures == [("no more dead conv1 filters than the baseline", regression["message"])]
+    annotations = [line for line in out.splitlines() if line.startswith("::error")]
+    assert len(annotations) == 1 and "no more dead conv1 filters than the baseline" in annotations[0]
+    assert "kernelscope gate: FAIL" in (tmp_path / "summary.md").read_text()
