@@ -188,7 +188,7 @@ def _layer_record(node: onnx.NodeProto, module: nn.Module, static: _StaticValues
         if bias is not None:
             weight_names.append(bias)
     else:
-        kind = type(module).__name__.removeprefix("Onnx")
+        kind = type(module).__name__
         weight_names = [static.source(node.input[1]) or node.input[1]]
     return {"op": node.op_type, "kind": kind, "onnx_node": node.name, "weights": weight_names}
 

@@ -1,7 +1,8 @@
 """The ONNX nodes that carry weights, as real torch layers users can hook by name.
 
 A Conv / ConvTranspose whose weight is an initializer becomes an nn.ConvNd / nn.ConvTransposeNd
-(subclassed only to accept ONNX's asymmetric and automatic padding), a Gemm / MatMul with an
+(subclassed under the same class name, only to accept ONNX's asymmetric and automatic padding, so
+that type names read as in torch), a Gemm / MatMul with an
 initializer weight becomes an nn.Linear, so that analyses see the same module types (and the
 same `weight`) as they would on the PyTorch original. A Conv whose weight is computed inside the
 graph (a 3TConv layer builds its kernel with AffineGrid/GridSample) becomes a `ComputedConv`.
@@ -36,22 +37,22 @@ class _OnnxPadding:
         return x
 
 
-class OnnxConv1d(_OnnxPadding, nn.Conv1d):
+class Conv1d(_OnnxPadding, nn.Conv1d):
     def forward(self, x: Tensor) -> Tensor:
         return super().forward(self._pre_pad(x))
 
 
-class OnnxConv2d(_OnnxPadding, nn.Conv2d):
+class Conv2d(_OnnxPadding, nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
         return super().forward(self._pre_pad(x))
 
 
-class OnnxConv3d(_OnnxPadding, nn.Conv3d):
+class Conv3d(_OnnxPadding, nn.Conv3d):
     def forward(self, x: Tensor) -> Tensor:
         return super().forward(self._pre_pad(x))
 
 
-_CONV = {1: OnnxConv1d, 2: OnnxConv2d, 3: OnnxConv3d}
+_CONV = {1: Conv1d, 2: Conv2d, 3: Conv3d}
 _CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _CONV_T_FN = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
@@ -126,22 +127,22 @@ class _OnnxTransposePadding:
         return y
 
 
-class OnnxConvTranspose1d(_OnnxTransposePadding, nn.ConvTranspose1d):
+class ConvTranspose1d(_OnnxTransposePadding, nn.ConvTranspose1d):
     def forward(self, x: Tensor, output_size: Sequence[int] | None = None) -> Tensor:
         return self._onnx_forward(x, self.weight, self.bias)
 
 
-class OnnxConvTranspose2d(_OnnxTransposePadding, nn.ConvTranspose2d):
+class ConvTranspose2d(_OnnxTransposePadding, nn.ConvTranspose2d):
     def forward(self, x: Tensor, output_size: Sequence[int] | None = None) -> Tensor:
         return self._onnx_forward(x, self.weight, self.bias)
 
 
-class OnnxConvTranspose3d(_OnnxTransposePadding, nn.ConvTranspose3d):
+class ConvTranspose3d(_OnnxTransposePadding, nn.ConvTranspose3d):
     def forward(self, x: Tensor, output_size: Sequence[int] | None = None) -> Tensor:
         return self._onnx_forward(x, self.weight, self.bias)
 
 
-_CONV_T = {1: OnnxConvTranspose1d, 2: OnnxConvTranspose2d, 3: OnnxConvTranspose3d}
+_CONV_T = {1: ConvTranspose1d, 2: ConvTranspose2d, 3: ConvTranspose3d}
 
 
 def make_conv_transpose(weight: Tensor, bias: Tensor | None, attrs: dict[str, Any]) -> nn.Module:
