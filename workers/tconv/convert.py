@@ -50,9 +50,10 @@ def _conv(conv: nn.Conv2d, temporal_kernel: int, rescale: bool) -> nn.Module:
     return layer.to(device=weight.device, dtype=weight.dtype)
 
 
-def _triple_spatial(v: int | tuple[int, ...]) -> tuple[int, int, int]:
+def _per_frame(v: int | tuple[int, ...], temporal: int) -> tuple[int, int, int]:
+    """A 2D size as a 3D one acting on each frame alone: `temporal` along time (1 for sizes, 0 for padding)."""
     h, w = _pair(v)
-    return (1, h, w)
+    return (temporal, h, w)
 
 
 def _inflate_one(m: nn.Module, temporal_kernel: int, rescale: bool) -> nn.Module | None:
@@ -67,11 +68,11 @@ def _inflate_one(m: nn.Module, temporal_kernel: int, rescale: bool) -> nn.Module
         if m.return_indices:
             raise ValueError("cannot inflate MaxPool2d(return_indices=True)")
         stride = m.stride if m.stride is not None else m.kernel_size
-        return nn.MaxPool3d(_triple_spatial(m.kernel_size), _triple_spatial(stride), _triple_spatial(m.padding),
-                            _triple_spatial(m.dilation), ceil_mode=m.ceil_mode)
+        return nn.MaxPool3d(_per_frame(m.kernel_size, 1), _per_frame(stride, 1), _per_frame(m.padding, 0),
+                            _per_frame(m.dilation, 1), ceil_mode=m.ceil_mode)
     if isinstance(m, nn.AvgPool2d):
         stride = m.stride if m.stride is not None else m.kernel_size
-        return nn.AvgPool3d(_triple_spatial(m.kernel_size), _triple_spatial(stride), _triple_spatial(m.padding),
+        return nn.AvgPool3d(_per_frame(m.kernel_size, 1), _per_frame(stride, 1), _per_frame(m.padding, 0),
                             ceil_mode=m.ceil_mode, count_include_pad=m.count_include_pad)
     if isinstance(m, nn.AdaptiveAvgPool2d):
         h, w = _pair(m.output_size) if m.output_size is not None else (None, None)  # type: ignore[arg-type]

@@ -28,7 +28,8 @@ def export_onnx(
     module = module.eval()
     if dynamic_batch and example.shape[0] == 1:  # torch.export specialises sizes 0 and 1
         example = example.expand(2, *example.shape[1:]).contiguous()
-    dynamic: dict[str, dict[int, Any]] | None = {"x": {0: torch.export.Dim("batch", min=1, max=4096)}} if dynamic_batch else None
+    # A tuple, not {"x": ...}: torch.export matches dict keys against forward's own argument name.
+    dynamic: tuple[dict[int, Any]] | None = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
