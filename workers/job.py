@@ -81,10 +81,12 @@ def _load_inputs(spec: dict[str, Any], connection: ServiceConnection) -> tuple[A
     dataset = None
     if spec.get("dataset"):
         dataset = Dataset.from_npz(cache.fetch(spec["dataset"]["sha256"], connection).read_bytes())
-    limits.apply_limits(
-        int(os.environ.get("KERNELSCOPE_JOB_MEMORY_BYTES", defaults.JOB_MEMORY_BYTES)),
-        int(os.environ.get("KERNELSCOPE_JOB_CPU_SECONDS", defaults.JOB_CPU_SECONDS)),
-    )
+    memory = int(os.environ.get("KERNELSCOPE_JOB_MEMORY_BYTES", defaults.JOB_MEMORY_BYTES))
+    cpu = int(os.environ.get("KERNELSCOPE_JOB_CPU_SECONDS", defaults.JOB_CPU_SECONDS))
+    limits.apply_limits(memory or None, cpu or None)  # 0 means no limit
+    hidden = limits.scrub_environment()  # untrusted model code must not read the worker's secrets
+    if hidden:
+        log.info("hid %d secret environment variables from the model loader", len(hidden))
     model = loader.load_model(
         model_path,
         model_spec["format"],
