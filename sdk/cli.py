@@ -108,6 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     gate.add_argument("--report", dest="report_path", default=None, metavar="HTML", help="write the model's HTML report here")
     gate.add_argument("--github", action=argparse.BooleanOptionalAction, default=None, help="print GitHub annotations and the step summary (default: when GITHUB_ACTIONS=true)")
     gate.add_argument("--format", default=None, help="override model format detection")
+    gate.add_argument("--architecture", default="", help="registered architecture of weights-only checkpoints (both models)")
     gate.add_argument("--input-spec", default=None, help="JSON input spec for both models")
     gate.add_argument("--timeout", type=float, default=None, help="seconds to wait for each job")
     gate.set_defaults(func=_gate)
@@ -254,7 +255,7 @@ def _gate(args: argparse.Namespace) -> int:
 
     try:
         policy = Policy.load(args.policy)
-        options: dict[str, Any] = {"format": args.format}
+        options: dict[str, Any] = {"format": args.format, "architecture": args.architecture}
         if args.input_spec:
             options["input_spec"] = json.loads(args.input_spec)
         with _client(args, local=args.local) as client:

@@ -67,6 +67,63 @@ def class_filters_summary(accuracy_full: float = 0.9, accuracy_restricted: float
     }
 
 
+def kernel_viz_summary(dead: dict[str, list[int]], channels: int = 4) -> dict[str, Any]:
+    """Layers whose listed channels are dead; live channels get ratio 2 + index and speed 0.5."""
+
+    def channel(i: int, is_dead: bool) -> dict[str, Any]:
+        live = not is_dead
+        return {
+            "index": i, "activation": 3.0 if live else 0.0, "random_activation": 1.0 if live else 0.0,
+            "ratio": 2.0 + i if live else None, "direction_deg": 90.0 if live else None,
+            "speed_px_per_frame": 0.5 if live else None, "direction_selectivity": 0.2 if live else None,
+            "motion_dependence": 0.4 if live else None, "order_dependence": 0.3 if live else None,
+            "flow_coherence": 0.9 if live else None, "reconstruction_error": 0.25 if live else None,
+            "dead": is_dead,
+        }
+
+    timing = dict.fromkeys(("receptive_field_s", "stage1_s", "stage2_s", "evaluation_s", "figures_s", "total_s", "channels_per_s"), 1.0)
+    layers = [
+        {
+            "name": name, "kind": "conv3d", "canvas": [5, 5, 5], "receptive_field": [3, 3, 3], "jitter": [1, 1, 1],
+            "placed_in_full_input": False, "flow_scale_px_per_frame": 1.0,
+            "channels": [channel(i, i in dead_channels) for i in range(channels)], "timing": timing,
+        }
+        for name, dead_channels in dead.items()
+    ]
+    return {"objective": "NEURON", "steps": 8, "seed": 0, "tv_weight": 0.1, "device": "cpu", "layers": layers}
+
+
+def tconv_summary(residuals: dict[str, tuple[float, int, int]]) -> dict[str, Any]:
+    """Conv3d-fit layers: name -> (mean plain residual, filters, all-zero filters); nothing below the threshold."""
+
+    def summary(mean: float | None, count: int) -> dict[str, Any]:
+        return {"count": count, "mean": mean, "std": 0.0 if count else None, **{k: mean for k in ("min", "q05", "q25", "median", "q75", "q95", "max")}}
+
+    def motion() -> dict[str, Any]:
+        empty = summary(None, 0)
+        translation = {"x": empty, "y": empty, "magnitude": empty}
+        return {
+            "filters_included": 0,
+            "stats": {"inv_scale": empty, "rotation_deg": empty, "translation_px_layer": translation, "translation_px_model": translation},
+            "departure_from_identity": {k: {"mean": None, "std": None} for k in ("abs_one_minus_inv_scale", "abs_rotation_deg", "abs_tx_px_layer", "abs_ty_px_layer")},
+            "near_identity_share": None, "dominant_direction_deg": None, "dominant_direction_share": None,
+            "direction_histogram": [0.0] * 12, "displacement_px_layer": empty, "trajectories": [],
+        }
+
+    layers = [
+        {
+            **motion(), "name": name, "kind": "Conv3d-fit", "filters": filters, "kernel_shape": [filters, 3, 3, 3, 3],
+            "stride_px_model": [1.0, 1.0], "artifacts": [],
+            "residual": {"plain": summary(mean, filters - zero), "gain": summary(mean / 2, filters - zero)},
+            "explainable_share": {"plain": 0.0, "gain": 0.5}, "zero_filters": zero, "gain_variant": {**motion(), "gains": []},
+        }
+        for name, (mean, filters, zero) in residuals.items()
+    ]
+    model = {"layers": len(layers), "filters_included": 0, "tconv_layers": 0, "fitted_layers": len(layers), "explainable_share": {"plain": 0.0, "gain": 0.5}}
+    options = {"layers": list(residuals), "fit_conv3d": True, "residual_threshold": 0.2, "restarts": 0, "fit_steps": 5, "seed": 0, "identity_tolerance": 0.05}
+    return {"layers": layers, "model": model, "options": options, "units": {}, "notes": []}
+
+
 def make_result(summaries: dict[str, dict[str, Any]], errors: dict[str, tuple[str, str, str]] | None = None, job_id: str = "job_model", model_id: str = "mdl_model") -> Result:
     job = jobs_pb2.Job(id=job_id, model_id=model_id, state=jobs_pb2.SUCCEEDED)
     for task, summary in summaries.items():
@@ -136,6 +193,64 @@ def test_policy_collects_tasks_options_and_dataset(tmp_path: Path) -> None:
     assert parsed.task_specs() == [{"class_filters": {"k": 3}}]
     assert parsed.dataset == tmp_path / "clips.npz"
     assert parsed.checks[0].line == 4
+
+
+# ---------------------------------------------------------------------- the metric catalogue
+def test_planted_summaries_are_schema_valid() -> None:
+    """The hand-made summaries below must look like real ones (real ones are checked in tests/e2e)."""
+    import jsonschema
+
+    from sdk import schemas
+
+    for task, summary in (
+        ("kernel_viz", kernel_viz_summary({"conv1": [0, 2]})),
+        ("tconv_stats", tconv_summary({"conv1": (0.7, 16, 4)})),
+        ("class_filters", class_filters_summary()),
+    ):
+        jsonschema.validate(summary, schemas.load(task))
+
+
+def test_dead_kernels_are_counted_from_the_channel_flags_per_layer_and_in_all() -> None:
+    summary = kernel_viz_summary({"conv1": [0, 2], "conv2": [3]})
+    assert metrics.value("kernel_viz.dead_kernels", summary) == 3
+    assert metrics.value("kernel_viz.dead_kernels", summary, "conv1") == 2
+    assert metrics.value("kernel_viz.dead_kernels", summary, "conv2") == 1
+    assert metrics.value("kernel_viz.dead_share", summary) == pytest.approx(3 / 8)
+    assert metrics.value("kernel_viz.dead_kernels", summary, "conv9") is None  # a layer not analysed
+    # live channels only: conv1 live 1, 3 -> ratios 3, 5; conv2 live 0, 1, 2 -> 2, 3, 4
+    assert metrics.value("kernel_viz.median_activation_ratio", summary) == pytest.approx(3.0)
+    assert metrics.value("kernel_viz.median_activation_ratio", summary, "conv1") == pytest.approx(4.0)
+    assert metrics.value("kernel_viz.mean_reconstruction_error", summary) == pytest.approx(0.25)
+
+
+def test_tconv_residual_pools_filters_not_layers() -> None:
+    summary = tconv_summary({"conv1": (0.2, 10, 0), "conv2": (0.8, 30, 2)})
+    assert metrics.value("tconv_stats.mean_residual", summary, "conv1") == pytest.approx(0.2)
+    assert metrics.value("tconv_stats.mean_residual", summary) == pytest.approx((0.2 * 10 + 0.8 * 28) / 38)
+    assert metrics.value("tconv_stats.mean_residual_gain", summary, "conv2") == pytest.approx(0.4)
+    assert metrics.value("tconv_stats.zero_filters", summary) == 2
+    assert metrics.value("tconv_stats.explainable_share_gain", summary) == pytest.approx(0.5)
+    assert metrics.value("tconv_stats.near_identity_share", summary) is None  # no filter in the statistics
+
+
+def test_extract_all_names_per_layer_values() -> None:
+    result = make_result({"kernel_viz": kernel_viz_summary({"conv1": [1], "conv2": []})})
+    values = metrics.extract_all(result)["kernel_viz"]
+    assert values["kernel_viz.dead_kernels"] == 1
+    assert values["kernel_viz.dead_kernels[conv1]"] == 1 and values["kernel_viz.dead_kernels[conv2]"] == 0
+
+
+def test_every_metric_has_a_description_and_a_known_direction() -> None:
+    for metric in metrics.catalogue():
+        assert metric.task in ("kernel_viz", "tconv_stats", "class_filters"), metric.name
+        assert metric.better in ("lower", "higher", None) and metric.description.endswith(".")
+
+
+def test_per_layer_check_on_a_real_layer_name() -> None:
+    text = '[[checks]]\nmetric = "kernel_viz.dead_kernels"\nlayer = "conv2"\nmax = 0\n'
+    report = evaluate(policy(text), make_result({"kernel_viz": kernel_viz_summary({"conv1": [1], "conv2": [0, 1]})}))
+    [check] = report.results
+    assert check.status == FAIL and check.value == 2 and check.check.name == "kernel_viz.dead_kernels[conv2]"
 
 
 # ---------------------------------------------------------------------- judging
@@ -305,48 +420,51 @@ def test_cli_missing_policy_exits_2(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 # ---------------------------------------------------------------------- end to end: `kernelscope gate --local`
 E2E_POLICY = """
-# conv1 only, a coarse fit: the gate's plumbing is under test here, not the 3T fit's accuracy
-[tasks.tconv_stats]
+# conv1 only, channels 0-5, few steps: the gate's plumbing is under test here, not the optimisation
+[tasks.kernel_viz]
 layers = ["conv1"]
-restarts = 0
-fit_steps = 5
+channels = [0, 1, 2, 3, 4, 5]
+steps = 8
+seed = 0
 
 [[checks]]
-name = "3T residual of conv1"
-metric = "tconv_stats.mean_residual"
+name = "live conv1 kernels are driven above noise"
+metric = "kernel_viz.median_activation_ratio"
 layer = "conv1"
-max = 0.99
+min = 1.0
 
 [[checks]]
-name = "no more dead conv1 filters than the baseline"
-metric = "tconv_stats.zero_filters"
+name = "no new dead kernels"
+metric = "kernel_viz.dead_kernels"
 max_regression = 0.10
 """
 
 
 @pytest.fixture(scope="module")
 def c3d_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The same seeded C3DSmall twice: healthy, and with 4 conv1 filters zeroed (planted dead kernels)."""
+    """The same seeded C3DSmall twice, as weights for the registered "c3d_small" architecture:
+    healthy, and with 4 conv1 filters zeroed (planted dead kernels)."""
     import torch
+    from safetensors.torch import save_file
 
-    from workers.samples.models import C3DSmall, export_pt2
+    from workers.samples.models import C3DSmall
 
     root = tmp_path_factory.mktemp("gate_models")
     torch.manual_seed(0)
     model = C3DSmall().eval()
-    export_pt2(model, root / "healthy.pt2")
+    save_file(model.state_dict(), root / "healthy.safetensors")
     with torch.no_grad():
         model.conv1.weight[:4] = 0.0
         model.conv1.bias[:4] = 0.0
-    export_pt2(model, root / "dead.pt2")
-    return {"healthy": root / "healthy.pt2", "dead": root / "dead.pt2"}
+    save_file(model.state_dict(), root / "dead.safetensors")
+    return {"healthy": root / "healthy.safetensors", "dead": root / "dead.safetensors"}
 
 
 def _run_gate(args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
     (tmp_path / "gate.toml").write_text(E2E_POLICY)
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(tmp_path / "summary.md"))
     spec = json.dumps({"mean": [0.5] * 3, "std": [0.25] * 3})
-    code = cli_main(["gate", *args, "--policy", str(tmp_path / "gate.toml"), "--local", "--input-spec", spec, "--github",
+    code = cli_main(["gate", *args, "--policy", str(tmp_path / "gate.toml"), "--local", "--architecture", "c3d_small", "--input-spec", spec, "--github",
                      "--junit", str(tmp_path / "junit.xml"), "--json", str(tmp_path / "gate.json")])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
@@ -358,7 +476,7 @@ def test_gate_passes_a_healthy_model(c3d_models: dict[str, Path], tmp_path: Path
     assert code == 0, err[-3000:]
     report = json.loads((tmp_path / "gate.json").read_text())
     assert [c["status"] for c in report["checks"]] == ["pass", "skip"]
-    assert report["metrics"]["tconv_stats"]["tconv_stats.zero_filters"] == 0
+    assert report["metrics"]["kernel_viz"]["kernel_viz.dead_kernels"] == 0
     assert "::error" not in out
     root = ET.parse(tmp_path / "junit.xml").getroot()
     assert root.get("failures") == "0" and root.get("errors") == "0" and root.get("skipped") == "1"
@@ -370,12 +488,12 @@ def test_gate_catches_planted_dead_kernels_against_the_baseline(c3d_models: dict
     assert code == 1, err[-3000:]
     report = json.loads((tmp_path / "gate.json").read_text())
     by_name = {c["name"]: c for c in report["checks"]}
-    regression = by_name["no more dead conv1 filters than the baseline"]
-    assert regression["status"] == "fail" and regression["value"] == 4 and regression["baseline"] == 0
-    assert by_name["3T residual of conv1"]["status"] == "pass"
+    regression = by_name["no new dead kernels"]
+    assert regression["status"] == "fail" and regression["value"] == 4 and regression["baseline"] == 0, regression
+    assert by_name["live conv1 kernels are driven above noise"]["status"] == "pass"
     root = ET.parse(tmp_path / "junit.xml").getroot()
     failures = [(case.get("name"), f.get("message")) for case in root.iter("testcase") for f in case.findall("failure")]
-    assert failures == [("no more dead conv1 filters than the baseline", regression["message"])]
+    assert failures == [("no new dead kernels", regression["message"])]
     annotations = [line for line in out.splitlines() if line.startswith("::error")]
-    assert len(annotations) == 1 and "no more dead conv1 filters than the baseline" in annotations[0]
+    assert len(annotations) == 1 and "no new dead kernels" in annotations[0]
     assert "kernelscope gate: FAIL" in (tmp_path / "summary.md").read_text()
