@@ -191,3 +191,29 @@ def test_charts_say_when_there_is_nothing_to_draw() -> None:
     assert "no finite values" in charts.histogram([None, float("inf")], title="empty")
     ET.fromstring(charts.lines([[1.0, 2.0, None, 3.0]], title="l"))
     ET.fromstring(charts.heatmap([[1.0, -1.0], [0.5, None]], row_labels=["a", "b"]))
+
+
+def test_cli_report_writes_the_page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import sdk.cli
+
+    job, files = make_job({"class_filters": class_filters_outcome()})
+    fake = FakeClient(files, description())
+
+    class Session:
+        def __enter__(self) -> "Session":
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+        def result(self, job_id: str) -> Result:
+            assert job_id == job.id
+            return Result(job, fake)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sdk.cli, "_client", lambda args, local=False: Session())
+    out = tmp_path / "page.html"
+    assert sdk.cli.main(["report", job.id, "-o", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    assert "class_filters/heatmap.png" in images(out.read_text())
+    assert sdk.cli.main(["report", job.id, "-o", str(tmp_path / "beside.html"), "--beside"]) == 0
+    assert (tmp_path / "beside_files" / job.id / "class_filters" / "heatmap.png").read_bytes() == files["class_filters/heatmap.png"]
