@@ -30,7 +30,8 @@ Summary (also written to kernel_viz/kernel_viz.json):
         "timing": {"receptive_field_s", "stage1_s", "stage2_s", "evaluation_s", "figures_s", "total_s",
                    "channels_per_s" (stage 1)}}]}
 
-Motion fields are None for 2D layers (T = 1). Ratios are None where their denominator is ~0.
+Motion fields are None for 2D layers (T = 1) and for dead channels. Ratios are None where their
+denominator is ~0.
 Artifacts: kernel_viz/<layer>/chNNN_video.gif, chNNN_texture.png, chNNN_flow.gif (3D layers),
 kernel_viz/<layer>/contact_sheet.png, kernel_viz/kernel_viz.json.
 """
@@ -267,6 +268,8 @@ def _layer(
     for k, (channel, row) in enumerate(zip(channels, rows)):
         act, rnd = rendering.activations[k], evaluations["random"][k]
         dead = rendering.max_gradient[k] == 0.0 or top_gain <= 0.0 or gains[k] <= defaults.DEAD_GAIN_FRACTION * top_gain
+        if dead:  # its video is the untouched random start: motion measured on it would mean nothing
+            row = {key: None for key in row}
         rows[k] = {
             "index": int(channel),
             "activation": act,
@@ -321,8 +324,9 @@ def _figures(
             frames = figures.to_rgb(videos[k], value_range)
             mean_flow = figures.flow_to_rgb(velocity[k].mean(dim=0, keepdim=True), flow_scale)[0]
             panels = [frames[len(frames) // 2], texture, mean_flow]
-            direction = rows[k].get("direction_deg")
-            label += f" {rows[k]['speed_px_per_frame']:.2f}px/f" + (f" {direction:.0f}°" if direction is not None else "")
+            direction, speed = rows[k].get("direction_deg"), rows[k].get("speed_px_per_frame")
+            if speed is not None:
+                label += f" {speed:.2f}px/f" + (f" {direction:.0f}°" if direction is not None else "")
         if rows[k]["dead"]:
             label += " dead"
         tiles.append((label, panels))
