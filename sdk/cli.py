@@ -105,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     gate.add_argument("--fail-on", choices=["failure", "warning"], default=None, help="also fail the gate on warnings (default: the policy's fail_on)")
     gate.add_argument("--json", dest="json_path", default=None, metavar="PATH", help="write the JSON report here")
     gate.add_argument("--junit", dest="junit_path", default=None, metavar="PATH", help="write JUnit XML here")
-    gate.add_argument("--report", dest="report_path", default=None, metavar="HTML", help="write the model's HTML report here")
+    gate.add_argument("--report", dest="report_path", default=None, metavar="HTML", help="write the HTML report of the model's (and the baseline's) job here")
     gate.add_argument("--github", action=argparse.BooleanOptionalAction, default=None, help="print GitHub annotations and the step summary (default: when GITHUB_ACTIONS=true)")
     gate.add_argument("--format", default=None, help="override model format detection")
     gate.add_argument("--architecture", default="", help="registered architecture of weights-only checkpoints (both models)")
@@ -259,11 +259,14 @@ def _gate(args: argparse.Namespace) -> int:
         if args.input_spec:
             options["input_spec"] = json.loads(args.input_spec)
         with _client(args, local=args.local) as client:
-            report, result, _ = run_gate(
-                client, args.model, policy, baseline=args.baseline, dataset=args.dataset, timeout=args.timeout, **options
+            report, result, base = run_gate(
+                client, args.model, policy, baseline=args.baseline, dataset=args.dataset, timeout=args.timeout,
+                extra_tasks=["describe"] if args.report_path else [], **options
             )
             if args.report_path:
-                result.save_report(args.report_path)
+                from sdk.report import write_report
+
+                write_report([r for r in (result, base) if r is not None], Path(args.report_path))
         print(report.to_text(args.fail_on), file=sys.stderr)
         report.write(json_path=args.json_path, junit_path=args.junit_path, github=args.github, fail_on=args.fail_on)
         return report.exit_code(args.fail_on)

@@ -392,9 +392,11 @@ def run_gate(
     dataset: Any = None,
     timeout: float | None = None,
     progress: bool | None = False,
+    extra_tasks: Iterable[Any] = (),
     **model_options: Any,
 ) -> tuple[GateReport, "Result", "Result | None"]:
-    """Analyse `model` (and `baseline`) with the tasks the policy needs; return the report and the results.
+    """Analyse `model` (and `baseline`) with the tasks the policy needs (plus `extra_tasks`, e.g. "describe"
+    for a report); return the report and the results.
 
     Both jobs are submitted before either is awaited, so a service with two workers runs them side by side.
     """
@@ -405,7 +407,7 @@ def run_gate(
         if not Path(dataset).is_file():
             raise PolicyError(f"dataset {dataset} does not exist")
         dataset = client.upload_dataset(str(dataset)).id
-    tasks = policy.task_specs()
+    tasks = policy.task_specs() + list(extra_tasks)
     jobs = [client.analyze(model, tasks=tasks, dataset=dataset, wait=False, **model_options)]
     if baseline is not None:
         jobs.append(client.analyze(baseline, tasks=tasks, dataset=dataset, wait=False, **model_options))

@@ -484,7 +484,8 @@ def test_gate_passes_a_healthy_model(c3d_models: dict[str, Path], tmp_path: Path
 
 @pytest.mark.slow
 def test_gate_catches_planted_dead_kernels_against_the_baseline(c3d_models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    code, out, err = _run_gate([str(c3d_models["dead"]), "--baseline", str(c3d_models["healthy"])], tmp_path, capsys, monkeypatch)
+    page = tmp_path / "report.html"
+    code, out, err = _run_gate([str(c3d_models["dead"]), "--baseline", str(c3d_models["healthy"]), "--report", str(page)], tmp_path, capsys, monkeypatch)
     assert code == 1, err[-3000:]
     report = json.loads((tmp_path / "gate.json").read_text())
     by_name = {c["name"]: c for c in report["checks"]}
@@ -497,3 +498,7 @@ def test_gate_catches_planted_dead_kernels_against_the_baseline(c3d_models: dict
     annotations = [line for line in out.splitlines() if line.startswith("::error")]
     assert len(annotations) == 1 and "no new dead kernels" in annotations[0]
     assert "kernelscope gate: FAIL" in (tmp_path / "summary.md").read_text()
+    # the report holds both jobs, each with its layer inventory (a describe task in the same job)
+    html = page.read_text()
+    assert html.count('data-section="kernel_viz"') == 2 and 'id="job2-model"' in html
+    assert "Layer inventory unavailable" not in html and html.count("dead kernels") >= 2
