@@ -478,7 +478,9 @@ def _regression(better: str | None, value: float, base: float) -> float:
 def _task_problem(result: "Result", task: str, who: str) -> str | None:
     outcome = next((t for t in result.tasks if t.task == task), None)
     if outcome is None:
-        return f"{task} did not run on {who} (job {result.id} is {_state(result)})"
+        error = result.job.error
+        why = f": {error.code} {error.reason}: {error.message}" if (error.reason or error.message) else ""
+        return f"{task} did not run on {who} (job {result.id} is {_state(result)}{why})"
     if outcome.error:
         e = outcome.error
         return f"{task} could not run on {who}: {e.get('code', '')} {e.get('reason', '')}: {e.get('message', '')}".strip()

@@ -310,6 +310,14 @@ def test_a_task_that_could_not_run_never_passes() -> None:
     assert lenient.exit_code() == 0 and lenient.status() == WARN
 
 
+def test_a_job_that_never_started_its_tasks_says_why() -> None:
+    result = make_result({})
+    result.job.state = jobs_pb2.FAILED
+    result.job.error.code, result.job.error.reason, result.job.error.message = "FAILED_PRECONDITION", "UNSUPPORTED_OP", "op Foo is not supported"
+    [check, *_] = evaluate(policy(THRESHOLDS), result).results
+    assert check.status == ERROR and "UNSUPPORTED_OP" in check.message and "FAILED" in check.message
+
+
 def test_an_absent_metric_could_not_run() -> None:
     summary = class_filters_summary()
     summary["global"]["mis"] = None  # the worker writes None for a non-finite value
