@@ -17,7 +17,7 @@ import datetime as _dt
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from html import escape
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
@@ -26,7 +26,7 @@ from sdk import charts, metrics
 
 if TYPE_CHECKING:
     from kernelscope.v1 import models_pb2
-    from sdk.result import Artifact, Result, TaskOutcome
+    from sdk.result import Result, TaskOutcome
 
 IMAGE_TYPES = {".png": "image/png", ".gif": "image/gif", ".svg": "image/svg+xml", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 TASK_TITLES = {
@@ -122,6 +122,7 @@ class _Assets:
         self.by_name = {a.name: a for a in result.artifacts}
         self.used: set[str] = set()
         self.failed: dict[str, str] = {}
+        self._bytes: dict[str, bytes] = {}
 
     def names(self, task: str, pattern: str = r".*") -> list[str]:
         """Artifact names of `task` matching `pattern` (a regex on the whole name), in name order."""
@@ -143,7 +144,11 @@ class _Assets:
         if self.embed:
             media = IMAGE_TYPES.get(PurePosixPath(name).suffix.lower(), "application/octet-stream")
             return f"data:{media};base64,{base64.b64encode(data).decode('ascii')}"
-        beside = self.page.parent / f"{self.page.stem}_files" / self.result.id / PurePosixPath(name)
+        relative = PurePosixPath(name)
+        if relative.is_absolute() or ".." in relative.parts:
+            self.failed[name] = "refused: the artifact name leaves the job's folder"
+            return None
+        beside = self.page.parent / f"{self.page.stem}_files" / self.result.id / relative
         beside.parent.mkdir(parents=True, exist_ok=True)
         beside.write_bytes(data)
         return beside.relative_to(self.page.parent).as_posix()
@@ -158,15 +163,13 @@ class _Assets:
             return f'<span class="missing" title="{escape(why)}">{escape(PurePosixPath(name).name)} unavailable</span>'
         return f'<img src="{escape(src)}" alt="{escape(alt or name)}" title="{escape(name)}" class="{cls}">'
 
-    def json(self, name: str) -> Any:
-        self.used.add(name)
-        return json.loads(self._read(name))
-
     def _read(self, name: str) -> bytes:
-        client = self.result._client
-        if client is None:
-            raise RuntimeError("this result has no client to fetch artifacts with")
-        return client.read_artifact(self.result.id, name)
+        if name not in self._bytes:
+            client = self.result._client
+            if client is None:
+                raise RuntimeError("this result has no client to fetch artifacts with")
+            self._bytes[name] = client.read_artifact(self.result.id, name)
+        return self._bytes[name]
 
 
 # ---------------------------------------------------------------------- generic pieces
@@ -233,7 +236,7 @@ def _grid(figures: Iterable[str]) -> str:
 
 
 def _scalars(summary: dict[str, Any]) -> list[tuple[str, Any]]:
-    return [(k, v) for k, v in summary.items() if isinstance(v, (int, float, str, bool)) and not isinstance(v, dict)]
+    return [(k, v) for k, v in summary.items() if isinstance(v, (int, float, str, bool))]
 
 
 def _job_overview(result: "Result", state: str) -> str:
@@ -271,7 +274,7 @@ def _model_section(result: "Result", description: Any) -> str:
     pairs = [
         ("model", description.model_id or result.job.model_id),
         ("input shape", " × ".join(str(int(s)) for s in spec.shape) or None),
-        ("value range", f"[{spec.value_min:g}, {spec.value_max:g}]" if (spec.value_min or spec.value_max) else None),
+        ("value range", f"[{spec.value_min:g}, {spec.value_max:g}]" if (spec.value_min or spec.value_max) else "[0, 1] (default)"),
         ("mean", ", ".join(f"{m:g}" for m in spec.mean) or None),
         ("std", ", ".join(f"{s:g}" for s in spec.std) or None),
         ("tasks it supports", ", ".join(description.supported_tasks) or None),
