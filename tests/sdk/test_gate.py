@@ -510,3 +510,12 @@ def test_gate_catches_planted_dead_kernels_against_the_baseline(c3d_models: dict
     html = page.read_text()
     assert html.count('data-section="kernel_viz"') == 2 and 'id="job2-model"' in html
     assert "Layer inventory unavailable" not in html and html.count("dead kernels") >= 2
+
+
+def test_class_filters_checks_need_a_dataset_before_anything_runs(tmp_path: Path) -> None:
+    from sdk.gate import run_gate
+
+    with pytest.raises(PolicyError, match="needs a labelled dataset"):
+        run_gate(None, "model.pt2", policy(THRESHOLDS))  # type: ignore[arg-type]
+    with pytest.raises(PolicyError, match="does not exist"):
+        run_gate(None, "model.pt2", policy(THRESHOLDS), dataset=tmp_path / "missing.npz")  # type: ignore[arg-type]
