@@ -1,4 +1,4 @@
-"""Small inline SVG charts for the HTML report: histogram, grouped bars, lines, heat map.
+"""Small inline SVG charts for the HTML report: histograms and grouped bars.
 
 Why hand-drawn SVG: the SDK stays thin (no matplotlib, no numpy) and the report must open offline,
 so the figures are drawn from the task summaries as markup. Every function takes plain lists and
@@ -143,96 +143,6 @@ def bars(
             )
         body.append(f'<text x="{_PAD_L + (g + 0.5) * group:.1f}" y="{height - _PAD_B + 12}" text-anchor="middle" class="chart-tick">{escape(str(label))[:14]}</text>')
     return _frame(title, xlabel, ylabel, width, height, body, legend=list(series) if len(series) > 1 else ())
-
-
-def lines(
-    series: Sequence[Sequence[float | None]],
-    *,
-    x: Sequence[float] | None = None,
-    names: Sequence[str] = (),
-    title: str = "",
-    xlabel: str = "",
-    ylabel: str = "",
-    width: int = _W,
-    height: int = _H,
-    max_series: int = 64,
-) -> str:
-    """One polyline per series over x (default 0..n-1); at most `max_series` are drawn, thin and translucent when many."""
-    series = list(series)[:max_series]
-    data = _finite([v for s in series for v in s])
-    if not data:
-        return empty(title, "no values")
-    n = max(len(s) for s in series)
-    xs = list(x) if x is not None else list(range(n))
-    x_lo, x_hi = min(xs), max(xs)
-    x_span = (x_hi - x_lo) or 1.0
-    lo, hi = min(data), max(data)
-    if hi == lo:
-        lo, hi = lo - 0.5, hi + 0.5
-    plot_w = width - _PAD_L - _PAD_R
-    body = _axes(lo, hi, width, height)
-    opacity = 1.0 if len(series) <= 10 else 0.45
-    for i, s in enumerate(series):
-        points = [
-            f"{_PAD_L + plot_w * (xs[j] - x_lo) / x_span:.1f},{_y(float(v), lo, hi, height):.1f}"
-            for j, v in enumerate(s)
-            if j < len(xs) and v is not None and math.isfinite(float(v))
-        ]
-        name = names[i] if i < len(names) else f"#{i}"
-        body.append(
-            f'<polyline points="{" ".join(points)}" fill="none" stroke="{PALETTE[i % len(PALETTE)]}" stroke-width="1.4" stroke-opacity="{opacity}">'
-            f"<title>{escape(name)}</title></polyline>"
-        )
-    for v in (x_lo, x_hi):
-        body.append(f'<text x="{_PAD_L + plot_w * (v - x_lo) / x_span:.1f}" y="{height - _PAD_B + 12}" text-anchor="middle" class="chart-tick">{_tick(v)}</text>')
-    return _frame(title, xlabel, ylabel, width, height, body)
-
-
-def heatmap(
-    matrix: Sequence[Sequence[float | None]],
-    *,
-    row_labels: Sequence[str] = (),
-    title: str = "",
-    xlabel: str = "",
-    ylabel: str = "",
-    cell: int = 8,
-) -> str:
-    """Rows × columns as coloured cells: diverging blue–white–red around zero when values have both signs."""
-    data = _finite([v for row in matrix for v in row])
-    if not data:
-        return empty(title, "no values")
-    rows, cols = len(matrix), max(len(r) for r in matrix)
-    left = 70
-    width, height = left + cols * cell + _PAD_R, _PAD_T + rows * max(cell, 12) + _PAD_B
-    row_h = max(cell, 12)
-    bound = max(abs(v) for v in data) or 1.0
-    signed = min(data) < 0
-    body = []
-    for r, row in enumerate(matrix):
-        label = row_labels[r] if r < len(row_labels) else str(r)
-        body.append(f'<text x="{left - 4}" y="{_PAD_T + r * row_h + row_h * 0.75:.1f}" text-anchor="end" class="chart-tick">{escape(str(label))[:12]}</text>')
-        for c, v in enumerate(row):
-            if v is None or not math.isfinite(float(v)):
-                continue
-            body.append(
-                f'<rect x="{left + c * cell}" y="{_PAD_T + r * row_h}" width="{cell}" height="{row_h}" fill="{_colour(float(v), bound, signed)}">'
-                f"<title>{escape(str(label))}, {c}: {float(v):.4g}</title></rect>"
-            )
-    for c in sorted({0, cols // 2, cols - 1}):
-        body.append(f'<text x="{left + c * cell + cell / 2}" y="{_PAD_T + rows * row_h + 12}" text-anchor="middle" class="chart-tick">{c}</text>')
-    return _frame(title, xlabel, ylabel, width, height, body)
-
-
-def _colour(value: float, bound: float, signed: bool) -> str:
-    t = max(-1.0, min(1.0, value / bound))
-    if not signed:
-        t = abs(t)
-        r, g, b = 255 - t * (255 - 59), 255 - t * (255 - 111), 255 - t * (255 - 182)
-    elif t >= 0:
-        r, g, b = 255, 255 - t * 190, 255 - t * 195
-    else:
-        r, g, b = 255 + t * 195, 255 + t * 145, 255
-    return f"rgb({r:.0f},{g:.0f},{b:.0f})"
 
 
 def empty(title: str, why: str) -> str:

@@ -189,8 +189,15 @@ def test_histogram_bars_count_the_planted_values() -> None:
 
 def test_charts_say_when_there_is_nothing_to_draw() -> None:
     assert "no finite values" in charts.histogram([None, float("inf")], title="empty")
-    ET.fromstring(charts.lines([[1.0, 2.0, None, 3.0]], title="l"))
-    ET.fromstring(charts.heatmap([[1.0, -1.0], [0.5, None]], row_labels=["a", "b"]))
+    assert "no values" in charts.bars(["a", "b"], {"s": [None, None]}, title="empty")
+
+
+def test_bars_leave_a_gap_for_missing_values_and_scale_the_rest() -> None:
+    svg = charts.bars(["a", "b", "c"], {"full": [1.0, None, 0.5]}, title="t", lo=0.0, hi=1.0)
+    bars = [r for r in ET.fromstring(svg).iter("{http://www.w3.org/2000/svg}rect") if r.find("{http://www.w3.org/2000/svg}title") is not None]
+    assert [r.find("{http://www.w3.org/2000/svg}title").text for r in bars] == ["a · full: 1", "c · full: 0.5"]  # type: ignore[union-attr]
+    heights = [float(r.get("height")) for r in bars]  # type: ignore[arg-type]
+    assert heights[0] / heights[1] == pytest.approx(2.0, rel=1e-2)
 
 
 def test_cli_report_writes_the_page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
