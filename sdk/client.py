@@ -91,7 +91,7 @@ class Client:
         """Upload a model (see sdk.model_source.prepare for what `model` may be); known bytes are not re-sent twice."""
         source = model_source.prepare(model, **options)
         known = self._known_model(source.sha256)
-        if known is not None:
+        if known is not None and known.format == source.format and known.architecture == source.architecture:
             return known
 
         def messages() -> Iterator[models_pb2.UploadModelRequest]:

@@ -36,6 +36,27 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
+def _preload() -> None:
+    """Import torch, the loaders and every analysis once, so that each forked horse starts warm.
+
+    None of these initialise CUDA at import; the test suite checks that the parent never does.
+    """
+    import importlib
+
+    import matplotlib
+
+    matplotlib.use("Agg")  # workers have no display
+    import torch  # noqa: F401
+
+    from workers import tasks
+
+    for module in ("workers.loader", "matplotlib.pyplot", "onnxruntime", *tasks._PROVIDERS.values()):
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:  # a missing optional piece only costs the horse the import later
+            logging.getLogger(__name__).warning("could not preload %s: %s", module, exc)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workers", description=__doc__)
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", defaults.REDIS_URL))
@@ -51,9 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
     connection.configure(target=args.service)
     if not args.no_preload:
-        import torch  # noqa: F401  - warm start for the forked horses; CUDA stays untouched
-
-        import workers.tasks  # noqa: F401
+        _preload()
 
     from redis import Redis
     from rq import Queue, Worker

@@ -1,0 +1,140 @@
+"""Every accepted format through the service: upload, describe, an activation task and a weight task.
+Hostile and broken files through the service: a clear error with the right status, and the worker keeps
+serving the next job."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import warnings
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import sdk
+
+SPEC = {"mean": [0.5] * 3, "std": [0.25] * 3}
+ACTIVATION = {"kernel_viz": {"layers": ["conv1"], "channels": [0, 1], "steps": 8, "seed": 0}}
+WEIGHT = {"tconv_stats": {"layers": ["conv1"], "restarts": 0, "fit_steps": 10}}
+
+
+def Net() -> nn.Sequential:  # noqa: N802 - reads as the model's name
+    """A plain nn.Sequential, so that TorchScript keeps a module tree the worker can hook."""
+    from collections import OrderedDict
+
+    torch.manual_seed(0)
+    layers = [("conv1", nn.Conv3d(3, 4, 3, padding=1)), ("relu", nn.ReLU()), ("pool", nn.AdaptiveAvgPool3d(1)), ("flat", nn.Flatten()), ("fc", nn.Linear(4, 3))]
+    return nn.Sequential(OrderedDict(layers))
+
+
+EXAMPLE = torch.zeros(1, 3, 4, 12, 12)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from workers.samples.models import C3DSmall
+
+    root = tmp_path_factory.mktemp("formats")
+    net = Net().eval()
+    out = {"pt2": root / "net.pt2", "onnx": root / "net.onnx", "torchscript": root / "net.pt"}
+    torch.export.save(torch.export.export(net, (EXAMPLE,)), out["pt2"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (EXAMPLE,), str(out["onnx"]), dynamo=False, input_names=["x"])
+        torch.jit.script(net).save(str(out["torchscript"]))
+    c3d = C3DSmall().eval()
+    out["state_dict"] = root / "c3d_state.pt"
+    torch.save(c3d.state_dict(), out["state_dict"])
+    from safetensors.torch import save_file
+
+    out["safetensors"] = root / "c3d.safetensors"
+    save_file({k: v.contiguous() for k, v in c3d.state_dict().items()}, out["safetensors"])
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["pt2", "onnx", "torchscript"])
+def test_runnable_formats_describe_and_run_both_kinds_of_task(client: sdk.Client, files: dict[str, Path], fmt: str) -> None:
+    spec = dict(SPEC, shape=list(EXAMPLE.shape[1:]))
+    model = client.upload_model(files[fmt], input_spec=spec)
+    description = client.describe(model.id)
+    kinds = {layer.name: layer.kind for layer in description.layers}
+    assert kinds.get("conv1") == "Conv3d", kinds
+    assert {"kernel_viz", "tconv_stats"} <= set(description.supported_tasks)
+    result = client.analyze(model.id, tasks=[ACTIVATION, WEIGHT], progress=False, timeout=240)
+    viz = result["kernel_viz"]["layers"][0]
+    assert viz["name"] == "conv1" and [c["index"] for c in viz["channels"]] == [0, 1]
+    assert result["tconv_stats"]
+    assert any(a.name.endswith(".png") for a in result.artifacts)
+
+
+@pytest.mark.parametrize("fmt", ["state_dict", "safetensors"])
+def test_weights_only_checkpoints(client: sdk.Client, files: dict[str, Path], fmt: str) -> None:
+    bare = client.upload_model(files[fmt], name=f"bare-{fmt}")
+    assert client.analyze(bare.id, tasks=[WEIGHT], progress=False, timeout=240)["tconv_stats"]
+    with pytest.raises(sdk.FailedPrecondition, match="(?i)runnable|weights|activations"):
+        client.analyze(bare.id, tasks=[ACTIVATION], progress=False)
+    # the same weights in a registered architecture run every task
+    with_arch = client.upload_model(files[fmt].read_bytes(), format=fmt, architecture="c3d_small", name=f"arch-{fmt}")
+    assert with_arch.id == bare.id or with_arch.architecture == "c3d_small"
+
+
+def _canary_pickle(path: Path) -> bytes:
+    class Canary:
+        def __reduce__(self):  # type: ignore[no-untyped-def]
+            return (exec, (f"open({str(path)!r}, 'w').write('pwned')",))
+
+    buffer = io.BytesIO()
+    torch.save({"weight": torch.zeros(1), "payload": Canary()}, buffer)
+    return buffer.getvalue()
+
+
+def _zip_bomb() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("archive/data.pkl", pickle.dumps({}))
+        z.writestr("archive/data/0", b"\0" * (64 << 20))
+    return buffer.getvalue()
+
+
+def _unsupported_op() -> bytes:
+    import onnx
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("Det", ["x"], ["y"], name="the_det")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def test_hostile_and_broken_models_fail_cleanly_and_the_worker_keeps_serving(
+    client: sdk.Client, files: dict[str, Path], tmp_path: Path
+) -> None:
+    canary = tmp_path / "canary"
+    cases = {
+        "canary pickle": (_canary_pickle(canary), "state_dict", {"PICKLED_MODULE", "UNSAFE_PICKLE", "MODEL_REJECTED"}),
+        "zip bomb": (_zip_bomb(), "state_dict", {"ARCHIVE_UNSAFE"}),
+        "truncated pt2": (files["pt2"].read_bytes()[:2000], "pt2", {"TRUNCATED", "ARCHIVE_UNSAFE", "WRONG_FORMAT"}),
+        "unsupported op": (_unsupported_op(), "onnx", {"UNSUPPORTED_OP"}),
+    }
+    for label, (data, fmt, reasons) in cases.items():
+        try:
+            model = client.upload_model(data, format=fmt, name=label)
+        except sdk.InvalidArgument as refused:  # refused at the door is fine too, if it says why
+            assert refused.reason, label
+            continue
+        with pytest.raises(sdk.JobFailed) as failed:
+            client.analyze(model.id, tasks=[WEIGHT], progress=False, timeout=120)
+        assert failed.value.code == "FAILED_PRECONDITION", (label, failed.value)
+        assert failed.value.reason in reasons, (label, failed.value.reason, str(failed.value))
+    assert not canary.exists(), "the canary pickle ran"
+    healthy = client.analyze(files["pt2"], tasks=[WEIGHT], input_spec=SPEC, progress=False, timeout=120)
+    assert healthy.ok
+
+
+def test_a_file_with_the_wrong_format_is_refused_at_upload(client: sdk.Client, files: dict[str, Path]) -> None:
+    onnx_bytes = files["onnx"].read_bytes()
+    with pytest.raises(sdk.InvalidArgument) as refused:  # fresh bytes: not deduplicated against the real upload
+        client.upload_model(onnx_bytes + b"\0" * 7, format="pt2", name="net.pt2")
+    assert refused.value.reason == "WRONG_FORMAT"
