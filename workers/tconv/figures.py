@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 def _save(fig: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=80)
     return path
 
 
@@ -75,7 +75,9 @@ def trajectory_plot(tracks: Sequence[dict[str, Any]], title: str, path: Path) ->
     for track in tracks:
         pts = np.asarray(track["path_px_layer"], np.float64)
         line = ax.plot(pts[:, 0], pts[:, 1], marker=".", label=f"filter {track['filter']}")[0]
-        ax.plot(pts[-1:, 0], pts[-1:, 1], marker=">", color=line.get_color())
+        if len(pts) > 1 and np.abs(pts[-1] - pts[-2]).max() > 1e-9:  # an arrowhead on the last step
+            ax.annotate("", xy=tuple(pts[-1]), xytext=tuple(pts[-2]),
+                        arrowprops={"arrowstyle": "-|>", "color": line.get_color(), "lw": 1.5})
         extent = max(extent, float(np.abs(pts).max()))
     ax.set_xlim(-extent * 1.1, extent * 1.1)
     ax.set_ylim(extent * 1.1, -extent * 1.1)
