@@ -52,6 +52,15 @@ class FullSizeOnly(TwoConvs):
         return super().forward(x)
 
 
+class BatchOfOne(TwoConvs):
+    """The same network refusing batches of more than one sample (an export with a static batch)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] != 1:
+            raise RuntimeError(f"expected batch 1, got {x.shape[0]}")
+        return super().forward(x)
+
+
 def _target(module: nn.Module, layer: str) -> LayerTarget:
     return LayerTarget(LoadedModel.from_module(module, SPEC), layer, torch.device("cpu"))
 
@@ -96,13 +105,16 @@ def test_canvas_is_the_field_plus_jitter_room_and_the_field_fits_inside() -> Non
         assert room >= 1 and lo >= room and size - 1 - hi >= room  # jitter never shows the unit padding
 
 
-def test_a_network_that_takes_only_its_full_input_gets_the_canvas_placed_inside_it() -> None:
+def test_networks_that_take_only_their_full_input_or_one_sample_give_the_same_result() -> None:
     free, fixed = plan_canvas(_target(TwoConvs(), "conv2")), plan_canvas(_target(FullSizeOnly(), "conv2"))
     assert fixed.offset is not None and fixed.size == free.size
     a = render(_target(TwoConvs(), "conv2").placed(free.offset), [1, 3], free.size, steps=12, jitter=Jitter(free.jitter))
     b = render(_target(FullSizeOnly(), "conv2").placed(fixed.offset), [1, 3], fixed.size, steps=12, jitter=Jitter(fixed.jitter))
     # The centre unit sees only the canvas, so the placement inside grey changes nothing it responds to.
     assert b.activations == pytest.approx(a.activations, rel=0.05, abs=1e-3)
+    single = _target(BatchOfOne(), "conv2")
+    c = render(single, [1, 3], free.size, steps=12, jitter=Jitter(free.jitter))
+    assert not single.batchable and c.activations == pytest.approx(a.activations, rel=1e-4, abs=1e-5)
 
 
 def test_a_batch_of_channels_reaches_the_same_activations_as_separate_runs() -> None:

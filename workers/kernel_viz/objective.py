@@ -20,11 +20,15 @@ class Objective(str, Enum):
     CHANNEL = "CHANNEL"
 
     @classmethod
-    def parse(cls, value: "str | Objective | None") -> "Objective":
-        """The proto enum name (MessageToDict gives names); unset or OBJECTIVE_UNSPECIFIED means NEURON."""
+    def parse(cls, value: "str | int | Objective | None") -> "Objective":
+        """The proto enum by name (MessageToDict gives names) or number; unset or OBJECTIVE_UNSPECIFIED means NEURON."""
+        if isinstance(value, Objective):
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = {0: "NEURON", 1: "NEURON", 2: "CHANNEL"}.get(value, str(value))
         if value is None or value == "" or value == "OBJECTIVE_UNSPECIFIED":
             return cls.NEURON
-        return cls(str(value.value if isinstance(value, Objective) else value).upper())
+        return cls(str(value).upper())
 
 
 def centre_index(spatial: Sequence[int]) -> tuple[int, ...]:

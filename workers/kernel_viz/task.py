@@ -56,7 +56,7 @@ from workers.kernel_viz.decomposition import decompose, hann_window
 from workers.kernel_viz.motion import direction_selectivity, motion_dependence, structure_weights, summarise
 from workers.kernel_viz.objective import Objective
 from workers.kernel_viz.receptive_field import plan_canvas
-from workers.kernel_viz.renderer import channel_generator, evaluate, render
+from workers.kernel_viz.renderer import channel_generator, evaluate, memory_budget, render
 from workers.kernel_viz.target import LayerTarget, Size3
 from workers.kernel_viz.transforms import Jitter
 from workers.tasks import register
@@ -208,15 +208,16 @@ def _layer(
         progress("stage 2", 0.75)
         mark = time.perf_counter()
         box = (plan.field.lo[1], plan.field.hi[1], plan.field.lo[2], plan.field.hi[2])
-        parts = [
-            decompose(videos[s : s + 64], value_range, focus=hann_window(*plan.size[1:], box), tv_weight=options.tv_weight)
-            for s in range(0, len(channels), 64)
-        ]
-        textures = torch.cat([p.texture for p in parts])
-        velocity = torch.cat([p.velocity for p in parts])
-        dominant = torch.cat([p.dominant for p in parts])
-        reconstruction = torch.cat([p.reconstruction for p in parts])
-        errors = torch.cat([p.error for p in parts])
+        focus = hann_window(*plan.size[1:], box)
+        # Stage 2 keeps ~24 copies of a video alive (warps, gradients, Adam moments): chunk to the budget.
+        per_video = 24 * videos[0].numel() * videos.element_size()
+        chunk = max(1, min(len(channels), memory_budget(torch.device(ctx.device)) // per_video))
+        parts = []
+        for s in range(0, len(channels), chunk):
+            part = decompose(videos[s : s + chunk].to(ctx.device), value_range, focus=focus, tv_weight=options.tv_weight)
+            parts.append([x.cpu() for x in (part.texture, part.velocity, part.dominant, part.reconstruction, part.error)])
+            progress("stage 2", 0.75 + 0.15 * min(1.0, (s + chunk) / len(channels)))
+        textures, velocity, dominant, reconstruction, errors = (torch.cat(column) for column in zip(*parts))
         timing["stage2_s"] = time.perf_counter() - mark
 
         progress("evaluation", 0.9)
