@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from workers.tconv.layer import affine_matrix
+from workers.tconv.layer import affine_matrix, build_kernel
 
 ProgressFn = Callable[[float], None]
 
@@ -47,7 +47,8 @@ _LAMBDA_START, _LAMBDA_DOWN, _LAMBDA_UP, _LAMBDA_MAX = 1e-3, 3.0, 4.0, 1e8
 # stop rows whose cost is above _PRUNE_RATIO × their filter's best restart (they will not win).
 _STALL = 1e-9
 _PRUNE_EVERY, _PRUNE_RATIO = 20, 1.2
-# Bound on batch size × residual length × parameters per chunk, so that huge layers stay in memory.
+# Bound on the elements of the per-chunk Jacobian-sized tensors (rows × parameters × k_t·P × P): filters
+# are fitted in chunks below it, so that huge layers stay in memory.
 _CHUNK_ELEMENTS = 40_000_000
 
 
@@ -71,8 +72,6 @@ class ThreeTFit:
 
     def kernel(self) -> torch.Tensor:
         """The reconstruction Ŵ (C_out, C_in, k_t, k_h, k_w) that these numbers describe."""
-        from workers.tconv.layer import build_kernel
-
         as_t = lambda a: torch.as_tensor(a, dtype=torch.float64)  # noqa: E731
         w = build_kernel(
             as_t(self.base)[:, :, None], as_t(self.scale), as_t(self.rotate), as_t(self.translate_x), as_t(self.translate_y)
@@ -238,8 +237,8 @@ def _initial_parameters(
     random draws. The third start matters because once content is shifted out of the zero-padded slice
     the loss is flat, so no local search finds that mode (a temporal derivative [W, 0, −W] needs it).
     The identity and "content leaves" starts take gains from the rank-1 SVD of the slices (ignoring
-    motion), so a sign flip starts where it belongs; the other starts begin at unit gains. `warm` (F, 4(k_t−1)) transforms, e.g. the
-    plain fit's, are one more start with unit gains, so the gain variant never ends worse than plain 3T."""
+    motion), so a sign flip starts where it belongs; the other starts begin at unit gains. `warm`
+    (F, 4(k_t−1)) transforms, e.g. the plain fit's, are one more start with unit gains."""
     filters = target.shape[0]
     steps = k_t - 1
     dtype, device = target.dtype, target.device
@@ -362,8 +361,9 @@ def fit_3t(
     """Fit every filter of a Conv3d weight (C_out, C_in, k_t, k_h, k_w) with 3T, all filters at once.
 
     restarts: random starts besides the three fixed ones (identity, slice registration, content leaving
-    the window), plus `warm_start`'s transforms when given (pass the plain fit to the gain variant); steps: LM iterations at most (it stops early once every
-    filter has converged). Runs in float64 on `device` (default: the weight's).
+    the window); warm_start: one more start from another fit's transforms (give the gain variant the
+    plain fit, so it never ends worse); steps: LM iterations at most (rows stop early once converged).
+    Runs in float64 on `device` (default: the weight's).
     """
     if weight.dim() != 5:
         raise ValueError(f"expected a 5D Conv3d weight, got shape {tuple(weight.shape)}")
