@@ -16,6 +16,7 @@ defaults.py):
     KERNELSCOPE_INTERNAL_JOB_TTL     seconds DescribeModel's job records live (604800)
     KERNELSCOPE_MAX_WORKERS          RPC threads                          (32)
     KERNELSCOPE_MAX_MESSAGE_BYTES    largest gRPC message                 (16MiB)
+    KERNELSCOPE_STREAM_WINDOW_BYTES  HTTP/2 window per stream to the server (4MiB)
     KERNELSCOPE_SHUTDOWN_GRACE       seconds RPCs get at shutdown         (5)
     KERNELSCOPE_MAX_UPLOAD_BYTES     largest model                        (2GiB)
     KERNELSCOPE_MAX_DATASET_BYTES    largest dataset (file and decoded)   (1GiB)
@@ -75,6 +76,9 @@ class Config:
     max_message_bytes: int = field(
         default=defaults.MAX_MESSAGE_BYTES, metadata=_env("KERNELSCOPE_MAX_MESSAGE_BYTES", kind="bytes")
     )
+    stream_window_bytes: int = field(
+        default=defaults.STREAM_WINDOW_BYTES, metadata=_env("KERNELSCOPE_STREAM_WINDOW_BYTES", kind="bytes")
+    )
     shutdown_grace: float = field(default=defaults.SHUTDOWN_GRACE, metadata=_env("KERNELSCOPE_SHUTDOWN_GRACE"))
     max_upload_bytes: int = field(
         default=defaults.MAX_UPLOAD_BYTES, metadata=_env("KERNELSCOPE_MAX_UPLOAD_BYTES", kind="bytes")
@@ -112,7 +116,8 @@ class Config:
                 f"({self.max_message_bytes})"
             )
         for name in ("max_workers", "max_upload_bytes", "max_dataset_bytes", "max_dataset_samples",
-                     "max_artifact_bytes", "job_timeout", "request_id_ttl", "max_jobs_in_flight"):
+                     "max_artifact_bytes", "job_timeout", "request_id_ttl", "max_jobs_in_flight",
+                     "stream_window_bytes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("poll_interval", "health_interval", "max_wait_seconds", "describe_timeout",

@@ -17,6 +17,10 @@ PORT = 50051
 MAX_WORKERS = 32
 # Largest single gRPC message either way, bytes; chunks are CHUNK_BYTES, so this only needs headroom.
 MAX_MESSAGE_BYTES = 16 * MiB
+# HTTP/2 window of each stream toward the server, bytes: what gRPC may buffer per upload while the
+# disk catches up (fixed: BDP probing would grow it with the link's speed). 4 MiB fills loopback and LAN
+# links; a long fat link wants window >= bandwidth x round-trip time.
+STREAM_WINDOW_BYTES = 4 * MiB
 # Seconds in-flight RPCs get to finish when the server stops.
 SHUTDOWN_GRACE = 5.0
 

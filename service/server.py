@@ -67,6 +67,10 @@ def build_server(config: Config) -> tuple[grpc.Server, int]:
         options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
+            # A fixed HTTP/2 window instead of BDP probing, which grows it without bound on a fast link:
+            # then a client faster than the disk makes gRPC buffer the backlog in the server's memory.
+            ("grpc.http2.bdp_probe", 0),
+            ("grpc.http2.lookahead_bytes", config.stream_window_bytes),
         ],
     )
     kernelscope_pb2_grpc.add_KernelScopeServicer_to_server(
