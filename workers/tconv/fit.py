@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from workers.tconv.layer import affine_matrix, build_kernel
+from workers.tconv.layer import build_kernel
 
 ProgressFn = Callable[[float], None]
 
