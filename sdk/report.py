@@ -528,7 +528,7 @@ def _tconv_stats(outcome: "TaskOutcome", assets: _Assets) -> str:
             ("3TConv layers / fitted Conv3d layers", f"{model.get('tconv_layers', 0)} / {model.get('fitted_layers', 0)}"),
             ("filters in the statistics", model.get("filters_included")),
             ("near-identity share", model.get("near_identity_share")),
-            ("dominant direction (°, 0 = right, 90 = up)", model.get("dominant_direction_deg")),
+            ("dominant direction (°, 0 = right, 90 = down)", model.get("dominant_direction_deg")),
             ("share in the dominant direction", model.get("dominant_direction_share")),
             ("3T-explainable share: plain / with gains", f"{fmt(share.get('plain'))} / {fmt(share.get('gain'))}" if share else None),
             ("residual threshold", (s.get("options") or {}).get("residual_threshold")),
