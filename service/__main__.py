@@ -44,7 +44,11 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    serve(config, stop)
+    try:
+        serve(config, stop)
+    except (ValueError, OSError) as exc:  # a bad tokens file, unreadable TLS files, a port in use
+        print(f"kernelscope service: cannot start: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -81,6 +81,15 @@ def test_python_m_service_serves_and_stops_on_sigterm(tmp_path: Path, redis_url:
         stop(process)
     assert process.returncode == 0, output
     assert f"listening on 127.0.0.1:{port}" in output and "SIGTERM" in output
+    assert "no API tokens configured: every caller is tenant 'default'" in output  # open, and it says so
+
+
+def test_python_m_service_refuses_a_bad_tokens_file_naming_the_line(tmp_path: Path, redis_url: str) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("# ok\nalice:not-a-digest\n")
+    env = env_for(redis_url, tmp_path / "data", free_port(), KERNELSCOPE_TOKENS_FILE=str(tokens))
+    done = subprocess.run([sys.executable, "-m", "service"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and f"{tokens} line 2" in done.stderr, done.stderr
 
 
 def test_python_m_service_refuses_to_start_without_redis(tmp_path: Path) -> None:
