@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -15,8 +16,12 @@ from workers.samples.motion import drifting_grating, translating_texture
 
 
 @pytest.fixture(autouse=True)
-def _one_thread() -> None:
+def _one_thread() -> Iterator[None]:
+    """One thread, as on the shared CI cores; the previous count is restored for other tests."""
+    previous = torch.get_num_threads()
     torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def _texture(seed: int, size: int = 32) -> np.ndarray:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 import torch
@@ -24,8 +24,12 @@ PLANTED = [(0.0, 1.0), (45.0, 1.0), (250.0, 0.75)]
 
 
 @pytest.fixture(autouse=True)
-def _one_thread() -> None:
+def _one_thread() -> Iterator[None]:
+    """One thread, as on the shared CI cores; the previous count is restored for other tests."""
+    previous = torch.get_num_threads()
     torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def grating_kernel(direction_deg: float, speed: float, frames: int = 8, size: int = 9, wavelength: float = 6.0) -> torch.Tensor:
