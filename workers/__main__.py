@@ -51,7 +51,8 @@ def _preload() -> None:
     from workers import tasks
 
     # torch.export.load imports pt2_archive (and with it torch._dynamo) on first use: seconds in every horse.
-    for module in ("workers.loader", "torch.export.pt2_archive", "matplotlib.pyplot", "onnxruntime", *tasks._PROVIDERS.values()):
+    # torch.optim's first step imports torch._dynamo as well.
+    for module in ("workers.loader", "torch._dynamo", "torch.export.pt2_archive", "matplotlib.pyplot", "onnxruntime", *tasks._PROVIDERS.values()):
         try:
             importlib.import_module(module)
         except ImportError as exc:  # a missing optional piece only costs the horse the import later
