@@ -576,9 +576,6 @@ def _tconv_stats(outcome: "TaskOutcome", assets: _Assets) -> str:
                 kind = PurePosixPath(path).stem.rsplit("_", 1)[-1]
                 caption = {"histograms": "Distributions of 1/s, rotation and translation", "joint": "Translation per step (x, y)", "trajectories": "Cumulative trajectories of the most-moving filters", "residuals": "Residual distribution of the 3T fits (plain vs gains)"}.get(kind, kind)
                 figures.append(_figure(assets.img(path, alt=f"{name} {caption}", cls="wide" if kind == "histograms" else "figure"), caption))
-        residual = layer.get("residual") or {}
-        if residual:
-            figures.append(_figure(charts.bars(["min", "q25", "median", "q75", "max"], {v: [(residual.get(v) or {}).get(q) for q in ("min", "q25", "median", "q75", "max")] for v in ("plain", "gain")}, title=f"{name}: 3T residual quantiles", ylabel="relative residual", lo=0.0)))
         figures.append(_figure(_direction_chart(layer.get("direction_histogram"), f"{name}: displacement direction")))
         out += _grid(figures)
         if layer.get("stats"):
@@ -614,8 +611,8 @@ def _summary_table(stats: dict[str, Any]) -> str:
 
 
 def _direction_chart(histogram: Any, title: str) -> str:
-    if not histogram:
-        return charts.empty(title, "no directions")
+    if not histogram or not any(v for v in histogram if v):
+        return charts.empty(title, "no filter in the statistics (none below the residual threshold?)")
     labels = [f"{30 * i}°" for i in range(len(histogram))]
     return charts.bars(labels, {"share": list(histogram)}, title=title, ylabel="share of filters", lo=0.0)
 
