@@ -25,7 +25,7 @@ def build_samples(out: Path, quick: bool) -> dict[str, Path]:
     import numpy as np
     import torch
 
-    from workers.samples.models import INPUT_SPEC, export_onnx, export_pt2, train_c3d
+    from workers.samples.models import INPUT_SPEC, export_pt2, train_c3d
     from workers.samples.motion import motion_clips
     from workers.samples.tconv_model import train_tconv
 
@@ -36,14 +36,13 @@ def build_samples(out: Path, quick: bool) -> dict[str, Path]:
     c3d, metrics = train_c3d(seed=0)
     print(f"  C3D-like model: eval accuracy {metrics['eval_accuracy']:.3f} in {metrics['seconds']:.1f}s")
     export_pt2(c3d, models / "c3d.pt2")
-    export_onnx(c3d, models / "c3d.onnx")
     tconv, tmetrics = train_tconv(seed=0)
     print(f"  3TConv model: eval accuracy {tmetrics['eval_accuracy']:.3f} in {tmetrics['seconds']:.1f}s")
     export_pt2(tconv, models / "tconv.pt2")
     x, y, names = motion_clips(n_per_class=40 if quick else 100, seed=123)
     np.savez_compressed(models / "clips.npz", x=x, y=y, class_names=np.asarray(names))
     print(f"  samples built in {time.monotonic() - t0:.1f}s; input spec {INPUT_SPEC.shape}")
-    return {"c3d": models / "c3d.pt2", "c3d_onnx": models / "c3d.onnx", "tconv": models / "tconv.pt2", "clips": models / "clips.npz"}
+    return {"c3d": models / "c3d.pt2", "tconv": models / "tconv.pt2", "clips": models / "clips.npz"}
 
 
 def main() -> int:
