@@ -16,6 +16,9 @@ when a cancel was requested, it fails with WORKER_LOST (shown CANCELLED when it 
 Workers beat every KERNELSCOPE_WORKER_HEARTBEAT seconds (workers/__main__.py), and a work-horse
 dies with its worker, so that a lost job is never also finished by an orphan.
 
+After Redis was unreachable the reaper waits one worker_timeout before it judges again, since no
+worker could beat meanwhile (workers/__main__.py keeps busy workers alive through the outage).
+
 Each decision runs in a WATCH transaction on the job and its execution, so a heartbeat that lands
 meanwhile, or another service replica reaping at the same time, turns it into a no-op.
 """
@@ -75,11 +78,17 @@ class Reaper:
         self.started = StartedJobRegistry(config.queue_name, connection=conn, serializer=JSONSerializer)
 
     def run(self, stop: threading.Event) -> None:
+        resume_at = 0.0
         while not stop.wait(self.config.reap_interval):
+            if time.monotonic() < resume_at:
+                continue
             try:
                 self.reap()
-            except redis.RedisError as exc:  # Redis away: health reports it; try again next round
+            except redis.RedisError as exc:
+                # Redis away: workers could not beat either, so once it is back give them a full
+                # worker_timeout to beat again before any job counts as abandoned.
                 log.debug("reaper: Redis unavailable: %s", exc)
+                resume_at = time.monotonic() + self.config.worker_timeout
             except Exception:  # noqa: BLE001 - the reaper must outlive any one bad job
                 log.exception("reaper: unexpected error")
 

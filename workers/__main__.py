@@ -77,13 +77,24 @@ def main(argv: list[str] | None = None) -> int:
         _preload()
 
     from redis import Redis
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
     from rq import Queue, Worker
     from rq.serializers import JSONSerializer
 
     class HorseDiesWithWorker(Worker):
+        """The horse dies with its worker; a heartbeat that cannot reach Redis is skipped, not fatal (RQ would
+        quit with the job running, and a Redis restart would take every busy worker down with it)."""
+
         def main_work_horse(self, *horse_args: object, **horse_kwargs: object) -> None:
             _die_with_parent(parent_pid)
             super().main_work_horse(*horse_args, **horse_kwargs)  # type: ignore[arg-type]
+
+        def maintain_heartbeats(self, *beat_args: object, **beat_kwargs: object) -> None:
+            try:
+                super().maintain_heartbeats(*beat_args, **beat_kwargs)  # type: ignore[arg-type]
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                self.log.warning("heartbeat skipped, Redis unreachable: %s", exc)
 
     parent_pid = os.getpid()
     heartbeat = max(1, int(os.environ.get("KERNELSCOPE_WORKER_HEARTBEAT", HEARTBEAT_SECONDS)))

@@ -1,6 +1,7 @@
 """Faults survived with nothing lost, on real processes (tests/service/cluster.py): a worker SIGKILLed
-mid-job, Redis restarted, the server SIGKILLed and restarted under a waiting SDK client, and a job past
-its timeout. One cluster serves the module; each test leaves it with its two workers running."""
+mid-job, Redis restarted (between jobs and under a running one), the server SIGKILLed and restarted under
+a waiting SDK client, and a job past its timeout. One cluster serves the module; each test leaves it with
+its two workers running."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from tests.service.cluster import Cluster
 from tests.service.helpers import clips, npz_bytes, onnx_bytes, upload_dataset, upload_model
 
 TOKEN = "fault-test-token"
-JOB_TIMEOUT_S = 4  # the cluster's KERNELSCOPE_JOB_TIMEOUT
+JOB_TIMEOUT_S = 6  # the cluster's KERNELSCOPE_JOB_TIMEOUT
 WORKER_TIMEOUT_S = 3.0  # the cluster's KERNELSCOPE_WORKER_TIMEOUT; workers beat every second
 
 
@@ -171,6 +172,26 @@ def test_redis_restart_keeps_queued_and_finished_jobs(cluster: Cluster) -> None:
     ensure_two_workers(cluster)
     for job in queued:
         assert wait_done(stub, job.id).state == jobs_pb2.SUCCEEDED
+
+
+def test_redis_restarted_under_a_running_job_loses_neither_the_worker_nor_the_job(cluster: Cluster) -> None:
+    stub = cluster.stub()
+    outage_s = WORKER_TIMEOUT_S + 0.5  # longer than the reaper's patience: no heartbeat can land meanwhile
+    job = create(stub, fake_model(stub, f"sleep={outage_s + 1.5}").id)  # and it outlasts the outage
+    worker = wait_state(stub, job.id, {jobs_pb2.RUNNING}).worker
+    cluster.stop_redis()
+    time.sleep(outage_s)
+    cluster.start_redis()
+    final = wait_done(stub, job.id)
+    assert final.state == jobs_pb2.SUCCEEDED and final.worker == f"fake-worker@{worker}", final.error
+    assert cluster.workers[worker].poll() is None, "the worker quit when Redis went away"
+    time.sleep(WORKER_TIMEOUT_S)  # long enough for a wrongly re-queued copy to start
+    assert f"job {job.id}: worker {worker} stopped responding" not in cluster.log("server"), "taken for abandoned"
+    conn = cluster.redis_client()
+    assert RQJob.fetch(job.id, connection=conn, serializer=JSONSerializer).get_status().value == "finished"
+    assert conn.zcard("rq:wip:kernelscope") == 0 and conn.llen("rq:queue:kernelscope") == 0, "it runs again"
+    assert "heartbeat skipped, Redis unreachable" in cluster.log(f"worker-{worker}")
+    ensure_two_workers(cluster)
 
 
 def _dataset_messages() -> Iterator[datasets_pb2.UploadDatasetRequest]:
