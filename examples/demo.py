@@ -71,13 +71,14 @@ def main() -> int:
                 {"kernel_viz": {"layers": ["conv1", "conv2"], "steps": steps, "seed": 0}},
                 {"tconv_stats": {"seed": 0}},
                 {"class_filters": {"seed": 0}},
+                "describe",
             ],
             dataset=paths["clips"],
             input_spec=spec,
             name="c3d-small",
             raise_on_error=False,
         )
-        tconv = client.analyze(paths["tconv"], tasks=[{"tconv_stats": {"seed": 0}}], input_spec=spec, name="tconv-small", raise_on_error=False)
+        tconv = client.analyze(paths["tconv"], tasks=[{"tconv_stats": {"seed": 0}}, "describe"], input_spec=spec, name="tconv-small", raise_on_error=False)
         reports = {}
         for label, result in (("c3d", c3d), ("tconv", tconv)):
             target = out / label

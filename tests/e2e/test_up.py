@@ -54,6 +54,9 @@ def test_up_serves_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
                 assert time.monotonic() < deadline, "server never became SERVING"
                 time.sleep(0.2)
         children = _children(process.pid)
+        while len(children) < 3 and time.monotonic() < deadline:  # workers start once the server serves
+            time.sleep(0.2)
+            children = _children(process.pid)
         assert len(children) >= 3, f"expected redis, server and a worker, found {children}"
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=60) == 0
