@@ -41,3 +41,26 @@ def test_from_env_reads_every_setting_and_keeps_defaults_for_the_rest() -> None:
 def test_bad_values_say_which_variable(env: dict[str, str], words: str) -> None:
     with pytest.raises(ValueError, match=words.replace("(", r"\(")):
         Config.from_env(env)
+
+
+def test_auth_limits_and_fault_settings_come_from_the_environment() -> None:
+    config = Config.from_env(
+        {
+            "KERNELSCOPE_TOKENS": "alice=very-secret-token",
+            "KERNELSCOPE_TOKENS_FILE": "/etc/kernelscope/tokens",
+            "KERNELSCOPE_TLS_CERT": "/tls/server.crt",
+            "KERNELSCOPE_TLS_KEY": "/tls/server.key",
+            "KERNELSCOPE_MAX_JOBS_IN_FLIGHT": "7",
+            "KERNELSCOPE_WORKER_TIMEOUT": "4.5",
+            "KERNELSCOPE_JOB_RETRIES": "0",
+            "KERNELSCOPE_REAP_INTERVAL": "0.5",
+            "KERNELSCOPE_STREAM_WINDOW_BYTES": "8MiB",
+            "KERNELSCOPE_METRICS_PORT": "9090",
+        }
+    )
+    assert (config.tokens_file, config.tls_cert, config.tls_key) == ("/etc/kernelscope/tokens", "/tls/server.crt", "/tls/server.key")
+    assert (config.max_jobs_in_flight, config.worker_timeout, config.job_retries, config.reap_interval) == (7, 4.5, 0, 0.5)
+    assert config.stream_window_bytes == 8 * 2**20 and config.metrics_port == 9090
+    assert "very-secret-token" not in repr(config)
+    with pytest.raises(ValueError, match="metrics_port"):
+        Config.from_env({"KERNELSCOPE_METRICS_PORT": "70000"})
