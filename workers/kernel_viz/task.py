@@ -137,7 +137,7 @@ def run(ctx: TaskContext) -> dict[str, Any]:
             ctx.progress(f"{name}: {stage}", min(1.0, (i + fraction) / len(layers)))
 
         summary["layers"].append(
-            _layer(ctx, options, name, type(known[name]).__name__, root / _safe(name), progress)
+            _layer(ctx, options, name, _kind(known[name]), root / _safe(name), progress)
         )
     root.mkdir(parents=True, exist_ok=True)
     (root / "kernel_viz.json").write_text(json.dumps(summary, indent=1))
@@ -157,6 +157,17 @@ def conv_layers(module: nn.Module) -> list[str]:
         ):
             names.append(name)
     return names
+
+
+def _kind(module: nn.Module) -> str:
+    """The layer's kind by what it computes: unflattened torch.export modules are all InterpreterModule."""
+    name = type(module).__name__
+    if name in _CONV_TYPES:
+        return name
+    weight = getattr(module, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.dim() in (4, 5):
+        return {5: "Conv3d", 4: "Conv2d"}[weight.dim()]
+    return name
 
 
 def _layer(
