@@ -41,6 +41,7 @@ MEDIA_TYPES = {
 
 def run(spec: dict[str, Any]) -> dict[str, Any]:
     """Run every task of the job described by `spec`; return the manifest the service reads."""
+    import grpc
     import rq
 
     rq_job = rq.get_current_job()
@@ -55,6 +56,13 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             model, dataset = _load_inputs(spec, connection)
         except TaskError as exc:
             manifest["error"] = exc.to_dict()
+            return manifest
+        except grpc.RpcError as exc:  # the blob vanished (model deleted after the job was queued) or the service is gone
+            manifest["error"] = {
+                "code": exc.code().name if exc.code() else "UNAVAILABLE",
+                "reason": "INPUT_UNAVAILABLE",
+                "message": f"could not fetch the job's model or dataset: {exc.details()}",
+            }
             return manifest
         device = _device()
         for index, task in enumerate(tasks):

@@ -52,3 +52,22 @@ def test_a_task_failure_is_recorded_inside_the_job(client: sdk.Client, c3d_pt2: 
         job.wait(progress=False)
     assert failed.value.code in ("FAILED_PRECONDITION", "INVALID_ARGUMENT")
     assert "no_such_layer" in str(failed.value)
+
+
+def test_a_model_deleted_while_its_job_waits_fails_that_job_cleanly(client: sdk.Client, stack, c3d_pt2: Path, tmp_path: Path) -> None:
+    import torch
+
+    from workers.samples.models import C3DSmall, export_pt2
+
+    blocker = client.analyze(c3d_pt2, tasks=[{"kernel_viz": {"layers": ["conv3"], "steps": 5000}}], wait=False)
+    torch.manual_seed(123)  # fresh bytes: never in the worker's blob cache
+    doomed_path = tmp_path / "doomed.pt2"
+    export_pt2(C3DSmall().eval(), doomed_path)
+    doomed = client.upload_model(doomed_path)
+    job = client.create_job(doomed.id, [{"tconv_stats": {"layers": ["conv1"]}}])
+    client.delete_model(doomed.id)
+    blocker.cancel()
+    with pytest.raises(sdk.JobFailed) as failed:
+        job.wait(timeout=120, progress=False)
+    assert failed.value.code == "NOT_FOUND" and failed.value.reason == "INPUT_UNAVAILABLE", str(failed.value)
+    assert client.analyze(c3d_pt2, tasks=[{"tconv_stats": {"layers": ["conv1"], "restarts": 0, "fit_steps": 5}}], progress=False).ok
