@@ -85,6 +85,14 @@ class Cluster:
         """A clean shutdown (SIGTERM): Redis flushes its AOF and exits."""
         self.redis.stop()
 
+    def crash_redis(self) -> None:
+        """SIGKILL: no shutdown, no final AOF flush; only what `appendfsync everysec` already wrote survives."""
+        process = self.redis.process
+        assert process is not None and process.poll() is None, "Redis is not running"
+        process.kill()
+        process.wait()
+        self.redis.process = None
+
     def redis_client(self) -> Any:
         import redis
 

@@ -145,7 +145,10 @@ def test_a_job_past_its_timeout_fails_clearly_and_the_worker_carries_on(cluster:
     ensure_two_workers(cluster)
 
 
-def test_redis_restart_keeps_queued_and_finished_jobs(cluster: Cluster) -> None:
+@pytest.mark.parametrize("how", ["clean", "crash"])
+def test_redis_restart_keeps_queued_and_finished_jobs(cluster: Cluster, how: str) -> None:
+    """clean: SIGTERM. crash: SIGKILL after AOF's one-second fsync window (appendfsync everysec), so
+    everything acknowledged more than a second before the crash must survive."""
     stub = cluster.stub()
     model = fake_model(stub)
     dataset = stub.UploadDataset(_dataset_messages(), metadata=MD, timeout=30)
@@ -156,7 +159,11 @@ def test_redis_restart_keeps_queued_and_finished_jobs(cluster: Cluster) -> None:
         cluster.kill_worker(name, signal.SIGTERM)
     queued = [create(stub, model.id) for _ in range(3)]
 
-    cluster.stop_redis()
+    if how == "clean":
+        cluster.stop_redis()
+    else:
+        time.sleep(1.5)
+        cluster.crash_redis()
     cluster.start_redis()
 
     deadline = time.monotonic() + 20
