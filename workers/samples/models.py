@@ -70,6 +70,43 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1
     return correct / max(len(x), 1)
 
 
+def _fit_classifier(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    max_lr: float | list[float],
+    train: tuple[torch.Tensor, torch.Tensor],
+    held_out: tuple[torch.Tensor, torch.Tensor],
+    epochs: int,
+    batch_size: int,
+    generator: torch.Generator,
+) -> dict[str, Any]:
+    """Cross-entropy training with a one-cycle schedule, shuffled by `generator`; leaves the model in eval
+    mode and returns train/eval accuracy, samples, epochs and eval_samples (the caller adds its own)."""
+    x, y = train
+    steps_per_epoch = math.ceil(len(x) / batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=max_lr, total_steps=max(epochs * steps_per_epoch, 1), pct_start=0.25
+    )
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=generator)
+        for start in range(0, len(x), batch_size):
+            idx = order[start : start + batch_size]
+            optimizer.zero_grad(set_to_none=True)
+            loss_fn(model(x[idx]), y[idx]).backward()
+            optimizer.step()
+            scheduler.step()
+    model.eval()
+    return {
+        "train_accuracy": _accuracy(model, x, y),
+        "eval_accuracy": _accuracy(model, *held_out),
+        "samples": int(len(x)),
+        "epochs": int(epochs),
+        "eval_samples": int(len(held_out[0])),
+    }
+
+
 def train_c3d(
     seed: int = 0,
     n_per_class: int = 64,
@@ -94,30 +131,8 @@ def train_c3d(
         torch.manual_seed(seed)
         model = C3DSmall(num_classes=num_classes)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    steps_per_epoch = math.ceil(len(x) / batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=lr, total_steps=max(epochs * steps_per_epoch, 1), pct_start=0.25
-    )
-    loss_fn = nn.CrossEntropyLoss()
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(x), generator=generator)
-        for start in range(0, len(x), batch_size):
-            idx = order[start : start + batch_size]
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x[idx]), y[idx])
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-    model.eval()
-    metrics = {
-        "train_accuracy": _accuracy(model, x, y),
-        "eval_accuracy": _accuracy(model, x_eval, y_eval),
-        "seconds": time.perf_counter() - started,
-        "samples": int(len(x)),
-        "epochs": int(epochs),
-        "eval_samples": int(len(x_eval)),
-    }
+    metrics = _fit_classifier(model, optimizer, lr, (x, y), (x_eval, y_eval), epochs, batch_size, generator)
+    metrics["seconds"] = time.perf_counter() - started
     return model, metrics
 
 

@@ -9,14 +9,13 @@ Takes NORMALISED input (N, 3, 8, 32, 32): `INPUT_SPEC.normalize(raw)` with raw c
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
 import torch
 from torch import nn
 
-from workers.samples.models import INPUT_SPEC, _accuracy, _directions, _EVAL_SEED_OFFSET, _normalised_clips
+from workers.samples.models import INPUT_SPEC, _directions, _EVAL_SEED_OFFSET, _fit_classifier, _normalised_clips
 from workers.tconv.layer import TConv3d
 
 __all__ = ["INPUT_SPEC", "TConvSmall", "train_tconv"]
@@ -78,30 +77,14 @@ def train_tconv(
     model = TConvSmall(num_classes=num_classes, width=width)
     translations, others = _translation_parameters(model)
     optimizer = torch.optim.Adam([{"params": others, "lr": lr}, {"params": translations, "lr": translation_lr}])
-    steps_per_epoch = math.ceil(len(x) / batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=[lr, translation_lr], total_steps=max(epochs * steps_per_epoch, 1), pct_start=0.25
+    metrics = _fit_classifier(
+        model, optimizer, [lr, translation_lr], (x, y), (x_eval, y_eval), epochs, batch_size, generator
     )
-    loss_fn = nn.CrossEntropyLoss()
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(x), generator=generator)
-        for start in range(0, len(x), batch_size):
-            idx = order[start : start + batch_size]
-            optimizer.zero_grad(set_to_none=True)
-            loss_fn(model(x[idx]), y[idx]).backward()
-            optimizer.step()
-            scheduler.step()
-    model.eval()
     with torch.no_grad():
         shifts = torch.cat([torch.cat([m.translate_x.flatten(), m.translate_y.flatten()]) for m in model.modules() if isinstance(m, TConv3d)])
-    metrics = {
-        "train_accuracy": _accuracy(model, x, y),
-        "eval_accuracy": _accuracy(model, x_eval, y_eval),
-        "seconds": time.perf_counter() - started,
-        "samples": int(len(x)),
-        "epochs": int(epochs),
-        "directions_deg": list(_directions(num_classes)),
-        "mean_abs_translation": float(shifts.abs().mean()),
-    }
+    metrics.update(
+        seconds=time.perf_counter() - started,
+        directions_deg=list(_directions(num_classes)),
+        mean_abs_translation=float(shifts.abs().mean()),
+    )
     return model, metrics
