@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
+import time
+from typing import Callable
 
 # The service's default port (service/defaults.py PORT; a test checks that they agree). Not imported
 # from there because importing the service package pulls in Redis, RQ and the whole server.
@@ -42,6 +45,27 @@ def check(target: str, service: str = "", timeout: float = DEFAULT_TIMEOUT_S) ->
             return False, f"{name}: {exc.details() if hasattr(exc, 'details') else exc}"
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     return reply.status == health_pb2.HealthCheckResponse.SERVING, status
+
+
+def wait_serving(
+    target: str,
+    timeout: float,
+    process: subprocess.Popen[bytes] | None = None,
+    interval: float = 0.1,
+    detail: Callable[[], str] = lambda: "",
+) -> None:
+    """Poll `check` until the server answers SERVING; RuntimeError when `process` (the server) exits
+    first or `timeout` seconds pass, with `detail()` (e.g. where its log is) appended."""
+    deadline = time.monotonic() + timeout
+    seen = "no answer"
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode} {detail()}".rstrip())
+        serving, seen = check(target, timeout=1.0)
+        if serving:
+            return
+        time.sleep(interval)
+    raise RuntimeError(f"{target} not SERVING after {timeout:.0f}s (last seen: {seen}) {detail()}".rstrip())
 
 
 def main(argv: list[str] | None = None) -> int:

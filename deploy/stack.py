@@ -120,24 +120,9 @@ class LocalStack:
         return subprocess.Popen(args, env=env, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True)
 
     def _wait_ready(self) -> None:
-        import grpc
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
+        from deploy.probe import wait_serving
 
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        with grpc.insecure_channel(self.target) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while time.monotonic() < deadline:
-                assert self.server is not None
-                if self.server.poll() is not None:
-                    raise RuntimeError(f"server exited with {self.server.returncode}; see {self.log_dir / 'server.log'}")
-                try:
-                    reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.RpcError:
-                    pass
-                time.sleep(0.1)
-        raise RuntimeError(f"server not SERVING after {READY_TIMEOUT_S:.0f}s; see {self.log_dir / 'server.log'}")
+        wait_serving(self.target, READY_TIMEOUT_S, self.server, detail=lambda: f"; see {self.log_dir / 'server.log'}")
 
     def stop(self) -> None:
         """Stop workers, then the server, then Redis; SIGKILL whatever ignores SIGTERM for STOP_GRACE_S."""

@@ -9,9 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
+from deploy.probe import wait_serving
 from deploy.stack import free_port
 
 
@@ -41,18 +39,9 @@ def test_up_serves_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
         stderr=subprocess.STDOUT,
     )
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            deadline = time.monotonic() + 60
-            while True:
-                assert process.poll() is None, process.stdout.read().decode() if process.stdout else ""
-                try:
-                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
-                        break
-                except grpc.RpcError:
-                    pass
-                assert time.monotonic() < deadline, "server never became SERVING"
-                time.sleep(0.2)
+        output = lambda: process.stdout.read().decode() if process.poll() is not None and process.stdout else ""  # noqa: E731
+        wait_serving(f"127.0.0.1:{port}", 60, process, interval=0.2, detail=output)
+        deadline = time.monotonic() + 60
         children = _children(process.pid)
         while len(children) < 3 and time.monotonic() < deadline:  # workers start once the server serves
             time.sleep(0.2)

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from deploy.probe import wait_serving
 from deploy.redis import EmbeddedRedis
 from tests.service import fake_worker
 
@@ -122,19 +122,7 @@ class Cluster:
         self.server = None
 
     def wait_serving(self, timeout: float = START_TIMEOUT_S) -> None:
-        deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(self.address) as channel:
-            while time.monotonic() < deadline:
-                if self.server is not None and self.server.poll() is not None:
-                    raise RuntimeError(f"the server exited with {self.server.returncode}:\n{self.log('server')}")
-                try:
-                    reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.RpcError:
-                    pass
-                time.sleep(0.05)
-        raise RuntimeError(f"the server never answered SERVING:\n{self.log('server')}")
+        wait_serving(self.address, timeout, self.server, interval=0.05, detail=lambda: f":\n{self.log('server')}")
 
     def channel(self) -> grpc.Channel:
         channel = grpc.insecure_channel(self.address)
