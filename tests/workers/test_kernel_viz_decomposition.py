@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -14,14 +13,7 @@ from workers.kernel_viz.decomposition import decompose, displacement, global_tra
 from workers.kernel_viz.motion import direction_selectivity, motion_dependence, structure_weights, summarise
 from workers.samples.motion import drifting_grating, translating_texture
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One thread, as on the shared CI cores; the previous count is restored for other tests."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _texture(seed: int, size: int = 32) -> np.ndarray:

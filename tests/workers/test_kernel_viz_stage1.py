@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -18,16 +18,9 @@ from workers.kernel_viz.target import LayerTarget
 from workers.kernel_viz.transforms import Jitter
 from workers.model import LoadedModel
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SPEC = InputSpec(shape=(3, 8, 24, 24), value_min=0.0, value_max=1.0, mean=(0.5,) * 3, std=(0.25,) * 3)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One thread, as on the shared CI cores; the previous count is restored for other tests."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 class TwoConvs(nn.Module):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -18,18 +18,11 @@ from workers.errors import BadOptions, ModelUnusable
 from workers.input_spec import InputSpec
 from workers.model import LoadedModel
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SPEC = InputSpec(shape=(3, 8, 24, 24), value_min=0.0, value_max=1.0, mean=(0.5,) * 3, std=(0.25,) * 3)
 # (direction in degrees, speed in px/frame) of each planted kernel; a last kernel is all zeros (dead).
 PLANTED = [(0.0, 1.0), (45.0, 1.0), (250.0, 0.75)]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One thread, as on the shared CI cores; the previous count is restored for other tests."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def grating_kernel(direction_deg: float, speed: float, frames: int = 8, size: int = 9, wavelength: float = 6.0) -> torch.Tensor:

@@ -31,6 +31,8 @@ from workers.samples.models import (
     train_c3d,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _direction_error_deg(a: float, b: float) -> float:
     return abs((a - b + 180.0) % 360.0 - 180.0)
@@ -192,15 +194,6 @@ def test_motion_module_does_not_import_torch() -> None:
 
 
 # --- the model, training and exports ----------------------------------------------------------
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The cores are shared: one thread keeps these tests fast under load and their timing steady."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture
