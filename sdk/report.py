@@ -165,10 +165,7 @@ class _Assets:
 
     def _read(self, name: str) -> bytes:
         if name not in self._bytes:
-            client = self.result._client
-            if client is None:
-                raise RuntimeError("this result has no client to fetch artifacts with")
-            self._bytes[name] = client.read_artifact(self.result.id, name)
+            self._bytes[name] = self.result.read_artifact(name)
         return self._bytes[name]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -44,6 +45,7 @@ class Result:
         self.job = job
         self._client = client
         self.tasks: list[TaskOutcome] = [_outcome(r) for r in job.results]
+        self._downloaded: dict[str, Path] = {}  # artifact name -> where download() put it
 
     @property
     def id(self) -> str:
@@ -76,10 +78,23 @@ class Result:
                 raise ValueError(f"refusing artifact name {artifact.name!r}")
             dest = root.joinpath(*relative.parts)
             self._client.download_artifact(self.job.id, artifact.name, dest)
+            self._downloaded[artifact.name] = dest
             paths.append(dest)
         (root / "job.json").parent.mkdir(parents=True, exist_ok=True)
         (root / "job.json").write_text(json.dumps(self.to_dict(), indent=2))
         return paths
+
+    def read_artifact(self, name: str) -> bytes:
+        """The artifact's bytes: from the copy download() wrote when it is still intact, else from the service."""
+        local = self._downloaded.get(name)
+        if local is not None and local.is_file():
+            data = local.read_bytes()
+            expected = next((a.sha256 for a in self.artifacts if a.name == name), "")
+            if hashlib.sha256(data).hexdigest() == expected:
+                return data
+        if self._client is None:
+            raise RuntimeError("this result has no client to fetch artifacts with")
+        return self._client.read_artifact(self.job.id, name)
 
     def save_report(self, path: str | Path, description: Any = None) -> Path:
         """Write one self-contained HTML report of this job (images embedded) to `path`."""

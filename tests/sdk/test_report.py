@@ -224,3 +224,35 @@ def test_cli_report_writes_the_page(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert "class_filters/heatmap.png" in images(out.read_text())
     assert sdk.cli.main(["report", job.id, "-o", str(tmp_path / "beside.html"), "--beside"]) == 0
     assert (tmp_path / "beside_files" / job.id / "class_filters" / "heatmap.png").read_bytes() == files["class_filters/heatmap.png"]
+
+
+class CountingClient(FakeClient):
+    """Also downloads, and counts what it reads from the 'service'."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.reads: list[str] = []
+
+    def read_artifact(self, job_id: str, name: str) -> bytes:
+        self.reads.append(name)
+        return super().read_artifact(job_id, name)
+
+    def download_artifact(self, job_id: str, name: str, dest: Path) -> Path:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(self.read_artifact(job_id, name))
+        return dest
+
+
+def test_a_report_after_a_download_reads_the_local_copies_and_refetches_a_tampered_one(tmp_path: Path) -> None:
+    job, files = make_job({"class_filters": class_filters_outcome()})
+    client = CountingClient(files, description())
+    result = Result(job, client)  # type: ignore[arg-type]
+    result.download(tmp_path / "out")
+    assert sorted(client.reads) == sorted(files)
+    client.reads.clear()
+    (tmp_path / "out" / "class_filters" / "heatmap.png").write_bytes(b"edited by hand")
+    html = result.save_report(tmp_path / "report.html").read_text()
+    assert client.reads == ["class_filters/heatmap.png"], "only the tampered copy is fetched again"
+    shown = images(html)
+    assert base64.b64decode(shown["class_filters/heatmap.png"].split(",", 1)[1]) == files["class_filters/heatmap.png"]
+    assert base64.b64decode(shown["class_filters/subset_sizes.png"].split(",", 1)[1]) == files["class_filters/subset_sizes.png"]
