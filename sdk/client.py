@@ -23,7 +23,7 @@ import grpc
 from google.protobuf import duration_pb2
 
 from kernelscope.v1 import datasets_pb2, jobs_pb2, models_pb2
-from sdk import model_source, tasks as task_specs
+from sdk import chunks, model_source, tasks as task_specs
 from sdk.errors import Unavailable, from_rpc_error
 from sdk.job import TERMINAL, Job
 from sdk.result import Result
@@ -94,13 +94,18 @@ class Client:
         if known is not None and known.format == source.format and known.architecture == source.architecture:
             return known
 
-        def messages() -> Iterator[models_pb2.UploadModelRequest]:
+        def messages() -> Iterator[models_pb2.UploadModelRequest | bytes]:
             yield models_pb2.UploadModelRequest(header=source.header())
-            for chunk in source.chunks():
-                yield models_pb2.UploadModelRequest(chunk=chunk)
+            yield from self._chunk_messages(source.chunks(), models_pb2.UploadModelRequest)
 
         timeout = UPLOAD_MIN_TIMEOUT_S + source.size / UPLOAD_SLOWEST_BPS
         return self._retry(lambda: self._stub.UploadModel(messages(), timeout=timeout, metadata=self._md()))
+
+    def _chunk_messages(self, pieces: Iterable[bytes | memoryview], request_type: Any) -> Iterator[Any]:
+        """Chunk requests: pre-encoded bytes when the stub takes them (sdk.transport's), else messages."""
+        if getattr(self._stub, "takes_encoded_chunks", False):
+            return (chunks.encode(piece) for piece in pieces)
+        return (request_type(chunk=bytes(piece)) for piece in pieces)
 
     def _known_model(self, sha256: str) -> models_pb2.Model | None:
         """The model the service already holds with these bytes (ids are content-derived), else None."""
@@ -147,10 +152,9 @@ class Client:
 
         header = datasets_pb2.DatasetHeader(name=name, size_bytes=len(payload), sha256=hashlib.sha256(payload).hexdigest())
 
-        def messages() -> Iterator[datasets_pb2.UploadDatasetRequest]:
+        def messages() -> Iterator[datasets_pb2.UploadDatasetRequest | bytes]:
             yield datasets_pb2.UploadDatasetRequest(header=header)
-            for start in range(0, len(payload), model_source.CHUNK_BYTES):
-                yield datasets_pb2.UploadDatasetRequest(chunk=payload[start : start + model_source.CHUNK_BYTES])
+            yield from self._chunk_messages(chunks.pieces(payload), datasets_pb2.UploadDatasetRequest)
 
         timeout = UPLOAD_MIN_TIMEOUT_S + len(payload) / UPLOAD_SLOWEST_BPS
         return self._retry(lambda: self._stub.UploadDataset(messages(), timeout=timeout, metadata=self._md()))

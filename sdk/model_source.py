@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from kernelscope.v1 import common_pb2, models_pb2
+from sdk import chunks
 from sdk.errors import ModelSourceError
-
-CHUNK_BYTES = 1 << 20  # 1 MiB per upload message
 
 FORMAT_BY_SUFFIX = {
     ".pt2": models_pb2.TORCH_EXPORT,
@@ -59,16 +58,12 @@ class ModelSource:
             architecture=self.architecture,
         )
 
-    def chunks(self) -> Iterator[bytes]:
-        """The bytes in upload-sized pieces; can be called again for a retry."""
+    def chunks(self) -> Iterator[bytes | memoryview]:
+        """The bytes in upload-sized pieces (views when they are in memory); can be called again for a retry."""
         if self.data is not None:
-            for start in range(0, len(self.data), CHUNK_BYTES):
-                yield self.data[start : start + CHUNK_BYTES]
-            return
+            return chunks.pieces(self.data)
         assert self.path is not None
-        with open(self.path, "rb") as f:
-            while block := f.read(CHUNK_BYTES):
-                yield block
+        return chunks.read_pieces(self.path)
 
 
 def input_spec_message(spec: Any) -> common_pb2.InputSpec:
@@ -144,12 +139,9 @@ def _from_bytes(data: bytes, fmt: int, name: str, spec: common_pb2.InputSpec, ar
 
 
 def _hash_file(path: Path) -> tuple[str, int]:
-    digest, size = hashlib.sha256(), 0
     with open(path, "rb") as f:
-        while block := f.read(CHUNK_BYTES):
-            digest.update(block)
-            size += len(block)
-    return digest.hexdigest(), size
+        digest = hashlib.file_digest(f, "sha256")  # one reused buffer, no allocation per block
+        return digest.hexdigest(), f.tell()
 
 
 def _sniff(source: bytes | Path) -> int:

@@ -7,7 +7,8 @@ from typing import Protocol
 
 import grpc
 
-from kernelscope.v1 import kernelscope_pb2_grpc
+from kernelscope.v1 import datasets_pb2, kernelscope_pb2_grpc, models_pb2
+from sdk import chunks
 
 MAX_MESSAGE_BYTES = 16 << 20
 
@@ -20,6 +21,25 @@ class Transport(Protocol):
     def metadata(self) -> tuple[tuple[str, str], ...]: ...
 
     def close(self) -> None: ...
+
+
+class KernelScopeStub(kernelscope_pb2_grpc.KernelScopeStub):
+    """The generated stub, except that its upload methods also take chunks already encoded (sdk.chunks)."""
+
+    takes_encoded_chunks = True
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        super().__init__(channel)
+        self.UploadModel = channel.stream_unary(
+            "/kernelscope.v1.KernelScope/UploadModel",
+            request_serializer=chunks.serialize,
+            response_deserializer=models_pb2.Model.FromString,
+        )
+        self.UploadDataset = channel.stream_unary(
+            "/kernelscope.v1.KernelScope/UploadDataset",
+            request_serializer=chunks.serialize,
+            response_deserializer=datasets_pb2.Dataset.FromString,
+        )
 
 
 class GrpcTransport:
@@ -37,7 +57,7 @@ class GrpcTransport:
             self.channel = grpc.insecure_channel(target, options=options)
         self.target = target
         self._token = token
-        self._stub = kernelscope_pb2_grpc.KernelScopeStub(self.channel)
+        self._stub = KernelScopeStub(self.channel)
 
     def stub(self) -> kernelscope_pb2_grpc.KernelScopeStub:
         return self._stub

@@ -13,6 +13,7 @@ import sys
 import threading
 from typing import Any
 
+from service import allocator
 from service.config import Config
 from service.server import serve
 
@@ -36,6 +37,7 @@ def main() -> int:
             file=sys.stderr,
         )
         return 2
+    allocator.tune_for_streaming()
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import re
+import threading
 import tempfile
 import time
 from contextlib import contextmanager
@@ -84,7 +86,7 @@ class BlobStore:
             size = 0
             head = bytearray()
             head_checked = check_head is None
-            with os.fdopen(fd, "wb") as out:
+            with os.fdopen(fd, "wb") as handle, _Writer(handle) as out:
                 for chunk in chunks:
                     size += len(chunk)
                     if size > limit:
@@ -113,8 +115,9 @@ class BlobStore:
                     raise errors.invalid_argument(
                         "HASH_MISMATCH", f"{what} declared sha256 {expected_sha256} but the bytes hash to {digest}"
                     )
-                out.flush()
-                os.fsync(out.fileno())
+                out.finish()
+                handle.flush()
+                os.fsync(handle.fileno())
             yield StagedBlob(path=tmp, sha256=digest, size_bytes=size)
         finally:
             tmp.unlink(missing_ok=True)
@@ -166,6 +169,51 @@ class BlobStore:
             except FileNotFoundError:
                 continue
         return removed
+
+
+class _Writer:
+    """Writes on a thread of its own, so that hashing one chunk overlaps writing the one before.
+
+    At most `depth` chunks wait (bounded memory); a write error surfaces at the next `write` or `finish`.
+    """
+
+    def __init__(self, handle: BinaryIO, depth: int = 4) -> None:
+        self._handle = handle
+        self._pending: queue.Queue[bytes | memoryview | None] = queue.Queue(depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="blob-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (chunk := self._pending.get()) is not None:
+            if self._error is None:
+                try:
+                    self._handle.write(chunk)
+                except BaseException as exc:  # noqa: BLE001 - handed to the receiving thread
+                    self._error = exc
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def write(self, chunk: bytes | memoryview) -> None:
+        self._raise()
+        self._pending.put(chunk)
+
+    def finish(self) -> None:
+        """Wait until every chunk is written; raise what the writer met."""
+        if self._thread.is_alive():
+            self._pending.put(None)
+            self._thread.join()
+        self._raise()
+
+    def __enter__(self) -> "_Writer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._thread.is_alive():
+            self._pending.put(None)
+            self._thread.join()
 
 
 def _fsync_dir(path: Path) -> None:

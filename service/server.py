@@ -13,6 +13,8 @@ import grpc
 import redis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message_factory
 from kernelscope.v1 import kernelscope_pb2, kernelscope_pb2_grpc, worker_pb2, worker_pb2_grpc
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -23,6 +25,7 @@ from service.blobstore import BlobStore
 from service.config import Config
 from service.reaper import Reaper
 from service.tenants import Tenants
+from service.uploads import CHUNK_TAG, ChunkViews
 from service.worker_api import WorkerServicer
 
 log = logging.getLogger(__name__)
@@ -31,6 +34,22 @@ KERNELSCOPE_SERVICE = kernelscope_pb2.DESCRIPTOR.services_by_name["KernelScope"]
 WORKER_SERVICE = worker_pb2.DESCRIPTOR.services_by_name["Worker"].full_name
 # Health is reported for the whole server ("") and for the public API by name.
 HEALTH_SERVICES = ("", KERNELSCOPE_SERVICE)
+
+
+def upload_methods() -> dict[str, Any]:
+    """Client-streaming methods whose requests carry `bytes chunk = 2`: "/service/Method" -> request class."""
+    found = {}
+    for service in (kernelscope_pb2.DESCRIPTOR.services_by_name["KernelScope"], worker_pb2.DESCRIPTOR.services_by_name["Worker"]):
+        for method in service.methods:
+            chunk = method.input_type.fields_by_name.get("chunk")
+            if (
+                method.client_streaming
+                and chunk is not None
+                and chunk.type == _descriptor.FieldDescriptor.TYPE_BYTES
+                and (chunk.number << 3) | 2 == CHUNK_TAG
+            ):
+                found[f"/{service.full_name}/{method.name}"] = message_factory.GetMessageClass(method.input_type)
+    return found
 
 
 def connect_redis(config: Config) -> redis.Redis:
@@ -64,6 +83,7 @@ def build_server(config: Config) -> tuple[grpc.Server, int]:
 
     server = grpc.server(
         ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="kernelscope-rpc"),
+        interceptors=(ChunkViews(upload_methods()),),
         options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),

