@@ -103,7 +103,7 @@ class Client:
 
     def _chunk_messages(self, pieces: Iterable[bytes | memoryview], request_type: Any) -> Iterator[Any]:
         """Chunk requests: pre-encoded bytes when the stub takes them (sdk.transport's), else messages."""
-        if getattr(self._stub, "takes_encoded_chunks", False):
+        if getattr(self._stub, "takes_encoded_chunks", False) is True:  # a flag, not any attribute a fake makes up
             return (chunks.encode(piece) for piece in pieces)
         return (request_type(chunk=bytes(piece)) for piece in pieces)
 

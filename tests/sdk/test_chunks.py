@@ -1,0 +1,83 @@
+"""Hand-encoded upload chunks: byte-for-byte the protobuf encoding, sent only to stubs that take them."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any
+
+import grpc
+import pytest
+from kernelscope.v1 import datasets_pb2, models_pb2, worker_pb2
+
+import sdk
+from sdk import chunks
+from sdk.transport import KernelScopeStub
+from tests.sdk.test_client import FakeRpcError, FakeTransport, ScriptedStub
+
+REQUEST_TYPES = (models_pb2.UploadModelRequest, datasets_pb2.UploadDatasetRequest, worker_pb2.WriteArtifactRequest)
+
+
+@pytest.mark.parametrize("size", [0, 1, 127, 128, 300, 16384, 2_097_151, 2_097_152])
+@pytest.mark.parametrize("request_type", REQUEST_TYPES)
+def test_encode_is_the_protobuf_encoding_of_a_chunk_message(size: int, request_type: Any) -> None:
+    piece = os.urandom(size)
+    expected = request_type(chunk=piece).SerializeToString()
+    assert chunks.encode(piece) == expected
+    assert chunks.encode(memoryview(b"pad" + piece)[3:]) == expected
+    assert request_type.FromString(chunks.encode(piece)).chunk == piece
+
+
+def test_serialize_passes_encoded_chunks_and_serializes_messages() -> None:
+    header = models_pb2.UploadModelRequest(header=models_pb2.ModelHeader(name="m", size_bytes=3))
+    assert chunks.serialize(header) == header.SerializeToString()
+    encoded = chunks.encode(b"abc")
+    assert chunks.serialize(encoded) is encoded
+
+
+def test_pieces_are_views_that_cover_the_bytes_once(tmp_path) -> None:
+    data = os.urandom(2 * chunks.CHUNK_BYTES + 7)
+    views = list(chunks.pieces(data))
+    assert [len(v) for v in views] == [chunks.CHUNK_BYTES, chunks.CHUNK_BYTES, 7]
+    assert all(v.obj is data for v in views) and b"".join(views) == data
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    assert b"".join(chunks.read_pieces(path)) == data
+    assert list(chunks.pieces(b"")) == []
+
+
+def _uploaded_requests(stub: ScriptedStub, data: bytes) -> list[Any]:
+    """The requests the client streams for `data` (the service does not know the bytes yet)."""
+    stub.script = {"GetModel": [FakeRpcError(grpc.StatusCode.NOT_FOUND, "no such model", "NOT_FOUND")],
+                   "UploadModel": [models_pb2.Model(id="new")]}
+    client = sdk.Client(transport=FakeTransport(stub), retry_seconds=5)
+    assert client.upload_model(data, format="onnx").id == "new"
+    name, requests, _ = stub.calls[-1]
+    assert name == "UploadModel"
+    return list(requests)
+
+
+def test_the_client_sends_encoded_chunks_only_to_a_stub_that_takes_them() -> None:
+    data = b"\x08\x07" + os.urandom(chunks.CHUNK_BYTES + 10)
+
+    class Plain(ScriptedStub):
+        pass
+
+    class Encoding(ScriptedStub):
+        takes_encoded_chunks = True
+
+    plain = _uploaded_requests(Plain({}), data)
+    encoded = _uploaded_requests(Encoding({}), data)
+    assert plain[0] == encoded[0] and plain[0].header.sha256 == hashlib.sha256(data).hexdigest()
+    assert all(isinstance(r, models_pb2.UploadModelRequest) for r in plain[1:])
+    assert all(isinstance(r, bytes) for r in encoded[1:])
+    assert [r.SerializeToString() for r in plain[1:]] == encoded[1:]
+
+
+def test_the_grpc_transport_stub_takes_encoded_chunks() -> None:
+    channel = grpc.insecure_channel("127.0.0.1:1")
+    try:
+        stub = KernelScopeStub(channel)
+        assert stub.takes_encoded_chunks and hasattr(stub, "GetModel") and hasattr(stub, "UploadDataset")
+    finally:
+        channel.close()

@@ -1,0 +1,199 @@
+"""The upload fast path: lone-chunk messages arrive as memoryviews, every other encoding parses as before,
+writes happen on their own thread, a full disk is refused cleanly, and malloc stops faulting fresh pages."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf.message import DecodeError
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from kernelscope.v1 import datasets_pb2, models_pb2, worker_pb2
+
+import sdk
+from sdk import chunks as sdk_chunks
+from service import uploads
+from service.server import upload_methods
+from tests.service.helpers import onnx_bytes, rpc_error, sha256, stored_files, upload_model
+
+REQUEST_TYPES = (models_pb2.UploadModelRequest, datasets_pb2.UploadDatasetRequest, worker_pb2.WriteArtifactRequest)
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("size", [0, 1, 127, 128, 16383, 16384, 1 << 20, (1 << 20) + 5])
+@pytest.mark.parametrize("request_type", REQUEST_TYPES)
+def test_a_lone_chunk_is_a_view_of_the_received_bytes(size: int, request_type: Any) -> None:
+    payload = os.urandom(size)
+    data = request_type(chunk=payload).SerializeToString()
+    view = uploads.chunk_view(data)
+    assert view is not None and bytes(view) == payload
+    assert view.obj is data  # no copy
+    assert sdk_chunks.encode(payload) == data  # what the SDK sends is the same wire format
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\x12",  # tag without a length
+        b"\x12\x05abc",  # shorter than declared
+        b"\x12\x02abc",  # longer than declared
+        b"\x12" + b"\x80" * 11 + b"\x01",  # varint longer than 10 bytes
+        models_pb2.UploadModelRequest(header=models_pb2.ModelHeader(name="h")).SerializeToString(),
+        models_pb2.UploadModelRequest(chunk=b"ab").SerializeToString() * 2,  # two fields: parsed normally
+        b"\x12\x01a\x0a\x00",  # chunk then header: the oneof's last field wins in protobuf
+    ],
+)
+def test_anything_but_a_lone_chunk_takes_the_protobuf_path(data: bytes) -> None:
+    assert uploads.chunk_view(data) is None
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(st.one_of(st.binary(max_size=64), st.lists(st.sampled_from([b"\x12", b"\x0a", b"\x00", b"\x80", b"\x01", b"\x05", b"ab"]), max_size=12).map(b"".join)))
+def test_the_fast_deserializer_agrees_with_protobuf_on_any_bytes(data: bytes) -> None:
+    deserialize = uploads.chunk_deserializer(models_pb2.UploadModelRequest)
+    try:
+        expected = models_pb2.UploadModelRequest.FromString(data)
+    except DecodeError:
+        with pytest.raises(DecodeError):
+            deserialize(data)
+        return
+    got = deserialize(data)
+    if isinstance(got, memoryview):
+        assert expected.WhichOneof("payload") == "chunk" and expected.chunk == bytes(got)
+    else:
+        assert got == expected
+
+
+def test_the_interceptor_covers_exactly_the_three_upload_methods() -> None:
+    methods = upload_methods()
+    assert methods == {
+        "/kernelscope.v1.KernelScope/UploadModel": models_pb2.UploadModelRequest,
+        "/kernelscope.v1.KernelScope/UploadDataset": datasets_pb2.UploadDatasetRequest,
+        "/kernelscope.v1.Worker/WriteArtifact": worker_pb2.WriteArtifactRequest,
+    }
+    interceptor = uploads.ChunkViews(methods)
+    plain = grpc.stream_unary_rpc_method_handler(lambda it, ctx: None, request_deserializer=models_pb2.UploadModelRequest.FromString)
+
+    class Details:
+        def __init__(self, method: str) -> None:
+            self.method = method
+
+    swapped = interceptor.intercept_service(lambda _: plain, Details("/kernelscope.v1.KernelScope/UploadModel"))
+    assert isinstance(swapped.request_deserializer(sdk_chunks.encode(b"xyz")), memoryview)
+    other = interceptor.intercept_service(lambda _: plain, Details("/kernelscope.v1.KernelScope/GetModel"))
+    assert other is plain
+    assert interceptor.intercept_service(lambda _: None, Details("/kernelscope.v1.KernelScope/UploadModel")) is None
+
+
+def test_sdk_uploads_reach_the_store_through_the_fast_path(kernelscope_server, monkeypatch) -> None:
+    decoded: list[int] = []
+    original = uploads.chunk_view
+
+    def counting(data: bytes) -> memoryview | None:
+        view = original(data)
+        if view is not None:
+            decoded.append(len(view))
+        return view
+
+    monkeypatch.setattr(uploads, "chunk_view", counting)
+    data = onnx_bytes(padding=int(2.5 * sdk_chunks.CHUNK_BYTES))
+    with sdk.Client(kernelscope_server.address) as client:
+        model = client.upload_model(data, format="onnx", input_spec={"shape": [3, 4, 8, 8]})
+        # the same bytes as protobuf-built messages (any other client) are stored identically
+        assert upload_model(kernelscope_server.stub(), data).id == model.id
+    assert decoded[:3] == [sdk_chunks.CHUNK_BYTES, sdk_chunks.CHUNK_BYTES, len(data) - 2 * sdk_chunks.CHUNK_BYTES]
+    assert model.sha256 == sha256(data) and model.size_bytes == len(data)
+    blobs = stored_files(kernelscope_server.config.data_dir)["blobs"]
+    assert [b.read_bytes() == data for b in blobs] == [True]
+
+
+def test_a_full_disk_mid_upload_is_storage_full_and_leaves_nothing(kernelscope_server, kernelscope_stub, monkeypatch) -> None:
+    import service.blobstore as blobstore
+
+    real_fdopen = os.fdopen
+
+    class FillsUp:
+        """A temp file that takes 1.5 MiB and then fails like a full disk (on the writer thread)."""
+
+        def __init__(self, handle: Any) -> None:
+            self.handle, self.written = handle, 0
+
+        def write(self, chunk: Any) -> int:
+            if self.written + len(chunk) > 1.5 * (1 << 20):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.written += len(chunk)
+            return self.handle.write(chunk)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.handle, name)
+
+        def __enter__(self) -> "FillsUp":
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.handle.close()
+
+    monkeypatch.setattr(blobstore.os, "fdopen", lambda fd, mode: FillsUp(real_fdopen(fd, mode)))
+    data = onnx_bytes(padding=6 << 20)
+    with rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "STORAGE_FULL", contains="full"):
+        upload_model(kernelscope_stub, data)
+    assert stored_files(kernelscope_server.config.data_dir) == {"blobs": [], "tmp": []}
+    monkeypatch.setattr(blobstore.os, "fdopen", real_fdopen)
+    assert upload_model(kernelscope_stub, data).size_bytes == len(data)  # the server carries on
+
+
+def test_a_refused_multi_chunk_upload_stops_its_writer_and_leaves_nothing(kernelscope_server, kernelscope_stub) -> None:
+    data = onnx_bytes(padding=3 << 20)
+    with rpc_error(grpc.StatusCode.INVALID_ARGUMENT, "HASH_MISMATCH"):  # found after the last write
+        upload_model(kernelscope_stub, data, digest=sha256(b"other bytes"))
+    assert stored_files(kernelscope_server.config.data_dir) == {"blobs": [], "tmp": []}
+
+
+def _page_faults_per_mib_churned(env: dict[str, str], tune: bool) -> float:
+    code = (
+        "import resource\n"
+        + ("from service import allocator; assert allocator.tune_for_streaming() is not None\n" if tune else "")
+        + "f = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "start = f()\n"
+        "for _ in range(100):\n"
+        "    a = b'x' * (1 << 20); b = b'y' * (1 << 20); del a, b\n"
+        "print((f() - start) / 200)\n"
+    )
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}, **env}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    return float(out.stdout)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_the_allocator_tuning_stops_page_faults_per_chunk_and_yields_to_the_environment() -> None:
+    untuned = _page_faults_per_mib_churned({}, tune=False)
+    tuned = _page_faults_per_mib_churned({}, tune=True)
+    overridden = _page_faults_per_mib_churned({"MALLOC_MMAP_THRESHOLD_": str(128 << 10)}, tune=True)
+    assert untuned > 128, untuned  # a MiB is 256 pages: glibc's defaults fault most of them in again
+    assert tuned < 8, tuned
+    assert overridden > 128, overridden  # the operator's setting was kept
+
+
+def test_the_writer_thread_reports_a_failed_write_and_stops_taking_chunks() -> None:
+    from service.blobstore import _Writer
+
+    class Broken:
+        def write(self, chunk: Any) -> None:
+            raise OSError(errno.EIO, "I/O error")
+
+    writer = _Writer(Broken(), depth=2)  # type: ignore[arg-type]
+    writer.write(b"a")
+    with pytest.raises(OSError, match="I/O error"):
+        for _ in range(100):  # the error surfaces at a later write at the latest
+            writer.write(b"b")
+        writer.finish()
+    writer.__exit__(None, None, None)
+    assert not writer._thread.is_alive()
