@@ -1,6 +1,7 @@
 """Content-addressed blobs on disk: `{data_dir}/blobs/{sha[:2]}/{sha}`.
 
-Bytes arrive into a temp file under `{data_dir}/tmp` while their sha256 is computed; limits are
+Bytes arrive into a temp file under `{data_dir}/tmp` while their sha256 is computed (hashing and
+writing each on a thread of their own, overlapping the receipt of the next chunk); limits are
 enforced as they arrive; only a complete, verified file is fsynced and renamed into place, so a
 reader never sees a partial blob and a failed upload leaves nothing behind. Blobs never go into
 Redis; which records use a blob is tracked by registry.BlobRefs.
@@ -18,7 +19,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, Iterator
+from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
 from service import errors
 
@@ -86,7 +87,11 @@ class BlobStore:
             size = 0
             head = bytearray()
             head_checked = check_head is None
-            with os.fdopen(fd, "wb") as handle, _Writer(handle) as out:
+            with (
+                os.fdopen(fd, "wb") as handle,
+                _ChunkThread(handle.write, "blob-writer") as out,
+                _ChunkThread(hasher.update, "blob-hasher") as hashing,
+            ):
                 for chunk in chunks:
                     size += len(chunk)
                     if size > limit:
@@ -102,14 +107,15 @@ class BlobStore:
                         if len(head) >= head_bytes:
                             check_head(bytes(head))  # type: ignore[misc]
                             head_checked = True
-                    hasher.update(chunk)
-                    out.write(chunk)
+                    hashing.feed(chunk)
+                    out.feed(chunk)
                 if not head_checked:
                     check_head(bytes(head))  # type: ignore[misc]
                 if expected_size is not None and size != expected_size:
                     raise errors.invalid_argument(
                         "SIZE_MISMATCH", f"{what} declared {expected_size} bytes but sent {size}"
                     )
+                hashing.finish()
                 digest = hasher.hexdigest()
                 if expected_sha256 and digest != expected_sha256:
                     raise errors.invalid_argument(
@@ -171,49 +177,55 @@ class BlobStore:
         return removed
 
 
-class _Writer:
-    """Writes on a thread of its own, so that hashing one chunk overlaps writing the one before.
+class _ChunkThread:
+    """Runs `consume(chunk)` for each fed chunk on a thread of its own, in order.
 
-    At most `depth` chunks wait (bounded memory); a write error surfaces at the next `write` or `finish`.
+    The blob store runs two, hashing and writing, so that both overlap each other and the receiving
+    of the next chunk (sha256 and file writes release the GIL). At most `depth` chunks wait (bounded
+    memory); an error of `consume` surfaces at the next `feed` or at `finish`, and later chunks are
+    dropped instead of consumed, as are those still waiting when the `with` block ends in an error.
     """
 
-    def __init__(self, handle: BinaryIO, depth: int = 4) -> None:
-        self._handle = handle
-        self._pending: queue.Queue[bytes | memoryview | None] = queue.Queue(depth)
+    def __init__(self, consume: Callable[[Any], object], name: str, depth: int = 4) -> None:
+        self._consume = consume
+        self._pending: queue.Queue[Any] = queue.Queue(depth)
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="blob-writer", daemon=True)
+        self._dropping = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while (chunk := self._pending.get()) is not None:
-            if self._error is None:
+            if self._error is None and not self._dropping:
                 try:
-                    self._handle.write(chunk)
-                except BaseException as exc:  # noqa: BLE001 - handed to the receiving thread
+                    self._consume(chunk)
+                except BaseException as exc:  # noqa: BLE001 - handed to the feeding thread
                     self._error = exc
 
     def _raise(self) -> None:
         if self._error is not None:
             raise self._error
 
-    def write(self, chunk: bytes | memoryview) -> None:
+    def feed(self, chunk: bytes | memoryview) -> None:
         self._raise()
         self._pending.put(chunk)
 
     def finish(self) -> None:
-        """Wait until every chunk is written; raise what the writer met."""
-        if self._thread.is_alive():
-            self._pending.put(None)
-            self._thread.join()
+        """Wait until every fed chunk is consumed; raise what `consume` met."""
+        self._stop()
         self._raise()
 
-    def __enter__(self) -> "_Writer":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
+    def _stop(self) -> None:
         if self._thread.is_alive():
             self._pending.put(None)
             self._thread.join()
+
+    def __enter__(self) -> "_ChunkThread":
+        return self
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        self._dropping = exc_type is not None
+        self._stop()
 
 
 def _fsync_dir(path: Path) -> None:

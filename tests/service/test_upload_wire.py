@@ -182,18 +182,27 @@ def test_the_allocator_tuning_stops_page_faults_per_chunk_and_yields_to_the_envi
     assert overridden > 128, overridden  # the operator's setting was kept
 
 
-def test_the_writer_thread_reports_a_failed_write_and_stops_taking_chunks() -> None:
-    from service.blobstore import _Writer
+def test_a_chunk_thread_consumes_in_order_and_reports_a_failed_write() -> None:
+    from service.blobstore import _ChunkThread
 
-    class Broken:
-        def write(self, chunk: Any) -> None:
+    consumed: list[bytes] = []
+
+    def write(chunk: bytes) -> None:
+        if chunk == b"bad":
             raise OSError(errno.EIO, "I/O error")
+        consumed.append(chunk)
 
-    writer = _Writer(Broken(), depth=2)  # type: ignore[arg-type]
-    writer.write(b"a")
     with pytest.raises(OSError, match="I/O error"):
-        for _ in range(100):  # the error surfaces at a later write at the latest
-            writer.write(b"b")
-        writer.finish()
-    writer.__exit__(None, None, None)
-    assert not writer._thread.is_alive()
+        with _ChunkThread(write, "test-writer", depth=2) as writer:
+            writer.feed(b"a")
+            writer.feed(b"bad")
+            for _ in range(100):  # the error surfaces at a later feed, or at finish at the latest
+                writer.feed(b"after")
+            writer.finish()
+    assert consumed == [b"a"] and not writer._thread.is_alive()
+
+    with _ChunkThread(consumed.append, "test-writer", depth=2) as in_order:
+        for i in range(50):
+            in_order.feed(bytes([i]))
+        in_order.finish()
+    assert consumed[1:] == [bytes([i]) for i in range(50)]
