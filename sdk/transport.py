@@ -14,7 +14,12 @@ MAX_MESSAGE_BYTES = 16 << 20
 
 
 class Transport(Protocol):
-    """Gives the client its stub and the metadata to send with every call."""
+    """Gives the client its stub and the metadata to send with every call.
+
+    Any KernelScope stub will do (the generated one over any channel, or a fake). Upload chunks go to
+    it as protobuf messages, unless the stub sets `takes_encoded_chunks = True` (this module's
+    KernelScopeStub does): then they go as bytes already encoded by sdk.chunks.
+    """
 
     def stub(self) -> kernelscope_pb2_grpc.KernelScopeStub: ...
 

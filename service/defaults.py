@@ -31,6 +31,8 @@ DATA_DIR = Path.home() / ".kernelscope"
 CHUNK_BYTES = 1 * MiB
 # Bytes of an upload that format sniffing looks at before accepting the rest.
 SNIFF_BYTES = 4 * KiB
+# An upload's bytes are pushed to disk every this many bytes as they arrive, not all at the final fsync.
+WRITE_BEHIND_BYTES = 16 * MiB
 # glibc malloc for the server process (service/allocator.py): buffers below this stay on the heap ...
 MALLOC_MMAP_THRESHOLD_BYTES = 4 * MiB
 # ... and this much freed heap stays mapped, so upload chunks reuse pages instead of faulting new ones.

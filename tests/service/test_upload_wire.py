@@ -206,3 +206,27 @@ def test_a_chunk_thread_consumes_in_order_and_reports_a_failed_write() -> None:
             in_order.feed(bytes([i]))
         in_order.finish()
     assert consumed[1:] == [bytes([i]) for i in range(50)]
+
+
+def test_writes_are_pushed_to_disk_as_they_arrive_and_the_blob_is_intact(tmp_path, monkeypatch) -> None:
+    from service import defaults
+    from service.blobstore import BlobStore
+
+    started: list[tuple[int, int]] = []
+    real = os.posix_fadvise
+
+    def record(fd: int, offset: int, length: int, advice: int) -> None:
+        assert advice == os.POSIX_FADV_DONTNEED
+        assert os.fstat(fd).st_size >= offset + length  # only bytes already handed to the kernel
+        started.append((offset, length))
+        real(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", record)
+    step = defaults.WRITE_BEHIND_BYTES
+    data = os.urandom(2 * step + 3 * (1 << 20))
+    store = BlobStore(tmp_path)
+    with store.stage(sdk_chunks.pieces(data), limit=len(data), expected_sha256=sha256(data)) as staged:
+        assert staged.path.read_bytes() == data
+        store.commit(staged)
+    assert started == [(0, step), (step, step)]
+    assert store.path(sha256(data)).read_bytes() == data
