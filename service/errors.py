@@ -9,7 +9,8 @@
     └── unavailable(...)                  UNAVAILABLE          Redis or storage down; retryable
 
 Redis connection and timeout errors raised anywhere under an RPC become UNAVAILABLE with reason
-REDIS_UNAVAILABLE, so that clients retry instead of seeing INTERNAL.
+REDIS_UNAVAILABLE, so that clients retry instead of seeing INTERNAL. Request bytes that do not parse
+(UndecodableRequests) become INVALID_ARGUMENT with reason BAD_MESSAGE instead of gRPC's own INTERNAL.
 """
 
 from __future__ import annotations
@@ -124,3 +125,64 @@ def rpc_errors(method: F) -> F:
         abort(context, error)
 
     return unary  # type: ignore[return-value]
+
+
+class Undecodable:
+    """Stands in for a request whose bytes did not parse, so the RPC can refuse it with a status of ours."""
+
+    def __init__(self, method: str, error: Exception) -> None:
+        self.error = invalid_argument(
+            "BAD_MESSAGE", f"the request to {method} is not a valid protobuf message: {error or type(error).__name__}"
+        )
+
+
+class UndecodableRequests(grpc.ServerInterceptor):
+    """Answers requests that do not parse with INVALID_ARGUMENT (BAD_MESSAGE), not gRPC's INTERNAL.
+
+    gRPC turns a deserializer's exception into INTERNAL "Exception deserializing request!", which
+    reads as a server bug and tells the client nothing. For the methods under `prefix` the
+    deserializer returns an Undecodable instead, and the method refuses it before any servicer code
+    runs (unary requests) or when the servicer reaches it in the stream (client streaming).
+    """
+
+    def __init__(self, prefix: str) -> None:
+        self._prefix = prefix
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        if handler is None or handler.request_deserializer is None or not method.startswith(self._prefix):
+            return handler
+        deserialize = handler.request_deserializer
+
+        def tolerant(data: bytes) -> Any:
+            try:
+                return deserialize(data)
+            except Exception as exc:  # noqa: BLE001 - whatever the parser raises, the bytes are bad
+                return Undecodable(method, exc)
+
+        kind = ("stream_" if handler.request_streaming else "unary_") + ("stream" if handler.response_streaming else "unary")
+        behaviour = getattr(handler, kind)
+        if handler.request_streaming:
+
+            def checked(requests: Iterator[Any]) -> Iterator[Any]:
+                for request in requests:
+                    if isinstance(request, Undecodable):
+                        raise request.error  # inside the servicer's rpc_errors: refused like any ServiceError
+                    yield request
+
+            def run(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+                return behaviour(checked(requests), context)
+
+        else:  # a unary request: refused before the method (or its response stream) starts
+
+            def run(request: Any, context: grpc.ServicerContext) -> Any:  # type: ignore[misc]
+                if isinstance(request, Undecodable):
+                    abort(context, request.error)
+                return behaviour(request, context)
+
+        return handler._replace(request_deserializer=tolerant, **{kind: run})  # type: ignore[attr-defined]

@@ -23,6 +23,7 @@ from service.api import KernelScopeServicer
 from service.auth import Authenticator
 from service.blobstore import BlobStore
 from service.config import Config
+from service.errors import UndecodableRequests
 from service.reaper import Reaper
 from service.tenants import Tenants
 from service.uploads import CHUNK_TAG, ChunkViews
@@ -34,6 +35,8 @@ KERNELSCOPE_SERVICE = kernelscope_pb2.DESCRIPTOR.services_by_name["KernelScope"]
 WORKER_SERVICE = worker_pb2.DESCRIPTOR.services_by_name["Worker"].full_name
 # Health is reported for the whole server ("") and for the public API by name.
 HEALTH_SERVICES = ("", KERNELSCOPE_SERVICE)
+# Methods whose undecodable requests are refused as INVALID_ARGUMENT: ours (KernelScope and Worker).
+KERNELSCOPE_PACKAGE = "/" + kernelscope_pb2.DESCRIPTOR.package + "."
 
 
 def upload_methods() -> dict[str, Any]:
@@ -83,7 +86,8 @@ def build_server(config: Config) -> tuple[grpc.Server, int]:
 
     server = grpc.server(
         ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="kernelscope-rpc"),
-        interceptors=(ChunkViews(upload_methods()),),
+        # Outermost first: UndecodableRequests wraps whatever deserializer ChunkViews put in place.
+        interceptors=(UndecodableRequests(KERNELSCOPE_PACKAGE), ChunkViews(upload_methods())),
         options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),

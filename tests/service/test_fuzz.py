@@ -1,8 +1,8 @@
 """Hostile input (hypothesis, bounded and derandomised): random, truncated and oversized upload streams, raw
 bytes that are not protobufs, random CreateJob requests and artifact names full of separators and "..".
 
-Whatever arrives, the server answers with a status (a kernelscope reason, or gRPC's own refusal of an
-unparsable or oversized message), never an INTERNAL of its own; it stays SERVING; no temp file is left;
+Whatever arrives, the server answers with a status (a kernelscope reason, BAD_MESSAGE for bytes that do
+not parse, or gRPC's own refusal of an oversized message), never an INTERNAL; it stays SERVING; no temp file is left;
 every stored blob is named by the sha256 of its bytes; and an accepted artifact name is a clean relative
 path that cannot leave a directory it is joined to.
 """
@@ -23,14 +23,26 @@ from hypothesis import strategies as st
 from kernelscope.v1 import common_pb2, datasets_pb2, jobs_pb2, models_pb2, tasks_pb2, worker_pb2, worker_pb2_grpc
 
 from service.tasks import TASK_NAMES
-from tests.service.helpers import clips, npz_bytes, onnx_bytes, reason, sha256, upload_dataset, upload_model, zip_bytes
+from tests.service.helpers import (
+    clips,
+    dataset_messages,
+    model_messages,
+    npz_bytes,
+    onnx_bytes,
+    reason,
+    rpc_error,
+    sha256,
+    upload_dataset,
+    upload_model,
+    zip_bytes,
+)
 
 CODE = grpc.StatusCode
 LIMIT = 4096  # max_upload_bytes and max_artifact_bytes of the fuzzed server
 DATASET_LIMIT = 16 * 1024  # its max_dataset_bytes
 MESSAGE_LIMIT = 64 * 1024  # max_message_bytes: a bigger chunk is refused by gRPC itself
-# gRPC's own refusals (no kernelscope reason): an unparsable protobuf, an oversized message.
-GRPC_REFUSALS = {(CODE.INTERNAL, "Exception deserializing request!"), (CODE.RESOURCE_EXHAUSTED, None)}
+# gRPC's own refusal (no kernelscope reason): an oversized message. Unparsable bytes are ours: BAD_MESSAGE.
+GRPC_REFUSALS = {(CODE.RESOURCE_EXHAUSTED, None)}
 OUR_CODES = {CODE.INVALID_ARGUMENT, CODE.NOT_FOUND, CODE.RESOURCE_EXHAUSTED, CODE.FAILED_PRECONDITION}
 
 FUZZ = settings(
@@ -298,6 +310,45 @@ def test_hostile_create_job_requests_are_refused_in_order(server) -> None:
     assert seen.get("OK") and seen.get("INVALID_ARGUMENT") and seen.get("NOT_FOUND"), seen
     for job in stub.ListJobs(jobs_pb2.ListJobsRequest(page_size=1000), timeout=20).jobs:  # what was accepted is sane
         assert job.model_id == model.id and all(t.name in TASK_NAMES for t in job.tasks)
+
+
+CORRUPT = b"\xff\xff\xff"  # a field tag whose varint never ends: DecodeError for every message type
+
+
+@pytest.mark.parametrize(
+    "method, shape",
+    [
+        ("/kernelscope.v1.KernelScope/GetModel", "unary_unary"),
+        ("/kernelscope.v1.KernelScope/CreateJob", "unary_unary"),
+        ("/kernelscope.v1.KernelScope/WatchJob", "unary_stream"),
+        ("/kernelscope.v1.KernelScope/ReadArtifact", "unary_stream"),
+        ("/kernelscope.v1.KernelScope/UploadModel", "stream_unary"),
+        ("/kernelscope.v1.KernelScope/UploadDataset", "stream_unary"),
+        ("/kernelscope.v1.Worker/FetchBlob", "unary_stream"),
+        ("/kernelscope.v1.Worker/WriteArtifact", "stream_unary"),
+    ],
+)
+def test_bytes_that_do_not_parse_are_bad_message_not_internal(server, method: str, shape: str) -> None:
+    call = getattr(server.channel(), shape)(method)
+    metadata = server.worker_metadata if method.startswith("/kernelscope.v1.Worker/") else ()
+    if shape.startswith("stream"):
+        attempts = [iter([CORRUPT])]  # where the header should be
+        valid = {
+            "UploadModel": model_messages(onnx_bytes()),
+            "UploadDataset": dataset_messages(npz_bytes(**clips(n_per_class=1, classes=2, shape=(1, 2, 2, 2)))),
+        }
+        first = valid.get(method.rsplit("/", 1)[1])
+        if first is not None:  # after a valid header, among the chunks
+            attempts.append(iter([next(first).SerializeToString(), CORRUPT]))
+    else:
+        attempts = [CORRUPT]
+    for request in attempts:
+        with rpc_error(CODE.INVALID_ARGUMENT, "BAD_MESSAGE", contains=method):
+            reply = call(request, timeout=10, metadata=metadata)
+            if shape == "unary_stream":
+                list(reply)
+    assert_store_clean(server)
+    assert_serving(server)
 
 
 HOSTILE_NAMES = [
