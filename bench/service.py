@@ -41,6 +41,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from sdk.chunks import varint  # noqa: E402 - after the path is set
+
 MiB = 1 << 20
 # The stack's server: enough RPC threads for 50 watching clients plus the workers' calls, and room for
 # 1000 jobs of one tenant in flight (the defaults are 32 threads and 100 jobs).
@@ -69,22 +71,13 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        out.append((value & 0x7F) | (0x80 if value >> 7 else 0))
-        value >>= 7
-        if not value:
-            return bytes(out)
-
-
 def _write_model_file(path: Path, size: int) -> None:
     """An ONNX-shaped protobuf (ir_version, producer, empty graph) whose doc_string fills `size` bytes."""
     head = b"\x08\x08\x12\x04test\x3a\x02\x0a\x00\x32"
-    doc = next(d for n in range(1, 11) if len(_varint(d := size - len(head) - n)) == n)
+    doc = next(d for n in range(1, 11) if len(varint(d := size - len(head) - n)) == n)
     block = os.urandom(MiB)
     with open(path, "wb") as f:
-        f.write(head + _varint(doc))
+        f.write(head + varint(doc))
         written = 0
         while written < doc:
             piece = block[: min(MiB, doc - written)]

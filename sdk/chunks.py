@@ -18,7 +18,8 @@ CHUNK_FIELD = 2
 _TAG = bytes([(CHUNK_FIELD << 3) | 2])
 
 
-def _varint(value: int) -> bytes:
+def varint(value: int) -> bytes:
+    """A non-negative int in protobuf's base-128 varint encoding (lengths, field tags)."""
     out = bytearray()
     while True:
         out.append((value & 0x7F) | (0x80 if value >> 7 else 0))
@@ -29,7 +30,7 @@ def _varint(value: int) -> bytes:
 
 def encode(piece: bytes | memoryview) -> bytes:
     """The serialized request message whose only field is `chunk = piece` (one copy of `piece`)."""
-    return b"".join((_TAG, _varint(len(piece)), piece))
+    return b"".join((_TAG, varint(len(piece)), piece))
 
 
 def serialize(request: Message | bytes) -> bytes:

@@ -13,6 +13,7 @@ import grpc
 import numpy as np
 from kernelscope.v1 import datasets_pb2, models_pb2
 
+from sdk.chunks import varint
 from service.errors import REASON_METADATA_KEY
 
 CHUNK = 64 * 1024
@@ -25,7 +26,7 @@ def onnx_bytes(padding: int = 0) -> bytes:
         b"\x08\x08"  # ir_version = 8
         + b"\x12\x04test"  # producer_name = "test"
         + b"\x3a\x02\x0a\x00"  # graph { node {} }
-        + b"\x32" + _varint(len(doc)) + doc  # doc_string
+        + b"\x32" + varint(len(doc)) + doc  # doc_string
     )
 
 
@@ -124,16 +125,6 @@ def stored_files(data_dir: Path) -> dict[str, list[Path]]:
         "blobs": sorted(p for p in (data_dir / "blobs").rglob("*") if p.is_file()),
         "tmp": sorted(p for p in (data_dir / "tmp").rglob("*") if p.is_file()),
     }
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
 
 
 class _BearerToken(
