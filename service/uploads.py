@@ -2,8 +2,9 @@
 
 Chunk messages skip protobuf on the way in: `ChunkViews` gives the upload methods a deserializer that
 hands a message consisting of exactly one `chunk` field to the servicer as a memoryview of the received
-bytes. Parsing it would copy each MiB twice (into the parser's arena, then out into a new bytes object),
-which with the page faults of the fresh buffers cost about a third of the server's CPU per uploaded byte.
+bytes. Parsing it would copy each MiB twice (into the parser's arena, then out into a new bytes object):
+in a profile of a 1 GiB upload that was 1.2 s of the server's CPU, on a thread of its own that gRPC's
+receiving waits for.
 Anything else (the header, an odd but valid encoding) is parsed as usual.
 """
 
@@ -20,7 +21,7 @@ CHUNK_TAG = (2 << 3) | 2
 _MAX_VARINT_BYTES = 10
 
 
-def split(requests: Iterable[Any], header_type: str) -> tuple[Any, Iterator[bytes]]:
+def split(requests: Iterable[Any], header_type: str) -> tuple[Any, Iterator[bytes | memoryview]]:
     """(header, chunks) of an upload stream whose messages have a oneof "payload" of header | chunk.
 
     INVALID_ARGUMENT when the stream is empty, starts with a chunk, or repeats the header.
