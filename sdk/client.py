@@ -26,6 +26,7 @@ from kernelscope.v1 import datasets_pb2, jobs_pb2, models_pb2
 from sdk import chunks, model_source, tasks as task_specs
 from sdk.errors import Unavailable, from_rpc_error
 from sdk.job import TERMINAL, Job
+from sdk.progress import UploadBar
 from sdk.result import Result
 from sdk.transport import GrpcTransport, Transport
 
@@ -87,19 +88,26 @@ class Client:
         self.close()
 
     # ------------------------------------------------------------------ models
-    def upload_model(self, model: Any, **options: Any) -> models_pb2.Model:
-        """Upload a model (see sdk.model_source.prepare for what `model` may be); known bytes are not re-sent twice."""
+    def upload_model(self, model: Any, *, progress: bool | None = None, **options: Any) -> models_pb2.Model:
+        """Upload a model (see sdk.model_source.prepare for what `model` may be); known bytes are not re-sent twice.
+
+        `progress`: a bar of the bytes sent (None: only when stderr is a terminal).
+        """
         source = model_source.prepare(model, **options)
         known = self._known_model(source.sha256)
         if known is not None and known.format == source.format and known.architecture == source.architecture:
             return known
+        bar = UploadBar(source.size, source.name, progress)
 
         def messages() -> Iterator[models_pb2.UploadModelRequest | bytes]:
             yield models_pb2.UploadModelRequest(header=source.header())
-            yield from self._chunk_messages(source.chunks(), models_pb2.UploadModelRequest)
+            yield from self._chunk_messages(bar.track(source.chunks()), models_pb2.UploadModelRequest)
 
         timeout = UPLOAD_MIN_TIMEOUT_S + source.size / UPLOAD_SLOWEST_BPS
-        return self._retry(lambda: self._stub.UploadModel(messages(), timeout=timeout, metadata=self._md()))
+        try:
+            return self._retry(lambda: self._stub.UploadModel(messages(), timeout=timeout, metadata=self._md()))
+        finally:
+            bar.close()
 
     def _chunk_messages(self, pieces: Iterable[bytes | memoryview], request_type: Any) -> Iterator[Any]:
         """Chunk requests: pre-encoded bytes when the stub takes them (sdk.transport's), else messages."""
@@ -132,8 +140,19 @@ class Client:
         return self._unary(self._stub.DescribeModel, models_pb2.DescribeModelRequest(model_id=model_id), timeout=DESCRIBE_TIMEOUT_S)
 
     # ------------------------------------------------------------------ datasets
-    def upload_dataset(self, data: Any, y: Any = None, class_names: Iterable[str] | None = None, name: str = "dataset") -> datasets_pb2.Dataset:
-        """Upload a labelled sample set: an .npz path or bytes (arrays x, y, optional class_names), or x and y arrays."""
+    def upload_dataset(
+        self,
+        data: Any,
+        y: Any = None,
+        class_names: Iterable[str] | None = None,
+        name: str = "dataset",
+        *,
+        progress: bool | None = None,
+    ) -> datasets_pb2.Dataset:
+        """Upload a labelled sample set: an .npz path or bytes (arrays x, y, optional class_names), or x and y arrays.
+
+        `progress`: a bar of the bytes sent (None: only when stderr is a terminal).
+        """
         if isinstance(data, (str, os.PathLike)):
             name, payload = Path(data).name, Path(data).read_bytes()
         elif isinstance(data, (bytes, bytearray)):
@@ -152,12 +171,17 @@ class Client:
 
         header = datasets_pb2.DatasetHeader(name=name, size_bytes=len(payload), sha256=hashlib.sha256(payload).hexdigest())
 
+        bar = UploadBar(len(payload), name, progress)
+
         def messages() -> Iterator[datasets_pb2.UploadDatasetRequest | bytes]:
             yield datasets_pb2.UploadDatasetRequest(header=header)
-            yield from self._chunk_messages(chunks.pieces(payload), datasets_pb2.UploadDatasetRequest)
+            yield from self._chunk_messages(bar.track(chunks.pieces(payload)), datasets_pb2.UploadDatasetRequest)
 
         timeout = UPLOAD_MIN_TIMEOUT_S + len(payload) / UPLOAD_SLOWEST_BPS
-        return self._retry(lambda: self._stub.UploadDataset(messages(), timeout=timeout, metadata=self._md()))
+        try:
+            return self._retry(lambda: self._stub.UploadDataset(messages(), timeout=timeout, metadata=self._md()))
+        finally:
+            bar.close()
 
     def get_dataset(self, dataset_id: str) -> datasets_pb2.Dataset:
         return self._unary(self._stub.GetDataset, datasets_pb2.GetDatasetRequest(dataset_id=dataset_id))
@@ -181,17 +205,19 @@ class Client:
     ) -> Result | Job:
         """Upload `model` (and `dataset`), run `tasks`, and return the Result (or the Job when wait=False).
 
+        `progress` shows bars for the uploads and the job (None: only when stderr is a terminal).
+
         model_options go to upload_model: example_input (torch modules), input_spec, format, name, architecture.
         """
-        model_id = self._model_id(model, **model_options)
+        model_id = self._model_id(model, progress=progress, **model_options)
         dataset_id = ""
         if dataset is not None:
             if isinstance(dataset, str) and dataset.startswith("ds_"):
                 dataset_id = dataset
             elif isinstance(dataset, tuple):
-                dataset_id = self.upload_dataset(*dataset).id
+                dataset_id = self.upload_dataset(*dataset, progress=progress).id
             else:
-                dataset_id = self.upload_dataset(dataset).id
+                dataset_id = self.upload_dataset(dataset, progress=progress).id
         job = self.create_job(model_id, tasks, dataset_id=dataset_id, request_id=request_id)
         if not wait:
             return job

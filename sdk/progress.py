@@ -1,11 +1,44 @@
-"""A progress bar for waiting on jobs; silent when stderr is not a terminal (CI logs stay clean)."""
+"""Progress bars for uploads (bytes sent) and for waiting on jobs; silent when stderr is not a terminal
+(CI logs stay clean)."""
 
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, Iterable, Iterator, Sized, TypeVar
 
 from kernelscope.v1 import jobs_pb2
+
+
+Piece = TypeVar("Piece", bound=Sized)
+
+
+class UploadBar:
+    """Bytes of an upload handed to gRPC so far. `enabled=None` means: only on a TTY."""
+
+    def __init__(self, total: int, description: str, enabled: bool | None = None) -> None:
+        if enabled is None:
+            enabled = sys.stderr.isatty()
+        self._bar: Any = None
+        if enabled:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, desc=f"upload {description}"[:48], unit="B", unit_scale=True, unit_divisor=1024)
+
+    def track(self, pieces: Iterable[Piece]) -> Iterator[Piece]:
+        """`pieces` unchanged; each counts once gRPC asks for the next one (sent, flow control allowing).
+
+        Starts from zero every time it is called, so a retried upload shows its new attempt.
+        """
+        if self._bar is not None:
+            self._bar.reset()
+        for piece in pieces:
+            yield piece
+            if self._bar is not None:
+                self._bar.update(len(piece))
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
 
 
 class ProgressBar:

@@ -81,3 +81,27 @@ def test_the_grpc_transport_stub_takes_encoded_chunks() -> None:
         assert stub.takes_encoded_chunks and hasattr(stub, "GetModel") and hasattr(stub, "UploadDataset")
     finally:
         channel.close()
+
+
+def test_the_upload_bar_counts_each_piece_once_handed_on_and_restarts_for_a_retry() -> None:
+    from sdk.progress import UploadBar
+
+    bar = UploadBar(10, "m.onnx", enabled=True)
+    first = bar.track([b"abc", b"defgh", b"ij"])
+    assert next(first) == b"abc" and bar._bar.n == 0  # not counted until gRPC asks for the next piece
+    assert next(first) == b"defgh" and bar._bar.n == 3
+    assert list(bar.track([b"abc", b"defgh", b"ij"])) == [b"abc", b"defgh", b"ij"]  # a retry starts over
+    assert bar._bar.n == 10
+    bar.close()
+    assert list(UploadBar(10, "quiet", enabled=False).track([b"abc"])) == [b"abc"]
+
+
+def test_upload_progress_reaches_the_whole_size_through_a_real_server(kernelscope_server, capsys) -> None:
+    from tests.service.helpers import onnx_bytes
+
+    data = onnx_bytes(padding=3 * chunks.CHUNK_BYTES)
+    with sdk.Client(kernelscope_server.address) as client:
+        model = client.upload_model(data, format="onnx", name="bar-test.onnx", progress=True)
+        assert client.upload_model(data, format="onnx", progress=True).id == model.id  # known bytes: no bar
+    err = capsys.readouterr().err
+    assert err.count("upload bar-test.onnx") >= 1 and "100%" in err and "3.00M/3.00M" in err, err[-300:]
