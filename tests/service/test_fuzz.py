@@ -2,9 +2,9 @@
 bytes that are not protobufs, random CreateJob requests and artifact names full of separators and "..".
 
 Whatever arrives, the server answers with a status (a kernelscope reason, BAD_MESSAGE for bytes that do
-not parse, or gRPC's own refusal of an oversized message), never an INTERNAL; it stays SERVING; no temp file is left;
-every stored blob is named by the sha256 of its bytes; and an accepted artifact name is a clean relative
-path that cannot leave a directory it is joined to.
+not parse, or gRPC's own refusal of an oversized message), never an INTERNAL; it stays SERVING; no temp
+file is left; every stored blob is named by the sha256 of its bytes; and an accepted artifact name is a
+clean relative path that cannot leave a directory it is joined to.
 """
 
 from __future__ import annotations
