@@ -12,17 +12,28 @@ from kernelscope.v1 import jobs_pb2
 Piece = TypeVar("Piece", bound=Sized)
 
 
-class UploadBar:
-    """Bytes of an upload handed to gRPC so far. `enabled=None` means: only on a TTY."""
+class _Bar:
+    """A tqdm bar on stderr, or nothing: `enabled=None` means only when stderr is a terminal."""
 
-    def __init__(self, total: int, description: str, enabled: bool | None = None) -> None:
+    def __init__(self, enabled: bool | None, **options: Any) -> None:
         if enabled is None:
             enabled = sys.stderr.isatty()
         self._bar: Any = None
         if enabled:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, desc=f"upload {description}"[:48], unit="B", unit_scale=True, unit_divisor=1024)
+            self._bar = tqdm(**options)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+class UploadBar(_Bar):
+    """Bytes of an upload handed to gRPC so far. `enabled=None` means: only on a TTY."""
+
+    def __init__(self, total: int, description: str, enabled: bool | None = None) -> None:
+        super().__init__(enabled, total=total, desc=f"upload {description}"[:48], unit="B", unit_scale=True, unit_divisor=1024)
 
     def track(self, pieces: Iterable[Piece]) -> Iterator[Piece]:
         """`pieces` unchanged; each counts once gRPC asks for the next one (sent, flow control allowing).
@@ -36,22 +47,12 @@ class UploadBar:
             if self._bar is not None:
                 self._bar.update(len(piece))
 
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
 
-
-class ProgressBar:
+class ProgressBar(_Bar):
     """Shows the job's fraction done and its current task/stage. `enabled=None` means: only on a TTY."""
 
     def __init__(self, enabled: bool | None = None, description: str = "") -> None:
-        if enabled is None:
-            enabled = sys.stderr.isatty()
-        self._bar: Any = None
-        if enabled:
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=100, desc=description or "job", unit="%", bar_format="{desc} {bar} {n:.0f}% [{elapsed}]")
+        super().__init__(enabled, total=100, desc=description or "job", unit="%", bar_format="{desc} {bar} {n:.0f}% [{elapsed}]")
 
     def update(self, job: jobs_pb2.Job) -> None:
         if self._bar is None:
@@ -63,7 +64,3 @@ class ProgressBar:
         target = 100.0 if job.state == jobs_pb2.SUCCEEDED else 100.0 * p.fraction
         self._bar.n = max(self._bar.n, target)
         self._bar.refresh()
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
