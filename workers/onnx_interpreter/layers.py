@@ -68,6 +68,13 @@ def _geometry(attrs: dict[str, Any], rank: int) -> tuple[list[int], list[int], i
     return strides, dilations, group, auto_pad, begin, end
 
 
+def _hold(layer: nn.Module, weight: Tensor, bias: Tensor | None) -> None:
+    """Put the ONNX tensors in place of the `meta` parameters the layer was built with (no copy, no init)."""
+    layer.weight = nn.Parameter(weight)
+    if bias is not None:
+        layer.bias = nn.Parameter(bias)
+
+
 def _check_rank(rank: int, op: str) -> None:
     if rank not in (1, 2, 3):
         raise ValueError(f"{op} with {rank} spatial axes is not supported (1 to 3 are)")
@@ -90,9 +97,7 @@ def make_conv(weight: Tensor, bias: Tensor | None, attrs: dict[str, Any]) -> nn.
         bias=bias is not None,
         device="meta",
     )
-    conv.weight = nn.Parameter(weight)
-    if bias is not None:
-        conv.bias = nn.Parameter(bias)
+    _hold(conv, weight, bias)
     conv.onnx_auto_pad = auto_pad if auto_pad.startswith("SAME") else "NOTSET"
     conv.onnx_pads = None if symmetric or auto_pad.startswith("SAME") else (begin, end)
     return conv
@@ -160,9 +165,7 @@ def make_conv_transpose(weight: Tensor, bias: Tensor | None, attrs: dict[str, An
         bias=bias is not None,
         device="meta",
     )
-    conv.weight = nn.Parameter(weight)
-    if bias is not None:
-        conv.bias = nn.Parameter(bias)
+    _hold(conv, weight, bias)
     conv.onnx_attrs = dict(attrs)
     return conv
 
@@ -170,9 +173,7 @@ def make_conv_transpose(weight: Tensor, bias: Tensor | None, attrs: dict[str, An
 def make_linear(weight: Tensor, bias: Tensor | None) -> nn.Linear:
     """nn.Linear holding `weight` (out, in), the layout torch uses (ONNX's Gemm B with transB=1)."""
     linear = nn.Linear(int(weight.shape[1]), int(weight.shape[0]), bias=bias is not None, device="meta")
-    linear.weight = nn.Parameter(weight)
-    if bias is not None:
-        linear.bias = nn.Parameter(bias)
+    _hold(linear, weight, bias)
     return linear
 
 
