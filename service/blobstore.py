@@ -192,13 +192,14 @@ class _WriteBehind:
         self._every = every
         self._written = 0
         self._started = 0
+        self._advise = getattr(os, "posix_fadvise", None)
 
     def __call__(self, chunk: bytes | memoryview) -> None:
         self._handle.write(chunk)
         self._written += len(chunk)
-        if self._written - self._started >= self._every and hasattr(os, "posix_fadvise"):
+        if self._advise is not None and self._written - self._started >= self._every:
             self._handle.flush()
-            os.posix_fadvise(self._handle.fileno(), self._started, self._written - self._started, os.POSIX_FADV_DONTNEED)
+            self._advise(self._handle.fileno(), self._started, self._written - self._started, os.POSIX_FADV_DONTNEED)
             self._started = self._written
 
 
