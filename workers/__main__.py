@@ -16,6 +16,13 @@ import logging
 import os
 import signal
 import sys
+from typing import Any
+
+from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from rq import Queue, Worker
+from rq.serializers import JSONSerializer
 
 from workers import defaults
 
@@ -59,6 +66,40 @@ def _preload() -> None:
             logging.getLogger(__name__).warning("could not preload %s: %s", module, exc)
 
 
+class KernelScopeWorker(Worker):
+    """RQ's worker, made safe to stop and to kill.
+
+    - The horse dies with its worker (PR_SET_PDEATHSIG), so a re-queued job never also finishes on an orphan.
+    - A heartbeat that cannot reach Redis is skipped, not fatal: RQ would quit with the job running, and a Redis
+      restart would take every busy worker down with it.
+    - A SIGTERM or SIGINT that arrives while the worker registers itself (RQ installs its handlers only after
+      registering, and orchestrators stop workers the moment they appear) stops it cleanly, with its death
+      registered, instead of killing it with its registration left behind.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.parent_pid = os.getpid()
+
+    def bootstrap(self, *args: Any, **kwargs: Any) -> None:
+        def stop_once_started(signum: int, frame: object) -> None:
+            self._stop_requested = True  # work() checks this before taking its first job
+
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, stop_once_started)
+        super().bootstrap(*args, **kwargs)
+
+    def main_work_horse(self, *horse_args: Any, **horse_kwargs: Any) -> None:
+        _die_with_parent(self.parent_pid)
+        super().main_work_horse(*horse_args, **horse_kwargs)
+
+    def maintain_heartbeats(self, *beat_args: Any, **beat_kwargs: Any) -> None:
+        try:
+            super().maintain_heartbeats(*beat_args, **beat_kwargs)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            self.log.warning("heartbeat skipped, Redis unreachable: %s", exc)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workers", description=__doc__)
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", defaults.REDIS_URL))
@@ -76,31 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_preload:
         _preload()
 
-    from redis import Redis
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
-    from rq import Queue, Worker
-    from rq.serializers import JSONSerializer
-
-    class HorseDiesWithWorker(Worker):
-        """The horse dies with its worker; a heartbeat that cannot reach Redis is skipped, not fatal (RQ would
-        quit with the job running, and a Redis restart would take every busy worker down with it)."""
-
-        def main_work_horse(self, *horse_args: object, **horse_kwargs: object) -> None:
-            _die_with_parent(parent_pid)
-            super().main_work_horse(*horse_args, **horse_kwargs)  # type: ignore[arg-type]
-
-        def maintain_heartbeats(self, *beat_args: object, **beat_kwargs: object) -> None:
-            try:
-                super().maintain_heartbeats(*beat_args, **beat_kwargs)  # type: ignore[arg-type]
-            except (RedisConnectionError, RedisTimeoutError) as exc:
-                self.log.warning("heartbeat skipped, Redis unreachable: %s", exc)
-
-    parent_pid = os.getpid()
     heartbeat = max(1, int(os.environ.get("KERNELSCOPE_WORKER_HEARTBEAT", HEARTBEAT_SECONDS)))
     redis = Redis.from_url(args.redis_url)
     queue = Queue(args.queue, connection=redis, serializer=JSONSerializer)
-    worker = HorseDiesWithWorker(
+    worker = KernelScopeWorker(
         [queue], connection=redis, serializer=JSONSerializer, name=args.name, job_monitoring_interval=heartbeat
     )
     worker.work(burst=args.burst, with_scheduler=False)
