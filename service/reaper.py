@@ -11,6 +11,12 @@ abandoned when
   own heartbeat intervals (read off the execution key's TTL, which RQ sets to interval + 60 s at
   each beat), so that a worker left at RQ's slow 30 s default is never taken for dead.
 
+A job can also be stranded before it starts: a worker moves the job id from the queue to the queue's
+intermediate list (RQ does so on Redis >= 6.2), and only then registers it as started; a worker that dies in between leaves the id
+in that list with the job still QUEUED, where RQ's maintenance would fail it minutes later. A job id
+that stays in the intermediate list, unstarted, for `config.worker_timeout` (the usual stay is a few
+milliseconds) is taken off the list and handled as abandoned.
+
 An abandoned job is queued again at the front, at most `config.job_retries` times; after that, or
 when a cancel was requested, it fails with WORKER_LOST (shown CANCELLED when it was cancelled).
 Workers beat every KERNELSCOPE_WORKER_HEARTBEAT seconds (workers/__main__.py), and a work-horse
@@ -35,6 +41,7 @@ import redis
 from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.executions import Execution
+from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job as RQJob
 from rq.job import JobStatus
 from rq.job_lifecycle import record_job_failure
@@ -76,6 +83,9 @@ class Reaper:
         self.config = config
         self.queue = Queue(config.queue_name, connection=conn, serializer=JSONSerializer)
         self.started = StartedJobRegistry(config.queue_name, connection=conn, serializer=JSONSerializer)
+        self.intermediate = IntermediateQueue(self.queue.key, connection=conn)
+        # job id -> when this reaper first saw it in the intermediate list, unstarted (time.monotonic()).
+        self._unstarted_since: dict[str, float] = {}
 
     def run(self, stop: threading.Event) -> None:
         resume_at = 0.0
@@ -102,6 +112,22 @@ class Reaper:
             except ValueError:
                 continue
             reaped = self._reap_if_abandoned(job_id, execution_id)
+            if reaped is not None:
+                done.append(reaped)
+        return done + self._reap_stranded()
+
+    def _reap_stranded(self) -> list[Reaped]:
+        """Jobs left in the intermediate list by a worker that died between taking them and starting them."""
+        now = time.monotonic()
+        waiting = set(self.intermediate.get_job_ids())
+        self._unstarted_since = {j: t for j, t in self._unstarted_since.items() if j in waiting}
+        done = []
+        for job_id in waiting:
+            since = self._unstarted_since.setdefault(job_id, now)
+            if now - since < self.config.worker_timeout:
+                continue
+            reaped = self._reap_if_stranded(job_id)
+            self._unstarted_since.pop(job_id, None)
             if reaped is not None:
                 done.append(reaped)
         return done
@@ -147,31 +173,66 @@ class Reaper:
                     return None
                 job = RQJob.fetch(job_id, connection=self.conn, serializer=JSONSerializer)
                 execution.worker_name = worker
-                losses = int((job.meta or {}).get(LOSSES_META, 0)) + 1
-                cancelled = self._cancel_requested(job_id)
-                requeue = losses <= self.config.job_retries and not cancelled
                 pipe.multi()
                 execution.delete(job=job, pipeline=pipe)
-                if requeue:
-                    self._requeue(job, losses, pipe)
-                else:
-                    why = "a cancel was requested" if cancelled else f"gave up after {losses} lost worker(s)"
-                    record_job_failure(
-                        job,
-                        f"{WORKER_LOST_MARK}: the worker running this job ({worker or 'unknown'}) stopped "
-                        f"responding; {why} (KERNELSCOPE_JOB_RETRIES={self.config.job_retries})",
-                        pipe,
-                    )
+                reaped = self._requeue_or_fail(job, worker, pipe)
                 pipe.execute()
             except (redis.WatchError, NoSuchJobError):
                 return None  # it moved on meanwhile: alive after all, or another replica got there first
+        self._log(reaped, "stopped responding")
+        return reaped
+
+    def _reap_if_stranded(self, job_id: str) -> Reaped | None:
+        job_key = RQJob.key_for(job_id)
+        with self.conn.pipeline() as pipe:
+            try:
+                # A worker that is only slow would start the job by adding it to the started registry
+                # and taking it off the intermediate list: either change aborts this transaction.
+                pipe.watch(job_key, self.intermediate.key, self.started.key)
+                if job_id not in self.intermediate.get_job_ids() or job_id in self.started:
+                    return None
+                status = self.conn.hget(job_key, "status")
+                pipe.multi()
+                pipe.lrem(self.intermediate.key, 1, job_id)
+                pipe.delete(self.intermediate.get_first_seen_key(job_id))
+                if status is None or status.decode() != JobStatus.QUEUED.value:
+                    pipe.execute()  # gone, cancelled or ended meanwhile: nothing left to run
+                    return None
+                job = RQJob.fetch(job_id, connection=self.conn, serializer=JSONSerializer)
+                reaped = self._requeue_or_fail(job, "", pipe)
+                pipe.execute()
+            except (redis.WatchError, NoSuchJobError):
+                return None
+        self._log(reaped, "died between taking it and starting it")
+        return reaped
+
+    def _requeue_or_fail(self, job: RQJob, worker: str, pipe: redis.client.Pipeline) -> Reaped:
+        """Queue an abandoned job again, or fail it once it has lost too many workers or was cancelled."""
+        losses = int((job.meta or {}).get(LOSSES_META, 0)) + 1
+        cancelled = self._cancel_requested(job.id)
+        requeue = losses <= self.config.job_retries and not cancelled
+        if requeue:
+            self._requeue(job, losses, pipe)
+        else:
+            why = "a cancel was requested" if cancelled else f"gave up after {losses} lost worker(s)"
+            record_job_failure(
+                job,
+                f"{WORKER_LOST_MARK}: the worker running this job ({worker or 'unknown'}) stopped "
+                f"responding; {why} (KERNELSCOPE_JOB_RETRIES={self.config.job_retries})",
+                pipe,
+            )
+        return Reaped(job_id=job.id, worker=worker, losses=losses, requeued=requeue)
+
+    def _log(self, reaped: Reaped, what: str) -> None:
         log.warning(
-            "job %s: worker %s stopped responding; %s",
-            job_id,
-            worker or "?",
-            f"queued again (lost worker {losses} of at most {self.config.job_retries})" if requeue else "failed",
+            "job %s: its worker %s %s; %s",
+            reaped.job_id,
+            reaped.worker or "(unknown)",
+            what,
+            f"queued again (lost worker {reaped.losses} of at most {self.config.job_retries})"
+            if reaped.requeued
+            else "failed",
         )
-        return Reaped(job_id=job_id, worker=worker, losses=losses, requeued=requeue)
 
     def _requeue(self, job: RQJob, losses: int, pipe: redis.client.Pipeline) -> None:
         job.meta[LOSSES_META] = losses

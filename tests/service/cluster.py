@@ -136,9 +136,13 @@ class Cluster:
 
     # --- workers ----------------------------------------------------------------------------
 
-    def start_worker(self, name: str | None = None) -> str:
-        """Start a worker and wait until it is registered in Redis; returns its RQ name."""
+    def start_worker(self, name: str | None = None, program: str | None = None, wait: bool = True) -> str:
+        """Start a worker and wait until it is registered in Redis; returns its RQ name.
+
+        `program`: Python source run in place of `python -m workers` (given the same arguments);
+        `wait=False` returns at once, for a worker that is meant to die young."""
         name = name or f"w{len(self.workers)}-{secrets.token_hex(2)}"
+        launcher = ["-c", program] if program else ["-m", "workers"]
         env = _clean_env(
             REDIS_URL=self.redis_url,
             KERNELSCOPE_SERVICE=self.address,
@@ -146,7 +150,9 @@ class Cluster:
             **{fake_worker.SERVICE_ENV: self.address, fake_worker.TOKEN_ENV: self.worker_token},
             **self.worker_env,
         )
-        self.workers[name] = self._spawn(f"worker-{name}", [sys.executable, "-m", "workers", "--no-preload", "--name", name], env)
+        self.workers[name] = self._spawn(f"worker-{name}", [sys.executable, *launcher, "--no-preload", "--name", name], env)
+        if not wait:
+            return name
         conn = self.redis_client()
         deadline = time.monotonic() + START_TIMEOUT_S
         try:

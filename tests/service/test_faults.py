@@ -17,6 +17,7 @@ from kernelscope.v1 import datasets_pb2, jobs_pb2, models_pb2, tasks_pb2
 from rq.job import Job as RQJob
 from rq.serializers import JSONSerializer
 
+from service.defaults import QUEUE_NAME
 from service.reaper import LOSSES_META
 from tests.service.cluster import Cluster
 from tests.service.helpers import clips, npz_bytes, onnx_bytes, upload_dataset, upload_model
@@ -127,6 +128,36 @@ def test_a_worker_killed_mid_job_is_replaced_and_the_job_finishes_elsewhere(clus
     rq_job = RQJob.fetch(job.id, connection=cluster.redis_client(), serializer=JSONSerializer)
     assert rq_job.meta[LOSSES_META] == 1
     ensure_two_workers(cluster)
+
+
+# A worker that dies right after taking a job off the queue, before it registers the job as started.
+DIES_AFTER_TAKING = """
+import os, signal, sys
+from workers.__main__ import KernelScopeWorker, main
+KernelScopeWorker.prepare_execution = lambda self, job: os.kill(os.getpid(), signal.SIGKILL)
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_worker_killed_between_taking_a_job_and_starting_it_loses_nothing(cluster: Cluster) -> None:
+    stub = cluster.stub()
+    for name in list(cluster.workers):  # only the doomed worker may take the job
+        cluster.kill_worker(name, signal.SIGTERM)
+    job = create(stub, fake_model(stub).id)
+    doomed = cluster.start_worker(program=DIES_AFTER_TAKING, wait=False)
+    assert cluster.workers.pop(doomed).wait(60) == -signal.SIGKILL, cluster.log(f"worker-{doomed}")
+    died = time.monotonic()
+    redis = cluster.redis_client()
+    assert redis.lrange(f"rq:queue:{QUEUE_NAME}:intermediate", 0, -1) == [job.id.encode()]
+    assert stub.GetJob(jobs_pb2.GetJobRequest(job_id=job.id), metadata=MD).state == jobs_pb2.QUEUED
+
+    ensure_two_workers(cluster)
+    final = wait_done(stub, job.id)
+    assert final.state == jobs_pb2.SUCCEEDED, final.error
+    assert time.monotonic() - died < WORKER_TIMEOUT_S + 15, "the stranded job waited for RQ's maintenance"
+    assert redis.lrange(f"rq:queue:{QUEUE_NAME}:intermediate", 0, -1) == []
+    rq_job = RQJob.fetch(job.id, connection=redis, serializer=JSONSerializer)
+    assert rq_job.meta[LOSSES_META] == 1
 
 
 def test_a_job_past_its_timeout_fails_clearly_and_the_worker_carries_on(cluster: Cluster) -> None:

@@ -12,6 +12,7 @@ import pytest
 from kernelscope.v1 import jobs_pb2, tasks_pb2
 from rq import Queue, Worker
 from rq.executions import Execution
+from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job as RQJob
 from rq.serializers import JSONSerializer
 
@@ -46,6 +47,20 @@ def take(server: Any, conn: Any, name: str, heartbeat: int = 1) -> tuple[Worker,
     execution = worker.prepare_execution(rq_job)
     worker.prepare_job_execution(rq_job)
     return worker, execution
+
+
+def strand(server: Any, conn: Any) -> str:
+    """A worker takes the next job off the queue and dies before starting it (before prepare_execution)."""
+    queue = Queue(server.config.queue_name, connection=conn, serializer=JSONSerializer)
+    dequeued = Queue.dequeue_any([queue], None, connection=conn, serializer=JSONSerializer)
+    assert dequeued is not None
+    job_id = dequeued[0].id
+    assert intermediate(server, conn) == [job_id]  # where RQ keeps a taken job until it starts
+    return job_id
+
+
+def intermediate(server: Any, conn: Any) -> list[str]:
+    return IntermediateQueue(Queue(server.config.queue_name, connection=conn).key, connection=conn).get_job_ids()
 
 
 def beat_ago(conn: Any, execution: Execution, seconds: float, interval: int) -> None:
@@ -123,6 +138,54 @@ def test_a_cancelled_job_whose_worker_died_ends_cancelled_not_queued_again(serve
     assert not reaped.requeued
     final = state(server, job.id)
     assert final.state == jobs_pb2.CANCELLED and final.error.reason == "JOB_CANCELLED"
+
+
+def test_a_job_stranded_between_taking_and_starting_is_queued_again_after_the_timeout_then_given_up(
+    server, redis_conn, job
+) -> None:
+    reaper = Reaper(redis_conn, server.config.replace(worker_timeout=0.3))
+    assert strand(server, redis_conn) == job.id
+    assert reaper.reap() == []  # a worker usually starts a taken job within milliseconds: not yet
+    assert intermediate(server, redis_conn) == [job.id] and state(server, job.id).state == jobs_pb2.QUEUED
+    time.sleep(0.4)
+    [reaped] = reaper.reap()
+    assert (reaped.job_id, reaped.worker, reaped.losses, reaped.requeued) == (job.id, "", 1, True)
+    assert intermediate(server, redis_conn) == []
+    assert Queue(server.config.queue_name, connection=redis_conn).get_job_ids() == [job.id]
+    queued = state(server, job.id)
+    assert queued.state == jobs_pb2.QUEUED and "queued again (retry 1 of 1)" in queued.progress.message
+
+    strand(server, redis_conn)  # and once more: past the retries
+    assert reaper.reap() == []
+    time.sleep(0.4)
+    [reaped] = reaper.reap()
+    assert (reaped.losses, reaped.requeued) == (2, False)
+    failed = state(server, job.id)
+    assert failed.state == jobs_pb2.FAILED and failed.error.reason == "WORKER_LOST"
+    assert intermediate(server, redis_conn) == []
+
+
+def test_a_taken_job_that_started_is_left_to_its_worker(server, redis_conn, job) -> None:
+    """RQ leaves a started job's id in the intermediate list until its worker removes it; the started registry
+    says the job is running, so it is not stranded however long it stays."""
+    reaper = Reaper(redis_conn, server.config.replace(worker_timeout=0.01))
+    take(server, redis_conn, "alive")  # prepare_job_execution without remove_from_intermediate_queue
+    assert intermediate(server, redis_conn) == [job.id]
+    assert reaper.reap() == []
+    time.sleep(0.05)
+    assert reaper.reap() == []
+    assert state(server, job.id).state == jobs_pb2.RUNNING
+
+
+def test_a_stranded_job_cancelled_meanwhile_ends_cancelled_and_leaves_the_list(server, redis_conn, job) -> None:
+    reaper = Reaper(redis_conn, server.config.replace(worker_timeout=0.01))
+    strand(server, redis_conn)
+    server.stub().CancelJob(jobs_pb2.CancelJobRequest(job_id=job.id), timeout=10)
+    assert reaper.reap() == []
+    time.sleep(0.05)
+    assert reaper.reap() == []
+    assert intermediate(server, redis_conn) == []  # RQ's maintenance will not fail it later
+    assert state(server, job.id).state == jobs_pb2.CANCELLED
 
 
 def test_the_reaper_thread_runs_with_the_server(start_server, redis_conn) -> None:
