@@ -12,10 +12,11 @@ abandoned when
   each beat), so that a worker left at RQ's slow 30 s default is never taken for dead.
 
 A job can also be stranded before it starts: a worker moves the job id from the queue to the queue's
-intermediate list (RQ does so on Redis >= 6.2), and only then registers it as started; a worker that dies in between leaves the id
-in that list with the job still QUEUED, where RQ's maintenance would fail it minutes later. A job id
-that stays in the intermediate list, unstarted, for `config.worker_timeout` (the usual stay is a few
-milliseconds) is taken off the list and handled as abandoned.
+intermediate list (RQ does so on Redis >= 6.2), and only then registers it as started; a worker that
+dies in between leaves the id in that list with the job still QUEUED, where RQ's maintenance would
+fail it minutes later. A job id that stays in the intermediate list, unstarted, for
+`config.worker_timeout` (the usual stay is a few milliseconds) is taken off the list and handled as
+abandoned.
 
 An abandoned job is queued again at the front, at most `config.job_retries` times; after that, or
 when a cancel was requested, it fails with WORKER_LOST (shown CANCELLED when it was cancelled).
@@ -126,8 +127,11 @@ class Reaper:
             since = self._unstarted_since.setdefault(job_id, now)
             if now - since < self.config.worker_timeout:
                 continue
-            reaped = self._reap_if_stranded(job_id)
-            self._unstarted_since.pop(job_id, None)
+            try:
+                reaped = self._reap_if_stranded(job_id)
+            except redis.WatchError:
+                continue  # it moved meanwhile: look again next pass
+            del self._unstarted_since[job_id]  # handled, or started after all: a new stay starts afresh
             if reaped is not None:
                 done.append(reaped)
         return done
@@ -183,6 +187,7 @@ class Reaper:
         return reaped
 
     def _reap_if_stranded(self, job_id: str) -> Reaped | None:
+        """Requeue or fail a stranded job; None when it started or ended after all. Raises redis.WatchError."""
         job_key = RQJob.key_for(job_id)
         with self.conn.pipeline() as pipe:
             try:
@@ -201,7 +206,7 @@ class Reaper:
                 job = RQJob.fetch(job_id, connection=self.conn, serializer=JSONSerializer)
                 reaped = self._requeue_or_fail(job, "", pipe)
                 pipe.execute()
-            except (redis.WatchError, NoSuchJobError):
+            except NoSuchJobError:
                 return None
         self._log(reaped, "died between taking it and starting it")
         return reaped
