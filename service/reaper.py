@@ -52,7 +52,7 @@ from rq.utils import parse_composite_key
 from rq.worker import Worker
 
 from service.config import Config
-from service.registry import Keys
+from service.registry import Keys, job_tenant
 
 log = logging.getLogger(__name__)
 
@@ -252,10 +252,10 @@ class Reaper:
         self.queue.enqueue_job(job, pipeline=pipe, at_front=True)
 
     def _cancel_requested(self, job_id: str) -> bool:
-        owner = self.conn.get(Keys.job_owner(job_id))
-        if owner is None:
+        tenant = job_tenant(self.conn, job_id)
+        if tenant is None:
             return False
-        raw = self.conn.get(Keys(owner.decode()).record("job", job_id))
+        raw = self.conn.get(Keys(tenant).record("job", job_id))
         try:
             return bool(raw and json.loads(raw).get("cancel_requested"))
         except ValueError:

@@ -79,6 +79,19 @@ class Keys:
         return f"ks:blob:{sha256}:lock"
 
 
+def job_tenant(conn: redis.Redis, job_id: str) -> str | None:
+    """The tenant that owns job `job_id` (the Worker API and the reaper know only the id); None for an unknown job."""
+    if not job_id:
+        return None
+    owner = conn.get(Keys.job_owner(job_id))
+    if owner is not None:
+        return owner.decode()
+    # Jobs created before owners were recorded all belong to the default tenant.
+    if conn.exists(Keys(defaults.TENANT).record("job", job_id)):
+        return defaults.TENANT
+    return None
+
+
 def to_json(message: Message, **extra: Any) -> str:
     """A message as JSON with proto field names, plus `extra` keys (the tenant)."""
     return json.dumps({**json_format.MessageToDict(message, preserving_proto_field_name=True), **extra})

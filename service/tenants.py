@@ -13,12 +13,11 @@ from typing import Callable
 
 import redis
 
-from service import defaults
 from service.artifacts import ArtifactLog
 from service.blobstore import BlobStore
 from service.config import Config
 from service.jobs import JobManager
-from service.registry import Keys, Registry
+from service.registry import Registry, job_tenant
 
 
 @dataclass(frozen=True)
@@ -61,10 +60,5 @@ class Tenants:
 
     def owner_of_job(self, job_id: str) -> Tenant | None:
         """The tenant whose job this is (the Worker API knows only the id); None for an unknown job."""
-        owner = self.conn.get(Keys.job_owner(job_id)) if job_id else None
-        if owner is not None:
-            return self.get(owner.decode())
-        # Jobs created before owners were recorded all belong to the default tenant.
-        if job_id and self.conn.exists(Keys(defaults.TENANT).record("job", job_id)):
-            return self.get(defaults.TENANT)
-        return None
+        name = job_tenant(self.conn, job_id)
+        return self.get(name) if name is not None else None

@@ -17,6 +17,7 @@ from rq.job import Job as RQJob
 from rq.serializers import JSONSerializer
 
 from service.reaper import LOSSES_META, Reaper
+from service.registry import Keys
 from tests.service.helpers import onnx_bytes, upload_model
 
 RETRIES = 1
@@ -129,10 +130,15 @@ def test_a_late_heartbeat_counts_past_the_timeout_and_three_of_the_worker_s_beat
     assert state(server, job.id).state == (jobs_pb2.QUEUED if abandoned else jobs_pb2.RUNNING)
 
 
-def test_a_cancelled_job_whose_worker_died_ends_cancelled_not_queued_again(server, redis_conn, job) -> None:
+@pytest.mark.parametrize("owner_recorded", [True, False], ids=["owner-recorded", "job-from-before-owners"])
+def test_a_cancelled_job_whose_worker_died_ends_cancelled_not_queued_again(
+    server, redis_conn, job, owner_recorded: bool
+) -> None:
     worker, _ = take(server, redis_conn, "doomed")
     stub = server.stub()
     assert stub.CancelJob(jobs_pb2.CancelJobRequest(job_id=job.id), timeout=10).state == jobs_pb2.RUNNING
+    if not owner_recorded:  # a job created before owners were recorded belongs to the default tenant
+        redis_conn.delete(Keys.job_owner(job.id))
     worker.register_death()  # it never got to stop the job
     [reaped] = Reaper(redis_conn, server.config).reap()
     assert not reaped.requeued
