@@ -118,6 +118,8 @@ class Authenticator:
         self._next_check = 0.0
         if self._file is not None:
             self._file_table = self._read_file()  # a bad or missing file stops the server at start
+        # Both sources merged, rebuilt only when the file's table changes (not on every call).
+        self._merged: Mapping[str, str] = {**self._file_table, **self._from_env}
         self.open = self._file is None and not self._from_env
         if self._worker_digest and self._worker_digest in self._table():
             raise ValueError("the worker token must differ from every API token")
@@ -177,7 +179,7 @@ class Authenticator:
     def _table(self) -> Mapping[str, str]:
         if self._file is not None:
             self._refresh()
-        return {**self._file_table, **self._from_env} if self._file_table else self._from_env
+        return self._merged
 
     def _refresh(self) -> None:
         """Re-read the tokens file when its mtime or size changed; keep the old table if the new one is bad."""
@@ -189,9 +191,12 @@ class Authenticator:
                 return
             self._next_check = now + _FILE_CHECK_SECONDS
             try:
-                self._file_table = self._read_file()
+                table = self._read_file()
             except (OSError, ValueError) as exc:
                 log.error("keeping the previous API tokens: %s", exc)
+                return
+            if table is not self._file_table:
+                self._file_table, self._merged = table, {**table, **self._from_env}
 
     def _read_file(self) -> dict[str, str]:
         assert self._file is not None
