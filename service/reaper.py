@@ -104,7 +104,7 @@ class Reaper:
                 log.exception("reaper: unexpected error")
 
     def reap(self) -> list[Reaped]:
-        """One pass over the started executions; returns the abandoned jobs it handled."""
+        """One pass over the started executions and the intermediate list; returns the jobs it handled."""
         done = []
         for entry in self.conn.zrange(self.started.key, 0, -1):
             composite = entry.decode() if isinstance(entry, bytes) else str(entry)
