@@ -97,23 +97,37 @@ class Client:
         known = self._known_model(source.sha256)
         if known is not None and known.format == source.format and known.architecture == source.architecture:
             return known
-        bar = UploadBar(source.size, source.name, progress)
+        header = models_pb2.UploadModelRequest(header=source.header())
+        return self._upload(self._stub.UploadModel, header, source.chunks, source.size, source.name, progress)
 
-        def messages() -> Iterator[models_pb2.UploadModelRequest | bytes]:
-            yield models_pb2.UploadModelRequest(header=source.header())
-            yield from self._chunk_messages(bar.track(source.chunks()), models_pb2.UploadModelRequest)
+    def _upload(
+        self,
+        method: Callable[..., T],
+        header: Any,
+        pieces: Callable[[], Iterable[bytes | memoryview]],
+        size: int,
+        name: str,
+        progress: bool | None,
+    ) -> T:
+        """Stream `header`, then `pieces()` as chunk requests of the header's type, through `method`.
 
-        timeout = UPLOAD_MIN_TIMEOUT_S + source.size / UPLOAD_SLOWEST_BPS
+        Retried on UNAVAILABLE (each attempt reads the pieces afresh and restarts the bar); the deadline grows
+        with `size`. Chunks go pre-encoded when the stub takes them (sdk.transport's), else as messages.
+        """
+        request_type = type(header)
+        encoded = getattr(self._stub, "takes_encoded_chunks", False) is True  # a flag, not any attribute a fake makes up
+        bar = UploadBar(size, name, progress)
+
+        def messages() -> Iterator[Any]:
+            yield header
+            for piece in bar.track(pieces()):
+                yield chunks.encode(piece) if encoded else request_type(chunk=bytes(piece))
+
+        timeout = UPLOAD_MIN_TIMEOUT_S + size / UPLOAD_SLOWEST_BPS
         try:
-            return self._retry(lambda: self._stub.UploadModel(messages(), timeout=timeout, metadata=self._md()))
+            return self._retry(lambda: method(messages(), timeout=timeout, metadata=self._md()))
         finally:
             bar.close()
-
-    def _chunk_messages(self, pieces: Iterable[bytes | memoryview], request_type: Any) -> Iterator[Any]:
-        """Chunk requests: pre-encoded bytes when the stub takes them (sdk.transport's), else messages."""
-        if getattr(self._stub, "takes_encoded_chunks", False) is True:  # a flag, not any attribute a fake makes up
-            return (chunks.encode(piece) for piece in pieces)
-        return (request_type(chunk=bytes(piece)) for piece in pieces)
 
     def _known_model(self, sha256: str) -> models_pb2.Model | None:
         """The model the service already holds with these bytes (ids are content-derived), else None."""
@@ -170,18 +184,8 @@ class Client:
         import hashlib
 
         header = datasets_pb2.DatasetHeader(name=name, size_bytes=len(payload), sha256=hashlib.sha256(payload).hexdigest())
-
-        bar = UploadBar(len(payload), name, progress)
-
-        def messages() -> Iterator[datasets_pb2.UploadDatasetRequest | bytes]:
-            yield datasets_pb2.UploadDatasetRequest(header=header)
-            yield from self._chunk_messages(bar.track(chunks.pieces(payload)), datasets_pb2.UploadDatasetRequest)
-
-        timeout = UPLOAD_MIN_TIMEOUT_S + len(payload) / UPLOAD_SLOWEST_BPS
-        try:
-            return self._retry(lambda: self._stub.UploadDataset(messages(), timeout=timeout, metadata=self._md()))
-        finally:
-            bar.close()
+        request = datasets_pb2.UploadDatasetRequest(header=header)
+        return self._upload(self._stub.UploadDataset, request, lambda: chunks.pieces(payload), len(payload), name, progress)
 
     def get_dataset(self, dataset_id: str) -> datasets_pb2.Dataset:
         return self._unary(self._stub.GetDataset, datasets_pb2.GetDatasetRequest(dataset_id=dataset_id))
