@@ -23,6 +23,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from sdk import charts, metrics
+from sdk.result import artifact_path
 
 if TYPE_CHECKING:
     from kernelscope.v1 import models_pb2
@@ -122,7 +123,6 @@ class _Assets:
         self.by_name = {a.name: a for a in result.artifacts}
         self.used: set[str] = set()
         self.failed: dict[str, str] = {}
-        self._bytes: dict[str, bytes] = {}
 
     def names(self, task: str, pattern: str = r".*") -> list[str]:
         """Artifact names of `task` matching `pattern` (a regex on the whole name), in name order."""
@@ -136,18 +136,19 @@ class _Assets:
         if name not in self.by_name:
             return None
         self.used.add(name)
+        if not self.embed:
+            relative = artifact_path(name)
+            if relative is None:
+                self.failed[name] = "refused: the artifact name leaves the job's folder"
+                return None
         try:
-            data = self._read(name)
+            data = self.result.read_artifact(name)
         except Exception as exc:  # noqa: BLE001 - any failure to fetch is reported on the page
             self.failed[name] = f"{type(exc).__name__}: {exc}"
             return None
         if self.embed:
             media = IMAGE_TYPES.get(PurePosixPath(name).suffix.lower(), "application/octet-stream")
             return f"data:{media};base64,{base64.b64encode(data).decode('ascii')}"
-        relative = PurePosixPath(name)
-        if relative.is_absolute() or ".." in relative.parts:
-            self.failed[name] = "refused: the artifact name leaves the job's folder"
-            return None
         beside = self.page.parent / f"{self.page.stem}_files" / self.result.id / relative
         beside.parent.mkdir(parents=True, exist_ok=True)
         beside.write_bytes(data)
@@ -162,11 +163,6 @@ class _Assets:
             why = self.failed.get(name, "not among the job's artifacts")
             return f'<span class="missing" title="{escape(why)}">{escape(PurePosixPath(name).name)} unavailable</span>'
         return f'<img src="{escape(src)}" alt="{escape(alt or name)}" title="{escape(name)}" class="{cls}">'
-
-    def _read(self, name: str) -> bytes:
-        if name not in self._bytes:
-            self._bytes[name] = self.result.read_artifact(name)
-        return self._bytes[name]
 
 
 # ---------------------------------------------------------------------- generic pieces
@@ -190,10 +186,8 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], *, sortable: bo
                 cells.append(f'<td class="num" data-sort="{sort}">{escape(fmt(value))}</td>')
             elif value is None:
                 cells.append('<td class="num" data-sort="">—</td>')
-            elif isinstance(value, (list, tuple)):
-                cells.append(f"<td>{escape(', '.join(fmt(v) for v in value))}</td>")
-            else:
-                cells.append(f"<td>{escape(str(value))}</td>")
+            else:  # text, and lists joined by fmt
+                cells.append(f"<td>{escape(fmt(value))}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     classes = " ".join(c for c in ("data", "sortable" if sortable else "", cls) if c)
     hint = '<p class="muted small">Click a column heading to sort.</p>' if sortable and len(body) > 3 else ""

@@ -45,7 +45,7 @@ class Result:
         self.job = job
         self._client = client
         self.tasks: list[TaskOutcome] = [_outcome(r) for r in job.results]
-        self._downloaded: dict[str, Path] = {}  # artifact name -> where download() put it
+        self._downloaded: dict[str, tuple[Path, str]] = {}  # artifact name -> (where download() put it, its sha256)
 
     @property
     def id(self) -> str:
@@ -73,12 +73,12 @@ class Result:
         for artifact in self.artifacts:
             if only and artifact.task != only:
                 continue
-            relative = PurePosixPath(artifact.name)
-            if relative.is_absolute() or ".." in relative.parts:
+            relative = artifact_path(artifact.name)
+            if relative is None:
                 raise ValueError(f"refusing artifact name {artifact.name!r}")
             dest = root.joinpath(*relative.parts)
             self._client.download_artifact(self.job.id, artifact.name, dest)
-            self._downloaded[artifact.name] = dest
+            self._downloaded[artifact.name] = (dest, artifact.sha256)
             paths.append(dest)
         (root / "job.json").parent.mkdir(parents=True, exist_ok=True)
         (root / "job.json").write_text(json.dumps(self.to_dict(), indent=2))
@@ -86,10 +86,9 @@ class Result:
 
     def read_artifact(self, name: str) -> bytes:
         """The artifact's bytes: from the copy download() wrote when it is still intact, else from the service."""
-        local = self._downloaded.get(name)
+        local, expected = self._downloaded.get(name, (None, ""))
         if local is not None and local.is_file():
             data = local.read_bytes()
-            expected = next((a.sha256 for a in self.artifacts if a.name == name), "")
             if hashlib.sha256(data).hexdigest() == expected:
                 return data
         if self._client is None:
@@ -122,6 +121,15 @@ class Result:
     def __repr__(self) -> str:
         names = ", ".join(f"{t.task}={'ok' if t.ok else t.error['reason']}" for t in self.tasks)  # type: ignore[index]
         return f"Result(job={self.job.id!r}, state={jobs_pb2.JobState.Name(self.job.state)}, {names})"
+
+
+def artifact_path(name: str) -> PurePosixPath | None:
+    """An artifact name as a path inside the job's folder; None when it is absolute or climbs out with "..".
+
+    The service refuses such names already; a client that writes files checks again.
+    """
+    relative = PurePosixPath(name)
+    return None if relative.is_absolute() or ".." in relative.parts else relative
 
 
 def _outcome(result: jobs_pb2.TaskResult) -> TaskOutcome:
