@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -12,6 +11,7 @@ from typing import Any, Iterator
 import pytest
 
 from deploy import probe
+from deploy.stack import free_port
 from tests.deploy.manifests import ROOT
 
 
@@ -28,12 +28,6 @@ def health_server() -> Iterator[tuple[str, Any]]:
     server.start()
     yield f"127.0.0.1:{port}", servicer
     server.stop(0).wait()
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # nothing listens once the socket is closed
 
 
 def test_serving_is_healthy_and_anything_else_is_not(health_server: tuple[str, Any]) -> None:
@@ -53,7 +47,7 @@ def test_serving_is_healthy_and_anything_else_is_not(health_server: tuple[str, A
 
 
 def test_nothing_listening_is_unhealthy_within_the_timeout() -> None:
-    serving, seen = probe.check(f"127.0.0.1:{closed_port()}", timeout=1.0)
+    serving, seen = probe.check(f"127.0.0.1:{free_port()}", timeout=1.0)
     assert not serving and seen.startswith(("UNAVAILABLE", "DEADLINE_EXCEEDED"))
 
 
@@ -74,7 +68,7 @@ def test_python_m_deploy_probe_exits_with_the_health(health_server: tuple[str, A
     done = subprocess.run([sys.executable, "-m", "deploy.probe"], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "SERVING" in done.stdout
-    env["KERNELSCOPE_PORT"] = str(closed_port())
+    env["KERNELSCOPE_PORT"] = str(free_port())
     done = subprocess.run([sys.executable, "-m", "deploy.probe", "--timeout", "1"], env=env, capture_output=True, timeout=60)
     assert done.returncode == 1
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,18 +17,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from deploy import probe
+from deploy.stack import free_port
 from tests.deploy import manifests
 from tests.deploy.manifests import ROOT, Container
 
 START_TIMEOUT_S = 60.0
 WORKER_TOKEN = "rehearsal-worker-token"
 TENANT_TOKEN = "rehearsal-tenant-token"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def container(where_prefix: str, role: str) -> Container:

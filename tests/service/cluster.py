@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,17 +26,12 @@ import grpc
 
 from deploy.probe import wait_serving
 from deploy.redis import EmbeddedRedis
+from deploy.stack import free_port
 from tests.service import fake_worker
 
 ROOT = Path(__file__).resolve().parents[2]
 FAKE_JOB_FUNCTION = "tests.service.fake_worker.run"
 START_TIMEOUT_S = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _clean_env(**extra: str) -> dict[str, str]:

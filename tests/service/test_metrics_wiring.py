@@ -3,20 +3,14 @@ dataset, artifact) is counted with its bytes, and each ended job is observed onc
 
 from __future__ import annotations
 
-import socket
 import urllib.request
 
 from kernelscope.v1 import jobs_pb2, tasks_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
+from deploy.stack import free_port
 from tests.service import fake_worker
 from tests.service.helpers import clips, npz_bytes, onnx_bytes, upload_dataset, upload_model
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

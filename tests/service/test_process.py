@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -16,17 +15,12 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kernelscope.v1 import jobs_pb2, kernelscope_pb2_grpc, models_pb2, tasks_pb2
 
+from deploy.stack import free_port
 from tests.service import fake_worker
 from tests.service.helpers import onnx_bytes, upload_model
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "process-test-token"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def env_for(redis_url: str, data_dir: Path, port: int, **extra: str) -> dict[str, str]:
