@@ -20,7 +20,7 @@ from rq.serializers import JSONSerializer
 from service.defaults import QUEUE_NAME
 from service.reaper import LOSSES_META
 from tests.service.cluster import Cluster
-from tests.service.helpers import clips, npz_bytes, onnx_bytes, upload_dataset, upload_model
+from tests.service.helpers import clips, dataset_messages, model_messages, npz_bytes, onnx_bytes
 
 TOKEN = "fault-test-token"
 JOB_TIMEOUT_S = 6  # the cluster's KERNELSCOPE_JOB_TIMEOUT
@@ -55,13 +55,8 @@ _padding = iter(range(1000, 10**6, 7))
 
 def fake_model(stub: Any, mode: str = "succeed") -> models_pb2.Model:
     """A new model (fresh bytes) whose jobs the fake worker runs in `mode` ("sleep=2.5", "succeed", ...)."""
-    return stub.UploadModel(_model_messages(onnx_bytes(padding=next(_padding)), f"fake:{mode}"), metadata=MD, timeout=30)
-
-
-def _model_messages(data: bytes, name: str) -> Iterator[models_pb2.UploadModelRequest]:
-    from tests.service.helpers import model_messages
-
-    yield from model_messages(data, name=name)
+    messages = model_messages(onnx_bytes(padding=next(_padding)), name=f"fake:{mode}")
+    return stub.UploadModel(messages, metadata=MD, timeout=30)
 
 
 def create(stub: Any, model_id: str, task: str = "tconv_stats") -> jobs_pb2.Job:
@@ -182,7 +177,7 @@ def test_redis_restart_keeps_queued_and_finished_jobs(cluster: Cluster, how: str
     everything acknowledged more than a second before the crash must survive."""
     stub = cluster.stub()
     model = fake_model(stub)
-    dataset = stub.UploadDataset(_dataset_messages(), metadata=MD, timeout=30)
+    dataset = stub.UploadDataset(dataset_messages(npz_bytes(**clips(n_per_class=3, classes=2))), metadata=MD, timeout=30)
     finished = wait_done(stub, create(stub, model.id).id)
     assert finished.state == jobs_pb2.SUCCEEDED
     artifact = read(stub, finished.id, "tconv_stats/summary.json")
@@ -233,12 +228,6 @@ def test_redis_restarted_under_a_running_job_loses_neither_the_worker_nor_the_jo
     assert conn.zcard("rq:wip:kernelscope") == 0 and conn.llen("rq:queue:kernelscope") == 0, "it runs again"
     assert "heartbeat skipped, Redis unreachable" in cluster.log(f"worker-{worker}")
     ensure_two_workers(cluster)
-
-
-def _dataset_messages() -> Iterator[datasets_pb2.UploadDatasetRequest]:
-    from tests.service.helpers import dataset_messages
-
-    yield from dataset_messages(npz_bytes(**clips(n_per_class=3, classes=2)))
 
 
 def test_server_killed_and_restarted_loses_nothing_and_the_sdk_waits_through_it(cluster: Cluster) -> None:
