@@ -9,6 +9,7 @@ clean relative path that cannot leave a directory it is joined to.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import posixpath
 import time
@@ -107,11 +108,13 @@ float32 = st.floats(width=32)
 names = st.one_of(st.text(max_size=40), st.text(max_size=300), st.sampled_from(["../../etc/passwd", "a/b", "\x00", ""]))
 
 
-def _samples() -> list[bytes]:
+@functools.cache
+def _samples() -> tuple[bytes, ...]:
+    """Built once: deterministic, and each draw of `payloads` picks from them."""
     valid_npz = npz_bytes(**clips(n_per_class=2, classes=2))
     broken_zip = bytearray(zip_bytes(b"p" * 200))
     broken_zip[40:60] = b"\xff" * 20
-    return [onnx_bytes(), onnx_bytes(padding=LIMIT), zip_bytes(), valid_npz, bytes(broken_zip), b"", b"PK\x03\x04"]
+    return (onnx_bytes(), onnx_bytes(padding=LIMIT), zip_bytes(), valid_npz, bytes(broken_zip), b"", b"PK\x03\x04")
 
 
 @st.composite
