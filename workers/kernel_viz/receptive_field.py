@@ -112,6 +112,7 @@ def _plan(target: LayerTarget, size: Size3, full_field: ReceptiveField, wanted: 
             min(max(int(round(c - (s - 1) / 2)), 0), f - s)
             for c, s, f in zip(full_field.centre, size, target.input_size)
         )
-    field = measure(target.placed(offset), size)
+    # The full input was measured already (same target, size and seed): not again.
+    field = full_field if size == target.input_size else measure(target.placed(offset), size)
     jitter = tuple(max(0, min(w, l, s - 1 - h)) for w, l, h, s in zip(wanted, field.lo, field.hi, size))
     return CanvasPlan(size=size, offset=offset, field=field, jitter=jitter, full_field=full_field)  # type: ignore[arg-type]
