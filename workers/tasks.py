@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 from typing import Any, Callable
 
+import numpy as np
+
 from workers.context import TaskContext
 from workers.errors import BadOptions
 
@@ -44,3 +46,20 @@ def get(name: str) -> TaskFn:
     if name not in _REGISTRY:
         importlib.import_module(_PROVIDERS[name])
     return _REGISTRY[name]
+
+
+def plain(value: Any) -> Any:
+    """A summary as JSON-safe plain Python, recursively: numpy scalars and arrays to Python, NaN/inf to None,
+    tuples to lists, keys to str (the JSON a job result carries has no NaN and no numpy)."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return [plain(v) for v in value.tolist()]
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        return value if np.isfinite(value) else None
+    return value

@@ -18,6 +18,7 @@ from workers.class_filters.options import Options
 from workers.class_filters.restriction import Restriction, ablation_drops, recall
 from workers.class_filters.split import Split
 from workers.errors import BadOptions
+from workers.tasks import plain
 
 StageFn = Callable[[str, float], None]
 
@@ -86,8 +87,8 @@ def analyse(
             "retention_size": int(retention[c]),
             "recall_full": recall(full_logits, eval_y, c),
             "recall_restricted": recall(restricted_logits, eval_y, c),
-            "ablation": {key: _plain(value) for key, value in drops[c].items()},
-            "stability_jaccard": _plain(jaccards[c]),
+            "ablation": {key: plain(value) for key, value in drops[c].items()},
+            "stability_jaccard": plain(jaccards[c]),
             "mi_top_k_jaccard": subsets.jaccard(mi_top[c], chosen[c]),
         }
         for c in range(num_classes)
@@ -119,7 +120,7 @@ def analyse(
     }
     report("done", 1.0)
     return ClassFilters(
-        summary=_plain(summary),
+        summary=plain(summary),
         matrices={"contribution": contribution, "mutual_information": mi, "selectivity": select, "frequency": frequency},
         subsets=chosen,
         sizes={"k": np.full(num_classes, options.k), "coverage": coverage, "retention": retention},
@@ -128,19 +129,3 @@ def analyse(
 
 def _accuracy(logits: np.ndarray, y: np.ndarray) -> float:
     return float((logits.argmax(axis=1) == y).mean()) if len(y) else 0.0
-
-
-def _plain(value: Any) -> Any:
-    """JSON-safe plain Python: numpy scalars to Python, NaN/inf to None, recursively."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return [_plain(v) for v in value.tolist()]
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        value = float(value)
-        return value if np.isfinite(value) else None
-    return value

@@ -80,16 +80,6 @@ def save_png(path: Path, image: np.ndarray) -> None:
     Image.fromarray(image).save(path, optimize=True)
 
 
-def video_gif(path: Path, video: torch.Tensor, value_range: tuple[float, float]) -> None:
-    """The optimal video (C, T, H, W) as an upscaled looping GIF."""
-    save_gif(path, list(upscale(to_rgb(video, value_range))))
-
-
-def texture_png(path: Path, texture: torch.Tensor, value_range: tuple[float, float]) -> None:
-    """The texture (C, H, W) as an upscaled PNG."""
-    save_png(path, upscale(to_rgb(texture[:, None], value_range))[0])
-
-
 def flow_frames(velocity: torch.Tensor, max_speed: float, size: int = defaults.FIGURE_SIZE) -> list[np.ndarray]:
     """One HSV frame per velocity field (T−1, 2, H, W) with arrows on a coarse grid and a colour-wheel panel."""
     colours = flow_to_rgb(velocity, max_speed)

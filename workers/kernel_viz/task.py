@@ -59,7 +59,7 @@ from workers.kernel_viz.receptive_field import CanvasPlan, plan_canvas
 from workers.kernel_viz.renderer import Rendering, channel_generator, evaluate, memory_budget, render
 from workers.kernel_viz.target import LayerTarget, Size3
 from workers.kernel_viz.transforms import Jitter
-from workers.tasks import register
+from workers.tasks import plain, register
 
 TASK = "kernel_viz"
 _CONV_TYPES = {"Conv3d", "Conv2d", "TConv3d"}
@@ -242,7 +242,7 @@ def _layer(
     timing["total_s"] = time.perf_counter() - started
     timing["channels_per_s"] = len(channels) / rendering.seconds if rendering.seconds > 0 else None
     progress("done", 1.0)
-    return _clean(
+    return plain(
         {
             "name": name,
             "kind": {"Conv3d": "conv3d", "Conv2d": "conv2d"}.get(kind, kind),
@@ -357,14 +357,14 @@ def _figures(
     tiles = []
     for k, channel in enumerate(channels):
         stem = f"ch{channel:03d}"
-        figures.texture_png(out_dir / f"{stem}_texture.png", textures[k], value_range)
         texture = figures.to_rgb(textures[k][:, None], value_range)[0]
+        figures.save_png(out_dir / f"{stem}_texture.png", figures.upscale(texture[None])[0])
         panels = [texture]
         label = f"{stem}"
         if velocity is not None and flow_scale is not None:
-            figures.video_gif(out_dir / f"{stem}_video.gif", videos[k], value_range)
-            figures.flow_gif(out_dir / f"{stem}_flow.gif", velocity[k], flow_scale)
             frames = figures.to_rgb(videos[k], value_range)
+            figures.save_gif(out_dir / f"{stem}_video.gif", list(figures.upscale(frames)))
+            figures.flow_gif(out_dir / f"{stem}_flow.gif", velocity[k], flow_scale)
             mean_flow = figures.flow_to_rgb(velocity[k].mean(dim=0, keepdim=True), flow_scale)[0]
             panels = [frames[len(frames) // 2], texture, mean_flow]
             direction, speed = rows[k].get("direction_deg"), rows[k].get("speed_px_per_frame")
@@ -415,14 +415,3 @@ def _canvas(values: list[int], ctx: TaskContext) -> Size3 | None:
 def _safe(name: str) -> str:
     """A layer name as one path component."""
     return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "_"
-
-
-def _clean(value: Any) -> Any:
-    """Plain JSON: floats that are not finite become None, tuples become lists."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
