@@ -7,6 +7,8 @@ gradients (torch.export, ONNX through the interpreter, TorchScript with a module
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +17,19 @@ from torch import nn
 
 from workers.errors import ModelUnusable
 from workers.input_spec import InputSpec
+
+
+@contextmanager
+def frozen(module: nn.Module) -> Iterator[None]:
+    """Parameters stop requiring gradients for the duration (no weight gradients are ever built)."""
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
 
 
 class _EarlyExit(Exception):

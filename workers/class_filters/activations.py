@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from workers.errors import DatasetUnusable, ModelUnusable
-from workers.model import LoadedModel
+from workers.model import LoadedModel, frozen
 
 EXACT = "exact_logit_split"
 GRADIENT = "gradient_x_activation"
@@ -136,19 +136,6 @@ def model_batches(model: LoadedModel, x: np.ndarray, rows: np.ndarray, device: t
         idx = rows[start : start + batch_size]
         raw = torch.as_tensor(np.ascontiguousarray(x[idx]), dtype=torch.float32, device=device)
         yield idx, model.input_spec.normalize(raw)
-
-
-@contextmanager
-def frozen(module: nn.Module) -> Iterator[None]:
-    """Parameters stop requiring gradients for the duration (no weight gradients are ever built)."""
-    flags = [(p, p.requires_grad) for p in module.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
 
 
 def collect(

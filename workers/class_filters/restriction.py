@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from workers.class_filters.activations import BATCH_SIZE, LayerActivations, frozen, model_batches
-from workers.model import LoadedModel
+from workers.class_filters.activations import BATCH_SIZE, LayerActivations, model_batches
+from workers.model import LoadedModel, frozen
 
 # Random subsets averaged for the "random subset of the same size" control.
 RANDOM_DRAWS = 5

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from workers.errors import TaskError
-from workers.model import LoadedModel
+from workers.model import LoadedModel, frozen
 
 Size3 = tuple[int, int, int]
 
@@ -99,17 +99,12 @@ class LayerTarget:
     @contextlib.contextmanager
     def frozen(self) -> Iterator["LayerTarget"]:
         """Weights need no gradient and the network is in eval mode while inside; both restored after."""
-        module = self.module
-        flags = [(p, p.requires_grad) for p in module.parameters()]
-        modes = [(m, m.training) for m in module.modules()]
-        for p, _ in flags:
-            p.requires_grad_(False)
-        module.eval()
+        modes = [(m, m.training) for m in self.module.modules()]
+        self.module.eval()
         try:
-            yield self
+            with frozen(self.module):
+                yield self
         finally:
-            for p, flag in flags:
-                p.requires_grad_(flag)
             for m, mode in modes:
                 m.training = mode
 
