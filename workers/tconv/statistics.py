@@ -74,23 +74,28 @@ def direction_histogram(dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
     hist = np.zeros(DIRECTION_BINS)
     if total <= 1e-12:
         return hist
-    width = 360.0 / DIRECTION_BINS
-    sector = np.floor(((direction_deg(dx, dy) + width / 2) % 360.0) / width).astype(int)
-    np.add.at(hist, sector, weight)
+    np.add.at(hist, _sector(dx, dy), weight)
     return hist / total
 
 
-def dominant_direction(dx: np.ndarray, dy: np.ndarray) -> tuple[float | None, float | None]:
+def _sector(dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """Index of each vector's 30° sector (sector i centred on 30·i degrees)."""
+    width = 360.0 / DIRECTION_BINS
+    return np.floor(((direction_deg(dx, dy) + width / 2) % 360.0) / width).astype(int)
+
+
+def dominant_direction(
+    dx: np.ndarray, dy: np.ndarray, hist: np.ndarray | None = None
+) -> tuple[float | None, float | None]:
     """(angle of the summed displacement in the heaviest 30° sector, that sector's share of all motion);
-    a mode, not a mean, so that opposite movers in one layer do not cancel. (None, None) without motion."""
+    a mode, not a mean, so that opposite movers in one layer do not cancel. (None, None) without motion.
+    `hist`: direction_histogram(dx, dy) when the caller has it already."""
     dx, dy = np.asarray(dx, np.float64).ravel(), np.asarray(dy, np.float64).ravel()
-    hist = direction_histogram(dx, dy)
+    hist = direction_histogram(dx, dy) if hist is None else hist
     if hist.sum() == 0:
         return None, None
-    width = 360.0 / DIRECTION_BINS
     best = int(hist.argmax())
-    sector = np.floor(((direction_deg(dx, dy) + width / 2) % 360.0) / width).astype(int)
-    pick = sector == best
+    pick = _sector(dx, dy) == best
     angle = float(direction_deg(dx[pick].sum(), dy[pick].sum()))
     return _float(angle), _float(hist[best])
 
@@ -188,7 +193,8 @@ def layer_statistics(
     identity = near_identity(params, identity_tolerance)
     sx, sy = stride if stride is not None else (math.nan, math.nan)
     displacement = paths.position_px[:, -1] if params.filters else np.zeros((0, 2))
-    angle, share = dominant_direction(displacement[:, 0], displacement[:, 1])
+    hist = direction_histogram(displacement[:, 0], displacement[:, 1])
+    angle, share = dominant_direction(displacement[:, 0], displacement[:, 1], hist)
     lengths = paths.path_length_px
     order = np.lexsort((index, -lengths))[:top] if params.filters else np.zeros(0, int)
     tops = []
@@ -224,7 +230,7 @@ def layer_statistics(
         "near_identity_share": _float(identity.mean()) if params.filters else None,
         "dominant_direction_deg": angle,
         "dominant_direction_share": share,
-        "direction_histogram": [_float(v) for v in direction_histogram(displacement[:, 0], displacement[:, 1])],
+        "direction_histogram": [_float(v) for v in hist],
         "displacement_px_layer": summarize(np.hypot(displacement[:, 0], displacement[:, 1])),
         "trajectories": tops,
     }
@@ -259,8 +265,9 @@ def model_statistics(layers: Sequence[LayerStatistics]) -> dict[str, Any]:
     suffix = "px_model" if in_model else "px_layer"
     cat = lambda key: np.concatenate([layer.arrays[key].ravel() for layer in layers])  # noqa: E731
     dx, dy = cat(f"tx_{suffix}"), cat(f"ty_{suffix}")
-    net = np.concatenate([layer.arrays[f"trajectory_{suffix}"][:, -1] for layer in layers]) if layers else np.zeros((0, 2))
-    angle, share = dominant_direction(net[:, 0], net[:, 1])
+    net = np.concatenate([layer.arrays[f"trajectory_{suffix}"][:, -1] for layer in layers])
+    hist = direction_histogram(net[:, 0], net[:, 1])
+    angle, share = dominant_direction(net[:, 0], net[:, 1], hist)
     identity = cat("near_identity")
     inv_scale, rot = cat("inv_scale"), cat("rotation_deg")
     return {
@@ -282,5 +289,5 @@ def model_statistics(layers: Sequence[LayerStatistics]) -> dict[str, Any]:
         "near_identity_share": _float(identity.mean()) if identity.size else None,
         "dominant_direction_deg": angle,
         "dominant_direction_share": share,
-        "direction_histogram": [_float(v) for v in direction_histogram(net[:, 0], net[:, 1])],
+        "direction_histogram": [_float(v) for v in hist],
     }
