@@ -145,7 +145,7 @@ def _layer(
                 )
             first = sorted(a for a in static.ancestors(w) if a.endswith("first_weight"))
             rank = _conv_rank(attrs, w, static, inits)
-            kind = f"TConv{rank or 3}d" if first else (f"Conv{rank}d" if rank else "Conv")
+            kind = f"TConv{rank or 3}d" if first else "Conv"  # ComputedConv names the rank: Conv2d, Conv3d
             module = ComputedConv(attrs, kind=kind, rank=rank)
             return module, tuple(node.input), naming.layer_path(node, first[0] if first else None)
         if op == "Gemm":
