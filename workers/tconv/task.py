@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import json
 import re
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,15 +110,7 @@ class Options:
         return opts
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "layers": list(self.layers),
-            "fit_conv3d": self.fit_conv3d,
-            "residual_threshold": self.residual_threshold,
-            "restarts": self.restarts,
-            "fit_steps": self.fit_steps,
-            "seed": self.seed,
-            "identity_tolerance": self.identity_tolerance,
-        }
+        return {**dataclasses.asdict(self), "layers": list(self.layers)}
 
 
 Layer = TConvGroup | Conv3dWeight
