@@ -144,8 +144,9 @@ def _example(example: torch.Tensor | None, dynamic_batch: bool) -> torch.Tensor:
     return example
 
 
-def _batch_axis(dynamic_batch: bool) -> dict[str, dict[int, Any]] | None:
-    return {"x": {0: torch.export.Dim("batch", min=1, max=4096)}} if dynamic_batch else None
+def _batch_axis(dynamic_batch: bool) -> tuple[dict[int, Any]] | None:
+    # A tuple, not {"x": ...}: torch.export matches dict keys against forward's own argument name.
+    return ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
 
 
 def export_pt2(
@@ -172,11 +173,13 @@ def export_onnx(
     example: torch.Tensor | None = None,
     opset: int = 20,
     dynamic_batch: bool = True,
+    optimize: bool = True,
 ) -> None:
     """Save `model` as a self-contained ONNX file (weights inline: the service refuses external data).
 
     Uses the torch.export-based exporter (onnxscript); with `dynamic_batch` the first axis of
-    input "x" and output "logits" is symbolic, so one file serves any batch size.
+    input "x" and output "logits" is symbolic, so one file serves any batch size. `optimize=False`
+    keeps the graph as traced (workers/tconv/export.py needs that to keep 3T parameters readable).
     """
     model.eval()
     program = torch.onnx.export(
@@ -186,10 +189,12 @@ def export_onnx(
         output_names=["logits"],
         opset_version=opset,
         dynamo=True,
+        optimize=optimize,
         verbose=False,
         external_data=False,
         dynamic_shapes=_batch_axis(dynamic_batch),
     )
+    assert program is not None
     program.save(os.fspath(path), external_data=False)
 
 

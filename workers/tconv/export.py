@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+
+from workers.samples import models as samples
 
 OPSET = 20
 
@@ -25,19 +26,9 @@ def export_onnx(
 ) -> float | None:
     """Write `module` to `path`; with check, run the file in onnxruntime on `example` and return the
     largest absolute difference from torch (None without check)."""
-    module = module.eval()
-    if dynamic_batch and example.shape[0] == 1:  # torch.export specialises sizes 0 and 1
-        example = example.expand(2, *example.shape[1:]).contiguous()
-    # A tuple, not {"x": ...}: torch.export matches dict keys against forward's own argument name.
-    dynamic: tuple[dict[int, Any]] | None = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            module, (example,), input_names=["x"], output_names=["logits"], opset_version=OPSET, dynamo=True,
-            optimize=False, verbose=False, external_data=False, dynamic_shapes=dynamic,
-        )
-    assert program is not None
-    program.save(os.fspath(path), external_data=False)
+        samples.export_onnx(module, path, example, opset=OPSET, dynamic_batch=dynamic_batch, optimize=False)
     if not check:
         return None
     import onnxruntime as ort
