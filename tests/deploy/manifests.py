@@ -2,7 +2,7 @@
 
     dockerfiles()            {"service": Dockerfile, "worker-cpu": ..., "worker-cuda": ...}, each parsed into stages
     compose(environ)         deploy/compose.yaml, interpolated the way docker compose does (${VAR:-default}, ${VAR:?err})
-    k8s_documents()          every document of deploy/k8s/*.yaml, with the file it came from
+    k8s_documents()          every document of deploy/k8s/*.yaml
     containers(environ)      every container the files define (compose services, Kubernetes pod containers,
                              the Dockerfiles' stages), each with its command, its effective environment and
                              its role ("service", "worker", "redis", "build")
@@ -32,6 +32,8 @@ DEPLOY = ROOT / "deploy"
 DOCKER_DIR = DEPLOY / "docker"
 K8S_DIR = DEPLOY / "k8s"
 COMPOSE_FILE = DEPLOY / "compose.yaml"
+# What an operator must set for compose to interpolate (${KERNELSCOPE_WORKER_TOKEN:?...}).
+OPERATOR_ENV = {"KERNELSCOPE_WORKER_TOKEN": "token-from-the-operator"}
 
 # Variables the files may set that no kernelscope code reads, each for a tool the images run.
 THIRD_PARTY_ENV = {
@@ -225,12 +227,10 @@ def k8s_files() -> list[Path]:
     return sorted(p for p in K8S_DIR.glob("*.yaml") if p.name != "kustomization.yaml")
 
 
-def k8s_documents() -> list[tuple[Path, dict[str, Any]]]:
+def k8s_documents() -> list[dict[str, Any]]:
     docs = []
     for path in k8s_files():
-        for doc in yaml.safe_load_all(path.read_text()):
-            if doc is not None:
-                docs.append((path, doc))
+        docs.extend(doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None)
     return docs
 
 
@@ -241,8 +241,8 @@ def kustomization() -> dict[str, Any]:
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job")
 
 
-def workloads(docs: list[tuple[Path, dict[str, Any]]]) -> Iterator[dict[str, Any]]:
-    for _path, doc in docs:
+def workloads(docs: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    for doc in docs:
         if doc.get("kind") in WORKLOAD_KINDS:
             yield doc
 

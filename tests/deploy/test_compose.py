@@ -12,12 +12,9 @@ import pytest
 from tests.deploy import manifests
 from tests.deploy.manifests import ROOT, compose_env, quantity_bytes
 
-OPERATOR_ENV = {"KERNELSCOPE_WORKER_TOKEN": "token-from-the-operator"}
-
-
 @pytest.fixture(scope="module")
 def services() -> dict[str, Any]:
-    return manifests.compose(OPERATOR_ENV)["services"]
+    return manifests.compose(manifests.OPERATOR_ENV)["services"]
 
 
 def role(service: dict[str, Any]) -> str:
@@ -41,7 +38,7 @@ def test_redis_keeps_an_append_only_file_on_a_volume_and_never_evicts(services: 
     assert "--appendonly yes" in command
     assert "--maxmemory-policy noeviction" in command
     volume = redis["volumes"][0].split(":")
-    assert volume[1] == "/data" and volume[0] in manifests.compose(OPERATOR_ENV)["volumes"], "AOF lives in /data"
+    assert volume[1] == "/data" and volume[0] in manifests.compose(manifests.OPERATOR_ENV)["volumes"], "AOF lives in /data"
     assert redis["image"].split(":")[1].split(".")[0] == "7"
 
 
@@ -76,7 +73,7 @@ def test_cpu_workers_scale_by_replicas(services: dict[str, Any]) -> None:
     (name, worker), = cpu.items()
     assert compose_env(worker)["KERNELSCOPE_DEVICE"] == "cpu"
     assert int(worker["deploy"]["replicas"]) == 2  # the default
-    scaled = manifests.compose({**OPERATOR_ENV, "KERNELSCOPE_CPU_WORKERS": "5"})["services"][name]
+    scaled = manifests.compose({**manifests.OPERATOR_ENV, "KERNELSCOPE_CPU_WORKERS": "5"})["services"][name]
     assert int(scaled["deploy"]["replicas"]) == 5
     assert "build" in worker and worker["build"]["dockerfile"].endswith("Dockerfile.worker-cpu")
 

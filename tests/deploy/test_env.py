@@ -13,9 +13,6 @@ from tests.deploy import manifests
 from tests.deploy.manifests import THIRD_PARTY_ENV, Container, SecretRef, code_env_vars
 
 # What compose needs from the operator's shell; anything else it reads has a default.
-OPERATOR_ENV = {"KERNELSCOPE_WORKER_TOKEN": "token-from-the-operator"}
-
-
 def unread_variables(container: Container) -> list[str]:
     """The variables `container` sets that neither its code nor a known third-party tool reads."""
     allowed = code_env_vars(container.role) | set(THIRD_PARTY_ENV)
@@ -24,7 +21,7 @@ def unread_variables(container: Container) -> list[str]:
 
 @pytest.fixture(scope="module")
 def containers() -> list[Container]:
-    found = manifests.containers(OPERATOR_ENV)
+    found = manifests.containers(manifests.OPERATOR_ENV)
     assert len(found) >= 7, [c.where for c in found]  # compose: 4 services, k8s: 3 workloads, 3 Dockerfiles
     return found
 

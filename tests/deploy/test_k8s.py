@@ -25,7 +25,7 @@ Doc = dict[str, Any]
 
 @pytest.fixture(scope="module")
 def docs() -> list[Doc]:
-    return [doc for _path, doc in manifests.k8s_documents()]
+    return manifests.k8s_documents()
 
 
 def find(docs: list[Doc], kind: str, name: str | None = None) -> list[Doc]:
@@ -43,7 +43,7 @@ def container_env(container: Doc) -> dict[str, Any]:
 
 def workload_by_role(docs: list[Doc], role: str) -> list[tuple[Doc, Doc]]:
     found = []
-    for workload in manifests.workloads([(Path(), d) for d in docs]):
+    for workload in manifests.workloads(docs):
         for container in manifests.pod_containers(workload):
             if manifests.role_of(container.get("command")) == role:
                 found.append((workload, container))
@@ -88,7 +88,7 @@ def test_kustomization_lists_every_manifest(docs: list[Doc]) -> None:
 
 def test_selectors_match_their_pod_templates_and_every_service_selects_a_workload(docs: list[Doc]) -> None:
     templates = []
-    for workload in manifests.workloads([(Path(), d) for d in docs]):
+    for workload in manifests.workloads(docs):
         labels = workload["spec"]["template"]["metadata"]["labels"]
         assert selects(workload["spec"]["selector"]["matchLabels"], labels), workload["metadata"]["name"]
         templates.append(labels)
@@ -213,7 +213,7 @@ def test_gpu_workers_take_one_gpu_each(docs: list[Doc]) -> None:
 
 
 def test_read_only_root_filesystems_have_a_writable_tmp(docs: list[Doc]) -> None:
-    for workload in manifests.workloads([(Path(), d) for d in docs]):
+    for workload in manifests.workloads(docs):
         for container in manifests.pod_containers(workload):
             if container.get("securityContext", {}).get("readOnlyRootFilesystem") and manifests.image_dockerfile(
                 container["image"]
@@ -227,7 +227,7 @@ def test_the_worker_token_comes_from_the_generated_secret(docs: list[Doc]) -> No
     # The key is whatever the documented command writes into the env file: `echo "token=..." > ...`.
     key = re.search(r'echo "(\w+)=', (K8S_DIR / "kustomization.yaml").read_text()).group(1)
     refs = 0
-    for workload in manifests.workloads([(Path(), d) for d in docs]):
+    for workload in manifests.workloads(docs):
         for container in manifests.pod_containers(workload):
             for item in container.get("env") or []:
                 if item["name"] == "KERNELSCOPE_WORKER_TOKEN":
@@ -247,7 +247,7 @@ def test_the_worker_token_comes_from_the_generated_secret(docs: list[Doc]) -> No
 
 def test_images_are_this_version(docs: list[Doc]) -> None:
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
-    for workload in manifests.workloads([(Path(), d) for d in docs]):
+    for workload in manifests.workloads(docs):
         for container in manifests.pod_containers(workload):
             if manifests.image_dockerfile(container["image"]) is not None:
                 assert container["image"].endswith(f":{version}"), container["image"]
