@@ -9,12 +9,11 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from service.metrics import JOB_STATES, Metrics
+from tests.service.helpers import Samples, metric_samples
 
 QUEUE = "ks-metrics-test"
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 # The Metrics a job running inside the test's worker scrapes, and what it saw.
 _running: dict[str, Any] = {}
@@ -29,16 +28,7 @@ def fail() -> None:
 
 
 def scrape_while_running() -> None:
-    _running["seen"] = samples(_running["metrics"].render())
-
-
-def samples(text: bytes | str) -> Samples:
-    text = text.decode() if isinstance(text, bytes) else text
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+    _running["seen"] = metric_samples(_running["metrics"].render())
 
 
 def jobs(seen: Samples) -> dict[str, float]:
@@ -70,7 +60,7 @@ def run_burst(queue: Any) -> None:
 
 def test_jobs_planted_in_every_state_are_counted_from_redis(redis_conn: Any, queue: Any) -> None:
     metrics = Metrics(redis_conn, QUEUE)
-    empty = samples(metrics.render())
+    empty = metric_samples(metrics.render())
     assert empty[("kernelscope_redis_up", frozenset())] == 1
     assert jobs(empty) == {state: 0 for state in JOB_STATES}
     assert gauge(empty, "kernelscope_queue_depth") == 0 and gauge(empty, "kernelscope_workers") == 0
@@ -90,7 +80,7 @@ def test_jobs_planted_in_every_state_are_counted_from_redis(redis_conn: Any, que
     for _ in range(2):
         queue.enqueue(f"{here}.succeed", depends_on=waiting[1])
     queue.enqueue_in(timedelta(hours=1), f"{here}.succeed")
-    after = samples(metrics.render())
+    after = metric_samples(metrics.render())
     assert jobs(after) == {
         "queued": 4, "started": 0, "deferred": 2, "scheduled": 1, "finished": 3, "failed": 1, "canceled": 1,
     }
@@ -104,7 +94,7 @@ def test_job_durations_land_in_their_buckets_by_outcome(redis_conn: Any) -> None
     metrics.observe_job(3.5, "succeeded")
     metrics.observe_job(100.0, "FAILED")
     metrics.observe_job(-5.0, "CANCELLED")  # clocks that disagree: counted as 0 s
-    seen = samples(metrics.render())
+    seen = metric_samples(metrics.render())
 
     def value(suffix: str, outcome: str, le: str | None = None) -> float:
         labels = {("state", outcome)} | ({("le", le)} if le else set())
@@ -126,7 +116,7 @@ def test_upload_bytes_add_up_by_kind(redis_conn: Any) -> None:
     metrics.record_upload("model", 1000)
     metrics.record_upload("model", 24)
     metrics.record_upload("dataset", 7)
-    seen = samples(metrics.render())
+    seen = metric_samples(metrics.render())
     assert seen[("kernelscope_upload_bytes_total", frozenset({("kind", "model")}))] == 1024
     assert seen[("kernelscope_uploads_total", frozenset({("kind", "model")}))] == 2
     assert seen[("kernelscope_upload_bytes_total", frozenset({("kind", "dataset")}))] == 7
@@ -147,7 +137,7 @@ def test_http_endpoint_serves_the_registry(redis_conn: Any, queue: Any) -> None:
         assert endpoint.port > 0
         with urllib.request.urlopen(f"http://127.0.0.1:{endpoint.port}/metrics", timeout=10) as reply:
             assert reply.status == 200
-            served = samples(reply.read())
+            served = metric_samples(reply.read())
     finally:
         endpoint.stop()
     assert jobs(served)["queued"] == 1
@@ -164,7 +154,7 @@ def test_a_dead_redis_reports_down_instead_of_failing_the_scrape(tmp_path: Any) 
     dead = redis.Redis(unix_socket_path=str(tmp_path / "nobody-listens.sock"), socket_timeout=1, retry=Retry(NoBackoff(), 1))
     metrics = Metrics(dead, QUEUE)
     metrics.record_upload("model", 3)
-    seen = samples(metrics.render())
+    seen = metric_samples(metrics.render())
     assert seen[("kernelscope_redis_up", frozenset())] == 0
     assert not jobs(seen) and not any(name == "kernelscope_queue_depth" for name, _ in seen)
     assert seen[("kernelscope_upload_bytes_total", frozenset({("kind", "model")}))] == 3  # the rest still served

@@ -9,17 +9,16 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from deploy import probe
 from deploy.stack import free_port
 from tests.deploy import manifests
 from tests.deploy.manifests import ROOT, Container
+from tests.service.helpers import scrape
 
 START_TIMEOUT_S = 60.0
 WORKER_TOKEN = "rehearsal-worker-token"
@@ -44,16 +43,6 @@ def process_env(c: Container, **cluster: str) -> dict[str, str]:
 def argv(c: Container) -> list[str]:
     assert c.command and c.command[0] == "python"
     return [sys.executable, *c.command[1:]]
-
-
-def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
-        text = reply.read().decode()
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 def wait_for(condition: Any, what: str, process: subprocess.Popen[bytes], log: Path) -> None:

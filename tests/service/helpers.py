@@ -159,3 +159,23 @@ class _BearerToken(
 def with_token(channel: grpc.Channel, token: str) -> grpc.Channel:
     """`channel` with every call carrying `token` as a bearer token."""
     return grpc.intercept_channel(channel, _BearerToken(token))
+
+
+# Prometheus samples: (metric name, its labels) -> value.
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def metric_samples(text: bytes | str) -> Samples:
+    """The samples of a Prometheus exposition text."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = text.decode() if isinstance(text, bytes) else text
+    return {(s.name, frozenset(s.labels.items())): s.value for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def scrape(port: int, timeout: float = 10.0) -> Samples:
+    """The samples a scrape of http://127.0.0.1:{port}/metrics returns."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as reply:
+        return metric_samples(reply.read())

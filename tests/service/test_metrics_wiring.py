@@ -3,22 +3,11 @@ dataset, artifact) is counted with its bytes, and each ended job is observed onc
 
 from __future__ import annotations
 
-import urllib.request
-
 from kernelscope.v1 import jobs_pb2, tasks_pb2
-from prometheus_client.parser import text_string_to_metric_families
 
 from deploy.stack import free_port
 from tests.service import fake_worker
-from tests.service.helpers import clips, npz_bytes, onnx_bytes, upload_dataset, upload_model
-
-
-def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
-        text = reply.read().decode()
-    return {
-        (s.name, frozenset(s.labels.items())): s.value for family in text_string_to_metric_families(text) for s in family.samples
-    }
+from tests.service.helpers import clips, npz_bytes, onnx_bytes, scrape, upload_dataset, upload_model
 
 
 def test_uploads_and_ended_jobs_reach_the_metrics_endpoint(start_server, run_jobs, monkeypatch) -> None:
@@ -37,7 +26,7 @@ def test_uploads_and_ended_jobs_reach_the_metrics_endpoint(start_server, run_job
         final = stub.GetJob(jobs_pb2.GetJobRequest(job_id=job.id))
     assert final.state == jobs_pb2.SUCCEEDED
 
-    seen = scrape(port)
+    seen = scrape(port, timeout=5)
     kind = lambda k: frozenset({("kind", k)})  # noqa: E731
     assert seen[("kernelscope_uploads_total", kind("model"))] == 2
     assert seen[("kernelscope_upload_bytes_total", kind("model"))] == 2 * len(model_bytes)
