@@ -30,7 +30,6 @@ from deploy.stack import free_port
 from tests.service import fake_worker
 
 ROOT = Path(__file__).resolve().parents[2]
-FAKE_JOB_FUNCTION = "tests.service.fake_worker.run"
 START_TIMEOUT_S = 60.0
 
 
@@ -100,7 +99,7 @@ class Cluster:
             KERNELSCOPE_PORT=str(self.port),
             KERNELSCOPE_DATA_DIR=str(self.root / "store"),
             KERNELSCOPE_WORKER_TOKEN=self.worker_token,
-            KERNELSCOPE_JOB_FUNCTION=FAKE_JOB_FUNCTION,
+            KERNELSCOPE_JOB_FUNCTION=fake_worker.JOB_FUNCTION,
             KERNELSCOPE_POLL_INTERVAL="0.05",
             KERNELSCOPE_HEALTH_INTERVAL="0.2",
             **self.server_env,

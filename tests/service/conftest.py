@@ -8,16 +8,24 @@ import pytest
 
 from tests.service import fake_worker
 
-FAKE_JOB_FUNCTION = "tests.service.fake_worker.run"
+@pytest.fixture
+def start_fake_server(start_server: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> Callable[..., Any]:
+    """start_fake_server(**config): a server that enqueues tests.service.fake_worker.run, which writes its
+    artifacts back to that server."""
+
+    def start(**overrides: Any) -> Any:
+        server = start_server(job_function=fake_worker.JOB_FUNCTION, **overrides)
+        monkeypatch.setenv(fake_worker.SERVICE_ENV, server.address)
+        monkeypatch.setenv(fake_worker.TOKEN_ENV, server.config.worker_token)
+        return server
+
+    return start
 
 
 @pytest.fixture
-def fake_server(start_server: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> Any:
-    """A server that enqueues tests.service.fake_worker.run; the fake writes artifacts back to it."""
-    server = start_server(job_function=FAKE_JOB_FUNCTION)
-    monkeypatch.setenv(fake_worker.SERVICE_ENV, server.address)
-    monkeypatch.setenv(fake_worker.TOKEN_ENV, server.config.worker_token)
-    return server
+def fake_server(start_fake_server: Callable[..., Any]) -> Any:
+    """A server with the default configuration whose jobs run the fake worker."""
+    return start_fake_server()
 
 
 @pytest.fixture

@@ -16,6 +16,8 @@ import time
 from typing import Any
 
 MODE_ENV = "FAKE_WORKER_MODE"
+# What a server under test enqueues to run this fake (its KERNELSCOPE_JOB_FUNCTION).
+JOB_FUNCTION = f"{__name__}.run"
 SERVICE_ENV = "FAKE_WORKER_SERVICE"
 TOKEN_ENV = "FAKE_WORKER_TOKEN"
 

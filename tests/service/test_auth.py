@@ -24,7 +24,6 @@ from kernelscope.v1 import (
 )
 
 from service import auth
-from tests.service import fake_worker
 from tests.service.helpers import (
     clips,
     dataset_messages,
@@ -51,11 +50,8 @@ def tconv_job(stub: Any, model_id: str, request_id: str = "") -> jobs_pb2.Job:
 
 
 @pytest.fixture
-def two_tenants(start_server, monkeypatch) -> Any:
-    server = start_server(tokens=f"alice={ALICE}, bob={BOB}", job_function="tests.service.fake_worker.run")
-    monkeypatch.setenv(fake_worker.SERVICE_ENV, server.address)
-    monkeypatch.setenv(fake_worker.TOKEN_ENV, server.config.worker_token)
-    return server
+def two_tenants(start_fake_server) -> Any:
+    return start_fake_server(tokens=f"alice={ALICE}, bob={BOB}")
 
 
 # --- tokens ------------------------------------------------------------------------------------

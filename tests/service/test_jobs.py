@@ -284,7 +284,7 @@ def test_failures_are_recorded_inside_the_job(fake_server, run_jobs, monkeypatch
 
 
 def test_a_job_past_its_timeout_fails_with_deadline_exceeded(start_server, run_jobs, monkeypatch) -> None:
-    server = start_server(job_function="tests.service.fake_worker.run", job_timeout=1)
+    server = start_server(job_function=fake_worker.JOB_FUNCTION, job_timeout=1)
     monkeypatch.setenv(fake_worker.MODE_ENV, "sleep")
     stub = server.stub()
     job = create(stub, upload_model(stub, onnx_bytes()).id, task())

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from kernelscope.v1 import jobs_pb2, kernelscope_pb2_grpc, models_pb2, tasks_pb2, worker_pb2, worker_pb2_grpc
 
-from tests.service import fake_worker
 from tests.service.helpers import (
     clips,
     dataset_messages,
@@ -72,10 +71,8 @@ def test_each_size_limit_is_refused_naming_the_limit_and_stores_nothing(start_se
     assert [p.name for p in files["blobs"]] == [model.sha256] and files["tmp"] == []
 
 
-def test_jobs_in_flight_are_limited_per_tenant_and_freed_as_jobs_end(start_server, run_jobs, monkeypatch) -> None:
-    server = start_server(max_jobs_in_flight=2, tokens="a=token-a,b=token-b", job_function="tests.service.fake_worker.run")
-    monkeypatch.setenv(fake_worker.SERVICE_ENV, server.address)
-    monkeypatch.setenv(fake_worker.TOKEN_ENV, server.config.worker_token)
+def test_jobs_in_flight_are_limited_per_tenant_and_freed_as_jobs_end(start_fake_server, run_jobs) -> None:
+    server = start_fake_server(max_jobs_in_flight=2, tokens="a=token-a,b=token-b")
     a = kernelscope_pb2_grpc.KernelScopeStub(with_token(server.channel(), "token-a"))
     b = kernelscope_pb2_grpc.KernelScopeStub(with_token(server.channel(), "token-b"))
     model_a = a.UploadModel(model_messages(onnx_bytes()), timeout=10)

@@ -6,15 +6,12 @@ from __future__ import annotations
 from kernelscope.v1 import jobs_pb2, tasks_pb2
 
 from deploy.stack import free_port
-from tests.service import fake_worker
 from tests.service.helpers import clips, npz_bytes, onnx_bytes, scrape, upload_dataset, upload_model
 
 
-def test_uploads_and_ended_jobs_reach_the_metrics_endpoint(start_server, run_jobs, monkeypatch) -> None:
+def test_uploads_and_ended_jobs_reach_the_metrics_endpoint(start_fake_server, run_jobs) -> None:
     port = free_port()
-    server = start_server(metrics_port=port, job_function="tests.service.fake_worker.run")
-    monkeypatch.setenv(fake_worker.SERVICE_ENV, server.address)
-    monkeypatch.setenv(fake_worker.TOKEN_ENV, server.config.worker_token)
+    server = start_fake_server(metrics_port=port)
     stub = server.stub()
     model_bytes, dataset_bytes = onnx_bytes(padding=500), npz_bytes(**clips())
     model = upload_model(stub, model_bytes)

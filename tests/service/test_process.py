@@ -107,7 +107,7 @@ _SERVER_SCRIPT = textwrap.dedent(
 
 
 def test_the_server_process_never_imports_torch(tmp_path: Path, redis_url: str, redis_conn, monkeypatch, run_jobs) -> None:
-    env = env_for(redis_url, tmp_path / "data", 0, KERNELSCOPE_JOB_FUNCTION="tests.service.fake_worker.run")
+    env = env_for(redis_url, tmp_path / "data", 0, KERNELSCOPE_JOB_FUNCTION=fake_worker.JOB_FUNCTION)
     process = subprocess.Popen(
         [sys.executable, "-c", _SERVER_SCRIPT], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
@@ -145,7 +145,7 @@ _WORKER_SCRIPT = textwrap.dedent(
 
 
 def test_cancelling_a_running_job_stops_it_on_the_worker(start_server, redis_url: str, tmp_path: Path) -> None:
-    server = start_server(job_function="tests.service.fake_worker.run")
+    server = start_server(job_function=fake_worker.JOB_FUNCTION)
     stub = server.stub()
     job = stub.CreateJob(
         jobs_pb2.CreateJobRequest(model_id=upload_model(stub, onnx_bytes()).id, tasks=[tasks_pb2.Task(name="tconv_stats")])
