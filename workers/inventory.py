@@ -157,9 +157,15 @@ def _kernel_shape(m: nn.Module, kind: str) -> list[int]:
         return [int(s) for s in weight.shape]
     first, scale = getattr(m, "first_weight", None), getattr(m, "scale", None)
     if kind == "TConv3d" and isinstance(first, torch.Tensor) and isinstance(scale, torch.Tensor):
-        # A 3TConv whose kernel is not materialised (e.g. inside a torch.export program): (C_out, C_in, k_t, k_h, k_w).
-        return [int(first.shape[0]), int(first.shape[1]), 1 + int(scale.shape[0]), *(int(s) for s in first.shape[-2:])]
+        # A 3TConv whose kernel is not materialised (e.g. inside a torch.export program).
+        return _tconv_kernel_shape(first, scale)
     return []
+
+
+def _tconv_kernel_shape(first_weight: torch.Tensor, scale: torch.Tensor | None) -> list[int]:
+    """(C_out, C_in, k_t, k_h, k_w) of a 3TConv: slice 0 is `first_weight`, one more per row of `scale`."""
+    k_t = 1 + (int(scale.shape[0]) if scale is not None else 0)
+    return [int(first_weight.shape[0]), int(first_weight.shape[1]), k_t, *(int(s) for s in first_weight.shape[-2:])]
 
 
 def _weight(m: nn.Module) -> torch.Tensor | None:
@@ -279,9 +285,7 @@ def _from_state_dict(model: LoadedModel) -> list[Layer]:
     for key, value in state.items():
         if key.endswith("first_weight"):
             prefix = key[: -len("first_weight")].rstrip(".")
-            scale = state.get(_join(prefix, "scale"))
-            k_t = 1 + (int(scale.shape[0]) if scale is not None else 0)
-            shape = [int(value.shape[0]), int(value.shape[1]), k_t, *(int(s) for s in value.shape[-2:])]
+            shape = _tconv_kernel_shape(value, state.get(_join(prefix, "scale")))
             names = ("first_weight", "scale", "rotate", "translate_x", "translate_y", "bias")
             count = sum(int(state[_join(prefix, n)].numel()) for n in names if _join(prefix, n) in state)
             layers.append(Layer(name=prefix, kind="TConv3d", kernel_shape=shape, parameters=count))
