@@ -18,9 +18,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from workers.errors import TaskError
+from workers.input_spec import InputSpec
 from workers.model import LoadedModel, frozen
 
 Size3 = tuple[int, int, int]
+
+
+def input_size(spec: InputSpec) -> Size3:
+    """A model's input as (T, H, W); T = 1 for an image model."""
+    spatial = spec.spatial
+    return (1, *spatial) if len(spatial) == 2 else tuple(spatial)  # type: ignore[return-value]
 
 
 @dataclass
@@ -47,9 +54,7 @@ class LayerTarget:
 
     @property
     def input_size(self) -> Size3:
-        """The model's input (T, H, W); T = 1 for an image model."""
-        spatial = self.model.input_spec.spatial
-        return (1, *spatial) if len(spatial) == 2 else tuple(spatial)  # type: ignore[return-value]
+        return input_size(self.model.input_spec)
 
     @property
     def channels(self) -> int:

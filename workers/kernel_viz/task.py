@@ -57,7 +57,7 @@ from workers.kernel_viz.motion import direction_selectivity, motion_dependence, 
 from workers.kernel_viz.objective import Objective
 from workers.kernel_viz.receptive_field import CanvasPlan, plan_canvas
 from workers.kernel_viz.renderer import Rendering, channel_generator, evaluate, memory_budget, render
-from workers.kernel_viz.target import LayerTarget, Size3
+from workers.kernel_viz.target import LayerTarget, Size3, input_size
 from workers.kernel_viz.transforms import Jitter
 from workers.tasks import plain, register
 
@@ -401,7 +401,7 @@ def _canvas(values: list[int], ctx: TaskContext) -> Size3 | None:
     if not values:
         return None
     spec = ctx.model.input_spec
-    full = (1, *spec.spatial) if len(spec.spatial) == 2 else tuple(spec.spatial)
+    full = input_size(spec)
     if len(values) == 2 and len(spec.spatial) == 2:
         values = [1, *values]
     if len(values) != 3 or any(v < 1 for v in values) or any(v > f for v, f in zip(values, full)):
