@@ -13,7 +13,7 @@ tests address by name: `stem` (the first conv), `middle` (a conv in the body) an
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -43,7 +43,7 @@ class ZooModel:
     head: str
     mean: tuple[float, ...] = TORCHVISION_MEAN
     std: tuple[float, ...] = TORCHVISION_STD
-    notes: tuple[str, ...] = field(default_factory=tuple)
+    head_norm: str = ""  # a LayerNorm whose output (signed) the head pools, where there is one
 
     @property
     def input_spec(self) -> InputSpec:
@@ -87,9 +87,9 @@ ZOO: dict[str, ZooModel] = {
         ZooModel("c3d", "C3D (jfzhang95/pytorch-video-recognition C3D_model)", lambda n: c3d.c3d(n, div=8), (3, 16, 32, 32),
                  stem="conv1", middle="conv3a", head="fc8"),
         ZooModel("swin3d", "torchvision.models.video.swin3d_t", lambda n: transformers.swin3d(n), _SMALL,
-                 stem="patch_embed.proj", middle="features.0.1.attn.qkv", head="head"),
+                 stem="patch_embed.proj", middle="features.0.1.attn.qkv", head="head", head_norm="norm"),
         ZooModel("mvit", "torchvision.models.video.mvit_v2_s", lambda n: transformers.mvit_v2(n), _SMALL,
-                 stem="conv_proj", middle="blocks.1.attn.pool_q.pool", head="head.1", **_PV),
+                 stem="conv_proj", middle="blocks.1.attn.pool_q.pool", head="head.1", head_norm="norm", **_PV),
     ]
 }
 
@@ -105,7 +105,7 @@ def build(name: str, num_classes: int = DEFAULT_CLASSES, seed: int = 0) -> nn.Mo
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = entry.make(num_classes)
-        _calibrate_norms(model, entry.input_spec, generator)
+        calibrate_norms(model, entry.input_spec, generator)
     return model.eval()
 
 
@@ -116,7 +116,8 @@ def example(name: str, n: int = 2, seed: int = 0) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _calibrate_norms(model: nn.Module, spec: InputSpec, generator: torch.Generator) -> None:
+def calibrate_norms(model: nn.Module, spec: InputSpec, generator: torch.Generator) -> None:
+    """Random BatchNorm affine parameters, and running statistics measured on random clips (train-mode passes)."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
         return

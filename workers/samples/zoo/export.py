@@ -12,14 +12,15 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from workers.samples.models import export_pt2
-from workers.samples.zoo import ZOO, build, example
+from workers.samples.zoo import build, example
 
 FORMATS = ("onnx_dynamo", "onnx_legacy", "pt2_dynamic", "pt2_batch1")
 LOADER_FORMAT = {"onnx_dynamo": "ONNX", "onnx_legacy": "ONNX", "pt2_dynamic": "TORCH_EXPORT", "pt2_batch1": "TORCH_EXPORT"}
@@ -85,9 +86,58 @@ def export_zoo_model(name: str, fmt: str, out_dir: str | os.PathLike[str], num_c
     return Export(name=name, format=fmt, path=path, files=files, seconds=time.perf_counter() - started)
 
 
+@dataclass
+class PlantedExports:
+    """A planted zoo model's exports (or each format's export error) and what the analyses should find.
+
+    Plain data only (no module), so that it crosses process boundaries: tests export in a worker process."""
+
+    name: str
+    exports: dict[str, Export] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    layers: dict[str, list[int]] = field(default_factory=dict)  # every conv and Linear module path → its weight shape
+    grating_filter: int | None = None
+    inflated_filters: list[int] = field(default_factory=list)
+    subsets: list[list[int]] = field(default_factory=list)
+    x: np.ndarray | None = None
+    y: np.ndarray | None = None
+    build_seconds: float = 0.0
+
+
+def export_planted(name: str, out_dir: str | os.PathLike[str], formats: tuple[str, ...] = FORMATS, seed: int = 0) -> PlantedExports:
+    """Build `name` with planted answers (planted.build_planted) and export it in every format, timing each."""
+    from workers.samples.zoo.planted import build_planted
+
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    planted = build_planted(name, seed=seed)
+    result = PlantedExports(
+        name=name,
+        layers={n: list(m.weight.shape) for n, m in planted.model.named_modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))},
+        grating_filter=planted.grating_filter,
+        inflated_filters=planted.inflated_filters,
+        subsets=planted.subsets,
+        x=planted.x,
+        y=planted.y,
+        build_seconds=time.perf_counter() - started,
+    )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for fmt in formats:
+        path = out / f"{name}.{fmt}{'.onnx' if fmt.startswith('onnx') else '.pt2'}"
+        started = time.perf_counter()
+        try:
+            files = export_model(planted.model, fmt, path, example(name, 1, seed))
+        except Exception as exc:  # noqa: BLE001 - an exporter failure is a result to report, not a crash
+            result.errors[fmt] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            continue
+        result.exports[fmt] = Export(name=name, format=fmt, path=path, files=files, seconds=time.perf_counter() - started)
+    return result
+
+
 def _batch2(x: torch.Tensor) -> torch.Tensor:
     """torch.export specialises sizes 0 and 1: a dynamic batch is traced at batch 2."""
     return x if x.shape[0] >= 2 else x.expand(2, *x.shape[1:]).contiguous()
 
 
-__all__ = ["FORMATS", "LOADER_FORMAT", "ZOO", "Export", "export_model", "export_onnx_dynamo", "export_onnx_legacy", "export_zoo_model"]
+__all__ = ["FORMATS", "LOADER_FORMAT", "Export", "PlantedExports", "export_model", "export_onnx_dynamo", "export_onnx_legacy", "export_planted", "export_zoo_model"]

@@ -21,7 +21,6 @@ import torch
 from torch import nn
 
 from workers.samples.zoo.resnet3d import (
-    Net,
     create_res_basic_head,
     create_res_basic_stem,
     create_res_stage,
