@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 
@@ -83,13 +84,24 @@ def test_bytes_past_the_declared_size_are_refused_while_the_client_still_streams
     assert stored_files(kernelscope_server.config.data_dir) == {"blobs": [], "tmp": []}
 
 
+def onnx_bundle_bytes() -> bytes:
+    """An ONNX bundle as the SDK writes it: the .onnx first, then its data file."""
+    from sdk import formats
+
+    buffer = io.BytesIO()
+    formats.onnx_bundle(buffer, "model.onnx", onnx_bytes(), {"model.onnx.data": bytes(64)})
+    return buffer.getvalue()
+
+
 @pytest.mark.parametrize(
     "declared, data, looks_like",
     [
         (models_pb2.ONNX, zip_bytes(), "zip archive"),
         (models_pb2.TORCH_EXPORT, onnx_bytes(), "ONNX"),
-        (models_pb2.STATE_DICT, b"\x80\x04\x95" + bytes(64), "pickle"),
+        (models_pb2.SAFETENSORS, b"\x80\x04\x95" + bytes(64), "pickle"),
         (models_pb2.SAFETENSORS, zip_bytes(), "zip archive"),
+        (models_pb2.TORCH_EXPORT, onnx_bundle_bytes(), "ONNX model bundled with its external data"),
+        (models_pb2.ONNX, zip_bytes(entry="model.onnx.data"), "zip archive"),  # a bundle starts with its .onnx
         (models_pb2.TORCHSCRIPT, b"just some text, not a model", "not recognisable"),
     ],
 )
@@ -108,8 +120,12 @@ def test_every_format_accepts_its_own_bytes(kernelscope_stub) -> None:
         (models_pb2.TORCHSCRIPT, zip_bytes(b"ts")),
         (models_pb2.STATE_DICT, zip_bytes(b"sd")),
         (models_pb2.SAFETENSORS, safetensors),
+        (models_pb2.ONNX, onnx_bundle_bytes()),  # an ONNX model with its external data files
+        (models_pb2.STATE_DICT, b"\x80\x02}q\x00." + bytes(16)),  # a legacy torch.save pickle: the worker scans it
     ]:
         assert upload_model(kernelscope_stub, data, fmt).format == fmt
+    with rpc_error(CODE.INVALID_ARGUMENT, "TRUNCATED", contains="complete file"):
+        upload_model(kernelscope_stub, safetensors[:20], models_pb2.SAFETENSORS)  # the header is cut
 
 
 def test_upload_without_header_or_format_is_refused(kernelscope_stub) -> None:
