@@ -1,5 +1,7 @@
 """The zoo matrix: every architecture users bring (workers.samples.zoo) × every way PyTorch exports it × every
-task, loaded with workers.loader.load_model as the worker does and run in process through the task entry points.
+task: each export goes through the SDK's upload preparation (format told from the content; an .onnx with its
+external data becomes one ONNX bundle), is loaded with workers.loader.load_model as the worker loads the
+upload, and every task runs in process through its entry point.
 
 Each model carries planted answers (workers.samples.zoo.planted): a drifting grating in stem filter 0 and
 inflated 2D kernels in the other stem filters (where the stem spans frames and pixels), and a head in which
@@ -32,6 +34,8 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
+from kernelscope.v1 import models_pb2
+from sdk.model_source import prepare
 from workers import tasks
 from workers.context import TaskContext
 from workers.dataset import Dataset
@@ -39,7 +43,7 @@ from workers.errors import TaskError
 from workers.loader import load_model
 from workers.model import LoadedModel
 from workers.samples.zoo import ZOO, names
-from workers.samples.zoo.export import FORMATS, LOADER_FORMAT, PlantedExports, export_planted
+from workers.samples.zoo.export import FORMATS, PlantedExports, export_planted
 from workers.samples.zoo.planted import GRATING_DIRECTION_DEG
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -49,7 +53,7 @@ TASKS = ("describe", "kernel_viz", "tconv_stats", "class_filters")
 HEAVY = frozenset({"s3d", "swin3d", "mvit", "slowfast_r50"})
 EXPORT_TIMEOUT_S = 900
 KERNEL_VIZ = {"channels": [0, 1], "steps": 32, "seed": 0}
-TCONV = {"restarts": 0, "fit_steps": 10, "seed": 0}
+TCONV = {"restarts": 0, "fit_steps": 5, "seed": 0}
 CLASS_FILTERS = {"bootstrap": 0, "seed": 0}
 GRATING_TOLERANCE_DEG = 20.0
 STATUS_ENV = "KERNELSCOPE_ZOO_STATUS"
@@ -90,8 +94,8 @@ class ZooSession:
             try:
                 if fmt not in bundle.exports:
                     raise RuntimeError(f"export failed: {bundle.errors.get(fmt, '?')}")
-                export = bundle.exports[fmt]
-                self.loaded[key] = load_model(export.path, LOADER_FORMAT[fmt], ZOO[arch].header, name=arch)
+                path, declared = _uploaded(bundle.exports[fmt].path, ZOO[arch].header)
+                self.loaded[key] = load_model(path, declared, ZOO[arch].header, name=arch)
             except Exception as exc:  # noqa: BLE001 - every cell of this export reports it
                 self.loaded[key] = exc
             self.load_seconds[key] = time.perf_counter() - started
@@ -102,6 +106,19 @@ class ZooSession:
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _uploaded(path: Path, header: dict[str, Any]) -> tuple[Path, str]:
+    """The file and format the worker receives when a user uploads `path` with the SDK: the SDK tells the format
+    from the content and sends an .onnx with its external data files as one ONNX bundle."""
+    source = prepare(path, input_spec=header)
+    declared = models_pb2.ModelFormat.Name(source.format)
+    if source.data is None:
+        assert source.path is not None
+        return source.path, declared
+    upload = path.with_name(path.name + ".upload")
+    upload.write_bytes(source.data)
+    return upload, declared
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,8 @@ measured on random clips (so the exported graphs carry real, non-identity normal
 activations stay in range however deep the random network is), and the model is returned in eval mode.
 
 `ZOO[name]` says what each model mirrors, its input shape and normalisation, and three module paths the
-tests address by name: `stem` (the first conv), `middle` (a conv in the body) and `head` (the classifier).
+tests address by name: `stem` (the first conv), `middle` (a layer in the body; a conv except in Swin3D)
+and `head` (the classifier). `planted` plants known answers in a model; `export` writes the four exports.
 """
 
 from __future__ import annotations

@@ -23,7 +23,6 @@ from workers.samples.models import export_pt2
 from workers.samples.zoo import build, example
 
 FORMATS = ("onnx_dynamo", "onnx_legacy", "pt2_dynamic", "pt2_batch1")
-LOADER_FORMAT = {"onnx_dynamo": "ONNX", "onnx_legacy": "ONNX", "pt2_dynamic": "TORCH_EXPORT", "pt2_batch1": "TORCH_EXPORT"}
 LEGACY_OPSET = 17  # the legacy exporter's best-tested opset; the dynamo exporter picks its own (18+)
 
 
@@ -140,4 +139,4 @@ def _batch2(x: torch.Tensor) -> torch.Tensor:
     return x if x.shape[0] >= 2 else x.expand(2, *x.shape[1:]).contiguous()
 
 
-__all__ = ["FORMATS", "LOADER_FORMAT", "Export", "PlantedExports", "export_model", "export_onnx_dynamo", "export_onnx_legacy", "export_planted", "export_zoo_model"]
+__all__ = ["FORMATS", "Export", "PlantedExports", "export_model", "export_onnx_dynamo", "export_onnx_legacy", "export_planted", "export_zoo_model"]
