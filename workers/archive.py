@@ -1,4 +1,4 @@
-"""Zip archives (torch.export, TorchScript, torch.save files) checked before anything reads them.
+"""Zip archives (torch.export, TorchScript, torch.save files, ONNX bundles) checked before anything reads them.
 
 Every check here works from the central directory alone: no entry is decompressed, so a zip
 bomb is refused on what it declares (entry count, sizes, compression ratio) before it can cost
@@ -14,6 +14,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from sdk.formats import zip_root
 from workers.errors import ModelRejected
 
 ZIP_MAGIC = b"PK\x03\x04"
@@ -104,7 +105,7 @@ def check_archive(path: Path, what: str, limits: ArchiveLimits = DEFAULT_LIMITS)
                 f"{what}: entry {info.filename!r} extends past the end of the file: it is truncated", reason="TRUNCATED"
             )
     names = tuple(i.filename for i in infos)
-    return ArchiveListing(names=names, root=_common_root(names), total_bytes=total)
+    return ArchiveListing(names=names, root=zip_root(names), total_bytes=total)
 
 
 def _check_name(name: str) -> None:
@@ -115,14 +116,6 @@ def _check_name(name: str) -> None:
     parts = unified.split("/")
     if ".." in parts or posixpath.normpath(unified).startswith(".."):
         raise _unsafe(f"entry name {name!r} climbs out of the archive with '..'")
-
-
-def _common_root(names: tuple[str, ...]) -> str:
-    """torch writes every entry under one folder named after the file ("model/..."): find it."""
-    firsts = {n.split("/", 1)[0] for n in names if "/" in n}
-    if len(firsts) == 1 and all("/" in n for n in names):
-        return firsts.pop() + "/"
-    return ""
 
 
 def _unsafe(detail: str) -> ModelRejected:

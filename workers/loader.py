@@ -24,7 +24,7 @@ Safety. No code path unpickles an arbitrary object:
 Archives are checked (entry count, declared sizes, compression ratio, names) before any of this.
 
 Errors: ModelRejected (FAILED_PRECONDITION) with reasons WRONG_FORMAT, TRUNCATED, PICKLED_MODULE,
-UNSAFE_PICKLE, ARCHIVE_UNSAFE, EXTERNAL_DATA, ONNX_INVALID, ONNX_MISMATCH, UNREADABLE,
+UNSAFE_PICKLE, ARCHIVE_UNSAFE, EXTERNAL_DATA, EXTERNAL_DATA_OUTSIDE_UPLOAD, ONNX_INVALID, ONNX_MISMATCH, UNREADABLE,
 ARCHITECTURE_MISMATCH, MULTIPLE_INPUTS, INPUT_SPEC_MISMATCH; ModelUnusable UNSUPPORTED_OP; BadOptions
 INPUT_SPEC_INVALID for a malformed input spec in the upload header.
 """
@@ -37,6 +37,7 @@ import json
 import os
 import pickletools
 import re
+import stat
 import struct
 import zipfile
 from pathlib import Path
@@ -46,6 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from sdk import formats as content
 from workers import architectures
 from workers.archive import ArchiveListing, check_archive, is_zip
 from workers.errors import BadOptions, ModelRejected
@@ -114,74 +116,60 @@ def _format_name(format: Any) -> str:
 
 
 def _sniff(path: Path) -> str:
-    """'zip', 'pickle', 'safetensors', 'safetensors_truncated' or 'other' (ONNX is protobuf, with no magic)."""
-    size = path.stat().st_size
+    """The kind of file at `path`, from its first bytes (sdk.formats.head_kind: the SDK's and the service's rules)."""
     with open(path, "rb") as f:
-        head = f.read(16)
-    if is_zip(head):
-        return "zip"
-    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
-        return "pickle"
-    if len(head) >= 9 and head[8:9] == b"{":
-        (header_len,) = struct.unpack("<Q", head[:8])
-        return "safetensors" if header_len <= size - 8 else "safetensors_truncated"
-    return "other"
+        return content.head_kind(f.read(content.HEAD_BYTES), path.stat().st_size)
 
 
 def _zip_kind(listing: ArchiveListing) -> str:
-    if listing.has("archive_format") or listing.under("models/"):
-        return "TORCH_EXPORT"
-    if listing.has("serialized_exported_program.json"):
-        return "TORCH_EXPORT_LEGACY"
-    if listing.has("constants.pkl") and listing.under("code/"):
-        return "TORCHSCRIPT"
-    if listing.has("data.pkl"):
-        return "TORCH_SAVE"
-    return "UNKNOWN_ZIP"
+    """The kind of a checked zip archive, from its entry names (sdk.formats.zip_kind)."""
+    return content.zip_kind(listing.names)
 
 
-_KIND_WORDS = {
-    "TORCH_EXPORT": "a torch.export archive (format TORCH_EXPORT)",
-    "TORCH_EXPORT_LEGACY": "a torch.export archive from torch < 2.8 (re-export it with a current torch)",
-    "TORCHSCRIPT": "a TorchScript archive (format TORCHSCRIPT)",
-    "TORCH_SAVE": "a torch.save checkpoint (format STATE_DICT)",
-    "UNKNOWN_ZIP": "a zip archive that is no PyTorch format",
-    "pickle": "a legacy torch.save pickle (format STATE_DICT)",
-    "safetensors": "a safetensors file (format SAFETENSORS)",
+_ARCHIVE_WORDS = {
+    "TORCH_EXPORT": "a torch.export archive",
+    "TORCHSCRIPT": "a TorchScript archive",
+    "STATE_DICT": "a torch.save checkpoint",
+    "ONNX": "an ONNX bundle",
+}
+_NOT_WHAT = {
+    "TORCH_EXPORT": "not a zip archive (a torch.export .pt2 is one)",
+    "TORCHSCRIPT": "not a zip archive (a TorchScript .pt is one)",
+    "STATE_DICT": "neither a zip archive nor a pickle (torch.save writes one of those)",
+    "SAFETENSORS": "not a safetensors file (no JSON header after the 8-byte length)",
+    "ONNX": "not an ONNX protobuf",
 }
 
 
 def _check_claim(path: Path, fmt: str) -> None:
-    """Refuse a file whose bytes are not the format it was uploaded as (or that is a pickled module)."""
+    """Refuse a file whose bytes are not the format it was uploaded as (or that is a pickled module).
+
+    Kinds and the format each is uploaded as are sdk.formats'; an unrecognisable file uploaded as ONNX goes on
+    to the ONNX parser, which says whether it is truncated or no protobuf at all.
+    """
     kind = _sniff(path)
-    if kind == "zip":
-        listing = check_archive(path, _KIND_WORDS.get(fmt, fmt))
+    if kind == "ZIP":
+        listing = check_archive(path, _ARCHIVE_WORDS.get(fmt, "the archive"))
         kind = _zip_kind(listing)
         if kind == "TORCH_SAVE":
             _scan_torch_save(path, listing)
-    elif kind == "pickle":
+    elif kind == "PICKLE":
         with open(path, "rb") as f:
             _refuse_pickle(_pickle_globals(f, "the file"), "the file")
-    elif kind == "safetensors_truncated":
+    elif kind == "SAFETENSORS_TRUNCATED":
         if fmt == "SAFETENSORS":
             raise ModelRejected("the safetensors header is longer than the file: it is truncated", reason="TRUNCATED")
-        kind = "other"
-    expected = {
-        "TORCH_EXPORT": {"TORCH_EXPORT"},
-        "TORCHSCRIPT": {"TORCHSCRIPT"},
-        "STATE_DICT": {"TORCH_SAVE", "pickle"},
-        "SAFETENSORS": {"safetensors"},
-        "ONNX": {"other"},
-    }[fmt]
-    if kind in expected:
+        kind = "UNKNOWN"
+    accepted = {k for k, f in content.FORMAT_OF.items() if f == fmt} | ({"UNKNOWN"} if fmt == "ONNX" else set())
+    if kind in accepted:
         return
-    what = _KIND_WORDS.get(kind) or {
-        "TORCH_EXPORT": "not a zip archive (a torch.export .pt2 is one)",
-        "TORCHSCRIPT": "not a zip archive (a TorchScript .pt is one)",
-        "STATE_DICT": "neither a zip archive nor a pickle (torch.save writes one of those)",
-        "SAFETENSORS": "not a safetensors file (no JSON header after the 8-byte length)",
-        "ONNX": "not an ONNX protobuf",
-    }[fmt]
+    is_what = content.WORDS.get(kind)
+    if is_what is None:
+        what = _NOT_WHAT[fmt]
+    elif kind in content.ZIP_KINDS:
+        what = is_what
+    else:
+        what = f"{is_what}, {_NOT_WHAT[fmt]}"
     raise ModelRejected(f"uploaded as {fmt}, but the file is {what}", reason="WRONG_FORMAT")
 
 
@@ -555,7 +543,7 @@ def _load_onnx(path: Path, header: dict[str, Any], architecture: str) -> LoadedM
 
     from workers.onnx_interpreter import build_module
 
-    data = path.read_bytes()
+    data = _onnx_bytes(path)
     model = onnx.ModelProto()
     try:
         model.ParseFromString(data)
@@ -605,16 +593,113 @@ def _load_onnx(path: Path, header: dict[str, Any], architecture: str) -> LoadedM
 
 
 def _refuse_external_data(model: Any) -> None:
-    from onnx import external_data_helper
+    """EXTERNAL_DATA for any tensor still kept in an external file: data is read only from inside the upload
+    (an ONNX bundle's own entries, by _onnx_bytes), never from a path on the worker's disk."""
+    for tensor in _external_tensors(model):
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "?")
+        raise ModelRejected(
+            f"ONNX tensor {tensor.name!r} keeps its data in an external file ({location!r}), which was not uploaded "
+            "with the model: upload the data file with it (the kernelscope SDK and CLI do, given the .onnx path with "
+            "its data file beside it: they send both as one ONNX bundle), or save the model with all weights inline "
+            "(onnx.save(model, path, save_as_external_data=False), < 2 GB)",
+            reason="EXTERNAL_DATA",
+        )
 
-    for tensor in external_data_helper._get_all_tensors(model):
-        if external_data_helper.uses_external_data(tensor) or tensor.external_data:
-            location = next((e.value for e in tensor.external_data if e.key == "location"), "?")
+
+def _external_tensors(message: Any) -> Iterator[Any]:
+    """Every TensorProto inside `message` that keeps its data in an external file, wherever ONNX allows a tensor
+    (initializers, sparse tensors, attributes whatever their declared type, subgraphs, functions, training info)."""
+    for field, value in message.ListFields():
+        if field.message_type is None:
+            continue
+        for item in value if field.is_repeated else (value,):
+            if field.message_type.name != "TensorProto":
+                yield from _external_tensors(item)
+            elif item.external_data or item.data_location == item.EXTERNAL:
+                yield item
+
+
+def _onnx_bytes(path: Path) -> bytes:
+    """The serialized ModelProto to load: the file itself, or an ONNX bundle's model with its data read in."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not is_zip(head):
+        return path.read_bytes()
+    return _inline_bundle(path, check_archive(path, "an ONNX bundle"))
+
+
+def _inline_bundle(path: Path, listing: ArchiveListing) -> bytes:
+    """An ONNX bundle's model (sdk.formats) with every external tensor's data read from the bundle's own entries.
+
+    A location must be a plain relative name (no '..', no absolute path, no drive) that is a regular-file entry
+    of the bundle, other than the model; a bundle holding a symbolic link is refused whole. Nothing is extracted
+    and no path on disk is opened, so no reference reaches outside the upload (EXTERNAL_DATA_OUTSIDE_UPLOAD).
+    """
+    import onnx
+
+    kind = _zip_kind(listing)
+    if kind != "ONNX_BUNDLE":
+        raise ModelRejected(
+            f"uploaded as ONNX, but the file is {content.WORDS[kind]}; an ONNX bundle's first entry is its only "
+            "top-level .onnx model, followed by its external data files",
+            reason="WRONG_FORMAT",
+        )
+    model_entry = listing.names[0]
+    with zipfile.ZipFile(path) as zf:
+        infos = {info.filename: info for info in zf.infolist()}
+        links = sorted(name for name, info in infos.items() if stat.S_ISLNK(info.external_attr >> 16))
+        if links:
             raise ModelRejected(
-                f"ONNX tensor {tensor.name!r} keeps its data in an external file ({location!r}); external data is refused: "
-                "save the model with all weights inline (onnx.save(model, path, save_as_external_data=False), < 2 GB)",
-                reason="EXTERNAL_DATA",
+                f"the ONNX bundle holds symbolic links ({', '.join(links[:4])}), which may point outside the upload; "
+                "external data must be regular files uploaded with the model",
+                reason="EXTERNAL_DATA_OUTSIDE_UPLOAD",
             )
+        raw = zf.read(model_entry)
+        model = onnx.ModelProto()
+        try:
+            model.ParseFromString(raw)
+        except Exception:  # noqa: BLE001 - _load_onnx parses it again and says what is wrong
+            return raw
+        files = sorted(n for n in infos if n != model_entry and not n.endswith("/"))
+        read: dict[str, bytes] = {}
+        for tensor in list(_external_tensors(model)):
+            entries = {e.key: e.value for e in tensor.external_data}
+            location = entries.get("location", "")
+            info = infos.get(location)
+            if not content.is_plain_relative(location) or info is None or info.is_dir() or location == model_entry:
+                raise ModelRejected(
+                    f"ONNX tensor {tensor.name!r} keeps its data in {location!r}, which is not a file of this upload: "
+                    f"external data is read only from the files uploaded with the model (this bundle holds "
+                    f"{', '.join(files[:6]) or 'none'})",
+                    reason="EXTERNAL_DATA_OUTSIDE_UPLOAD",
+                )
+            if location not in read:
+                read[location] = zf.read(info)
+            data = read[location]
+            try:
+                offset = int(entries.get("offset", "0"))
+                end = len(data) if "length" not in entries else offset + int(entries["length"])
+            except ValueError as exc:
+                raise ModelRejected(
+                    f"ONNX tensor {tensor.name!r} has a malformed external data offset or length", reason="ONNX_INVALID"
+                ) from exc
+            if not 0 <= offset <= end <= len(data):
+                raise ModelRejected(
+                    f"ONNX tensor {tensor.name!r} reads bytes {offset}..{end} of {location!r}, which has {len(data)}: "
+                    "the data file is truncated",
+                    reason="TRUNCATED",
+                )
+            tensor.raw_data = data[offset:end]
+            tensor.data_location = onnx.TensorProto.DEFAULT
+            del tensor.external_data[:]
+    try:
+        return model.SerializeToString()
+    except ValueError as exc:  # protobuf refuses messages of 2 GB and more
+        raise ModelRejected(
+            f"the ONNX model is too large once its external data is read in ({_first_line(exc)}); "
+            "kernelscope loads ONNX models under 2 GB: export a torch.export .pt2 instead",
+            reason="ARCHIVE_UNSAFE",
+        ) from exc
 
 
 _ONNX_DTYPES = {1: "float32", 10: "float16", 11: "float64", 16: "bfloat16"}

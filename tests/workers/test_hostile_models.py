@@ -373,3 +373,101 @@ def test_onnx_that_fails_the_checker(tmp_path: Path) -> None:
     path = tmp_path / "bad.onnx"
     path.write_bytes(model.SerializeToString())
     _refused(path, "ONNX", {"ONNX_INVALID"})
+
+
+# ---------------------------------------------------------------- ONNX bundles: external data only from inside the upload
+
+def _externalised(good: dict[str, Path], location: str) -> tuple[onnx.ModelProto, bytes]:
+    """The good ONNX model with every initializer's data moved to `location` (one file), and that file's bytes."""
+    model = onnx.load(str(good["onnx"]))
+    blob = b""
+    for tensor in model.graph.initializer:
+        raw = tensor.raw_data or numpy_helper.to_array(tensor).tobytes()
+        tensor.ClearField("raw_data")
+        for field in ("float_data", "int64_data", "int32_data", "double_data"):
+            tensor.ClearField(field)
+        tensor.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", location), ("offset", str(len(blob))), ("length", str(len(raw)))):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
+        blob += raw
+    return model, blob
+
+
+def _bundle(path: Path, model: onnx.ModelProto, files: dict[str, bytes]) -> Path:
+    from sdk import formats
+
+    with open(path, "wb") as out:
+        formats.onnx_bundle(out, "m.onnx", model.SerializeToString(), files)
+    return path
+
+
+def test_an_onnx_bundle_loads_what_the_inline_model_computes(tmp_path: Path, good: dict[str, Path]) -> None:
+    model, blob = _externalised(good, "m.onnx.data")
+    bundled = load_model(_bundle(tmp_path / "bundle", model, {"m.onnx.data": blob}), "ONNX", {"shape": [3, 4, 8, 8]})
+    inline = load_model(good["onnx"], "ONNX", {"shape": [3, 4, 8, 8]})
+    assert bundled.state_dict.keys() == inline.state_dict.keys()
+    x = torch.randn(2, 3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(bundled.module(x), inline.module(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "location",
+    ["../../etc/passwd", "/etc/passwd", "secret.bin", "weights/../m.onnx.data", "m.onnx", "C:\\data.bin", "link.bin"],
+)
+def test_external_data_outside_the_upload_is_refused(tmp_path: Path, good: dict[str, Path], location: str) -> None:
+    model, blob = _externalised(good, location)
+    # every target exists where a loader resolving paths on disk would find it, with the right bytes
+    (tmp_path / "secret.bin").write_bytes(blob)
+    (tmp_path / "weights").mkdir()
+    path = _bundle(tmp_path / "bundle", model, {"m.onnx.data": blob})
+    if location == "link.bin":  # a member that is a symbolic link to the secret, as `zip --symlinks` stores it
+        with zipfile.ZipFile(path, "a") as archive:
+            info = zipfile.ZipInfo("link.bin")
+            info.external_attr = 0o120777 << 16
+            archive.writestr(info, str(tmp_path / "secret.bin"))
+    err = _refused(path, "ONNX", {"EXTERNAL_DATA_OUTSIDE_UPLOAD"})
+    assert ("link" if location == "link.bin" else repr(location)) in err.message
+
+
+def test_a_bundle_whose_data_file_is_short_is_truncated(tmp_path: Path, good: dict[str, Path]) -> None:
+    model, blob = _externalised(good, "m.onnx.data")
+    err = _refused(_bundle(tmp_path / "bundle", model, {"m.onnx.data": blob[:-4]}), "ONNX", {"TRUNCATED"})
+    assert "m.onnx.data" in err.message
+
+
+def test_a_bundle_is_checked_like_every_archive(tmp_path: Path, good: dict[str, Path]) -> None:
+    model, blob = _externalised(good, "m.onnx.data")
+    path = tmp_path / "bomb"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("m.onnx", model.SerializeToString())
+        archive.writestr("m.onnx.data", blob + bytes(64 << 20))
+    _refused(path, "ONNX", {"ARCHIVE_UNSAFE"})
+    two = tmp_path / "two"
+    with zipfile.ZipFile(two, "w") as archive:
+        archive.writestr("m.onnx", model.SerializeToString())
+        archive.writestr("other.onnx", model.SerializeToString())
+        archive.writestr("m.onnx.data", blob)
+    _refused(two, "ONNX", {"WRONG_FORMAT"})
+
+
+def test_a_bare_onnx_with_its_data_beside_it_on_disk_is_still_refused(tmp_path: Path, good: dict[str, Path]) -> None:
+    model, blob = _externalised(good, "m.onnx.data")
+    (tmp_path / "m.onnx.data").write_bytes(blob)  # beside the blob in the worker's cache, say: never read
+    path = tmp_path / "m.onnx"
+    path.write_bytes(model.SerializeToString())
+    err = _refused(path, "ONNX", {"EXTERNAL_DATA"})
+    assert "upload the data file with it" in err.message and "m.onnx.data" in err.message
+    # an external tensor that onnx's own walk misses (a sparse initializer) is found too
+    hidden = onnx.load(str(good["onnx"]))
+    values = numpy_helper.from_array(np.ones(2, np.float32), "sparse_values")
+    values.ClearField("raw_data")
+    values.data_location = TensorProto.EXTERNAL
+    entry = values.external_data.add()
+    entry.key, entry.value = "location", "m.onnx.data"
+    indices = numpy_helper.from_array(np.array([0, 1], np.int64), "sparse_indices")
+    hidden.graph.sparse_initializer.append(helper.make_sparse_tensor(values, indices, [4]))
+    path.write_bytes(hidden.SerializeToString())
+    err = _refused(path, "ONNX", {"EXTERNAL_DATA"})
+    assert "sparse_values" in err.message

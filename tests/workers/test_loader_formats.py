@@ -274,3 +274,44 @@ def test_format_names_and_header_validation(files) -> None:
     assert bad.value.reason == "INPUT_SPEC_INVALID"
     with pytest.raises(BadOptions):
         load_model(files["onnx"], "ONNX", {"std": [1.0, 0.0, 1.0]})
+
+
+# ---------------------------------------------------------------- ONNX with external data, as PyTorch exports it by default
+
+def test_the_default_onnx_export_loads_from_the_sdks_bundle(tmp_path) -> None:
+    """torch.onnx.export's default (dynamo) writes model.onnx + model.onnx.data; the SDK bundles the pair."""
+    from sdk.model_source import prepare
+
+    torch.manual_seed(5)
+    net = ResNetish().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.zeros(1, 3, 12, 12),), str(tmp_path / "model.onnx"))
+    assert (tmp_path / "model.onnx.data").is_file()
+    with pytest.raises(ModelRejected) as bare:
+        load_model(tmp_path / "model.onnx", "ONNX", {})
+    assert bare.value.reason == "EXTERNAL_DATA"
+    bundle = tmp_path / "upload.bin"
+    bundle.write_bytes(prepare(tmp_path / "model.onnx").data)
+    model = load_model(bundle, "ONNX", {})
+    assert model.format == "ONNX" and model.input_spec.shape == (3, 12, 12)
+    assert model.state_dict["stem.weight"].shape == (6, 3, 3, 3)
+    torch.testing.assert_close(model.state_dict["stem.weight"], net.stem.weight.detach())
+    x = torch.randn(1, 3, 12, 12, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        torch.testing.assert_close(model.module(x), net(x), atol=1e-5, rtol=1e-5)
+
+
+def test_a_torchscript_archive_of_a_torchvision_model_is_told_apart(tmp_path) -> None:
+    class VideoResNet(Branchy):
+        pass
+
+    VideoResNet.__module__ = "torchvision.models.video.resnet"
+    path = tmp_path / "r3d.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.trace(VideoResNet().eval(), torch.zeros(1, 3, 4, 8, 8)).save(str(path))
+    with pytest.raises(ModelRejected) as err:
+        load_model(path, "TORCH_EXPORT", {})
+    assert err.value.reason == "WRONG_FORMAT" and "TorchScript" in err.value.message
+    assert load_model(path, "TORCHSCRIPT", {"shape": [3, 4, 8, 8]}).format == "TORCHSCRIPT"
