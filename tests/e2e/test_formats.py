@@ -45,6 +45,10 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         warnings.simplefilter("ignore")
         torch.onnx.export(net, (EXAMPLE,), str(out["onnx"]), dynamo=False, input_names=["x"])
         torch.jit.script(net).save(str(out["torchscript"]))
+        # PyTorch's default ONNX export (dynamo): the weights go to a data file beside the model, net.onnx.data
+        (root / "dynamo").mkdir()
+        out["onnx_external_data"] = root / "dynamo" / "net.onnx"
+        torch.onnx.export(net, (EXAMPLE,), str(out["onnx_external_data"]))
     c3d = C3DSmall().eval()
     out["state_dict"] = root / "c3d_state.pt"
     torch.save(c3d.state_dict(), out["state_dict"])
@@ -55,7 +59,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return out
 
 
-@pytest.mark.parametrize("fmt", ["pt2", "onnx", "torchscript"])
+@pytest.mark.parametrize("fmt", ["pt2", "onnx", "torchscript", "onnx_external_data"])
 def test_runnable_formats_describe_and_run_both_kinds_of_task(client: sdk.Client, files: dict[str, Path], fmt: str) -> None:
     spec = dict(SPEC, shape=list(EXAMPLE.shape[1:]))
     model = client.upload_model(files[fmt], input_spec=spec)
@@ -108,6 +112,19 @@ def _unsupported_op() -> bytes:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
 
 
+def _escaping_bundle(files: dict[str, Path]) -> bytes:
+    """An ONNX bundle whose weights point at ../../etc/passwd instead of its own data file."""
+    from sdk import formats
+
+    pair = files["onnx_external_data"]
+    model = pair.read_bytes()
+    assert b"net.onnx.data" in model
+    buffer = io.BytesIO()
+    formats.onnx_bundle(buffer, "net.onnx", model.replace(b"\x12\x0dnet.onnx.data", b"\x12\x0d../etc/passwd"),
+                        {"net.onnx.data": (pair.parent / "net.onnx.data").read_bytes()})
+    return buffer.getvalue()
+
+
 def test_hostile_and_broken_models_fail_cleanly_and_the_worker_keeps_serving(
     client: sdk.Client, files: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -117,6 +134,7 @@ def test_hostile_and_broken_models_fail_cleanly_and_the_worker_keeps_serving(
         "zip bomb": (_zip_bomb(), "state_dict", {"ARCHIVE_UNSAFE"}),
         "truncated pt2": (files["pt2"].read_bytes()[:2000], "pt2", {"TRUNCATED", "ARCHIVE_UNSAFE", "WRONG_FORMAT"}),
         "unsupported op": (_unsupported_op(), "onnx", {"UNSUPPORTED_OP"}),
+        "external data outside the upload": (_escaping_bundle(files), "onnx", {"EXTERNAL_DATA_OUTSIDE_UPLOAD"}),
     }
     for label, (data, fmt, reasons) in cases.items():
         try:
@@ -138,3 +156,28 @@ def test_a_file_with_the_wrong_format_is_refused_at_upload(client: sdk.Client, f
     with pytest.raises(sdk.InvalidArgument) as refused:  # fresh bytes: not deduplicated against the real upload
         client.upload_model(onnx_bytes + b"\0" * 7, format="pt2", name="net.pt2")
     assert refused.value.reason == "WRONG_FORMAT"
+
+
+def test_the_default_onnx_export_goes_up_with_its_data_file(client: sdk.Client, stack, files: dict[str, Path], tmp_path: Path) -> None:  # noqa: ANN001
+    """The SDK and the CLI send net.onnx and net.onnx.data together; without the data file the SDK says so."""
+    import subprocess
+    import sys
+
+    pair = files["onnx_external_data"]
+    model = client.upload_model(pair, input_spec=SPEC)
+    assert model.format == sdk_format("ONNX") and model.name == "net.onnx"
+    described = subprocess.run(
+        [sys.executable, "-m", "sdk.cli", "--target", stack.target, "describe", str(pair)], capture_output=True, text=True, timeout=240
+    )
+    assert described.returncode == 0, described.stderr
+    assert "conv1" in described.stdout and "Conv3d" in described.stdout
+    lonely = tmp_path / "net.onnx"
+    lonely.write_bytes(pair.read_bytes())
+    with pytest.raises(sdk.ModelSourceError, match=r"net\.onnx\.data.*must be uploaded with the model"):
+        client.upload_model(lonely)
+
+
+def sdk_format(name: str) -> int:
+    from kernelscope.v1 import models_pb2
+
+    return models_pb2.ModelFormat.Value(name)
