@@ -52,7 +52,7 @@ TASKS = ("describe", "kernel_viz", "tconv_stats", "class_filters")
 # Architectures whose exports or tasks take longest; CI runs them in the slow set.
 HEAVY = frozenset({"s3d", "swin3d", "mvit", "slowfast_r50"})
 EXPORT_TIMEOUT_S = 900
-KERNEL_VIZ = {"channels": [0, 1], "steps": 32, "seed": 0}
+KERNEL_VIZ = {"channels": [0, 1], "steps": 16, "seed": 0}
 TCONV = {"restarts": 0, "fit_steps": 5, "seed": 0}
 CLASS_FILTERS = {"bootstrap": 0, "seed": 0}
 GRATING_TOLERANCE_DEG = 20.0

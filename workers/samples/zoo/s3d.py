@@ -138,6 +138,7 @@ class S3D(nn.Module):
         return x
 
 
-def s3d(num_classes: int = 400, div: int = 8, avgpool_kernel: tuple[int, int, int] = (1, 2, 2)) -> S3D:
-    """S3D with channels / `div`; the default pool fits a 16 × 64 × 64 input (features end at 2 × 2 × 2)."""
+def s3d(num_classes: int = 400, div: int = 8, avgpool_kernel: tuple[int, int, int] = (1, 1, 1)) -> S3D:
+    """S3D with channels / `div` for 16 × 32 × 32 clips: the features end at 2 × 1 × 1, so the pool is 1 × 1 × 1 and
+    the mean over (T, H, W) still averages time, as the real model's does after its (2, 7, 7) pool."""
     return S3D(num_classes=num_classes, div=div, avgpool_kernel=avgpool_kernel)
