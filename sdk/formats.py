@@ -1,6 +1,7 @@
 """What a model file is, told from its bytes alone: one set of rules for the SDK, the service and the worker.
 
-    head_kind(head, total_size) -> "ZIP" | "PICKLE" | "SAFETENSORS" | "SAFETENSORS_TRUNCATED" | "ONNX" | "UNKNOWN"
+    head_kind(head, total_size) -> "ZIP" | "PICKLE" | "SAFETENSORS" | "SAFETENSORS_TRUNCATED" | "ONNX"
+                                   | "ONNX_TRUNCATED" | "UNKNOWN"
     zip_kind(names)             -> "TORCH_EXPORT" | "TORCH_EXPORT_LEGACY" | "TORCHSCRIPT" | "TORCH_SAVE"
                                    | "ONNX_BUNDLE" | "UNKNOWN_ZIP"
     kind_of(bytes | path)       -> either, from the whole file (zip entries listed from the central directory)
@@ -56,7 +57,11 @@ WORDS = {
     "SAFETENSORS": "a safetensors file (format SAFETENSORS)",
     "SAFETENSORS_TRUNCATED": "a truncated safetensors file (its header is longer than the file)",
     "ONNX": "an ONNX ModelProto (format ONNX)",
+    "ONNX_TRUNCATED": "a truncated ONNX ModelProto (a field runs past the end of the file)",
 }
+
+# Truncated kinds, by the format whose truncated file they are.
+TRUNCATED_OF = {"SAFETENSORS_TRUNCATED": "SAFETENSORS", "ONNX_TRUNCATED": "ONNX"}
 
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # an archive with entries; an empty archive
 _SAFETENSORS_MAX_HEADER = 100 * 1024 * 1024
@@ -74,9 +79,7 @@ def head_kind(head: bytes, total_size: int) -> str:
         return "SAFETENSORS" if safetensors + 8 <= total_size else "SAFETENSORS_TRUNCATED"
     if head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:  # pickle protocol 2..5 starts with PROTO
         return "PICKLE"
-    if _looks_like_onnx(head, total_size):
-        return "ONNX"
-    return "UNKNOWN"
+    return _onnx_kind(head, total_size)
 
 
 def _safetensors_header(head: bytes) -> int | None:
@@ -91,29 +94,33 @@ def _safetensors_header(head: bytes) -> int | None:
 _ONNX_MODEL_FIELDS = {1: 0, 2: 2, 3: 2, 4: 2, 5: 0, 6: 2, 7: 2, 8: 2, 14: 2, 20: 2, 25: 2, 26: 2}
 
 
-def _looks_like_onnx(head: bytes, total_size: int) -> bool:
+def _onnx_kind(head: bytes, total_size: int) -> str:
     """Walk protobuf fields through `head`: every one must be a ModelProto field with its wire type.
 
-    Needs a graph (7) or ir_version (1) among the fields seen, since an ONNX exporter writes
-    ir_version first and any real model has a graph; no field may run past the end of the file.
+    "ONNX" needs a graph (7) or ir_version (1) among the fields seen, since an ONNX exporter writes
+    ir_version first and any real model has a graph; "ONNX_TRUNCATED" when, after such fields, one runs
+    past the end of the file.
     """
     pos, seen = 0, set()
+    cut = False  # a field runs past the end of the file
     while pos < len(head):
         tag, pos = _varint(head, pos)
         if tag is None:
+            cut = len(head) >= total_size
             break
         number, wire = tag >> 3, tag & 7
         if _ONNX_MODEL_FIELDS.get(number) != wire:
-            return False
+            return "UNKNOWN"
         seen.add(number)
         value, pos = _varint(head, pos)
-        if value is None:
+        if value is None or (wire == 2 and pos + value > total_size):
+            cut = value is not None or len(head) >= total_size
             break
         if wire == 2:
-            if pos + value > total_size:
-                return False
             pos += value
-    return bool(seen & {1, 7})
+    if not seen & {1, 7}:
+        return "UNKNOWN"
+    return "ONNX_TRUNCATED" if cut else "ONNX"
 
 
 # ============================================================== zip archives

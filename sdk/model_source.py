@@ -149,6 +149,8 @@ def _from_path(path: Path, fmt: int | None, name: str | None, spec: common_pb2.I
 def _format_of(kind: str, what: str) -> int:
     """The upload format of a kind of file (sdk.formats), or a ModelSourceError saying what it looks like."""
     name = formats.FORMAT_OF.get(kind)
+    if kind in formats.TRUNCATED_OF:
+        raise ModelSourceError(f"{what} is {formats.WORDS[kind]}: give the complete file")
     if name is None:
         looks = formats.WORDS.get(kind, "no model format kernelscope knows")
         raise ModelSourceError(

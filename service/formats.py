@@ -49,8 +49,8 @@ def sniff(head: bytes, total_size: int) -> str:
 
 
 def check(declared: int, head: bytes, total_size: int) -> None:
-    """INVALID_ARGUMENT reason WRONG_FORMAT when `head` clearly is not a `declared` model file (TRUNCATED for a
-    safetensors header longer than the declared size)."""
+    """INVALID_ARGUMENT reason WRONG_FORMAT when `head` clearly is not a `declared` model file (TRUNCATED when it
+    is one whose first fields run past the declared size)."""
     name = format_name(declared)
     accepted = ACCEPTED.get(name)
     if accepted is None:
@@ -58,9 +58,7 @@ def check(declared: int, head: bytes, total_size: int) -> None:
     seen = sniff(head, total_size)
     if seen in accepted or (seen == "ZIP" and accepted & _TORCH_ZIPS):
         return
-    if seen == "SAFETENSORS_TRUNCATED" and name == "SAFETENSORS":
-        raise errors.invalid_argument(
-            "TRUNCATED", "the safetensors header declares more bytes than the upload has: upload the complete file"
-        )
+    if content.TRUNCATED_OF.get(seen) == name:
+        raise errors.invalid_argument("TRUNCATED", f"the bytes are {content.WORDS[seen]}: upload the complete file")
     looks = f"the bytes look like {content.WORDS[seen]}" if seen in content.WORDS else "the bytes are not recognisable"
     raise errors.invalid_argument("WRONG_FORMAT", f"declared {name}, but {looks}: {_WHAT[name]}")

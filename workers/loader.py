@@ -156,9 +156,9 @@ def _check_claim(path: Path, fmt: str) -> None:
     elif kind == "PICKLE":
         with open(path, "rb") as f:
             _refuse_pickle(_pickle_globals(f, "the file"), "the file")
-    elif kind == "SAFETENSORS_TRUNCATED":
-        if fmt == "SAFETENSORS":
-            raise ModelRejected("the safetensors header is longer than the file: it is truncated", reason="TRUNCATED")
+    elif kind in content.TRUNCATED_OF:
+        if content.TRUNCATED_OF[kind] == fmt:
+            raise ModelRejected(f"the file is {content.WORDS[kind]}: upload the complete file", reason="TRUNCATED")
         kind = "UNKNOWN"
     accepted = {k for k, f in content.FORMAT_OF.items() if f == fmt} | ({"UNKNOWN"} if fmt == "ONNX" else set())
     if kind in accepted:

@@ -87,9 +87,12 @@ def test_head_kinds(data: bytes, kind: str) -> None:
     assert formats.kind_of(data) == kind if kind != "ZIP" else formats.kind_of(data) in formats.ZIP_KINDS
 
 
-def test_a_truncated_onnx_head_is_not_taken_for_onnx() -> None:
+def test_a_truncated_onnx_is_named_as_such() -> None:
     data = _onnx_model()
-    assert formats.head_kind(data, len(data) - 5) == "UNKNOWN"  # a field would run past the end
+    assert formats.head_kind(data, len(data) - 5) == "ONNX_TRUNCATED"  # the graph would run past the end
+    assert formats.kind_of(data[:-5]) == "ONNX_TRUNCATED"
+    assert formats.head_kind(b"\x3a\xff\x7f", 3) == "ONNX_TRUNCATED"  # a graph of 16 KiB in 3 bytes
+    assert formats.head_kind(b"\x32\xff\x7f", 3) == "UNKNOWN"  # a doc string alone says nothing
 
 
 def test_head_zip_names_reads_the_first_local_headers() -> None:

@@ -116,6 +116,10 @@ def test_the_suffix_is_never_believed(tmp_path: Path) -> None:
     with pytest.raises(ModelSourceError, match="format="):
         prepare(junk)
     assert prepare(junk, format="onnx").format == models_pb2.ONNX  # the caller may insist
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(onnx_file.read_bytes()[:-100])
+    with pytest.raises(ModelSourceError, match="truncated ONNX"):
+        prepare(cut)
 
 
 # ---------------------------------------------------------------- ONNX with external data

@@ -126,6 +126,8 @@ def test_every_format_accepts_its_own_bytes(kernelscope_stub) -> None:
         assert upload_model(kernelscope_stub, data, fmt).format == fmt
     with rpc_error(CODE.INVALID_ARGUMENT, "TRUNCATED", contains="complete file"):
         upload_model(kernelscope_stub, safetensors[:20], models_pb2.SAFETENSORS)  # the header is cut
+    with rpc_error(CODE.INVALID_ARGUMENT, "TRUNCATED", contains="truncated ONNX"):
+        upload_model(kernelscope_stub, onnx_bytes(padding=100)[:-10])  # the doc string is cut
 
 
 def test_upload_without_header_or_format_is_refused(kernelscope_stub) -> None:
