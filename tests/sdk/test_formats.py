@@ -55,7 +55,7 @@ def test_zip_root() -> None:
 
 # ---------------------------------------------------------------- the first bytes
 
-def _onnx_model(with_graph: bool = True) -> bytes:
+def _onnx_model() -> bytes:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
