@@ -281,6 +281,8 @@ def test_shape_ops() -> None:
     assert_matches(single_node("Shape", x, {"start": 1, "end": -1}, out_type=I64), x)
     assert_matches(single_node("Gather", x, {"axis": 1}, inits={"i": np.array([[0, -1], [2, 1]], np.int64)}), x)
     assert_matches(single_node("Gather", x, {"axis": 2}, inits={"i": np.array(-2, np.int64)}), x)
+    # `x.view(x.size(0), -1)` with a dynamic batch: Shape, then a 0-d Gather on the 1-d shape vector (a scalar)
+    assert_matches(single_node("Gather", {"s": i64(8, 3, 4)}, {"axis": 0}, inits={"i": np.array(0, np.int64)}, out_type=I64), {"s": i64(8, 3, 4)})
     assert_matches(single_node("Expand", {"x": f32(rng, 3, 1)}, inits={"s": i64(2, 1, 4)}), {"x": f32(rng, 3, 1)})
     assert_matches(single_node("Tile", {"x": f32(rng, 2, 3)}, inits={"r": i64(2, 3)}), {"x": f32(rng, 2, 3)})
     assert_matches(single_node("ReduceMean", x, {"keepdims": 0}, inits={"a": i64(1, 3)}), x)

@@ -236,7 +236,7 @@ def _gather(node: Any, x: Tensor, indices: Tensor) -> Tensor:
     idx = indices.long()
     idx = torch.where(idx < 0, idx + x.shape[axis], idx)
     picked = x.index_select(axis, idx.reshape(-1))
-    return picked.reshape(*x.shape[:axis], *idx.shape, *x.shape[axis + 1 :])
+    return picked.reshape((*x.shape[:axis], *idx.shape, *x.shape[axis + 1 :]))  # a tuple: a 0-d index on a 1-d x gives shape ()
 
 
 def _expand(node: Any, x: Tensor, shape: Tensor) -> Tensor:
