@@ -4,10 +4,18 @@
     ├── BadOptions            INVALID_ARGUMENT   the task's options make no sense for this model
     ├── ModelUnusable         FAILED_PRECONDITION the model cannot run this task (format, missing layer, op)
     ├── ModelRejected         FAILED_PRECONDITION the model file is malformed, hostile or disagrees with onnxruntime
-    └── DatasetUnusable       FAILED_PRECONDITION the dataset does not fit the model or the task
+    ├── DatasetUnusable       FAILED_PRECONDITION the dataset does not fit the model or the task
+    └── ResourceExhausted     RESOURCE_EXHAUSTED  the model needed more memory than the job may use (MEMORY_LIMIT)
+
+memory_error(exc) turns the allocator's failures (MemoryError, torch.OutOfMemoryError, torch's CPU
+allocator RuntimeError under the job's address-space limit) into ResourceExhausted, so that a model
+that asks for 20 GB is told so instead of being reported as a crash.
 """
 
 from __future__ import annotations
+
+import re
+import sys
 
 
 class TaskError(Exception):
@@ -43,3 +51,28 @@ class ModelRejected(TaskError):
 class DatasetUnusable(TaskError):
     code = "FAILED_PRECONDITION"
     default_reason = "DATASET_UNUSABLE"
+
+
+class ResourceExhausted(TaskError):
+    code = "RESOURCE_EXHAUSTED"
+    default_reason = "MEMORY_LIMIT"
+
+
+# What torch's allocators say when an allocation fails (CPU under RLIMIT_AS, CUDA when the card is full).
+_ALLOCATOR_FAILURE = re.compile(r"can't allocate memory|CUDA out of memory|out of memory|Cannot allocate memory", re.IGNORECASE)
+
+
+def memory_error(exc: BaseException) -> ResourceExhausted | None:
+    """The ResourceExhausted for an allocation failure, or None when `exc` is something else."""
+    if isinstance(exc, ResourceExhausted):
+        return exc
+    if isinstance(exc, TaskError):
+        return None
+    torch_oom = getattr(sys.modules.get("torch"), "OutOfMemoryError", MemoryError)  # no torch import for this
+    if isinstance(exc, (MemoryError, torch_oom)) or (isinstance(exc, RuntimeError) and _ALLOCATOR_FAILURE.search(str(exc))):
+        return ResourceExhausted(
+            "the model tried to allocate more memory than a job may use (the job's memory limit); "
+            "use a smaller input, batch or model",
+            reason="MEMORY_LIMIT",
+        )
+    return None

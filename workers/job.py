@@ -23,7 +23,7 @@ from typing import Any
 from workers import defaults
 from workers.cache import BlobCache
 from workers.connection import ServiceConnection
-from workers.errors import TaskError
+from workers.errors import TaskError, memory_error
 from workers.progress import JobProgress
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,11 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             model, dataset = _load_inputs(spec, connection)
         except TaskError as exc:
             manifest["error"] = exc.to_dict()
+            return manifest
+        except (MemoryError, RuntimeError) as exc:
+            if (oom := memory_error(exc)) is None:
+                raise
+            manifest["error"] = oom.to_dict()
             return manifest
         except grpc.RpcError as exc:  # the blob vanished (model deleted after the job was queued) or the service is gone
             manifest["error"] = {
@@ -134,6 +139,10 @@ def _run_task(task: dict[str, Any], model: Any, dataset: Any, device: Any, out_d
     except TaskError as exc:
         result["error"] = exc.to_dict()
     except Exception as exc:  # noqa: BLE001 - a bug in one task must not lose the others' results
+        if (oom := memory_error(exc)) is not None:  # the model outgrew the job's memory limit: the tenant's doing
+            result["error"] = oom.to_dict()
+            result["duration_seconds"] = round(time.monotonic() - started, 3)
+            return result
         log.error("task %s crashed:\n%s", task["name"], traceback.format_exc())
         result["error"] = {"code": "INTERNAL", "reason": "TASK_CRASHED", "message": f"{type(exc).__name__}: {exc}"}
     result["duration_seconds"] = round(time.monotonic() - started, 3)
