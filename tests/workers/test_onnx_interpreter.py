@@ -508,5 +508,43 @@ def test_layer_names_follow_the_torch_module_paths_each_exporter_records() -> No
     assert naming.layer_path(node("node_Conv_69"), "layer1.0.conv1.weight") == "layer1.0.conv1"
     assert naming.layer_path(node("node_conv3d", "['', 'blocks', 'blocks.2', 'conv3d']"), "val_7") == "blocks.2"
     assert naming.layer_path(node("/layer1/layer1.0/conv1/Conv"), "onnx::Conv_49") == "layer1.0.conv1"
+    # nested Sequentials and ModuleLists, as torchvision's VideoResNet and S3D export them
+    assert naming.layer_path(node("/layer1/layer1.0/conv1/conv1.0/Conv"), "onnx::Conv_49") == "layer1.0.conv1.0"
+    assert naming.layer_path(node("/layer1/layer1.0/down.0/down.0.0/Conv"), None) == "layer1.0.down.0.0"
+    assert naming.layer_path(node("/features/features.0/features.0.1/features.0.1.0/Conv"), None) == "features.0.1.0"
     assert naming.layer_path(node("weird name!"), None) == "weird_name"
     assert naming.tensor_module_name("/layer1/Relu_output_0") == "layer1_Relu_output_0"
+
+
+def test_legacy_export_of_nested_sequentials_keeps_every_module_path() -> None:
+    """The interpreter's conv layers carry exactly the torch module's conv names (legacy exporter, BatchNorm folded)."""
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1 = nn.Sequential(nn.Conv3d(4, 4, 3, padding=1, bias=False), nn.BatchNorm3d(4), nn.ReLU())
+            self.down = nn.ModuleList([nn.Sequential(nn.Conv3d(4, 4, 1))])
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.down[0](self.conv1(x))
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv3d(3, 4, 1)
+            self.layer1 = nn.Sequential(Block(), Block())
+            self.features = nn.Sequential(nn.Sequential(nn.Conv3d(4, 4, 1), nn.Sequential(nn.Conv3d(4, 4, 1))))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.features(self.layer1(self.stem(x)))
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.zeros(1, 3, 4, 8, 8),), buffer, dynamo=False)
+    module = build_module(onnx.load_from_string(buffer.getvalue()))
+    ours = sorted(name for name, m in module.named_modules() if isinstance(m, (nn.Conv3d, ComputedConv)))
+    theirs = sorted(name for name, m in net.named_modules() if isinstance(m, nn.Conv3d))
+    assert ours == theirs

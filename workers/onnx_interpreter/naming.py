@@ -71,11 +71,20 @@ def _scope_path(node: Any) -> str | None:
 
 
 def _legacy_path(name: str) -> str | None:
-    """torch.onnx (TorchScript exporter) names nodes '/layer1/layer1.0/conv1/Conv'."""
+    """torch.onnx (TorchScript exporter) names nodes '/layer1/layer1.0/conv1/conv1.0/Conv' for 'layer1.0.conv1.0'.
+
+    Each scope is a module's name relative to an ancestor: one that extends the scope before it
+    ('conv1' -> 'conv1.0') adds only its tail; any other is a child's attribute name, appended whole.
+    """
     if not name.startswith("/"):
         return None
     segments = [s for s in name.split("/") if s][:-1]
     path = ""
+    previous = ""
     for seg in segments:
-        path = seg if not path or seg.startswith(path + ".") else f"{path}.{seg}"
+        if previous and seg.startswith(previous + "."):
+            path += seg[len(previous):]
+        else:
+            path = f"{path}.{seg}" if path else seg
+        previous = seg
     return dotted(path) if path else None
