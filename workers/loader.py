@@ -521,15 +521,44 @@ def _export_input(program: Any) -> tuple[list[int | None], str, int | None]:
 
 
 def _export_layer_kinds(program: Any) -> dict[str, str]:
-    """Module path -> class name ("conv1" -> "Conv3d"), from the nn_module_stack the export records."""
+    """Module path -> what the module computes ("layer1.0.conv1.0" -> "Conv3d"), from the graph's own ops.
+
+    Unflattened modules are all InterpreterModule and user classes (torchvision's Conv3DSimple, a
+    subclass of nn.Conv3d) have names no list can know, so a layer's kind comes from the op its
+    innermost module runs (a convolution of the weight's rank, transposed or not; a linear), and
+    the recorded class name only for the project's own TConv3d.
+    """
     kinds: dict[str, str] = {}
     for node in program.graph.nodes:
-        for path, type_name in (node.meta.get("nn_module_stack") or {}).values():
-            if path and isinstance(type_name, str):
-                kinds[_strip_l_prefix(path)] = type_name.rsplit(".", 1)[-1]
-            elif path and isinstance(type_name, type):
-                kinds[_strip_l_prefix(path)] = type_name.__name__
+        stack = list((node.meta.get("nn_module_stack") or {}).values())
+        if not stack:
+            continue
+        for path, type_name in stack:
+            class_name = type_name.rsplit(".", 1)[-1] if isinstance(type_name, str) else getattr(type_name, "__name__", "")
+            if path and class_name == "TConv3d":
+                kinds[_strip_l_prefix(path)] = class_name
+        innermost = _strip_l_prefix(stack[-1][0])
+        kind = _computed_kind(node)
+        if innermost and kind and kinds.get(innermost) != "TConv3d":
+            kinds[innermost] = kind
     return kinds
+
+
+def _computed_kind(node: Any) -> str:
+    """"Conv3d", "ConvTranspose2d", "Linear", ... for a convolution or linear node; "" for anything else."""
+    if node.op != "call_function":
+        return ""
+    target = str(node.target)
+    if target.startswith("aten.linear"):
+        return "Linear"
+    if not re.match(r"aten\.(convolution|conv[123]d|conv_transpose[123]d)\b", target):
+        return ""
+    weight = node.args[1] if len(node.args) > 1 else None
+    value = getattr(weight, "meta", {}).get("val")
+    if value is None or value.dim() < 3:
+        return ""
+    transposed = "transpose" in target or (target.startswith("aten.convolution") and len(node.args) > 6 and bool(node.args[6]))
+    return f"{'ConvTranspose' if transposed else 'Conv'}{value.dim() - 2}d"
 
 
 def _strip_l_prefix(path: str) -> str:

@@ -163,3 +163,22 @@ def test_image_model_without_3d_kernels_offers_no_tconv_stats() -> None:
     summary = describe(LoadedModel.from_module(net, InputSpec(shape=(3, 16, 16))))
     assert summary["supported_tasks"] == ["describe", "kernel_viz", "class_filters"]
     assert [(l["name"], l["kind"], l["receptive_field"]) for l in summary["layers"]] == [("0", "Conv2d", [3, 3]), ("4", "Linear", [16, 16])]
+
+
+@pytest.mark.parametrize("fmt", ["pt2_dynamic", "pt2_batch1", "onnx_legacy"])
+def test_describe_lists_every_conv_of_a_torchvision_video_resnet_by_its_module_path(tmp_path: Path, fmt: str) -> None:
+    """torchvision's Conv3DSimple subclasses nn.Conv3d and unflattened .pt2 modules are InterpreterModules:
+    the kind comes from what each layer computes, so all 20 convs of R3D-18 and its head are listed, named as in torch."""
+    from workers.samples.zoo import ZOO, build
+    from workers.samples.zoo.export import export_model
+
+    entry = ZOO["r3d_18"]
+    net = build("r3d_18")
+    theirs = [name for name, m in net.named_modules() if isinstance(m, nn.Conv3d)]
+    assert len(theirs) == 20  # stem, 16 in the blocks, 3 downsamples (21 layers with fc)
+    files = export_model(net, fmt, tmp_path / ("model.onnx" if fmt.startswith("onnx") else "model.pt2"), torch.rand(1, *entry.input_shape))
+    model = load_model(files[0], "ONNX" if fmt.startswith("onnx") else "TORCH_EXPORT", entry.header)
+    layers = {layer["name"]: layer for layer in describe(model)["layers"]}
+    assert sorted(name for name in layers if layers[name]["kind"] == "Conv3d") == sorted(theirs)  # ONNX lists in graph order
+    assert layers["fc"]["kind"] == "Linear"
+    assert layers["layer1.0.conv1.0"]["kernel_shape"] == list(net.layer1[0].conv1[0].weight.shape)
