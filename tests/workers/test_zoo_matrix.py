@@ -57,6 +57,8 @@ TCONV = {"restarts": 0, "fit_steps": 5, "seed": 0}
 CLASS_FILTERS = {"bootstrap": 0, "seed": 0}
 GRATING_TOLERANCE_DEG = 20.0
 STATUS_ENV = "KERNELSCOPE_ZOO_STATUS"
+# Where the tasks run: "cpu" here and in CI; bench/gpu.sh sets "cuda" to run the whole matrix on a GPU.
+DEVICE_ENV = "KERNELSCOPE_TEST_DEVICE"
 
 CELLS = [
     pytest.param(arch, fmt, task, id=f"{arch}-{fmt}-{task}", marks=[pytest.mark.slow] if arch in HEAVY else [])
@@ -150,7 +152,10 @@ def test_zoo_cell(arch: str, fmt: str, task: str, zoo_session: ZooSession, tmp_p
 
 
 def _run(task: str, model: LoadedModel, out_dir: Path, options: dict[str, Any], dataset: Dataset | None = None) -> dict[str, Any]:
-    return tasks.get(task)(TaskContext(model=model, options=options, out_dir=out_dir, dataset=dataset))
+    import torch
+
+    device = torch.device(os.environ.get(DEVICE_ENV, "cpu"))
+    return tasks.get(task)(TaskContext(model=model, options=options, out_dir=out_dir, dataset=dataset, device=device))
 
 
 def check_describe(bundle: PlantedExports, model: LoadedModel, out_dir: Path) -> str | None:
