@@ -11,7 +11,7 @@ import posixpath
 import re
 import struct
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sdk.formats import zip_root
@@ -33,6 +33,11 @@ class ArchiveLimits:
     max_ratio: float = 100.0
     # Entries smaller than this may compress at any ratio (a few KiB of zeros is no bomb).
     ratio_floor_bytes: int = 1 * 2**20
+    # The whole archive: what all entries declare over the file's size. Thousands of small entries
+    # that each stay under ratio_floor_bytes add up to a bomb (3,000 zero-filled 1 MiB entries in 3.7 MB).
+    max_archive_ratio: float = 100.0
+    # Archives declaring less than this in total may compress at any ratio.
+    archive_ratio_floor_bytes: int = 64 * 2**20
 
 
 DEFAULT_LIMITS = ArchiveLimits()
@@ -45,6 +50,7 @@ class ArchiveListing:
     names: tuple[str, ...]
     root: str
     total_bytes: int
+    sizes: dict[str, int] = field(default_factory=dict)  # entry name -> declared uncompressed size
 
     def has(self, relative: str) -> bool:
         return self.root + relative in self.names
@@ -63,7 +69,8 @@ def check_archive(path: Path, what: str, limits: ArchiveLimits = DEFAULT_LIMITS)
     """List `path`'s entries after checking them; raise ModelRejected naming the first problem.
 
     Reasons: WRONG_FORMAT (not a zip), TRUNCATED (a zip whose end is missing),
-    ARCHIVE_UNSAFE (bomb-like sizes, too many entries, escaping or duplicate names).
+    ARCHIVE_UNSAFE (bomb-like sizes of an entry or of the whole archive, too many entries, escaping or
+    duplicate names).
     """
     size = path.stat().st_size
     with open(path, "rb") as f:
@@ -99,13 +106,18 @@ def check_archive(path: Path, what: str, limits: ArchiveLimits = DEFAULT_LIMITS)
                     f"entry {info.filename!r} expands {ratio:.0f}x ({info.compress_size} -> {info.file_size} bytes; "
                     f"limit {limits.max_ratio:.0f}x): a zip bomb"
                 )
+    if total > limits.archive_ratio_floor_bytes and total / max(size, 1) > limits.max_archive_ratio:
+        raise _unsafe(
+            f"its entries declare {total} bytes in a {size}-byte file ({total / max(size, 1):.0f}x; "
+            f"limit {limits.max_archive_ratio:.0f}x): a zip bomb"
+        )
     for info in infos:
         if info.header_offset + info.compress_size > size:
             raise ModelRejected(
                 f"{what}: entry {info.filename!r} extends past the end of the file: it is truncated", reason="TRUNCATED"
             )
     names = tuple(i.filename for i in infos)
-    return ArchiveListing(names=names, root=zip_root(names), total_bytes=total)
+    return ArchiveListing(names=names, root=zip_root(names), total_bytes=total, sizes={i.filename: i.file_size for i in infos})
 
 
 def _check_name(name: str) -> None:

@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from sdk import formats as content
-from workers import architectures
+from workers import architectures, defaults, operators
 from workers.archive import ArchiveListing, check_archive, is_zip
 from workers.errors import BadOptions, ModelRejected
 from workers.input_spec import InputSpec
@@ -328,17 +328,12 @@ def _check_shape(header: dict[str, Any], recorded: list[int | None], where: str)
 
 # ============================================================== torch.export
 
+# torch.export.save puts only small metadata in extra/ (none at all by default); torch.export.load reads it all.
+PT2_MAX_EXTRA_BYTES = 1 << 20
 _PT2_ALLOWED = re.compile(
     r"^(archive_format|archive_version|byteorder|version|\.data/.*|models/[^/]+\.json|data/weights/[^/]+"
     r"|data/constants/[^/]+|data/sample_inputs/[^/]+\.pt|extra/[^/]+)$"
 )
-_OPERATOR_TARGETS = frozenset(
-    "getitem add sub mul truediv floordiv mod pow neg pos abs eq ne lt le gt ge and_ or_ xor not_ invert "
-    "lshift rshift matmul truth".split()
-)
-_SYM_TARGETS = re.compile(r"^torch\.(sym_(not|float|int|max|min|ite|sqrt|sum)|_sym_sqrt)$")
-_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
-_OPS_TARGET = re.compile(rf"^torch\.ops\.({_IDENT})\.({_IDENT})(?:\.({_IDENT}))?$")
 _TOKEN = re.compile(r"\s*(?:(?P<num>\d+(?:\.\d+)?(?:e[+-]?\d+)?)|(?P<str>'[A-Za-z0-9_]*')|(?P<name>[A-Za-z_][A-Za-z0-9_]*)|(?P<op>\*\*|//|==|!=|<=|>=|[-+*/%(),<>=\[\].&|~]))")
 _SYMPY_NAMES = frozenset(
     "Symbol Integer Float Rational Add Mul Pow Mod Max Min Abs Eq Ne Lt Le Gt Ge StrictLessThan StrictGreaterThan "
@@ -358,6 +353,7 @@ def _load_torch_export(path: Path, header: dict[str, Any], architecture: str) ->
     try:
         with _weights_only_everywhere(), open(path, "rb") as f:
             program = torch.export.load(f)
+        _check_graph(program.graph_module)  # what runs, not only what the file says
     except ModelRejected:
         raise
     except Exception as exc:  # noqa: BLE001 - any failure to deserialise is the file's
@@ -390,6 +386,13 @@ def _scan_pt2(path: Path, listing: ArchiveListing) -> None:
             )
     if not any(e.startswith("models/") for e in rel):
         raise ModelRejected("the torch.export archive holds no program (models/*.json)", reason="TRUNCATED")
+    extra = sum(listing.sizes.get(listing.root + e, 0) for e in rel if e.startswith("extra/"))
+    if extra > PT2_MAX_EXTRA_BYTES:  # torch.export.load reads every extra/ member into memory
+        raise ModelRejected(
+            f"the torch.export archive's extra/ folder declares {extra} bytes (limit {PT2_MAX_EXTRA_BYTES}); "
+            "torch.export.save writes only small metadata there",
+            reason="ARCHIVE_UNSAFE",
+        )
     with zipfile.ZipFile(path) as zf:
         read = lambda entry: zf.read(listing.root + entry)  # noqa: E731
         for entry in rel:
@@ -402,7 +405,13 @@ def _scan_pt2(path: Path, listing: ArchiveListing) -> None:
                 if entry.startswith(folder) and entry.endswith(f"_{kind}_config.json"):
                     config = _json(read(entry), entry).get("config", {})
                     for fqn, meta in config.items():
-                        file_name = str(meta.get("path_name", ""))
+                        file_name = str(meta.get("path_name", "")) if isinstance(meta, dict) else ""
+                        if "/" in file_name or "\\" in file_name or folder + file_name not in rel:
+                            raise ModelRejected(
+                                f"{kind} entry {str(fqn)[:80]!r} names a file that is not in the archive's {folder}; "
+                                "nothing was loaded",
+                                reason="ARCHIVE_UNSAFE",
+                            )
                         if kind == "constants" and not file_name.startswith("tensor_"):
                             raise ModelRejected(
                                 f"constant {fqn!r} is a pickled Python or TorchScript object ({file_name}); only tensors are accepted",
@@ -457,21 +466,21 @@ def _check_program_json(program: Any) -> None:
 
 
 def _check_target(target: str) -> None:
-    if target.startswith("_operator.") and target.split(".", 1)[1] in _OPERATOR_TARGETS:
-        return
-    if target.startswith("math.") and re.fullmatch(r"math\.[a-z0-9_]+", target):
-        return
-    if _SYM_TARGETS.match(target):
-        return
-    match = _OPS_TARGET.match(target)
-    if match:
-        namespace = getattr(torch.ops, match.group(1), None)
-        if isinstance(namespace, (torch._ops._OpNamespace, torch._ops._HigherOrderNamespace)):
-            return
-    raise ModelRejected(
-        f"the exported program calls {target!r}, which is not a torch operator; nothing was loaded",
-        reason="ARCHIVE_UNSAFE",
-    )
+    """Only pure tensor operators (workers.operators: an allow-list) may be called; UNSAFE_OPERATOR otherwise."""
+    operators.check_target(target)
+
+
+def _check_graph(graph_module: Any) -> None:
+    """What will actually run: every node of the loaded graph and of every subgraph (higher-order op bodies)."""
+    for name, sub in graph_module.named_modules():
+        graph = getattr(sub, "graph", None)
+        if graph is None:
+            continue
+        for node in graph.nodes:
+            if node.op == "call_function":
+                _check_target(operators.target_name(node.target))
+            elif node.op not in ("placeholder", "output", "get_attr"):
+                raise operators.unsafe(f"{node.op} {node.target!r}" + (f" in {name!r}" if name else ""))
 
 
 def _check_expression(text: str, names: frozenset[str], what: str) -> None:
@@ -810,7 +819,25 @@ def _compare_with_onnxruntime(
 _TORCHSCRIPT_GLOBAL_PREFIXES = ("__torch__.", "torch.jit._pickle.")
 
 
+# TorchScript is code (a compiled __setstate__ or forward may call torch.save / torch.from_file): refused
+# unless the operator sets this (see workers/defaults.py), and then loaded only inside the job's sandbox.
+ALLOW_TORCHSCRIPT_ENV = "KERNELSCOPE_ALLOW_TORCHSCRIPT"
+_TORCHSCRIPT_HOWTO = (
+    "TorchScript models are programs and this worker does not run them (its operator may allow them with "
+    f"{ALLOW_TORCHSCRIPT_ENV}=1). Export the model instead: "
+    'torch.export.save(torch.export.export(model.eval(), (example,)), "model.pt2") and upload model.pt2 '
+    '(format TORCH_EXPORT), or torch.onnx.export(model.eval(), (example,), "model.onnx", dynamo=True) (format ONNX)'
+)
+
+
+def torchscript_allowed() -> bool:
+    default = "1" if defaults.ALLOW_TORCHSCRIPT else ""
+    return os.environ.get(ALLOW_TORCHSCRIPT_ENV, default).strip().lower() in ("1", "true", "yes", "on")
+
+
 def _load_torchscript(path: Path, header: dict[str, Any], architecture: str) -> LoadedModel:
+    if not torchscript_allowed():
+        raise ModelRejected(_TORCHSCRIPT_HOWTO, reason="TORCHSCRIPT_DISABLED")
     listing = check_archive(path, "a TorchScript archive")
     allowed = _allowed_globals()
     with zipfile.ZipFile(path) as zf:

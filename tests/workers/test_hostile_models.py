@@ -224,7 +224,7 @@ def test_code_in_guards_and_call_targets_is_refused(tmp_path: Path, canary: Path
 
     path = tmp_path / "evil.pt2"
     _rewrite_zip(good["pt2"], path, edit)
-    err = _refused(path, "TORCH_EXPORT", {"ARCHIVE_UNSAFE"})
+    err = _refused(path, "TORCH_EXPORT", {"ARCHIVE_UNSAFE", "UNSAFE_OPERATOR"})
     assert "nothing was loaded" in err.message
     assert not canary.exists()
 
@@ -471,3 +471,272 @@ def test_a_bare_onnx_with_its_data_beside_it_on_disk_is_still_refused(tmp_path: 
     path.write_bytes(hidden.SerializeToString())
     err = _refused(path, "ONNX", {"EXTERNAL_DATA"})
     assert "sparse_values" in err.message
+
+
+# ---------------------------------------------------------------- issue 13: operators, TorchScript, bombs, memory
+# A .pt2 is a program: the attacker writes its JSON. These build the files as an attacker would (export a
+# harmless module, then edit the serialised graph) and check that nothing runs and no file changes.
+
+
+@pytest.fixture(autouse=True)
+def _torchscript_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The TorchScript tests above check what happens once an operator has turned TorchScript on."""
+    monkeypatch.setenv("KERNELSCOPE_ALLOW_TORCHSCRIPT", "1")
+
+
+class _Zeros(nn.Module):
+    """torch.zeros(4, uint8), filled with 65 in place, summed into the output: the node an attacker rewrites."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = torch.zeros(4, dtype=torch.uint8)
+        t.fill_(65)
+        return x + t.float().sum()
+
+
+def _program_edit(src: Path, dst: Path, change: Callable[[dict], None]) -> None:
+    def edit(name: str, data: bytes) -> bytes:
+        if not (name.endswith(".json") and "/models/" in name):
+            return data
+        program = json.loads(data)
+        change(program)
+        return json.dumps(program).encode()
+
+    _rewrite_zip(src, dst, edit)
+
+
+def _from_file_pt2(tmp_path: Path, victim: Path, shared: bool) -> Path:
+    """aten.zeros rewritten to aten.from_file(victim, shared, 4, uint8): read it, or (shared) overwrite it with fill_."""
+    clean = tmp_path / "zeros.pt2"
+    torch.export.save(torch.export.export(_Zeros(), (torch.zeros(1, 2),)), clean)
+
+    def change(program: dict) -> None:
+        node = next(n for n in program["graph_module"]["graph"]["nodes"] if n["target"] == "torch.ops.aten.zeros.default")
+        node["target"] = "torch.ops.aten.from_file.default"
+        node["inputs"] = [
+            {"name": "filename", "arg": {"as_string": str(victim)}, "kind": 1},
+            {"name": "shared", "arg": {"as_bool": shared}, "kind": 1},
+            {"name": "size", "arg": {"as_int": 4}, "kind": 1},
+            {"name": "dtype", "arg": {"as_scalar_type": 1}, "kind": 2},
+        ]
+
+    evil = tmp_path / "evil.pt2"
+    _program_edit(clean, evil, change)
+    return evil
+
+
+def _load_and_run(path: Path) -> TaskError | None:
+    """What a job does: load, then run the model. Returns the refusal, or None when the model ran."""
+    try:
+        model = load_model(path, "TORCH_EXPORT", {})
+    except TaskError as exc:
+        return exc
+    model.module(torch.zeros(1, 2))
+    return None
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["read", "overwrite"])
+def test_a_pt2_calling_from_file_is_refused_and_the_file_is_untouched(tmp_path: Path, shared: bool) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"secret, do not touch")
+    evil = _from_file_pt2(tmp_path, victim, shared)
+    err = _load_and_run(evil)
+    assert victim.read_bytes() == b"secret, do not touch"  # before the fix: "AAAAet, do not touch"
+    assert err is not None and err.code == "FAILED_PRECONDITION" and err.reason == "UNSAFE_OPERATOR", err
+    assert "aten.from_file" in err.message and "secret" not in err.message
+
+
+def test_a_pt2_calling_an_operator_outside_the_list_is_refused_by_name(tmp_path: Path) -> None:
+    """aten.save exists and its namespace is a real one: namespace checks let it through, the list does not."""
+    clean = tmp_path / "zeros.pt2"
+    torch.export.save(torch.export.export(_Zeros(), (torch.zeros(1, 2),)), clean)
+    marker = tmp_path / "marker.pt"
+
+    def change(program: dict) -> None:
+        node = next(n for n in program["graph_module"]["graph"]["nodes"] if n["target"] == "torch.ops.aten.fill_.Scalar")
+        node["target"] = "torch.ops.aten.save.default"
+        node["inputs"] = [node["inputs"][0], {"name": "filename", "arg": {"as_string": str(marker)}, "kind": 1}]
+
+    evil = tmp_path / "evil.pt2"
+    _program_edit(clean, evil, change)
+    err = _refused(evil, "TORCH_EXPORT", {"UNSAFE_OPERATOR"}, header={})
+    assert "aten.save" in err.message
+    assert not marker.exists()
+
+
+def test_the_loaded_graph_is_checked_inside_subgraphs_too() -> None:
+    """What runs is checked as well as the file: a call in a higher-order op's body is found."""
+    from torch import fx
+
+    from workers.loader import _check_graph
+
+    body = fx.Graph()
+    x = body.placeholder("x")
+    body.output(body.call_function(torch.ops.aten.from_file.default, ("/etc/passwd",)))
+    top = fx.Graph()
+    y = top.placeholder("y")
+    top.get_attr("true_graph_0")
+    top.output(top.call_function(torch.ops.aten.relu.default, (y,)))
+    root = nn.Module()
+    root.add_module("true_graph_0", fx.GraphModule(nn.Module(), body))
+    graph_module = fx.GraphModule(root, top)
+    del x
+    with pytest.raises(ModelRejected) as err:
+        _check_graph(graph_module)
+    assert err.value.reason == "UNSAFE_OPERATOR" and "aten.from_file" in err.value.message
+    clean = fx.Graph()  # a graph of allowed operators passes
+    clean.output(clean.call_function(torch.ops.aten.relu.default, (clean.placeholder("y"),)))
+    _check_graph(fx.GraphModule(nn.Module(), clean))
+
+
+def test_the_operator_list_covers_a_higher_order_op_and_refuses_storage_overloads() -> None:
+    from workers import operators
+
+    assert operators.allowed("torch.ops.higher_order.wrap_with_set_grad_enabled")
+    assert operators.allowed("torch.ops.aten.conv3d.default") and operators.allowed("_operator.getitem")
+    for bad in ("torch.ops.aten.from_file.default", "torch.ops.aten.set_.source_Storage", "torch.ops.aten._copy_from.default",
+                "torch.ops.mylib.anything.default", "torch.ops.higher_order.run_const_graph", "builtins.open"):
+        assert not operators.allowed(bad), bad
+    assert operators.target_name(torch.ops.aten.add.Tensor) == "torch.ops.aten.add.Tensor"
+    assert operators.target_name(torch.ops.higher_order.cond) == "torch.ops.higher_order.cond"
+    import operator as op
+
+    assert operators.target_name(op.getitem) == "_operator.getitem"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["r3d_18", "r2plus1d_18", "s3d", "x3d", "slowfast_r50", "c3d", "swin3d", "mvit", "csn_r50"])
+def test_every_zoo_architecture_still_loads(tmp_path: Path, name: str) -> None:
+    """The list holds what torch.export emits for the zoo (CNNs and video transformers), dynamic and at batch 1."""
+    from workers.samples.zoo.export import export_zoo_model
+
+    for fmt in ("pt2_dynamic", "pt2_batch1"):
+        exported = export_zoo_model(name, fmt, tmp_path)
+        assert load_model(exported.path, "TORCH_EXPORT", {}).module is not None
+
+
+def test_weights_named_outside_the_archive_are_refused(tmp_path: Path, good: dict[str, Path]) -> None:
+    """A path_name of ../../../../etc/passwd was an uncaught KeyError (INTERNAL); the message names no outside file."""
+
+    def edit(name: str, data: bytes) -> bytes:
+        if not name.endswith("_weights_config.json"):
+            return data
+        config = json.loads(data)
+        first = next(iter(config["config"].values()))
+        first["path_name"] = "../../../../etc/passwd"
+        return json.dumps(config).encode()
+
+    path = tmp_path / "escape.pt2"
+    _rewrite_zip(good["pt2"], path, edit)
+    err = _refused(path, "TORCH_EXPORT", {"ARCHIVE_UNSAFE"})
+    assert "passwd" not in err.message and "root:" not in err.message
+
+
+def _bomb_pt2(src: Path, dst: Path, members: int) -> None:
+    """The outsider's bomb, smaller: a valid program plus `members` zero-filled 1 MiB extra/ entries, deflated."""
+    root = zipfile.ZipFile(src).namelist()[0].split("/")[0]
+    zero = bytes(2**20)
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info))
+        for i in range(members):
+            zout.writestr(f"{root}/extra/pad{i}", zero, compress_type=zipfile.ZIP_DEFLATED)
+
+
+def test_an_extra_folder_bomb_is_refused_before_torch_reads_it(tmp_path: Path, good: dict[str, Path]) -> None:
+    """300 zero-filled 1 MiB extra/ members (each under the per-entry ratio floor) in ~0.5 MB: refused unread."""
+    import subprocess
+    import sys
+    import textwrap
+
+    bomb = tmp_path / "bomb.pt2"
+    _bomb_pt2(good["pt2"], bomb, 300)
+    assert bomb.stat().st_size < 2 * 2**20
+    code = textwrap.dedent(
+        f"""
+        import resource, torch
+        torch.set_num_threads(1)
+        from workers.loader import load_model
+        from workers.errors import TaskError
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        try:
+            load_model({str(bomb)!r}, "TORCH_EXPORT", {{}})
+            print("loaded")
+        except TaskError as exc:
+            print("refused", exc.reason)
+        print("grew_kib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+        """
+    )
+    root = Path(__file__).resolve().parents[2]
+    env = {**__import__("os").environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = dict(line.split(" ", 1) for line in out.stdout.strip().splitlines())
+    assert lines.get("refused") == "ARCHIVE_UNSAFE", out.stdout
+    assert int(lines["grew_kib"]) < 100 * 1024, out.stdout  # before the fix torch.export.load read all 300 MiB
+
+
+def test_a_whole_archive_ratio_limit_catches_many_small_members(tmp_path: Path) -> None:
+    """Each member stays under the per-entry ratio floor; together they are a bomb."""
+    path = tmp_path / "many.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for i in range(80):
+            zf.writestr(f"m/extra/pad{i}", bytes(2**20))
+    with pytest.raises(ModelRejected) as err:
+        check_archive(path, "an archive")
+    assert err.value.reason == "ARCHIVE_UNSAFE" and "zip bomb" in err.value.message
+
+
+def test_torchscript_is_refused_by_default_with_export_instructions(good: dict[str, Path], canary: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KERNELSCOPE_ALLOW_TORCHSCRIPT", raising=False)
+    err = _refused(good["ts"], "TORCHSCRIPT", {"TORCHSCRIPT_DISABLED"})
+    assert "torch.export.export" in err.message and "KERNELSCOPE_ALLOW_TORCHSCRIPT=1" in err.message
+    monkeypatch.setenv("KERNELSCOPE_ALLOW_TORCHSCRIPT", "1")
+    assert load_model(good["ts"], "TORCHSCRIPT", {"shape": [3, 4, 8, 8]}).format == "TORCHSCRIPT"
+
+
+class _Huge(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.full((5 * 2**30,), 1.0).sum()  # 20 GB of float32
+
+
+@pytest.mark.slow
+def test_a_model_outgrowing_the_job_memory_limit_is_resource_exhausted(tmp_path: Path) -> None:
+    """Run as a job runs a task, under workers.limits' memory limit: RESOURCE_EXHAUSTED / MEMORY_LIMIT, not TASK_CRASHED."""
+    import subprocess
+    import sys
+    import textwrap
+
+    path = tmp_path / "huge.pt2"
+    torch.export.save(torch.export.export(_Huge(), (torch.zeros(1, 2),)), path)
+    code = textwrap.dedent(
+        f"""
+        import json
+        from pathlib import Path
+        from workers.limits import apply_limits
+        apply_limits(memory_bytes=3 * 2**30, cpu_seconds=None)
+        import torch
+        torch.set_num_threads(1)
+        from workers import job, tasks
+        from workers.loader import load_model
+
+        def forward_probe(ctx):
+            return {{"sum": float(ctx.model.module(torch.zeros(1, 2)).sum())}}
+
+        tasks.get = lambda name: forward_probe  # a task that only runs the model forward
+
+        class Progress:
+            def report(self, *a, **k):
+                pass
+
+        model = load_model({str(path)!r}, "TORCH_EXPORT", {{}})
+        out = Path({str(tmp_path / "out")!r}); out.mkdir()
+        result = job._run_task({{"name": "forward_probe"}}, model, None, torch.device("cpu"), out, Progress())
+        print(json.dumps(result["error"]))
+        """
+    )
+    root = Path(__file__).resolve().parents[2]
+    env = {**__import__("os").environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    error = json.loads(out.stdout.strip().splitlines()[-1])
+    assert error is not None and error["code"] == "RESOURCE_EXHAUSTED" and error["reason"] == "MEMORY_LIMIT", error

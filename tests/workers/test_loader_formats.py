@@ -189,7 +189,8 @@ def test_onnx_symbolic_spatial_dims_need_the_header_shape(tmp_path) -> None:
 
 # ---------------------------------------------------------------- TorchScript
 
-def test_torchscript_sequential_tree_is_hookable(tmp_path) -> None:
+def test_torchscript_sequential_tree_is_hookable(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("KERNELSCOPE_ALLOW_TORCHSCRIPT", "1")  # TorchScript is off by default
     torch.manual_seed(3)
     net = nn.Sequential(nn.Conv3d(3, 4, 3, padding=1), nn.ReLU(), nn.Sequential(nn.Conv3d(4, 2, 1), nn.ReLU()),
                         nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(2, 2)).eval()
@@ -207,7 +208,8 @@ def test_torchscript_sequential_tree_is_hookable(tmp_path) -> None:
     assert model.module(x.double()).dtype == torch.float64
 
 
-def test_torchscript_custom_forward_allows_weight_tasks_only(tmp_path) -> None:
+def test_torchscript_custom_forward_allows_weight_tasks_only(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("KERNELSCOPE_ALLOW_TORCHSCRIPT", "1")  # TorchScript is off by default
     torch.manual_seed(4)
     net = Branchy().eval()
     torch.jit.script(net).save(str(tmp_path / "branchy.pt"))
@@ -302,7 +304,8 @@ def test_the_default_onnx_export_loads_from_the_sdks_bundle(tmp_path) -> None:
         torch.testing.assert_close(model.module(x), net(x), atol=1e-5, rtol=1e-5)
 
 
-def test_a_torchscript_archive_of_a_torchvision_model_is_told_apart(tmp_path) -> None:
+def test_a_torchscript_archive_of_a_torchvision_model_is_told_apart(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("KERNELSCOPE_ALLOW_TORCHSCRIPT", "1")  # TorchScript is off by default
     class VideoResNet(Branchy):
         pass
 
