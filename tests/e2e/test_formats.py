@@ -59,7 +59,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return out
 
 
-@pytest.mark.parametrize("fmt", ["pt2", "onnx", "torchscript", "onnx_external_data"])
+@pytest.mark.parametrize("fmt", ["pt2", "onnx", "onnx_external_data"])
 def test_runnable_formats_describe_and_run_both_kinds_of_task(client: sdk.Client, files: dict[str, Path], fmt: str) -> None:
     spec = dict(SPEC, shape=list(EXAMPLE.shape[1:]))
     model = client.upload_model(files[fmt], input_spec=spec)
@@ -72,6 +72,14 @@ def test_runnable_formats_describe_and_run_both_kinds_of_task(client: sdk.Client
     assert viz["name"] == "conv1" and [c["index"] for c in viz["channels"]] == [0, 1]
     assert result["tconv_stats"]
     assert any(a.name.endswith(".png") for a in result.artifacts)
+
+
+def test_torchscript_is_refused_by_default_and_the_user_is_told_how_to_export(client: sdk.Client, files: dict[str, Path]) -> None:
+    """TorchScript is code: a worker without KERNELSCOPE_ALLOW_TORCHSCRIPT=1 refuses it, and the SDK shows why."""
+    model = client.upload_model(files["torchscript"], input_spec=dict(SPEC, shape=list(EXAMPLE.shape[1:])))
+    with pytest.raises(sdk.FailedPrecondition, match="torch.export.export") as err:
+        client.describe(model.id)
+    assert "KERNELSCOPE_ALLOW_TORCHSCRIPT" in str(err.value)
 
 
 @pytest.mark.parametrize("fmt", ["state_dict", "safetensors"])
