@@ -94,3 +94,24 @@ def test_none_leaves_limits_unchanged() -> None:
     before = resource.getrlimit(resource.RLIMIT_DATA), resource.getrlimit(resource.RLIMIT_CPU)
     apply_limits(None, None)
     assert (resource.getrlimit(resource.RLIMIT_DATA), resource.getrlimit(resource.RLIMIT_CPU)) == before
+
+
+def test_an_allocation_past_the_memory_limit_is_resource_exhausted() -> None:
+    """torch's CPU allocator error under the limit becomes RESOURCE_EXHAUSTED / MEMORY_LIMIT (not a crash)."""
+    result = _run(
+        """
+        from workers.limits import apply_limits
+        apply_limits(memory_bytes=1536 * 2**20, cpu_seconds=None)
+        import torch
+        from workers.errors import memory_error
+        try:
+            torch.full((int(2e9),), 1.0)                      # 8 GB
+        except Exception as exc:
+            mapped = memory_error(exc)
+            print(type(exc).__name__, mapped.code if mapped else None, mapped.reason if mapped else None)
+        print("other", memory_error(RuntimeError("shape mismatch")), memory_error(ValueError("out of memory")))
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert "RESOURCE_EXHAUSTED MEMORY_LIMIT" in result.stdout, result.stdout
+    assert "other None None" in result.stdout
