@@ -617,7 +617,8 @@ def test_every_zoo_architecture_still_loads(tmp_path: Path, name: str) -> None:
         assert load_model(exported.path, "TORCH_EXPORT", {}).module is not None
 
 
-def test_weights_named_outside_the_archive_are_refused(tmp_path: Path, good: dict[str, Path]) -> None:
+@pytest.mark.parametrize("use_pickle", [True, False])
+def test_weights_named_outside_the_archive_are_refused(tmp_path: Path, good: dict[str, Path], use_pickle: bool) -> None:
     """A path_name of ../../../../etc/passwd was an uncaught KeyError (INTERNAL); the message names no outside file."""
 
     def edit(name: str, data: bytes) -> bytes:
@@ -626,6 +627,7 @@ def test_weights_named_outside_the_archive_are_refused(tmp_path: Path, good: dic
         config = json.loads(data)
         first = next(iter(config["config"].values()))
         first["path_name"] = "../../../../etc/passwd"
+        first["use_pickle"] = use_pickle
         return json.dumps(config).encode()
 
     path = tmp_path / "escape.pt2"
@@ -663,7 +665,7 @@ def test_an_extra_folder_bomb_is_refused_before_torch_reads_it(tmp_path: Path, g
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         try:
             load_model({str(bomb)!r}, "TORCH_EXPORT", {{}})
-            print("loaded")
+            print("loaded yes")
         except TaskError as exc:
             print("refused", exc.reason)
         print("grew_kib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
