@@ -6,7 +6,7 @@
 | ------------- | ------------------------------------------------------ | ------------------------------------ |
 | TORCH_EXPORT  | torch.export.load after a scan (below), then unflatten | yes, hooks by module path            |
 | ONNX          | onnx.checker, own interpreter, checked vs onnxruntime  | yes, hooks by layer / tensor name    |
-| TORCHSCRIPT   | torch.jit.load after a pickle scan                     | when the tree is nn.Sequential-shaped |
+| TORCHSCRIPT   | refused unless KERNELSCOPE_ALLOW_TORCHSCRIPT=1; then torch.jit.load after a pickle scan | when the tree is nn.Sequential-shaped |
 | STATE_DICT    | torch.load(weights_only=True)                          | with a registered architecture       |
 | SAFETENSORS   | safetensors                                            | with a registered architecture       |
 
@@ -17,14 +17,20 @@ Safety. No code path unpickles an arbitrary object:
 - torch.export.load itself unpickles pickled weights and sample inputs with weights_only=False as
   a fallback, evaluates symbolic shapes with sympy.sympify (eval), execs guard code and loads
   AOTInductor shared libraries. So before calling it we allow only the entries of a plain exported
-  program, require every pickle in it to load with weights_only=True, allow only operator targets
-  (torch.ops.*, _operator.*, math.*), only arithmetic in symbolic expressions and guards, and run
-  the load with TORCH_FORCE_WEIGHTS_ONLY_LOAD=1 so that torch's own fallbacks stay weights-only;
-- TorchScript's unpickler is C++ and resolves only TorchScript classes; its pickles are scanned too.
-Archives are checked (entry count, declared sizes, compression ratio, names) before any of this.
+  program, require every pickle in it to load with weights_only=True, allow only the pure tensor
+  operators of workers.operators (an allow-list: aten.from_file, aten.save... are UNSAFE_OPERATOR),
+  checked in the program JSON and again on every node of the loaded graph and its subgraphs, only
+  arithmetic in symbolic expressions and guards, only weights files inside the archive, at most
+  PT2_MAX_EXTRA_BYTES in extra/ (torch reads it all), and run the load with
+  TORCH_FORCE_WEIGHTS_ONLY_LOAD=1 so that torch's own fallbacks stay weights-only;
+- TorchScript is compiled code (it may call torch.save or torch.from_file): refused with
+  TORCHSCRIPT_DISABLED unless the operator allows it; then its pickles are scanned (its unpickler is
+  C++ and resolves only TorchScript classes) and it runs only inside the job's sandbox.
+Archives are checked (entry count, declared sizes, per-entry and whole-archive compression ratio,
+names) before any of this.
 
 Errors: ModelRejected (FAILED_PRECONDITION) with reasons WRONG_FORMAT, TRUNCATED, PICKLED_MODULE,
-UNSAFE_PICKLE, ARCHIVE_UNSAFE, EXTERNAL_DATA, EXTERNAL_DATA_OUTSIDE_UPLOAD, ONNX_INVALID, ONNX_MISMATCH, UNREADABLE,
+UNSAFE_PICKLE, ARCHIVE_UNSAFE, UNSAFE_OPERATOR, TORCHSCRIPT_DISABLED, EXTERNAL_DATA, EXTERNAL_DATA_OUTSIDE_UPLOAD, ONNX_INVALID, ONNX_MISMATCH, UNREADABLE,
 ARCHITECTURE_MISMATCH, MULTIPLE_INPUTS, INPUT_SPEC_MISMATCH; ModelUnusable UNSUPPORTED_OP; BadOptions
 INPUT_SPEC_INVALID for a malformed input spec in the upload header.
 """
