@@ -746,3 +746,49 @@ def test_a_model_outgrowing_the_job_memory_limit_is_resource_exhausted(tmp_path:
     assert out.returncode == 0, out.stderr[-2000:]
     error = json.loads(out.stdout.strip().splitlines()[-1])
     assert error is not None and error["code"] == "RESOURCE_EXHAUSTED" and error["reason"] == "MEMORY_LIMIT", error
+
+
+class _ZerosWithoutGrad(nn.Module):
+    """The same payload node, inside torch.no_grad(): export puts it in a wrap_with_set_grad_enabled body."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            t = torch.zeros(4, dtype=torch.uint8)
+            t.fill_(65)
+            y = x + t.float().sum()
+        return y * 2
+
+
+def test_a_call_hidden_in_a_higher_order_op_body_is_refused(tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"secret, do not touch")
+    clean = tmp_path / "nested.pt2"
+    torch.export.save(torch.export.export(_ZerosWithoutGrad(), (torch.zeros(1, 2),)), clean)
+    found: list[dict] = []
+
+    def change(program: dict) -> None:
+        stack: list[object] = [program["graph_module"]]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, dict):
+                if item.get("target") == "torch.ops.aten.zeros.default":
+                    item["target"] = "torch.ops.aten.from_file.default"
+                    item["inputs"] = [
+                        {"name": "filename", "arg": {"as_string": str(victim)}, "kind": 1},
+                        {"name": "shared", "arg": {"as_bool": True}, "kind": 1},
+                        {"name": "size", "arg": {"as_int": 4}, "kind": 1},
+                        {"name": "dtype", "arg": {"as_scalar_type": 1}, "kind": 2},
+                    ]
+                    found.append(item)
+                stack.extend(item.values())
+            elif isinstance(item, list):
+                stack.extend(item)
+        top = [n["target"] for n in program["graph_module"]["graph"]["nodes"]]
+        assert "torch.ops.aten.from_file.default" not in top  # the payload is only in the subgraph
+
+    evil = tmp_path / "evil.pt2"
+    _program_edit(clean, evil, change)
+    assert found
+    err = _load_and_run(evil)
+    assert victim.read_bytes() == b"secret, do not touch"
+    assert err is not None and err.reason == "UNSAFE_OPERATOR" and "aten.from_file" in err.message, err
