@@ -1,19 +1,24 @@
 """The RQ job entry point: `workers.job.run(spec)`, enqueued by dotted path by the service.
 
-It runs in RQ's forked work-horse. It fetches the model (and dataset) through the blob cache, loads
-the model under resource limits, runs each task through the registry, uploads each task's artifacts,
-and returns a small JSON manifest. Errors a user caused are recorded in the manifest with their gRPC
+It runs in RQ's forked work-horse. The horse fetches the model (and dataset) through the blob cache
+(verified against their hashes), then forks a sandboxed model process (workers/sandbox.py: no secrets, no
+network, only its scratch directory writable, resource limits) which loads the model, runs each task
+through the registry and sends the results back over a pipe; the horse, which alone holds the worker
+token, uploads each task's artifacts and returns a small JSON manifest (with a `sandbox` field naming
+the layers that were active). Errors a user caused are recorded in the manifest with their gRPC
 code and reason (google.longrunning semantics: execution errors live inside the job); only a bug or a
 crash of the horse itself makes the RQ job fail.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import mimetypes
 import os
 import shutil
 import socket
+import stat
 import tempfile
 import time
 import traceback
@@ -24,7 +29,7 @@ from workers import defaults
 from workers.cache import BlobCache
 from workers.connection import ServiceConnection
 from workers.errors import TaskError, memory_error
-from workers.progress import JobProgress
+from workers.progress import JobProgress, PipeProgress
 
 log = logging.getLogger(__name__)
 
@@ -40,28 +45,27 @@ MEDIA_TYPES = {
 
 
 def run(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run every task of the job described by `spec`; return the manifest the service reads."""
+    """Run every task of the job described by `spec`; return the manifest the service reads.
+
+    The horse (this process) keeps the service connection and the worker token; the model is loaded and the
+    tasks run in a sandboxed model process (workers/sandbox.py), which hands back summaries and progress over
+    a pipe and leaves its artifacts in its scratch directory for the horse to upload once it has exited.
+    """
     import grpc
     import rq
+
+    from workers import sandbox
 
     rq_job = rq.get_current_job()
     tasks = spec.get("tasks") or []
     progress = JobProgress(rq_job, len(tasks))
     manifest: dict[str, Any] = {"results": [], "error": None, "worker": socket.gethostname()}
     progress.report("loading model", 0.0)
-    connection = ServiceConnection.from_settings()
     work_dir = Path(tempfile.mkdtemp(prefix=f"ks-{spec.get('job_id', 'job')}-"))
     try:
+        connection = ServiceConnection.from_settings()
         try:
-            model, dataset = _load_inputs(spec, connection)
-        except TaskError as exc:
-            manifest["error"] = exc.to_dict()
-            return manifest
-        except (MemoryError, RuntimeError) as exc:
-            if (oom := memory_error(exc)) is None:
-                raise
-            manifest["error"] = oom.to_dict()
-            return manifest
+            inputs = _fetch_inputs(spec, connection)
         except grpc.RpcError as exc:  # the blob vanished (model deleted after the job was queued) or the service is gone
             manifest["error"] = {
                 "code": exc.code().name if exc.code() else "UNAVAILABLE",
@@ -69,37 +73,85 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
                 "message": f"could not fetch the job's model or dataset: {exc.details()}",
             }
             return manifest
-        device = _device()
-        for index, task in enumerate(tasks):
-            progress.start_task(index, task["name"])
-            out_dir = work_dir / f"task{index}"
-            out_dir.mkdir()
-            result = _run_task(task, model, dataset, device, out_dir, progress)
-            result["artifacts"] = _upload(connection, spec["job_id"], task["name"], out_dir)
-            manifest["results"].append(result)
-            progress.report("done", 1.0)
+        finally:
+            connection.close()  # no gRPC channel across the fork; uploads open a fresh one
+        scratch = work_dir / "scratch"
+        scratch.mkdir(mode=0o700)
+        memory = int(os.environ.get("KERNELSCOPE_JOB_MEMORY_BYTES", defaults.JOB_MEMORY_BYTES))
+        cpu = int(os.environ.get("KERNELSCOPE_JOB_CPU_SECONDS", defaults.JOB_CPU_SECONDS))
+        policy = sandbox.Policy(scratch=scratch, inputs=[p for p in inputs if p is not None], memory_bytes=memory or None, cpu_seconds=cpu or None)
+        state: dict[str, Any] = {"loaded": False, "index": 0, "results": {}}
+
+        def on_message(message: dict[str, Any]) -> None:
+            kind = message.get("kind")
+            if kind == "progress" and isinstance(message.get("progress"), dict):
+                progress.publish(message["progress"])
+                state["index"] = int(message["progress"].get("task_index") or 0)
+            elif kind == "loaded":
+                state["loaded"] = True
+            elif kind == "task" and isinstance(message.get("result"), dict):
+                index = int(message.get("index", -1))
+                if 0 <= index < len(tasks):
+                    state["results"][index] = _clean_result(message["result"], tasks[index]["name"])
+
+        try:
+            _, layers = sandbox.run_in_sandbox(lambda channel: _model_process(spec, inputs, scratch, channel), policy, on_message)
+        except TaskError as exc:
+            if not state["loaded"]:
+                manifest["error"] = exc.to_dict()
+            else:  # the process died in a task: that task carries the error, the ones after it did not run
+                for index in range(len(state["results"]), len(tasks)):
+                    error = exc.to_dict() if index == state["index"] else {
+                        "code": "ABORTED", "reason": "NOT_RUN", "message": f"not run: the model process died in task {tasks[state['index']]['name']}"}
+                    state["results"][index] = {"task": tasks[index]["name"], "summary": None, "error": error}
+            layers = None
+        except sandbox.ModelProcessCrash as exc:  # a bug outside the tasks (in the loader): the RQ job fails, as before
+            log.error("the model process crashed:\n%s", exc.trace)
+            raise RuntimeError(f"the model process crashed: {exc}") from None
+        if layers is not None:
+            manifest["sandbox"] = dataclasses.asdict(layers)
+        if state["results"]:
+            connection = ServiceConnection.from_settings()
+            try:
+                for index in sorted(state["results"]):
+                    result = state["results"][index]
+                    out_dir = scratch / f"task{index}"
+                    result["artifacts"] = _upload(connection, spec["job_id"], tasks[index]["name"], out_dir)
+                    manifest["results"].append(result)
+            finally:
+                connection.close()
+        progress.report("done", 1.0)
         return manifest
     finally:
-        connection.close()
         shutil.rmtree(work_dir, ignore_errors=True)
 
 
-def _load_inputs(spec: dict[str, Any], connection: ServiceConnection) -> tuple[Any, Any]:
-    from workers import limits, loader
+def _fetch_inputs(spec: dict[str, Any], connection: ServiceConnection) -> tuple[Path, Path | None]:
+    """The model and dataset files, fetched or reused from the cache and verified against their hashes."""
+    cache = BlobCache()
+    model_path = cache.fetch(spec["model"]["sha256"], connection)
+    dataset_path = cache.fetch(spec["dataset"]["sha256"], connection) if spec.get("dataset") else None
+    return model_path, dataset_path
+
+
+def _clean_result(raw: dict[str, Any], name: str) -> dict[str, Any]:
+    """A task result from the model process, reduced to the fields the manifest has (it is the tenant's data)."""
+    result: dict[str, Any] = {"task": name, "summary": raw.get("summary"), "error": raw.get("error")}
+    if isinstance(raw.get("duration_seconds"), (int, float)):
+        result["duration_seconds"] = raw["duration_seconds"]
+    return result
+
+
+def _model_process(spec: dict[str, Any], inputs: tuple[Path, Path | None], scratch: Path, channel: Any) -> None:
+    """Inside the sandbox: load the model (and dataset), run every task, send each result to the horse."""
+    from workers import loader
     from workers.dataset import Dataset
 
-    cache = BlobCache()
+    tasks = spec.get("tasks") or []
+    model_path, dataset_path = inputs
+    progress = PipeProgress(channel, len(tasks))
+    progress.report("loading model", 0.0)
     model_spec = spec["model"]
-    model_path = cache.fetch(model_spec["sha256"], connection)
-    dataset = None
-    if spec.get("dataset"):
-        dataset = Dataset.from_npz(cache.fetch(spec["dataset"]["sha256"], connection).read_bytes())
-    memory = int(os.environ.get("KERNELSCOPE_JOB_MEMORY_BYTES", defaults.JOB_MEMORY_BYTES))
-    cpu = int(os.environ.get("KERNELSCOPE_JOB_CPU_SECONDS", defaults.JOB_CPU_SECONDS))
-    limits.apply_limits(memory or None, cpu or None)  # 0 means no limit
-    hidden = limits.scrub_environment()  # untrusted model code must not read the worker's secrets
-    if hidden:
-        log.info("hid %d secret environment variables from the model loader", len(hidden))
     model = loader.load_model(
         model_path,
         model_spec["format"],
@@ -107,7 +159,15 @@ def _load_inputs(spec: dict[str, Any], connection: ServiceConnection) -> tuple[A
         architecture=model_spec.get("architecture", ""),
         name=model_spec.get("name", ""),
     )
-    return model, dataset
+    dataset = Dataset.from_npz(dataset_path.read_bytes()) if dataset_path is not None else None
+    device = _device()
+    channel.send("loaded")
+    for index, task in enumerate(tasks):
+        progress.start_task(index, task["name"])
+        out_dir = scratch / f"task{index}"
+        out_dir.mkdir()
+        result = _run_task(task, model, dataset, device, out_dir, progress)
+        channel.send("task", index=index, result=result)
 
 
 def _device() -> Any:
@@ -150,8 +210,14 @@ def _run_task(task: dict[str, Any], model: Any, dataset: Any, device: Any, out_d
 
 
 def _upload(connection: ServiceConnection, job_id: str, task: str, out_dir: Path) -> list[dict[str, Any]]:
+    """Upload the regular files under out_dir; the model process wrote them, so no symlink is followed."""
     artifacts = []
-    for path in sorted(p for p in out_dir.rglob("*") if p.is_file()):
+    if out_dir.is_symlink() or not out_dir.is_dir():
+        return artifacts
+    files = []
+    for root, _dirs, names in os.walk(out_dir, followlinks=False):
+        files += [Path(root) / n for n in names if stat.S_ISREG(os.lstat(Path(root) / n).st_mode)]
+    for path in sorted(files):
         name = path.relative_to(out_dir).as_posix()
         media_type = MEDIA_TYPES.get(path.suffix.lower()) or mimetypes.guess_type(name)[0] or "application/octet-stream"
         artifacts.append(connection.write_artifact(job_id, task, name, path, media_type))

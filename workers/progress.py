@@ -44,8 +44,34 @@ class JobProgress:
             self._stage, self._last_write = stage, now
             self._write()
 
+    def publish(self, report: dict[str, Any]) -> None:
+        """Write a report computed elsewhere (by the model process), keeping only the known, typed fields."""
+        try:
+            self.last = {
+                "stage": str(report.get("stage", ""))[:200],
+                "fraction": min(max(float(report.get("fraction", 0.0)), 0.0), 1.0),
+                "task": str(report.get("task", ""))[:200],
+                "task_index": int(report.get("task_index", 0)),
+                "task_count": self.task_count,
+                "message": str(report.get("message", ""))[:1000],
+            }
+        except (TypeError, ValueError):
+            return
+        self._write()
+
     def _write(self) -> None:
         if self._job is None:
             return
         self._job.meta["progress"] = self.last
         self._job.save_meta()
+
+
+class PipeProgress(JobProgress):
+    """In the sandboxed model process: the same throttled reports, sent to the horse instead of Redis."""
+
+    def __init__(self, channel: Any, task_count: int) -> None:
+        super().__init__(None, task_count)
+        self._channel = channel
+
+    def _write(self) -> None:
+        self._channel.send("progress", progress=self.last)

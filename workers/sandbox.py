@@ -66,7 +66,9 @@ OPEN_FILES = 1024
 MESSAGE_BYTES = 64 << 20  # the largest line the child may send
 
 # Environment variables a worker holds that model code must never see (fnmatch patterns).
-SECRET_PATTERNS: tuple[str, ...] = ("*TOKEN*", "*SECRET*", "*PASSWORD*", "*API_KEY*", "*CREDENTIAL*", "REDIS_URL", "KERNELSCOPE_SECRET_FD")
+SECRET_PATTERNS: tuple[str, ...] = ("*TOKEN*", "*SECRET*", "*PASSWORD*", "*API_KEY*", "*CREDENTIAL*")
+# What the model process loses on top: the Redis URL (it may carry a password) and the worker's secret pipe.
+MODEL_PROCESS_DROPS: tuple[str, ...] = (*SECRET_PATTERNS, "REDIS_URL", "KERNELSCOPE_SECRET_FD")
 
 # --- Landlock (include/uapi/linux/landlock.h) ---------------------------------------------------------------
 _SYS = {"x86_64": (444, 445, 446), "aarch64": (444, 445, 446)}  # create_ruleset, add_rule, restrict_self
@@ -310,7 +312,7 @@ def _confine(policy: Policy, keep_fds: Iterable[int]) -> SandboxLayers:
     os.closerange(start, resource.getrlimit(resource.RLIMIT_NOFILE)[0] if resource.getrlimit(resource.RLIMIT_NOFILE)[0] != resource.RLIM_INFINITY else 65536)
     _libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG: die with the horse
     _libc.prctl(4, 0)  # PR_SET_DUMPABLE 0: no ptrace or /proc/<pid>/mem from a sibling
-    scrub_environment()
+    scrub_environment(MODEL_PROCESS_DROPS)
     os.environ.update({"TMPDIR": str(policy.scratch), "HOME": str(policy.scratch)})
     import tempfile
 
