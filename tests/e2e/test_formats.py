@@ -133,11 +133,45 @@ def _escaping_bundle(files: dict[str, Path]) -> bytes:
     return buffer.getvalue()
 
 
+def _from_file_pt2(tmp_path: Path, victim: Path) -> bytes:
+    """A .pt2 whose graph maps `victim` with aten.from_file(shared=True) and fills it: an in-place overwrite."""
+    import json
+
+    class Zeros(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            t = torch.zeros(4, dtype=torch.uint8)
+            t.fill_(65)
+            return x + t.float().sum()
+
+    clean = tmp_path / "zeros.pt2"
+    torch.export.save(torch.export.export(Zeros(), (torch.zeros(1, 2),)), clean)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(clean) as zin, zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as zout:
+        for info in zin.infolist():
+            data = zin.read(info)
+            if info.filename.endswith(".json") and "/models/" in info.filename:
+                program = json.loads(data)
+                node = next(n for n in program["graph_module"]["graph"]["nodes"] if n["target"] == "torch.ops.aten.zeros.default")
+                node["target"] = "torch.ops.aten.from_file.default"
+                node["inputs"] = [
+                    {"name": "filename", "arg": {"as_string": str(victim)}, "kind": 1},
+                    {"name": "shared", "arg": {"as_bool": True}, "kind": 1},
+                    {"name": "size", "arg": {"as_int": 4}, "kind": 1},
+                    {"name": "dtype", "arg": {"as_scalar_type": 1}, "kind": 2},
+                ]
+                data = json.dumps(program).encode()
+            zout.writestr(info.filename, data)
+    return buffer.getvalue()
+
+
 def test_hostile_and_broken_models_fail_cleanly_and_the_worker_keeps_serving(
     client: sdk.Client, files: dict[str, Path], tmp_path: Path
 ) -> None:
     canary = tmp_path / "canary"
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"secret, do not touch")
     cases = {
+        "aten.from_file": (_from_file_pt2(tmp_path, victim), "pt2", {"UNSAFE_OPERATOR"}),
         "canary pickle": (_canary_pickle(canary), "state_dict", {"PICKLED_MODULE", "UNSAFE_PICKLE", "MODEL_REJECTED"}),
         "zip bomb": (_zip_bomb(), "state_dict", {"ARCHIVE_UNSAFE"}),
         "truncated pt2": (files["pt2"].read_bytes()[:2000], "pt2", {"TRUNCATED", "ARCHIVE_UNSAFE", "WRONG_FORMAT"}),
@@ -155,6 +189,7 @@ def test_hostile_and_broken_models_fail_cleanly_and_the_worker_keeps_serving(
         assert failed.value.code == "FAILED_PRECONDITION", (label, failed.value)
         assert failed.value.reason in reasons, (label, failed.value.reason, str(failed.value))
     assert not canary.exists(), "the canary pickle ran"
+    assert victim.read_bytes() == b"secret, do not touch"
     healthy = client.analyze(files["pt2"], tasks=[WEIGHT], input_spec=SPEC, progress=False, timeout=120)
     assert healthy.ok
 
