@@ -7,11 +7,18 @@ It also never opens a gRPC channel (those do not survive fork); each horse opens
 While a job runs, the worker beats every KERNELSCOPE_WORKER_HEARTBEAT seconds (RQ's default is 30), so
 that the service's reaper re-queues the job within seconds if this worker dies; and the work-horse is
 killed with its worker (PR_SET_PDEATHSIG), so that a re-queued job never also finishes on an orphan.
+
+Secrets: the first thing `python -m workers` does is re-exec itself with the worker token (and every other
+secret-looking variable, and a Redis URL that carries a password) removed from the environment, handing them
+to the new image over an inherited pipe that it reads once. os.environ.pop cannot do this: /proc/<pid>/environ
+shows the block the process was exec'd with. So neither the worker, its horses nor the sandboxed model
+processes have the token in /proc/<pid>/environ; the worker and its horses keep it in memory only.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -25,6 +32,10 @@ from rq import Queue, Worker
 from rq.serializers import JSONSerializer
 
 from workers import defaults
+
+# The inherited pipe the secrets travel through across the re-exec (a descriptor number, not a secret).
+SECRET_FD_VARIABLE = "KERNELSCOPE_SECRET_FD"
+PIPE_BYTES = 60_000  # below the pipe's buffer, so the write never blocks before the exec
 
 # KERNELSCOPE_WORKER_HEARTBEAT: seconds between a busy worker's heartbeats (whole seconds, RQ uses alarm()).
 HEARTBEAT_SECONDS = 2
@@ -41,6 +52,39 @@ def _die_with_parent(parent_pid: int) -> None:
         return
     if os.getppid() != parent_pid:  # the worker died before prctl took effect
         os._exit(1)
+
+
+def _secret_variables(environ: dict[str, str]) -> dict[str, str]:
+    from workers.sandbox import is_secret
+
+    return {k: v for k, v in environ.items() if is_secret(k) or (k == "REDIS_URL" and "@" in v)}
+
+
+def _without_secrets_in_environ() -> dict[str, str]:
+    """Re-exec this command with the secrets out of its environment; in the new image, return them.
+
+    Returns the secrets to keep in memory (empty when there were none). Never returns in the old image.
+    """
+    fd_text = os.environ.pop(SECRET_FD_VARIABLE, None)
+    if fd_text is not None:  # the re-executed image: read the secrets once
+        with os.fdopen(int(fd_text), "rb") as pipe:
+            return dict(json.loads(pipe.read() or b"{}"))
+    secrets = _secret_variables(dict(os.environ))
+    data = json.dumps(secrets).encode()
+    if not secrets or len(data) > PIPE_BYTES:
+        if secrets:
+            logging.getLogger(__name__).warning("secrets too large to hand over a pipe: they stay in /proc/self/environ")
+        return {k: os.environ.pop(k) for k in secrets}
+    read_fd, write_fd = os.pipe()
+    os.write(write_fd, data)
+    os.close(write_fd)
+    os.set_inheritable(read_fd, True)
+    env = {k: v for k, v in os.environ.items() if k not in secrets}
+    env[SECRET_FD_VARIABLE] = str(read_fd)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, list(sys.orig_argv), env)
+    raise AssertionError("unreachable")
 
 
 def _preload() -> None:
@@ -100,9 +144,11 @@ class KernelScopeWorker(Worker):
             self.log.warning("heartbeat skipped, Redis unreachable: %s", exc)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, secrets: dict[str, str] | None = None) -> int:
+    """Run the worker. `secrets`: variables already taken out of the environment (by the re-exec)."""
+    secrets = dict(secrets or {})
     parser = argparse.ArgumentParser(prog="python -m workers", description=__doc__)
-    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", defaults.REDIS_URL))
+    parser.add_argument("--redis-url", default=secrets.get("REDIS_URL") or os.environ.get("REDIS_URL", defaults.REDIS_URL))
     parser.add_argument("--queue", default=os.environ.get("KERNELSCOPE_QUEUE", defaults.QUEUE_NAME))
     parser.add_argument("--service", default=os.environ.get("KERNELSCOPE_SERVICE", defaults.SERVICE_TARGET))
     parser.add_argument("--name", default=None, help="worker name (default: RQ's)")
@@ -113,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from workers import connection
 
-    connection.configure(target=args.service)
+    token = secrets.get("KERNELSCOPE_WORKER_TOKEN")
+    connection.configure(target=args.service, token=token)
     if not args.no_preload:
         _preload()
 
@@ -128,4 +175,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(secrets=_without_secrets_in_environ()))

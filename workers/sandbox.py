@@ -10,7 +10,7 @@ which, before it touches the model, locks itself in with the kernel's own mechan
   shows, which os.environ.pop cannot change) overwritten in place, PR_SET_DUMPABLE 0 and PR_SET_PDEATHSIG.
 - PR_SET_NO_NEW_PRIVS: no setuid binary can give the process back what the next layers take away.
 - Landlock (Linux >= 5.13; ABI 4 adds TCP, ABI 6 scoping): reads only beneath the interpreter, site-packages,
-  /usr, /lib*, the dynamic loader's configuration, /proc/self, the CPU topology, a few devices (and the NVIDIA
+  /usr, /lib*, the dynamic loader's configuration, /proc/self, the CPU and PCI topology (/sys/devices), a few devices (and the NVIDIA
   devices when present), plus the job's own verified input *files* (not their directory: the blob cache, the blob
   store, other tenants' entries, home directories and /etc/passwd are out of reach); writes only beneath the
   job's fresh scratch directory; no TCP bind or connect; no signals to or abstract sockets of processes outside.
@@ -282,14 +282,18 @@ def read_paths() -> list[str]:
     paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, *sysconfig.get_paths().values(), *site.getsitepackages()}
     paths |= {p for p in sys.path if p and os.path.isdir(p)}  # the project itself when run from a checkout
     paths |= {os.path.dirname(os.path.realpath(sys.executable))}
+    for name, module in list(sys.modules.items()):  # packages found by an import hook (an editable install)
+        where = getattr(module, "__file__", None)
+        if "." not in name and where:
+            paths.add(os.path.dirname(where) if where.endswith("__init__.py") else where)
     paths |= {"/usr", "/lib", "/lib64", "/lib32", "/bin", "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d"}
-    paths |= {"/proc/self", "/proc/cpuinfo", "/proc/meminfo", "/proc/stat", "/sys/devices/system/cpu", "/sys/fs/cgroup"}
+    paths |= {"/proc/self", "/proc/cpuinfo", "/proc/meminfo", "/proc/stat", "/sys/devices", "/sys/bus/pci", "/sys/fs/cgroup"}
     paths |= {"/dev/urandom", "/dev/random", "/dev/zero", "/etc/localtime", "/usr/share/zoneinfo"}
     mpl = sys.modules.get("matplotlib")
     if mpl is not None:  # its font cache, read at the first plot
         paths |= {mpl.get_configdir(), mpl.get_cachedir()}
     if os.path.exists("/dev/nvidiactl"):  # CUDA reads the driver's state and the PCI topology
-        paths |= {"/proc/driver/nvidia", "/sys/bus/pci", "/sys/devices", "/proc/sys/vm", "/etc/nvidia"}
+        paths |= {"/proc/driver/nvidia", "/proc/sys/vm", "/etc/nvidia"}
     home = os.path.expanduser("~")
     return sorted(p for p in paths if p and os.path.exists(p) and os.path.realpath(p) not in ("/", home, "/home", "/root", "/etc", "/tmp"))
 
