@@ -315,13 +315,13 @@ def _confine(policy: Policy, keep_fds: Iterable[int]) -> SandboxLayers:
             start = fd + 1
     os.closerange(start, resource.getrlimit(resource.RLIMIT_NOFILE)[0] if resource.getrlimit(resource.RLIMIT_NOFILE)[0] != resource.RLIM_INFINITY else 65536)
     _libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG: die with the horse
-    _libc.prctl(4, 0)  # PR_SET_DUMPABLE 0: no ptrace or /proc/<pid>/mem from a sibling
-    scrub_environment(MODEL_PROCESS_DROPS)
+    scrub_environment(MODEL_PROCESS_DROPS)  # reads /proc/self/environ: before the process stops being dumpable
     os.environ.update({"TMPDIR": str(policy.scratch), "HOME": str(policy.scratch)})
     import tempfile
 
     tempfile.tempdir = str(policy.scratch)
     layers.environment_scrubbed = b"TOKEN" not in Path("/proc/self/environ").read_bytes().upper()
+    _libc.prctl(4, 0)  # PR_SET_DUMPABLE 0: no ptrace or /proc/<pid>/mem of this process by another of its user
     os.chdir(policy.scratch)
 
     apply_limits(policy.memory_bytes, policy.cpu_seconds, policy.file_bytes, policy.open_files)

@@ -1,0 +1,249 @@
+"""The sandboxed model process: what "model code" (a Python callable run by workers.sandbox) can and cannot do.
+
+Each hostile test fails without the confinement (checked by making `_confine` return before any layer: the
+marker file appears, /etc/passwd and the cache are read, the listener accepts, the token is in the environ).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from workers import sandbox
+from workers.errors import TaskError
+
+ROOT = Path(__file__).resolve().parents[2]
+TOKEN = "ks-test-worker-token-5f1c"
+
+pytestmark = pytest.mark.skipif(sandbox.landlock_abi() == 0, reason="this kernel has no Landlock (the sandbox degrades, see test_without_landlock...)")
+
+
+@pytest.fixture()
+def place(tmp_path: Path) -> dict[str, Path]:
+    """A scratch dir, a shared blob cache with another tenant's entry, a blob store, and this job's input."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / ("a" * 64)).write_bytes(b"another tenant's model")
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "blob").write_bytes(b"stored blob")
+    mine = cache / ("b" * 64)
+    mine.write_bytes(b"this job's model")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    return {"cache": cache, "store": store, "mine": mine, "scratch": scratch, "outside": tmp_path / "marker"}
+
+
+def _policy(place: dict[str, Path], **limits: Any) -> sandbox.Policy:
+    return sandbox.Policy(scratch=place["scratch"], inputs=[place["mine"]], **limits)
+
+
+def _attempt(fn: Any) -> str:
+    try:
+        return f"ok {fn()!r}"
+    except OSError as exc:
+        return f"refused {exc.errno}"
+
+
+def test_model_code_writes_only_its_scratch_dir(place: dict[str, Path]) -> None:
+    outside, scratch = place["outside"], place["scratch"]
+
+    def model_code(channel: Any) -> dict[str, str]:
+        return {
+            "outside": _attempt(lambda: outside.write_text("pwned")),
+            "victim": _attempt(lambda: (place["cache"] / ("a" * 64)).write_bytes(b"evil")),
+            "scratch": _attempt(lambda: (scratch / "artifact.json").write_text("{}")),
+        }
+
+    seen, layers = sandbox.run_in_sandbox(model_code, _policy(place))
+    assert seen["outside"].startswith("refused") and not outside.exists()
+    assert seen["victim"].startswith("refused") and (place["cache"] / ("a" * 64)).read_bytes() == b"another tenant's model"
+    assert seen["scratch"] == "ok 2" and (scratch / "artifact.json").exists()
+    assert layers.landlock and layers.no_new_privs
+
+
+def test_model_code_reads_only_its_own_input(place: dict[str, Path]) -> None:
+    home = os.path.expanduser("~")  # the worker's home (the model process's HOME is its scratch dir)
+
+    def model_code(channel: Any) -> dict[str, str]:
+        return {
+            "passwd": _attempt(lambda: Path("/etc/passwd").read_text()[:4]),
+            "cache_dir": _attempt(lambda: os.listdir(place["cache"])),
+            "other_tenant": _attempt(lambda: (place["cache"] / ("a" * 64)).read_bytes()),
+            "store": _attempt(lambda: (place["store"] / "blob").read_bytes()),
+            "home": _attempt(lambda: os.listdir(home)),
+            "mine": _attempt(lambda: place["mine"].read_bytes()),
+        }
+
+    seen, _ = sandbox.run_in_sandbox(model_code, _policy(place))
+    for what in ("passwd", "cache_dir", "other_tenant", "store", "home"):
+        assert seen[what].startswith("refused"), (what, seen[what])
+    assert seen["mine"] == "ok b\"this job's model\""
+
+
+def test_model_code_cannot_reach_a_listening_socket(place: dict[str, Path]) -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+
+    def model_code(channel: Any) -> str:
+        return _attempt(lambda: socket.create_connection(("127.0.0.1", port), timeout=5).close())
+
+    try:
+        seen, layers = sandbox.run_in_sandbox(model_code, _policy(place))
+        assert seen.startswith("refused"), seen
+        listener.settimeout(0.5)
+        with pytest.raises(socket.timeout):
+            listener.accept()  # nobody ever connected
+    finally:
+        listener.close()
+    assert layers.network in ("no-sockets", "no-tcp")
+
+
+def test_inherited_connections_are_closed(place: dict[str, Path]) -> None:
+    """The horse's own sockets (Redis, the service) do not survive into the model process."""
+    a, b = socket.socketpair()
+
+    def model_code(channel: Any) -> str:
+        return _attempt(lambda: os.fstat(a.fileno()))
+
+    try:
+        seen, _ = sandbox.run_in_sandbox(model_code, _policy(place))
+    finally:
+        a.close()
+        b.close()
+    assert seen.startswith("refused 9"), seen  # EBADF
+
+
+def test_allocating_past_the_memory_limit_is_resource_exhausted(place: dict[str, Path]) -> None:
+    def model_code(channel: Any) -> float:
+        import torch
+
+        return float(torch.ones(2**30, dtype=torch.float32).sum())  # 4 GiB under a 1 GiB limit
+
+    with pytest.raises(TaskError) as caught:
+        sandbox.run_in_sandbox(model_code, _policy(place, memory_bytes=1 << 30))
+    assert (caught.value.code, caught.value.reason) == ("RESOURCE_EXHAUSTED", "MEMORY_LIMIT")
+
+
+@pytest.mark.parametrize("signum, code, reason", [
+    (signal.SIGKILL, "RESOURCE_EXHAUSTED", "MEMORY_LIMIT"),  # what the OOM killer sends
+    (signal.SIGSEGV, "ABORTED", "MODEL_PROCESS_SIGSEGV"),
+    (signal.SIGXCPU, "RESOURCE_EXHAUSTED", "CPU_LIMIT"),
+])
+def test_a_killed_model_process_is_a_clear_error(place: dict[str, Path], signum: int, code: str, reason: str) -> None:
+    def model_code(channel: Any) -> None:
+        signal.signal(signum, signal.SIG_DFL) if signum != signal.SIGKILL else None
+        os.kill(os.getpid(), signum)
+        time.sleep(30)
+
+    with pytest.raises(TaskError) as caught:
+        sandbox.run_in_sandbox(model_code, _policy(place))
+    assert (caught.value.code, caught.value.reason) == (code, reason)
+
+
+def test_progress_and_results_come_back_over_the_pipe(place: dict[str, Path]) -> None:
+    got: list[dict[str, Any]] = []
+
+    def model_code(channel: Any) -> dict[str, int]:
+        channel.send("progress", progress={"stage": "half", "fraction": 0.5})
+        return {"answer": 42}
+
+    value, _ = sandbox.run_in_sandbox(model_code, _policy(place), on_message=got.append)
+    assert value == {"answer": 42}
+    assert got == [{"kind": "progress", "progress": {"stage": "half", "fraction": 0.5}}]
+
+
+def test_without_landlock_the_sandbox_says_so(place: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sandbox, "landlock_abi", lambda: 0)
+    _, layers = sandbox.run_in_sandbox(lambda channel: None, _policy(place))
+    assert not layers.landlock and any("no Landlock" in w for w in layers.warnings)
+
+
+SECRET_PROBE = textwrap.dedent(
+    """
+    import json, sys, tempfile
+    from pathlib import Path
+    from workers import sandbox
+    scratch = Path(tempfile.mkdtemp())
+    def model_code(channel):
+        import os
+        return {"environ": open("/proc/self/environ", "rb").read().decode(errors="replace"), "env": dict(os.environ)}
+    seen, layers = sandbox.run_in_sandbox(model_code, sandbox.Policy(scratch=scratch))
+    print(json.dumps(seen))
+    """
+)
+
+
+def test_the_token_is_in_no_environment_of_the_model_process() -> None:
+    """Even when the horse was exec'd with the token (no re-exec), the model process's environ block is blanked."""
+    env = {**os.environ, "KERNELSCOPE_WORKER_TOKEN": TOKEN, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", SECRET_PROBE], capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert TOKEN not in seen["environ"] and TOKEN not in json.dumps(seen["env"])
+    assert "KERNELSCOPE_WORKER_TOKEN" not in seen["env"]
+
+
+UNPRIVILEGED = textwrap.dedent(
+    """
+    import json, os, socket, sys
+    from pathlib import Path
+    from workers import sandbox
+    base = Path(sys.argv[1])
+    scratch = base / "scratch"
+    scratch.mkdir()
+    listener = socket.socket(); listener.bind(("127.0.0.1", 0)); listener.listen(1)
+    port = listener.getsockname()[1]
+    def attempt(fn):
+        try:
+            fn(); return "ok"
+        except OSError as exc:
+            return "refused"
+    def model_code(channel):
+        return {
+            "uid": os.getuid(),
+            "outside": attempt(lambda: (base / "marker").write_text("x")),
+            "secret": attempt(lambda: (base / "secret").read_text()),
+            "tcp": attempt(lambda: socket.create_connection(("127.0.0.1", port), timeout=5)),
+            "scratch": attempt(lambda: (scratch / "a").write_text("x")),
+        }
+    seen, layers = sandbox.run_in_sandbox(model_code, sandbox.Policy(scratch=scratch, memory_bytes=2 << 30))
+    seen["landlock"] = layers.landlock
+    print(json.dumps(seen))
+    """
+)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv to become nobody")
+def test_the_sandbox_works_as_an_unprivileged_user() -> None:
+    base = Path(tempfile.mkdtemp(prefix="ks-unpriv-"))
+    try:
+        os.chmod(base, 0o777)
+        (base / "secret").write_text("readable by nobody without the sandbox")
+        os.chmod(base / "secret", 0o644)
+        cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", UNPRIVILEGED, str(base)]
+        env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1", "HOME": str(base)}
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=str(base))
+        if out.returncode != 0 and "Permission denied" in out.stderr and "site-packages" in out.stderr:
+            pytest.skip("this interpreter is not readable by an unprivileged user")
+        assert out.returncode == 0, out.stderr[-3000:]
+        seen = json.loads(out.stdout.strip().splitlines()[-1])
+        assert seen["uid"] == 65534 and seen["landlock"]
+        assert seen == {**seen, "outside": "refused", "secret": "refused", "tcp": "refused", "scratch": "ok"}
+        assert not (base / "marker").exists()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
