@@ -368,14 +368,24 @@ def _load_torch_export(path: Path, header: dict[str, Any], architecture: str) ->
     _check_shape(header, recorded, "export")
     shape = tuple(r for r in recorded) if all(r is not None for r in recorded) else None
     spec = _spec(header, shape, dtype)  # type: ignore[arg-type]
+    from workers import export_graph
+    from workers.model import Shapes
+
+    shapes = export_graph.generalise(program)  # any batch (verified) and the layers any canvas reaches
     try:
         module = torch.export.unflatten(program)
     except Exception as exc:  # noqa: BLE001
         raise ModelRejected(f"torch.export.unflatten failed on this program: {_first_line(exc)}", reason="UNREADABLE") from exc
+    export_graph.unguard(module)
     module.eval()
     state = {k: v.detach() for k, v in module.state_dict().items()}
-    info = {"layer_kinds": _export_layer_kinds(program), "fixed_batch": batch}
-    return LoadedModel(input_spec=spec, state_dict=state, module=module, info=info)
+    info = {"layer_kinds": _export_layer_kinds(program), "fixed_batch": shapes.batch, "export_batch": batch}
+    if shapes.note:
+        info["batch_note"] = shapes.note
+    return LoadedModel(
+        input_spec=spec, state_dict=state, module=module, info=info,
+        shapes=Shapes(batch=shapes.batch, free_layers=shapes.free_layers),
+    )
 
 
 def _scan_pt2(path: Path, listing: ArchiveListing) -> None:

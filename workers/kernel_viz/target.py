@@ -2,9 +2,10 @@
 
 Everything in kernel_viz is 5D (B, C, T, H, W) in the model's raw value space; this is the one
 place that normalises with the model's own input spec, drops the time axis for image models
-(T = 1), stops the forward pass at the target layer, and copes with networks that only take
-their full input size or batch size 1 (e.g. a torch.export program with static shapes): a
-canvas is then placed inside a full-size mid-grey input, and a batch runs one sample at a time.
+(T = 1) and stops the forward pass at the target layer. Any batch and any canvas go to the model
+wrapper (LoadedModel.forward_to), which copes with exports of fixed batch or fixed size; a canvas
+is placed inside a full-size grey input here only when the plan asks for it (`placed`): a canvas
+too small for the layer to give any output.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workers.errors import TaskError
+from workers.errors import ModelUnusable, TaskError
 from workers.input_spec import InputSpec
 from workers.model import LoadedModel, frozen
 
@@ -32,14 +33,13 @@ def input_size(spec: InputSpec) -> Size3:
 
 @dataclass
 class LayerTarget:
-    """model up to `layer` on `device`. offset: where a canvas sits in the full input, or None when the network takes the canvas itself."""
+    """model up to `layer` on `device`. offset: where the plan places canvases inside the full input (a canvas
+    too small for the layer to give an output), or None: canvases are fed as they are."""
 
     model: LoadedModel
     layer: str
     device: torch.device
     offset: Size3 | None = None
-    # Whether the network takes more than one sample per call; found out on the first batched call.
-    batchable: bool = True
 
     def __post_init__(self) -> None:
         module = self.model.require_module("kernel_viz")
@@ -70,25 +70,23 @@ class LayerTarget:
         return replace(self, offset=offset)
 
     def __call__(self, video: torch.Tensor) -> torch.Tensor:
-        """The layer's output (B, C', ...) for raw videos (B, C, T, H, W)."""
+        """The layer's output (B·k, C', ...) for raw videos (B, C, T, H, W); k > 1 where the layer folds
+        other axes into the batch (attention heads), each video's k rows together."""
         video = video.to(self.device)
         if self.offset is not None:
             video = self._embed(video)
         x = self.model.input_spec.normalize(video)
         if not self.model.input_spec.is_video:
             x = x[:, :, 0]
-        if video.shape[0] == 1 or self.batchable:
-            try:
-                return self.model.forward_to(self.layer, x)
-            except TaskError:
-                raise
-            except Exception:
-                if video.shape[0] == 1:
-                    raise
-                single = self.model.forward_to(self.layer, x[:1])  # raises if batching was not the cause
-                self.batchable = False
-                return torch.cat([single, *(self.model.forward_to(self.layer, x[i : i + 1]) for i in range(1, len(x)))])
-        return torch.cat([self.model.forward_to(self.layer, x[i : i + 1]) for i in range(len(x))])
+        out = self.model.forward_to(self.layer, x)
+        if out.dim() == 0 or out.shape[0] % video.shape[0]:
+            raise ModelUnusable(
+                f"layer {self.layer!r} returns {tuple(out.shape)} for {video.shape[0]} videos: its batch axis does not "
+                "hold the videos (or the videos times other axes), so its channels cannot be told apart per video; "
+                "pick another layer",
+                reason="LAYER_BATCH_NOT_VIDEOS",
+            )
+        return out
 
     def accepts(self, size: Size3) -> bool:
         """Whether the network runs on a canvas of this (T, H, W) and gives the layer a non-empty output."""
