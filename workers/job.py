@@ -12,7 +12,6 @@ crash of the horse itself makes the RQ job fail.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import mimetypes
 import os
@@ -87,6 +86,8 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             if kind == "progress" and isinstance(message.get("progress"), dict):
                 progress.publish(message["progress"])
                 state["index"] = int(message["progress"].get("task_index") or 0)
+            elif kind == "layers":
+                manifest["sandbox"] = message["layers"]
             elif kind == "loaded":
                 state["loaded"] = True
             elif kind == "task" and isinstance(message.get("result"), dict):
@@ -95,7 +96,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
                     state["results"][index] = _clean_result(message["result"], tasks[index]["name"])
 
         try:
-            _, layers = sandbox.run_in_sandbox(lambda channel: _model_process(spec, inputs, scratch, channel), policy, on_message)
+            sandbox.run_in_sandbox(lambda channel: _model_process(spec, inputs, scratch, channel), policy, on_message)
         except TaskError as exc:
             if not state["loaded"]:
                 manifest["error"] = exc.to_dict()
@@ -104,12 +105,9 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
                     error = exc.to_dict() if index == state["index"] else {
                         "code": "ABORTED", "reason": "NOT_RUN", "message": f"not run: the model process died in task {tasks[state['index']]['name']}"}
                     state["results"][index] = {"task": tasks[index]["name"], "summary": None, "error": error}
-            layers = None
         except sandbox.ModelProcessCrash as exc:  # a bug outside the tasks (in the loader): the RQ job fails, as before
             log.error("the model process crashed:\n%s", exc.trace)
             raise RuntimeError(f"the model process crashed: {exc}") from None
-        if layers is not None:
-            manifest["sandbox"] = dataclasses.asdict(layers)
         if state["results"]:
             connection = ServiceConnection.from_settings()
             try:

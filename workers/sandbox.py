@@ -288,7 +288,7 @@ def read_paths() -> list[str]:
             paths.add(os.path.dirname(where) if where.endswith("__init__.py") else where)
     paths |= {"/usr", "/lib", "/lib64", "/lib32", "/bin", "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d"}
     paths |= {"/proc/self", "/proc/cpuinfo", "/proc/meminfo", "/proc/stat", "/sys/devices", "/sys/bus/pci", "/sys/fs/cgroup"}
-    paths |= {"/dev/urandom", "/dev/random", "/dev/zero", "/etc/localtime", "/usr/share/zoneinfo"}
+    paths |= {"/dev/urandom", "/dev/random", "/dev/zero", "/etc/localtime", "/usr/share/zoneinfo", "/etc/fonts"}
     mpl = sys.modules.get("matplotlib")
     if mpl is not None:  # its font cache, read at the first plot
         paths |= {mpl.get_configdir(), mpl.get_cachedir()}
@@ -371,7 +371,8 @@ def run_in_sandbox(
 
     target's return value must be JSON. A TaskError it raises (or an allocation failure) comes back as the same
     TaskError here; a crash of the process as a TaskError naming how it died. Messages it sends with
-    channel.send(kind, ...) reach on_message in the caller while it runs.
+    channel.send(kind, ...) reach on_message in the caller while it runs, as does {"kind": "layers", "layers": ...}
+    once the process is confined (so that a caller knows the layers even when target fails).
     """
     read_fd, write_fd = os.pipe()
     started = time.monotonic()
@@ -407,6 +408,8 @@ def run_in_sandbox(
             if kind == "layers":
                 layers = SandboxLayers(**message["layers"])
                 log.info("model process %d sandboxed in %.3fs: %s", pid, time.monotonic() - started, message["layers"])
+                if on_message is not None:
+                    on_message(message)
             elif kind in ("result", "error", "crash"):
                 outcome = message
             elif on_message is not None:
