@@ -247,3 +247,41 @@ def test_the_sandbox_works_as_an_unprivileged_user() -> None:
         assert not (base / "marker").exists()
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def record_environments() -> dict[str, Any]:
+    """An RQ job run by a real `python -m workers`: what /proc/<pid>/environ shows for the worker (the horse's
+    parent), the horse, and a sandboxed model process; and whether the horse still has the token in memory."""
+    import hashlib
+
+    from workers import connection
+
+    def environ(pid: str) -> str:
+        return Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
+
+    child, _ = sandbox.run_in_sandbox(lambda channel: {"environ": environ("self"), "env": dict(os.environ)},
+                                      sandbox.Policy(scratch=Path(tempfile.mkdtemp())))
+    token = connection.ServiceConnection.from_settings().token
+    return {"worker": environ(str(os.getppid())), "horse": environ("self"), "horse_env": dict(os.environ),
+            "child": child["environ"], "child_env": child["env"], "token_sha": hashlib.sha256(token.encode()).hexdigest()}
+
+
+@pytest.mark.slow
+def test_no_worker_process_shows_the_token_in_its_environ(redis_url: str, redis_conn: Any) -> None:
+    import hashlib
+
+    from rq import Queue
+    from rq.serializers import JSONSerializer
+
+    queue = Queue("environ-probe", connection=redis_conn, serializer=JSONSerializer)
+    job = queue.enqueue("tests.workers.test_sandbox.record_environments")
+    env = {**os.environ, "KERNELSCOPE_WORKER_TOKEN": TOKEN, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "workers", "--burst", "--no-preload", "--redis-url", redis_url, "--queue", "environ-probe"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    job.refresh()
+    seen = job.return_value()
+    assert seen is not None, done.stderr[-3000:]
+    for where in ("worker", "horse", "child", "horse_env", "child_env"):
+        assert TOKEN not in json.dumps(seen[where]), where
+    assert seen["token_sha"] == hashlib.sha256(TOKEN.encode()).hexdigest()  # the horse still holds it, in memory
