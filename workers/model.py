@@ -67,13 +67,16 @@ class _FixedBatch(nn.Module):
     """A module that takes exactly `batch` samples, run on any batch in pieces (the last one padded).
 
     Its children are the inner module's children under the same names, so layers keep their names and
-    hooks; a hook on a layer fires once per piece.
+    hooks. A hook on a layer would see each piece on its own, which no analysis expects: a run that
+    needs pieces while layers are hooked is refused with the reason the graph kept its batch
+    (forward_to never needs that: it runs pieces itself, one early exit each).
     """
 
-    def __init__(self, inner: nn.Module, batch: int) -> None:
+    def __init__(self, inner: nn.Module, batch: int, why: str = "") -> None:
         super().__init__()
         object.__setattr__(self, "inner", inner)
         self.batch = batch
+        self.why = why
         self._modules.update(inner._modules)
         self._parameters.update(inner._parameters)
         self._buffers.update(inner._buffers)
@@ -83,6 +86,14 @@ class _FixedBatch(nn.Module):
         return super().train(mode)
 
     def forward(self, x: torch.Tensor) -> Any:
+        if len(x) != self.batch and any(m._forward_hooks or m._forward_pre_hooks for m in self.inner.modules()):
+            raise ModelUnusable(
+                f"this export runs only on batches of exactly {self.batch} and its graph could not be made to take "
+                f"others ({self.why or 'it did not give the same numbers per sample'}); this analysis reads layers "
+                f"over batches of {len(x)}: export the model with a dynamic batch "
+                "(torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim('batch')},)))",
+                reason="FIXED_BATCH_EXPORT",
+            )
         return _in_pieces(self.inner, x, self.batch)
 
 
@@ -144,7 +155,7 @@ class LoadedModel:
 
     def __post_init__(self) -> None:
         if self.module is not None and self.shapes.batch is not None and not isinstance(self.module, _FixedBatch):
-            self.module = _FixedBatch(self.module, self.shapes.batch)
+            self.module = _FixedBatch(self.module, self.shapes.batch, str(self.info.get("batch_note", "")))
 
     @classmethod
     def from_module(cls, module: nn.Module, input_spec: InputSpec, name: str = "") -> "LoadedModel":
