@@ -610,12 +610,12 @@ from workers.samples.zoo import names as _zoo_names  # noqa: E402 - this section
 @pytest.mark.slow
 @pytest.mark.parametrize("name", _zoo_names())
 def test_every_zoo_architecture_still_loads(tmp_path: Path, name: str) -> None:
-    """The list holds what torch.export emits for the zoo (CNNs and video transformers), dynamic and at batch 1."""
+    """The list holds what torch.export emits for the zoo (CNNs and video transformers). Dynamic batch only: its
+    operators are a superset of the batch-1 export's (sym_size), and the zoo matrix's describe cells load both."""
     from workers.samples.zoo.export import export_zoo_model
 
-    for fmt in ("pt2_dynamic", "pt2_batch1"):
-        exported = export_zoo_model(name, fmt, tmp_path)
-        assert load_model(exported.path, "TORCH_EXPORT", {}).module is not None
+    exported = export_zoo_model(name, "pt2_dynamic", tmp_path)
+    assert load_model(exported.path, "TORCH_EXPORT", {}).module is not None
 
 
 @pytest.mark.parametrize("use_pickle", [True, False])
