@@ -15,6 +15,7 @@ JOB_MEMORY_BYTES = 16 << 30
 # KERNELSCOPE_JOB_CPU_SECONDS: CPU-time limit of a job's work-horse in seconds (0 = no limit).
 JOB_CPU_SECONDS = 4 * 3600
 # KERNELSCOPE_WORKER_CACHE: directory of cached blobs (default ~/.cache/kernelscope/blobs).
+
 # KERNELSCOPE_ALLOW_TORCHSCRIPT: "1" lets jobs load TorchScript models (compiled code: it then runs only in the
 # job's sandbox). Off by default: TorchScript uploads are refused with TORCHSCRIPT_DISABLED and told to export.
 ALLOW_TORCHSCRIPT = False
