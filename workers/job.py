@@ -78,7 +78,8 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         scratch.mkdir(mode=0o700)
         memory = int(os.environ.get("KERNELSCOPE_JOB_MEMORY_BYTES", defaults.JOB_MEMORY_BYTES))
         cpu = int(os.environ.get("KERNELSCOPE_JOB_CPU_SECONDS", defaults.JOB_CPU_SECONDS))
-        policy = sandbox.Policy(scratch=scratch, inputs=[p for p in inputs if p is not None], memory_bytes=memory or None, cpu_seconds=cpu or None)
+        policy = sandbox.Policy(scratch=scratch, inputs=[p for p in inputs if p is not None], memory_bytes=memory or None,
+                                cpu_seconds=cpu or None, private=[BlobCache().root])
         state: dict[str, Any] = {"loaded": False, "index": 0, "results": {}}
 
         def on_message(message: dict[str, Any]) -> None:

@@ -47,6 +47,7 @@ import resource
 import select
 import signal
 import site
+import socket
 import sys
 import sysconfig
 import time
@@ -160,8 +161,11 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(_SockFilter))]
 
 
-def _seccomp_no_sockets() -> bool:
-    """Install a filter making socket() and io_uring_setup() fail with EACCES; False on an unknown architecture."""
+def _seccomp_no_sockets(allow_unix: bool = False) -> bool:
+    """Install a filter making socket() (but AF_UNIX when allow_unix) and io_uring_setup() fail with EACCES.
+
+    False on an architecture it does not know. allow_unix is for CUDA, whose driver opens a UNIX socket.
+    """
     arch = _AUDIT_ARCH.get(platform.machine())
     if arch is None:
         return False
@@ -169,14 +173,16 @@ def _seccomp_no_sockets() -> bool:
     ld_abs, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, BPF_JMP|JGE|K, BPF_RET|K
     allow, deny = 0x7FFF0000, 0x00050000 | errno_mod.EACCES  # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO
     program = [
-        (ld_abs, 0, 0, 4),  # seccomp_data.arch
-        (jeq, 0, 5, audit_arch),  # another ABI (i386 compat): to the deny at 7
-        (ld_abs, 0, 0, 0),  # seccomp_data.nr
-        (jge, 3, 0, 0x40000000),  # x32 syscall numbers: deny
-        (jeq, 2, 0, nr_socket),
-        (jeq, 1, 0, nr_io_uring),
-        (ret, 0, 0, allow),
-        (ret, 0, 0, deny),
+        (ld_abs, 0, 0, 4),  # 0: seccomp_data.arch
+        (jeq, 0, 7, audit_arch),  # 1: another ABI (i386 compat): deny
+        (ld_abs, 0, 0, 0),  # 2: seccomp_data.nr
+        (jge, 5, 0, 0x40000000),  # 3: x32 syscall numbers: deny
+        (jeq, 4, 0, nr_io_uring),  # 4: io_uring_setup: deny
+        (jeq, 0, 2, nr_socket),  # 5: not socket(): allow
+        (ld_abs, 0, 0, 16),  # 6: seccomp_data.args[0] (low half): the address family
+        (jeq, 0, 1, socket.AF_UNIX if allow_unix else 0xFFFFFFFF),  # 7: AF_UNIX when allowed, else deny
+        (ret, 0, 0, allow),  # 8
+        (ret, 0, 0, deny),  # 9
     ]
     filters = (_SockFilter * len(program))(*[_SockFilter(*ins) for ins in program])
     prog = _SockFprog(len(program), filters)
@@ -275,6 +281,9 @@ class Policy:
     file_bytes: int | None = FILE_SIZE_BYTES
     open_files: int | None = OPEN_FILES
     extra_read: list[str] = field(default_factory=list)
+    # Never readable, even when a read path above (the worker's working directory on sys.path, say) holds them:
+    # such a read path is dropped. The job names the blob cache here.
+    private: list[Path] = field(default_factory=list)
 
 
 def read_paths() -> list[str]:
@@ -292,10 +301,25 @@ def read_paths() -> list[str]:
     mpl = sys.modules.get("matplotlib")
     if mpl is not None:  # its font cache, read at the first plot
         paths |= {mpl.get_configdir(), mpl.get_cachedir()}
-    if os.path.exists("/dev/nvidiactl"):  # CUDA reads the driver's state and the PCI topology
-        paths |= {"/proc/driver/nvidia", "/proc/sys/vm", "/etc/nvidia"}
+    if _cuda_present():  # CUDA reads the driver's state, its device numbers and modules
+        paths |= {"/proc/driver/nvidia", "/proc/sys/vm", "/etc/nvidia", "/proc/devices", "/proc/modules", "/sys/module"}
     home = os.path.expanduser("~")
     return sorted(p for p in paths if p and os.path.exists(p) and os.path.realpath(p) not in ("/", home, "/home", "/root", "/etc", "/tmp"))
+
+
+def _holds_any(path: str, private: Iterable[Path]) -> bool:
+    """Whether `path` is one of `private` or a folder above one of them."""
+    real = os.path.realpath(path)
+    for p in private:
+        inside = os.path.realpath(p)
+        if inside == real or inside.startswith(real.rstrip("/") + "/"):
+            log.warning("sandbox: %s is not readable by the model process: it holds %s", path, p)
+            return True
+    return False
+
+
+def _cuda_present() -> bool:
+    return os.path.exists("/dev/nvidiactl")
 
 
 def _device_paths() -> list[str]:
@@ -333,12 +357,15 @@ def _confine(policy: Policy, keep_fds: Iterable[int]) -> SandboxLayers:
     if abi == 0:
         layers.warnings.append("this kernel has no Landlock: the model process can read and write what the worker can")
     else:
-        _landlock([*read_paths(), *policy.extra_read, *map(str, policy.inputs)], [str(policy.scratch)], _device_paths(), abi)
+        # CUDA's driver writes to files of its own process under /proc/self (found by bisecting on an H200).
+        writable = [str(policy.scratch), *(["/proc/self"] if _cuda_present() else [])]
+        readable = [p for p in [*read_paths(), *policy.extra_read] if not _holds_any(p, policy.private)]
+        _landlock([*readable, *map(str, policy.inputs)], writable, _device_paths(), abi)
         layers.landlock = True
         if abi < 4:
             layers.warnings.append(f"Landlock ABI {abi} < 4: TCP is not restricted by Landlock")
     try:
-        layers.seccomp = layers.no_new_privs and _seccomp_no_sockets()
+        layers.seccomp = layers.no_new_privs and _seccomp_no_sockets(allow_unix=_cuda_present())
     except OSError as exc:
         layers.warnings.append(f"seccomp unavailable: {exc}")
     layers.network = "no-sockets" if layers.seccomp else ("no-tcp" if layers.landlock and abi >= 4 else "open")

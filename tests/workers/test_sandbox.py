@@ -164,7 +164,8 @@ def test_progress_and_results_come_back_over_the_pipe(place: dict[str, Path]) ->
 
     value, _ = sandbox.run_in_sandbox(model_code, _policy(place), on_message=got.append)
     assert value == {"answer": 42}
-    assert got == [{"kind": "progress", "progress": {"stage": "half", "fraction": 0.5}}]
+    assert [m for m in got if m["kind"] != "layers"] == [{"kind": "progress", "progress": {"stage": "half", "fraction": 0.5}}]
+    assert got[0]["kind"] == "layers" and got[0]["layers"]["landlock"]
 
 
 def test_without_landlock_the_sandbox_says_so(place: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -190,7 +191,7 @@ SECRET_PROBE = textwrap.dedent(
 
 def test_the_token_is_in_no_environment_of_the_model_process() -> None:
     """Even when the horse was exec'd with the token (no re-exec), the model process's environ block is blanked."""
-    env = {**os.environ, "KERNELSCOPE_WORKER_TOKEN": TOKEN, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "KERNELSCOPE_WORKER_TOKEN": TOKEN, "PYTHONPATH": os.pathsep.join(p for p in [str(ROOT), os.environ.get("PYTHONPATH", "")] if p)}
     out = subprocess.run([sys.executable, "-c", SECRET_PROBE], capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     seen = json.loads(out.stdout.strip().splitlines()[-1])
@@ -236,7 +237,7 @@ def test_the_sandbox_works_as_an_unprivileged_user() -> None:
         (base / "secret").write_text("readable by nobody without the sandbox")
         os.chmod(base / "secret", 0o644)
         cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", UNPRIVILEGED, str(base)]
-        env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1", "HOME": str(base)}
+        env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": os.pathsep.join(p for p in [str(ROOT), os.environ.get("PYTHONPATH", "")] if p), "OMP_NUM_THREADS": "1", "HOME": str(base)}
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=str(base))
         if out.returncode != 0 and "Permission denied" in out.stderr and "site-packages" in out.stderr:
             pytest.skip("this interpreter is not readable by an unprivileged user")
@@ -285,3 +286,43 @@ def test_no_worker_process_shows_the_token_in_its_environ(redis_url: str, redis_
     for where in ("worker", "horse", "child", "horse_env", "child_env"):
         assert TOKEN not in json.dumps(seen[where]), where
     assert seen["token_sha"] == hashlib.sha256(TOKEN.encode()).hexdigest()  # the horse still holds it, in memory
+
+
+def _cuda_wanted() -> bool:
+    import torch
+
+    return os.environ.get("KERNELSCOPE_TEST_DEVICE", "").startswith("cuda") and torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not os.environ.get("KERNELSCOPE_TEST_DEVICE", "").startswith("cuda"), reason="CUDA check: KERNELSCOPE_TEST_DEVICE=cuda on a GPU machine")
+def test_cuda_works_inside_the_sandbox(place: dict[str, Path]) -> None:
+    """CUDA initialises in the model process (never before the fork) under Landlock, seccomp and RLIMIT_DATA."""
+    import torch
+
+    assert not torch.cuda.is_initialized(), "CUDA must not be initialised before the fork"
+
+    def model_code(channel: Any) -> dict[str, Any]:
+        import torch
+
+        torch.manual_seed(0)
+        conv = torch.nn.Conv3d(3, 4, 3)
+        x = torch.randn(2, 3, 4, 8, 8)
+        on_gpu = conv.cuda()(x.cuda()).cpu()
+        return {"device": torch.cuda.get_device_name(0), "diff": float((on_gpu - conv.cpu()(x)).abs().max()),
+                "passwd": _attempt(lambda: Path("/etc/passwd").read_text()[:4])}
+
+    seen, layers = sandbox.run_in_sandbox(model_code, _policy(place, memory_bytes=16 << 30))
+    assert seen["diff"] < 1e-3 and seen["passwd"].startswith("refused"), seen
+    assert layers.landlock and layers.seccomp
+    assert _cuda_wanted()
+
+
+def test_a_read_path_holding_the_cache_is_dropped(place: dict[str, Path]) -> None:
+    """The worker's working directory is on sys.path (python -m): if the cache lies beneath it, it stays unreadable."""
+    policy = sandbox.Policy(scratch=place["scratch"], inputs=[place["mine"]], extra_read=[str(place["cache"].parent)], private=[place["cache"]])
+
+    def model_code(channel: Any) -> str:
+        return _attempt(lambda: (place["cache"] / ("a" * 64)).read_bytes())
+
+    seen, _ = sandbox.run_in_sandbox(model_code, policy)
+    assert seen.startswith("refused"), seen
