@@ -848,7 +848,7 @@ _TORCHSCRIPT_HOWTO = (
 
 def torchscript_allowed() -> bool:
     default = "1" if defaults.ALLOW_TORCHSCRIPT else ""
-    return os.environ.get(ALLOW_TORCHSCRIPT_ENV, default).strip().lower() in ("1", "true", "yes", "on")
+    return os.environ.get("KERNELSCOPE_ALLOW_TORCHSCRIPT", default).strip().lower() in ("1", "true", "yes", "on")
 
 
 def _load_torchscript(path: Path, header: dict[str, Any], architecture: str) -> LoadedModel:

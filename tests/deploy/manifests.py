@@ -497,6 +497,7 @@ def worker_int_settings() -> set[str]:
     found = set()
     for match in re.finditer(r"^# ([A-Z][A-Z0-9_]+):.*\n(?:#.*\n)*([A-Z][A-Z0-9_]+) = ", text, flags=re.MULTILINE):
         env, constant = match.groups()
-        if isinstance(getattr(defaults, constant, None), int):
+        value = getattr(defaults, constant, None)
+        if isinstance(value, int) and not isinstance(value, bool):  # a switch is not read with int()
             found.add(env)
     return found
