@@ -57,6 +57,7 @@ class JobProgress:
             }
         except (TypeError, ValueError):
             return
+        self.task, self.task_index = self.last["task"], min(max(self.last["task_index"], 0), self.task_count - 1)
         self._write()
 
     def _write(self) -> None:

@@ -18,6 +18,10 @@ which, before it touches the model, locks itself in with the kernel's own mechan
   Landlock does not govern connecting to a UNIX socket by path (a Docker or Redis socket) or UDP; with no
   socket at all the model has no channel out except the result pipe.
 
+On a CUDA machine (the NVIDIA devices exist) the driver needs three things more, found by bisecting on an H200:
+read-write /dev/nvidia*, write access beneath /proc/self (its own process only), and AF_UNIX sockets (still no
+AF_INET/AF_INET6/netlink/packet). The worker's CUDA image needs no package for any of this (ctypes only).
+
 Why raw syscalls through ctypes and not a library: Landlock is three syscalls with fixed, versioned structs
 (include/uapi/linux/landlock.h) and the seccomp filter is six BPF instructions; the PyPI `landlock` package is a
 thin young wrapper with few users, and pyseccomp/libseccomp bindings need libseccomp.so in every image (the CUDA
