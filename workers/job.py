@@ -209,15 +209,27 @@ def _run_task(task: dict[str, Any], model: Any, dataset: Any, device: Any, out_d
 
 
 def _upload(connection: ServiceConnection, job_id: str, task: str, out_dir: Path) -> list[dict[str, Any]]:
-    """Upload the regular files under out_dir; the model process wrote them, so no symlink is followed."""
-    artifacts = []
+    """Upload the regular files under out_dir. The model process wrote them: no symbolic link is followed, and each
+    file is read through a descriptor opened without following one, into a copy only the horse can write."""
+    artifacts: list[dict[str, Any]] = []
     if out_dir.is_symlink() or not out_dir.is_dir():
         return artifacts
+    private = Path(tempfile.mkdtemp(prefix="upload-", dir=out_dir.parent.parent))  # beside scratch, not in it
     files = []
     for root, _dirs, names in os.walk(out_dir, followlinks=False):
-        files += [Path(root) / n for n in names if stat.S_ISREG(os.lstat(Path(root) / n).st_mode)]
-    for path in sorted(files):
+        files += [Path(root) / n for n in names]
+    for number, path in enumerate(sorted(files)):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            continue  # a link, or gone
+        with os.fdopen(fd, "rb") as src:
+            if not stat.S_ISREG(os.fstat(src.fileno()).st_mode):
+                continue
+            copy = private / str(number)
+            with open(copy, "wb") as dst:
+                shutil.copyfileobj(src, dst)
         name = path.relative_to(out_dir).as_posix()
         media_type = MEDIA_TYPES.get(path.suffix.lower()) or mimetypes.guess_type(name)[0] or "application/octet-stream"
-        artifacts.append(connection.write_artifact(job_id, task, name, path, media_type))
+        artifacts.append(connection.write_artifact(job_id, task, name, copy, media_type))
     return artifacts

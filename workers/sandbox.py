@@ -14,7 +14,8 @@ which, before it touches the model, locks itself in with the kernel's own mechan
   devices when present), plus the job's own verified input *files* (not their directory: the blob cache, the blob
   store, other tenants' entries, home directories and /etc/passwd are out of reach); writes only beneath the
   job's fresh scratch directory; no TCP bind or connect; no signals to or abstract sockets of processes outside.
-- seccomp: socket() and io_uring_setup() fail with EACCES. Landlock's network rules cover TCP only, and
+- seccomp: socket(), io_uring_setup(), setsid() and setpgid() fail with EACCES (the model process leads its own
+  process group and cannot leave it, so the horse kills every process it started once it has exited). Landlock's network rules cover TCP only, and
   Landlock does not govern connecting to a UNIX socket by path (a Docker or Redis socket) or UDP; with no
   socket at all the model has no channel out except the result pipe.
 
@@ -154,7 +155,9 @@ def _landlock(read: Iterable[str], write: Iterable[str], devices: Iterable[str],
 
 
 # --- seccomp ------------------------------------------------------------------------------------------------
-_AUDIT_ARCH = {"x86_64": (0xC000003E, 41, 425), "aarch64": (0xC00000B7, 198, 425)}  # arch, socket, io_uring_setup
+# arch, socket, then the calls refused outright: io_uring_setup, setsid, setpgid (the process group must stay whole
+# so that the horse can kill every process the model started)
+_AUDIT_ARCH = {"x86_64": (0xC000003E, 41, (425, 112, 109)), "aarch64": (0xC00000B7, 198, (425, 157, 154))}
 
 
 class _SockFilter(ctypes.Structure):
@@ -166,28 +169,33 @@ class _SockFprog(ctypes.Structure):
 
 
 def _seccomp_no_sockets(allow_unix: bool = False) -> bool:
-    """Install a filter making socket() (but AF_UNIX when allow_unix) and io_uring_setup() fail with EACCES.
+    """Install a filter making socket() (but AF_UNIX when allow_unix), io_uring_setup(), setsid() and setpgid() fail with EACCES.
 
     False on an architecture it does not know. allow_unix is for CUDA, whose driver opens a UNIX socket.
     """
     arch = _AUDIT_ARCH.get(platform.machine())
     if arch is None:
         return False
-    audit_arch, nr_socket, nr_io_uring = arch
+    audit_arch, nr_socket, refused = arch
     ld_abs, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, BPF_JMP|JGE|K, BPF_RET|K
     allow, deny = 0x7FFF0000, 0x00050000 | errno_mod.EACCES  # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO
+    n = len(refused)
+    deny_at = 8 + n  # index of the final deny
     program = [
         (ld_abs, 0, 0, 4),  # 0: seccomp_data.arch
-        (jeq, 0, 7, audit_arch),  # 1: another ABI (i386 compat): deny
+        (jeq, 0, deny_at - 2, audit_arch),  # 1: another ABI (i386 compat): deny
         (ld_abs, 0, 0, 0),  # 2: seccomp_data.nr
-        (jge, 5, 0, 0x40000000),  # 3: x32 syscall numbers: deny
-        (jeq, 4, 0, nr_io_uring),  # 4: io_uring_setup: deny
-        (jeq, 0, 2, nr_socket),  # 5: not socket(): allow
-        (ld_abs, 0, 0, 16),  # 6: seccomp_data.args[0] (low half): the address family
-        (jeq, 0, 1, socket.AF_UNIX if allow_unix else 0xFFFFFFFF),  # 7: AF_UNIX when allowed, else deny
-        (ret, 0, 0, allow),  # 8
-        (ret, 0, 0, deny),  # 9
+        (jge, deny_at - 4, 0, 0x40000000),  # 3: x32 syscall numbers: deny
     ]
+    program += [(jeq, deny_at - (4 + i) - 1, 0, nr) for i, nr in enumerate(refused)]  # 4..3+n: deny
+    program += [
+        (jeq, 0, 2, nr_socket),  # 4+n: not socket(): allow
+        (ld_abs, 0, 0, 16),  # 5+n: seccomp_data.args[0] (low half): the address family
+        (jeq, 0, 1, socket.AF_UNIX if allow_unix else 0xFFFFFFFF),  # 6+n: AF_UNIX when allowed, else deny
+        (ret, 0, 0, allow),  # 7+n
+        (ret, 0, 0, deny),  # 8+n
+    ]
+    assert len(program) == deny_at + 1
     filters = (_SockFilter * len(program))(*[_SockFilter(*ins) for ins in program])
     prog = _SockFprog(len(program), filters)
     if _libc.prctl(22, 2, ctypes.byref(prog), 0, 0) != 0:  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
@@ -412,6 +420,7 @@ def run_in_sandbox(
         code = 0
         try:
             os.close(read_fd)
+            os.setpgid(0, 0)  # its own process group, which seccomp keeps whole: the horse kills it at the end
             channel = Channel(write_fd)
             try:
                 layers = _confine(policy, [write_fd])
@@ -434,7 +443,7 @@ def run_in_sandbox(
     os.close(write_fd)
     layers, value, outcome = SandboxLayers(), None, None
     try:
-        for message in _read_lines(read_fd):
+        for message in _read_lines(read_fd, pid):
             kind = message.get("kind")
             if kind == "layers":
                 layers = SandboxLayers(**message["layers"])
@@ -451,6 +460,10 @@ def run_in_sandbox(
     finally:
         os.close(read_fd)
         _, status, usage = os.wait4(pid, 0)
+        try:
+            os.killpg(pid, signal.SIGKILL)  # whatever the model process started and left behind
+        except (ProcessLookupError, PermissionError):
+            pass
     if os.WIFSIGNALED(status):
         raise _death(os.WTERMSIG(status), usage.ru_utime + usage.ru_stime, policy)
     if outcome is None:
@@ -493,21 +506,35 @@ def _death(signum: int, cpu_seconds: float, policy: Policy) -> TaskError:
     return error
 
 
-def _read_lines(fd: int) -> Iterator[dict[str, Any]]:
+def _read_lines(fd: int, pid: int) -> Iterator[dict[str, Any]]:
+    """The messages on the pipe until it closes or the model process exits (a process it started may hold the
+    pipe open: the horse must not wait for that one)."""
+    pidfd = os.pidfd_open(pid)
     buffer = b""
-    while True:
-        select.select([fd], [], [])
-        chunk = os.read(fd, 1 << 16)
-        if not chunk:
-            return
-        buffer += chunk
-        if len(buffer) > MESSAGE_BYTES:
-            raise TaskError("the model process sent an oversized message", reason="MODEL_PROCESS_PROTOCOL")
-        *lines, buffer = buffer.split(b"\n")
-        for line in lines:
+    try:
+        while True:
+            ready, _, _ = select.select([fd, pidfd], [], [])
+            exited = pidfd in ready and fd not in ready
+            if exited:
+                os.set_blocking(fd, False)
             try:
-                message = json.loads(line)
-            except ValueError:
-                raise TaskError("the model process sent a malformed message", reason="MODEL_PROCESS_PROTOCOL") from None
-            if isinstance(message, dict):
-                yield message
+                chunk = os.read(fd, 1 << 16)
+            except BlockingIOError:
+                chunk = b""
+            if exited and chunk:  # what it wrote before exiting: read on until the pipe is empty
+                os.set_blocking(fd, True)
+            if not chunk:
+                return
+            buffer += chunk
+            if len(buffer) > MESSAGE_BYTES:
+                raise TaskError("the model process sent an oversized message", reason="MODEL_PROCESS_PROTOCOL")
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                try:
+                    message = json.loads(line)
+                except ValueError:
+                    raise TaskError("the model process sent a malformed message", reason="MODEL_PROCESS_PROTOCOL") from None
+                if isinstance(message, dict):
+                    yield message
+    finally:
+        os.close(pidfd)

@@ -326,3 +326,41 @@ def test_a_read_path_holding_the_cache_is_dropped(place: dict[str, Path]) -> Non
 
     seen, _ = sandbox.run_in_sandbox(model_code, policy)
     assert seen.startswith("refused"), seen
+
+
+def test_processes_the_model_started_die_with_it(place: dict[str, Path]) -> None:
+    """A grandchild left behind (to swap artifacts for links while the horse uploads, say) is killed."""
+
+    def model_code(channel: Any) -> int:
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(60)
+            os._exit(0)
+        return pid
+
+    grandchild, _ = sandbox.run_in_sandbox(model_code, _policy(place))
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{grandchild}").exists() and "Z" not in Path(f"/proc/{grandchild}/stat").read_text().split()[2] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    state = Path(f"/proc/{grandchild}/stat").read_text().split()[2] if Path(f"/proc/{grandchild}").exists() else "gone"
+    assert state in ("gone", "Z"), state
+
+
+def test_artifacts_are_uploaded_without_following_links(tmp_path: Path) -> None:
+    from workers import job
+
+    out = tmp_path / "scratch" / "task0"
+    out.mkdir(parents=True)
+    (out / "plot.png").write_bytes(b"png")
+    secret = tmp_path / "secret"
+    secret.write_text("the worker's secret")
+    (out / "leak.json").symlink_to(secret)
+    sent: list[tuple[str, bytes]] = []
+
+    class Connection:
+        def write_artifact(self, job_id: str, task: str, name: str, path: Path, media_type: str) -> dict:
+            sent.append((name, path.read_bytes()))
+            return {"name": name}
+
+    job._upload(Connection(), "j", "t", out)  # type: ignore[arg-type]
+    assert sent == [("plot.png", b"png")]
