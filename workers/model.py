@@ -150,8 +150,9 @@ class LoadedModel:
     # Anything a loader wants tasks to know (e.g. {"onnx_max_abs_diff": 3e-6}).
     info: dict[str, Any] = field(default_factory=dict)
     shapes: Shapes = field(default_factory=Shapes)
-    _canvases: dict[tuple[str, tuple[int, ...]], bool] = field(default_factory=dict, repr=False, compare=False)
-    _grids: dict[str, _Grid] = field(default_factory=dict, repr=False, compare=False)
+    # Per (layer, canvas): whether the module ran the canvas itself; per layer: its unit grid (see _grid).
+    _canvases: dict[tuple[str, tuple[int, ...]], bool] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _grids: dict[str, _Grid] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.module is not None and self.shapes.batch is not None and not isinstance(self.module, _FixedBatch):
@@ -333,6 +334,7 @@ class LoadedModel:
         grid = _Grid(step=tuple(step), start=tuple(start), units=units)
         self._grids[layer] = grid
         return grid
+
 
 def _exit_at(module: nn.Module, target: nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
     """Run `module` on x and stop right after `target` ran; its output."""
