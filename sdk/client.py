@@ -36,7 +36,8 @@ UPLOAD_MIN_TIMEOUT_S = 60.0  # an upload's deadline: this plus size at UPLOAD_SL
 UPLOAD_SLOWEST_BPS = 5e6
 WAIT_SLICE_S = 30.0  # one WatchJob stream lasts at most this long before the client reconnects
 RETRY_SECONDS = 60.0  # how long UNAVAILABLE is retried before it is raised
-DESCRIBE_TIMEOUT_S = 180.0
+# How long describe waits on DescribeModel (a cached or quick description) before it waits on a describe job instead.
+DESCRIBE_QUICK_S = 10.0
 MODEL_ID_PREFIX, MODEL_ID_HASH_CHARS = "mdl_", 24  # the service names a model after its bytes
 
 T = TypeVar("T")
@@ -148,10 +149,26 @@ class Client:
     def delete_model(self, model_id: str) -> None:
         self._unary(self._stub.DeleteModel, models_pb2.DeleteModelRequest(model_id=model_id))
 
-    def describe(self, model: Any, **options: Any) -> models_pb2.ModelDescription:
-        """The layer inventory of a model (an id, or anything upload_model takes)."""
-        model_id = self._model_id(model, **options)
-        return self._unary(self._stub.DescribeModel, models_pb2.DescribeModelRequest(model_id=model_id), timeout=DESCRIBE_TIMEOUT_S)
+    def describe(
+        self, model: Any, *, progress: bool | None = None, timeout: float | None = None, **options: Any
+    ) -> models_pb2.ModelDescription:
+        """The layer inventory of a model (an id, or anything upload_model takes).
+
+        The service's cached description when it has one; a model that takes longer than DESCRIBE_QUICK_S to
+        describe (a full-size network, a busy queue) is described by a job waited on as analyze waits
+        (`progress`: a bar, None: only on a terminal; `timeout`: None waits as long as it runs), never cut off by a
+        fixed deadline while a worker is busy with it.
+        """
+        from sdk.errors import DeadlineExceeded
+
+        model_id = self._model_id(model, progress=progress, **options)
+        try:
+            return self._unary(self._stub.DescribeModel, models_pb2.DescribeModelRequest(model_id=model_id), timeout=DESCRIBE_QUICK_S)
+        except DeadlineExceeded:
+            pass
+        job = self.create_job(model_id, ["describe"])
+        summary = job.wait(timeout=timeout, progress=progress)["describe"]
+        return _description(model_id, summary)
 
     # ------------------------------------------------------------------ datasets
     def upload_dataset(
@@ -337,3 +354,20 @@ class Client:
 
 
 __all__ = ["Client", "Unavailable"]
+
+
+def _description(model_id: str, summary: dict[str, Any]) -> models_pb2.ModelDescription:
+    """A describe task's summary as the ModelDescription DescribeModel returns."""
+    from google.protobuf import json_format
+
+    from kernelscope.v1 import common_pb2
+
+    description = models_pb2.ModelDescription(model_id=model_id)
+    spec = summary.get("input_spec") or {}
+    fields = common_pb2.InputSpec.DESCRIPTOR.fields_by_name
+    json_format.ParseDict({k: v for k, v in spec.items() if v is not None and k in fields}, description.input_spec)
+    layer_fields = models_pb2.Layer.DESCRIPTOR.fields_by_name
+    for raw in summary.get("layers") or []:
+        description.layers.add(**{k: v for k, v in raw.items() if v is not None and k in layer_fields})
+    description.supported_tasks.extend(str(t) for t in summary.get("supported_tasks") or [])
+    return description
