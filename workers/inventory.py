@@ -1,15 +1,18 @@
 """The layer inventory (task `describe`, behind DescribeModel): what a user can name in a task.
 
-For every analysable layer: name (the module path tasks take), kind (Conv3d, Conv2d, TConv3d,
-Linear, ConvTranspose3d, ...), kernel shape, stride, receptive field at the model's input and
-output shape for one sample of the model's input, and its parameter count.
+For every analysable layer (every convolution and linear, workers.layers.kind: the rule every task
+uses): name (the module path tasks take), kind (Conv3d, Conv2d, TConv3d, Linear, ConvTranspose3d,
+...), kernel shape, stride, groups, receptive field at the model's input, output shape for one sample
+of the model's input, and its parameter count.
 
 Why measure the receptive field with a gradient probe instead of composing layer attributes:
 uploads have branches, pools, dilations and padding in any arrangement; the support of
 d(centre unit)/d(input) is the receptive field whatever the graph. It is united over a few
 random inputs (a ReLU or max-pool hides part of the field for any single input) and is clipped
-to the model's input size. Models that hold only weights (no runnable module) get kernel shapes
-from the state_dict and empty strides, fields and output shapes.
+to the model's input size. One forward pass keeps every layer's output; each layer then costs
+one backward pass from its centre unit (a forward pass per layer was most of describe's time).
+Models that hold only weights (no runnable module) get kernel shapes from the state_dict and
+empty strides, fields and output shapes.
 """
 
 from __future__ import annotations
@@ -21,26 +24,16 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from workers import fields
+from workers import layers as layer_kinds
 from workers.context import TaskContext
-from workers.model import LoadedModel
+from workers.layers import CONV_KINDS, KINDS
+from workers.model import LoadedModel, frozen
 from workers.tasks import register
 
-CONV_KINDS = frozenset(
-    {"Conv1d", "Conv2d", "Conv3d", "TConv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"}
-)
-KINDS = CONV_KINDS | {"Linear"}
 # Random inputs united for the receptive-field probe.
 PROBE_SAMPLES = 4
 
-_TORCH_TYPES: tuple[tuple[type[nn.Module], str], ...] = (
-    (nn.Conv1d, "Conv1d"),
-    (nn.Conv2d, "Conv2d"),
-    (nn.Conv3d, "Conv3d"),
-    (nn.ConvTranspose1d, "ConvTranspose1d"),
-    (nn.ConvTranspose2d, "ConvTranspose2d"),
-    (nn.ConvTranspose3d, "ConvTranspose3d"),
-    (nn.Linear, "Linear"),
-)
 _CONV_TARGET = re.compile(r"aten\.(conv[123]d|convolution|conv_transpose[123]d)")
 
 
@@ -53,6 +46,7 @@ class Layer:
     receptive_field: list[int] = field(default_factory=list)
     output_shape: list[int] = field(default_factory=list)
     parameters: int = 0
+    groups: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -63,6 +57,7 @@ class Layer:
             "receptive_field": list(self.receptive_field),
             "output_shape": list(self.output_shape),
             "parameters": int(self.parameters),
+            "groups": int(self.groups),
         }
 
 
@@ -97,28 +92,30 @@ def inventory(
     if model.module is None or not model.input_spec.shape:
         return _from_state_dict(model)
     module = model.module
-    kinds = model.info.get("layer_kinds", {}) or {}
-    named = [(name, m, _kind(m, name, kinds)) for name, m in module.named_modules() if name]
+    recorded = model.info.get("layer_kinds", {}) or {}
+    named = [(name, m, layer_kinds.kind(m) or recorded.get(name, "")) for name, m in module.named_modules() if name]
     picked = [(name, m, kind) for name, m, kind in named if kind in KINDS]
     module.to(device)
-    inputs = _probe_input(model, device)
-    outputs = _output_shapes(module, [(n, m) for n, m, _ in picked], inputs)
-    layers: list[Layer] = []
-    for index, (name, m, kind) in enumerate(picked):
-        progress("receptive fields", index / max(len(picked), 1))
-        out_shape = outputs.get(name, [])
-        layers.append(
-            Layer(
-                name=name,
-                kind=kind,
-                kernel_shape=_kernel_shape(m, kind),
-                stride=_stride(m, kind, len(model.input_spec.spatial)),
-                receptive_field=_receptive_field(model, name, out_shape, inputs) if name in outputs else [],
-                output_shape=out_shape,
-                parameters=_parameters(model, name, m),
-            )
+    names = [name for name, _, _ in picked]
+    x = _probe_input(model, device)
+    progress("tracing the network", 0.0)
+    found = _trace(model, names, x)
+    untraced = [name for name in names if name in found and found[name][1] is None]
+    if untraced:  # an op the trace cannot map: the gradient probe measures the layers after it
+        found.update(_probe(model, untraced, x, progress))
+    return [
+        Layer(
+            name=name,
+            kind=kind,
+            kernel_shape=_kernel_shape(m, kind),
+            stride=_stride(m, kind, len(model.input_spec.spatial)),
+            receptive_field=(found[name][1] or []) if name in found else [],
+            output_shape=found[name][0] if name in found else [],
+            parameters=_parameters(model, name, m),
+            groups=layer_kinds.groups(m),
         )
-    return layers
+        for name, m, kind in picked
+    ]
 
 
 def supported_tasks(model: LoadedModel, layers: list[Layer]) -> list[str]:
@@ -137,19 +134,7 @@ def supported_tasks(model: LoadedModel, layers: list[Layer]) -> list[str]:
     return tasks
 
 
-# ---------------------------------------------------------------- kinds and attributes
-
-def _kind(m: nn.Module, name: str, recorded: dict[str, str]) -> str:
-    own = getattr(m, "kind", None)
-    if isinstance(own, str) and own in KINDS:
-        return own
-    if type(m).__name__ == "TConv3d":
-        return "TConv3d"
-    for cls, kind in _TORCH_TYPES:
-        if isinstance(m, cls):
-            return kind
-    return recorded.get(name, "")
-
+# ---------------------------------------------------------------- attributes
 
 def _kernel_shape(m: nn.Module, kind: str) -> list[int]:
     weight = _weight(m)
@@ -230,39 +215,82 @@ def _probe_input(model: LoadedModel, device: torch.device) -> torch.Tensor:
     return spec.normalize(spec.random(int(batch), generator=generator)).to(device)
 
 
-def _output_shapes(module: nn.Module, layers: list[tuple[str, nn.Module]], x: torch.Tensor) -> dict[str, list[int]]:
-    """Each layer's output shape without the batch axis, from one forward pass with hooks."""
-    shapes: dict[str, list[int]] = {}
-    handles = []
-    for name, m in layers:
+class _Captured(Exception):
+    """Raised by a hook once every layer has given its output: the rest of the network need not run."""
 
-        def hook(_m: nn.Module, _inp: Any, out: Any, name: str = name) -> None:
-            value = out[0] if isinstance(out, (tuple, list)) else out
-            if isinstance(value, torch.Tensor) and name not in shapes:
-                shapes[name] = [int(s) for s in value.shape[1:]]
 
-        handles.append(m.register_forward_hook(hook))
+def _trace(model: LoadedModel, names: list[str], x: torch.Tensor) -> dict[str, tuple[list[int], list[int] | None]]:
+    """Each reached layer's (output shape without the batch axis, receptive field or None where the trace lost the
+    geometry), from one forward pass under workers.fields.Tracer."""
+    spatial = list(model.input_spec.spatial)
+    found: dict[str, tuple[list[int], list[int] | None]] = {}
+
+    def seen(name: str, out: torch.Tensor) -> None:
+        if name not in found:
+            field = spatial if out.dim() <= 2 else tracer.field(out, spatial)  # a Linear on pooled features: everything
+            found[name] = ([int(s) for s in out.shape[1:]], field)
+
+    with torch.no_grad(), fields.Tracer(x, range(x.dim() - len(spatial), x.dim())) as tracer:
+        _capture(model, names, x, seen)
+    return found
+
+
+def _probe(
+    model: LoadedModel, names: list[str], x: torch.Tensor, progress: Callable[[str, float], None]
+) -> dict[str, tuple[list[int], list[int] | None]]:
+    """Each reached layer's (output shape without the batch axis, receptive field) by gradient: one forward pass
+    keeping every layer's output, then one backward pass per layer from its centre unit to the input."""
+    module = model.require_module("describe")
+    outputs: dict[str, list[torch.Tensor]] = {}
+    probe = x.detach().clone().requires_grad_(True)
+    with torch.enable_grad(), frozen(module):
+        _capture(model, names, probe, lambda name, out: outputs.setdefault(name, []).append(out))
+        found: dict[str, tuple[list[int], list[int] | None]] = {}
+        for index, name in enumerate(names):
+            progress("receptive fields", index / max(len(names), 1))
+            if name in outputs:
+                found[name] = ([int(s) for s in outputs[name][0].shape[1:]], _receptive_field(model, outputs[name], probe))
+    return found
+
+
+def _capture(model: LoadedModel, names: list[str], x: torch.Tensor, seen: Callable[[str, torch.Tensor], None]) -> None:
+    """Hand every layer's output on x to `seen` (each call's, should the model run x in pieces) from one forward
+    pass, stopped once every layer has given one; a layer the forward pass never calls (a Linear whose weight the
+    network uses functionally) gives none."""
+    module = model.require_module("describe")
+    modules = dict(module.named_modules())
+    wanted, outputs = set(names), set()
+
+    def hook(_m: nn.Module, _inp: Any, out: Any, name: str) -> None:
+        value = out[0] if isinstance(out, (tuple, list)) else out
+        if isinstance(value, torch.Tensor):
+            seen(name, value)
+            outputs.add(name)
+        if wanted <= outputs:
+            raise _Captured
+
+    handles = [modules[name].register_forward_hook(lambda m, i, o, name=name: hook(m, i, o, name)) for name in names]
     try:
-        with torch.no_grad():
-            module(x)
+        module(x)
+    except _Captured:
+        pass
     finally:
         for handle in handles:
             handle.remove()
-    return shapes
 
 
-def _receptive_field(model: LoadedModel, name: str, out_shape: list[int], x: torch.Tensor) -> list[int]:
+def _receptive_field(model: LoadedModel, outs: list[torch.Tensor], x: torch.Tensor) -> list[int]:
     """Extent (per input axis) of the input that the layer's centre unit depends on, clipped to the input."""
     spatial = list(model.input_spec.spatial)
-    out_spatial = out_shape[1:]
-    if len(out_spatial) == 0:
+    if outs[0].dim() <= 2:
         return spatial  # a Linear on flattened or pooled features sees the whole input
-    probe = x.detach().clone().requires_grad_(True)
-    with torch.enable_grad():
-        out = model.forward_to(name, probe)
+    units = []
+    for out in outs:
         centre = tuple(s // 2 for s in out.shape[2:])
-        unit = out[(slice(None), slice(None)) + centre]
-        (grad,) = torch.autograd.grad(unit.sum(), probe, allow_unused=True)
+        units.append(out[(slice(None), slice(None)) + centre].sum())
+    if not any(unit.requires_grad for unit in units):
+        return []
+    (grad,) = torch.autograd.grad(torch.stack(units).sum(), x, retain_graph=True, allow_unused=True)
     if grad is None:
         return []
     support = grad.detach().abs().sum(dim=(0, 1)) > 0
@@ -291,7 +319,8 @@ def _from_state_dict(model: LoadedModel) -> list[Layer]:
             layers.append(Layer(name=prefix, kind="TConv3d", kernel_shape=shape, parameters=count))
         elif key == "weight" or key.endswith(".weight"):
             prefix = key[: -len("weight")].rstrip(".")
-            kind = recorded.get(prefix) or {5: "Conv3d", 4: "Conv2d", 3: "Conv1d", 2: "Linear"}.get(value.dim(), "")
+            # What the loader read off the program (TorchScript code, a .pt2 graph) when it could, else the rank's guess.
+            kind = recorded[prefix] if prefix in recorded else layer_kinds.weight_kind(value)
             if kind not in KINDS:
                 continue
             bias = state.get(_join(prefix, "bias"))

@@ -58,6 +58,7 @@ from workers import architectures, defaults, operators
 from workers.archive import ArchiveListing, check_archive, is_zip
 from workers.errors import BadOptions, ModelRejected
 from workers.input_spec import InputSpec
+from workers.layers import kind as layer_kind, node_kind
 from workers.model import LoadedModel
 
 FORMATS: tuple[str, ...] = ("TORCH_EXPORT", "ONNX", "TORCHSCRIPT", "STATE_DICT", "SAFETENSORS")
@@ -550,8 +551,8 @@ def _export_layer_kinds(program: Any) -> dict[str, str]:
 
     Unflattened modules are all InterpreterModule and user classes (torchvision's Conv3DSimple, a
     subclass of nn.Conv3d) have names no list can know, so a layer's kind comes from the op its
-    innermost module runs (a convolution of the weight's rank, transposed or not; a linear), and
-    the recorded class name only for the project's own TConv3d.
+    innermost module runs (workers.layers.node_kind: a convolution of the weight's rank, transposed or
+    not; a linear), and the recorded class name only for the project's own TConv3d.
     """
     kinds: dict[str, str] = {}
     for node in program.graph.nodes:
@@ -563,27 +564,10 @@ def _export_layer_kinds(program: Any) -> dict[str, str]:
             if path and class_name == "TConv3d":
                 kinds[_strip_l_prefix(path)] = class_name
         innermost = _strip_l_prefix(stack[-1][0])
-        kind = _computed_kind(node)
+        kind = node_kind(node)
         if innermost and kind and kinds.get(innermost) != "TConv3d":
             kinds[innermost] = kind
     return kinds
-
-
-def _computed_kind(node: Any) -> str:
-    """"Conv3d", "ConvTranspose2d", "Linear", ... for a convolution or linear node; "" for anything else."""
-    if node.op != "call_function":
-        return ""
-    target = str(node.target)
-    if target.startswith("aten.linear"):
-        return "Linear"
-    if not re.match(r"aten\.(convolution|conv[123]d|conv_transpose[123]d)\b", target):
-        return ""
-    weight = node.args[1] if len(node.args) > 1 else None
-    value = getattr(weight, "meta", {}).get("val")
-    if value is None or value.dim() < 3:
-        return ""
-    transposed = "transpose" in target or (target.startswith("aten.convolution") and len(node.args) > 6 and bool(node.args[6]))
-    return f"{'ConvTranspose' if transposed else 'Conv'}{value.dim() - 2}d"
 
 
 def _strip_l_prefix(path: str) -> str:
@@ -873,7 +857,7 @@ def _load_torchscript(path: Path, header: dict[str, Any], architecture: str) -> 
     state = {k: v.detach() for k, v in script.state_dict().items()}
     spec = _spec(header, None)
     eager = _hookable_tree(script)
-    info: dict[str, Any] = {"layer_kinds": {n: m.original_name for n, m in script.named_modules() if n}}
+    info: dict[str, Any] = {"layer_kinds": {n: layer_kind(m) for n, m in script.named_modules() if n}}
     if eager is None:
         info["module_unavailable"] = (
             "the TorchScript module's forward is compiled code that Python hooks cannot see into; "

@@ -45,11 +45,11 @@ class Chain(nn.Module):
 
 EXPECTED = [
     {"name": "conv1", "kind": "Conv3d", "kernel_shape": [4, 2, 3, 5, 5], "stride": [1, 2, 2], "receptive_field": [3, 5, 5],
-     "output_shape": [4, 12, 24, 24], "parameters": 4 * 2 * 75 + 4},
+     "output_shape": [4, 12, 24, 24], "parameters": 4 * 2 * 75 + 4, "groups": 1},
     {"name": "conv2", "kind": "Conv3d", "kernel_shape": [6, 4, 3, 3, 3], "stride": [1, 1, 1], "receptive_field": [8, 23, 23],
-     "output_shape": [6, 6, 12, 12], "parameters": 6 * 4 * 27 + 6},
+     "output_shape": [6, 6, 12, 12], "parameters": 6 * 4 * 27 + 6, "groups": 1},
     {"name": "head", "kind": "Linear", "kernel_shape": [3, 6], "stride": [], "receptive_field": [12, 48, 48],
-     "output_shape": [3], "parameters": 6 * 3 + 3},
+     "output_shape": [3], "parameters": 6 * 3 + 3, "groups": 1},
 ]
 
 
@@ -139,11 +139,11 @@ def test_weights_only_inventory_reads_the_authors_3tconv_names() -> None:
     summary = describe(LoadedModel(input_spec=InputSpec(shape=()), state_dict=state, module=None, format="STATE_DICT"))
     assert summary["layers"] == [
         {"name": "features.0", "kind": "TConv3d", "kernel_shape": [8, 3, 5, 5, 5], "stride": [], "receptive_field": [],
-         "output_shape": [], "parameters": 8 * 75 + 4 * 4 * 8 + 8},
+         "output_shape": [], "parameters": 8 * 75 + 4 * 4 * 8 + 8, "groups": 1},
         {"name": "features.2", "kind": "Conv3d", "kernel_shape": [16, 8, 3, 3, 3], "stride": [], "receptive_field": [],
-         "output_shape": [], "parameters": 16 * 8 * 27},
+         "output_shape": [], "parameters": 16 * 8 * 27, "groups": 1},
         {"name": "classifier", "kind": "Linear", "kernel_shape": [10, 16], "stride": [], "receptive_field": [],
-         "output_shape": [], "parameters": 170},
+         "output_shape": [], "parameters": 170, "groups": 1},
     ]
     assert summary["supported_tasks"] == ["describe", "tconv_stats"]
 
