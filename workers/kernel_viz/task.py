@@ -49,6 +49,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from workers import layers
 from workers.context import TaskContext
 from workers.errors import BadOptions, ModelUnusable
 from workers.kernel_viz import defaults, figures
@@ -62,7 +63,6 @@ from workers.kernel_viz.transforms import Jitter
 from workers.tasks import plain, register
 
 TASK = "kernel_viz"
-_CONV_TYPES = {"Conv3d", "Conv2d", "TConv3d"}
 _MAX_STEPS = 100_000
 
 
@@ -146,28 +146,14 @@ def run(ctx: TaskContext) -> dict[str, Any]:
 
 
 def conv_layers(module: nn.Module) -> list[str]:
-    """Names of the convolution layers: Conv3d / Conv2d / TConv3d, or any module holding a 4D or 5D `weight` of its own."""
-    names = []
-    for name, m in module.named_modules():
-        if not name:
-            continue
-        weight = m._parameters.get("weight") if hasattr(m, "_parameters") else None
-        if type(m).__name__ in _CONV_TYPES or (
-            isinstance(weight, torch.Tensor) and weight.dim() in (4, 5) and "Transpose" not in type(m).__name__
-        ):
-            names.append(name)
-    return names
+    """Names of the 2D and 3D convolution layers (Conv3d / Conv2d / TConv3d), by what each computes
+    (workers.layers.kind: the rule describe lists them by)."""
+    return [name for name, m in module.named_modules() if name and layers.kind(m) in layers.VISUAL_KINDS]
 
 
 def _kind(module: nn.Module) -> str:
-    """The layer's kind by what it computes: unflattened torch.export modules are all InterpreterModule."""
-    name = type(module).__name__
-    if name in _CONV_TYPES:
-        return name
-    weight = getattr(module, "weight", None)
-    if isinstance(weight, torch.Tensor) and weight.dim() in (4, 5):
-        return {5: "Conv3d", 4: "Conv2d"}[weight.dim()]
-    return name
+    """The layer's kind by what it computes (workers.layers.kind), as describe reports it."""
+    return layers.kind(module) or type(module).__name__
 
 
 def _layer(
