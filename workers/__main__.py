@@ -12,7 +12,8 @@ Secrets: the first thing `python -m workers` does is re-exec itself with the wor
 secret-looking variable, and a Redis URL that carries a password) removed from the environment, handing them
 to the new image over an inherited pipe that it reads once. os.environ.pop cannot do this: /proc/<pid>/environ
 shows the block the process was exec'd with. So neither the worker, its horses nor the sandboxed model
-processes have the token in /proc/<pid>/environ; the worker and its horses keep it in memory only.
+processes have the token in /proc/<pid>/environ; the worker and its horses keep it in memory only (other
+secret-looking variables go back into os.environ, which /proc does not show, and the model process drops them).
 """
 
 from __future__ import annotations
@@ -175,4 +176,8 @@ def main(argv: list[str] | None = None, secrets: dict[str, str] | None = None) -
 
 
 if __name__ == "__main__":
-    sys.exit(main(secrets=_without_secrets_in_environ()))
+    hidden = _without_secrets_in_environ()
+    # Back into os.environ (libc's table, in memory: /proc/self/environ does not show it) for code that reads
+    # them there; connection.configure takes the token out again, and the model process drops every secret.
+    os.environ.update({k: v for k, v in hidden.items() if k != "KERNELSCOPE_WORKER_TOKEN"})
+    sys.exit(main(secrets=hidden))
