@@ -59,12 +59,12 @@ def export(model: nn.Module, spec: InputSpec, fmt: str, folder: Path) -> Path:
     return path
 
 
-def stage1(path: Path, fmt: str, spec: InputSpec, layer: str, steps: int) -> tuple[float, float, tuple[int, ...], bool, int]:
+def stage1(path: Path, fmt: str, spec: InputSpec, layer: str, steps: int, device: str = "cpu") -> tuple[float, float, tuple[int, ...], bool, int]:
     """(plan seconds, stage-1 seconds, canvas, whether the wrapper embeds the canvas, channels) as the task runs it."""
     header = {"value_min": spec.value_min, "value_max": spec.value_max, "mean": list(spec.mean), "std": list(spec.std)}
     model = load_model(path, "ONNX" if fmt == "onnx" else "TORCH_EXPORT", header)
     started = time.perf_counter()
-    target = LayerTarget(model, layer, torch.device("cpu"))
+    target = LayerTarget(model, layer, torch.device(device))
     plan = plan_canvas(target)
     placed = target.placed(plan.offset)
     with torch.no_grad(), placed.frozen():
@@ -79,6 +79,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda (bench/gpu.sh runs it on cuda)")
     parser.add_argument("--r3d-width", type=int, default=16)
     parser.add_argument("--r3d-size", default="8x56x56", help="T x H x W of the R3D-18's input")
     parser.add_argument("--models", default="c3d,r3d_18")
@@ -91,7 +92,7 @@ def main() -> None:
         "c3d": (lambda: C3DSmall(), INPUT_SPEC, ["conv1", "conv2"]),
         "r3d_18": (lambda: r3d_18(num_classes=4, width=args.r3d_width), r3d_spec, ["stem.0", "layer1.0.conv1.0"]),
     }
-    print(f"kernel_viz stage 1, all channels of each layer, {args.steps} steps, {args.threads} thread(s), CPU")
+    print(f"kernel_viz stage 1, all channels of each layer, {args.steps} steps, {args.threads} thread(s), {args.device}")
     print(f"{'model':8} {'layer':18} {'format':8} {'input':>9} {'canvas':>9} {'embedded':>8} {'plan s':>7} {'stage1 s':>8} {'/onnx':>6} {'/pt2 dyn':>8}")
     for name in args.models.split(","):
         make, spec, layers = cases[name]
@@ -103,7 +104,7 @@ def main() -> None:
                 stage1(paths["onnx"], "onnx", spec, layer, 2)  # warm the operators up before timing
                 times: dict[str, float] = {}
                 for fmt in FORMATS:
-                    planned, seconds, canvas, embedded, channels = stage1(paths[fmt], fmt, spec, layer, args.steps)
+                    planned, seconds, canvas, embedded, channels = stage1(paths[fmt], fmt, spec, layer, args.steps, args.device)
                     times[fmt] = seconds
                     print(
                         f"{name:8} {layer + f' ({channels})':18} {fmt:8} {'x'.join(map(str, spec.spatial)):>9} "

@@ -42,9 +42,10 @@ def main() -> int:
     parser.add_argument("--planted", action="store_true", help="kernels built by 3T instead of noise")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the cores are shared)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 (bench/gpu.sh runs it on cuda)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    weight = _weights(args.filters, args.in_channels, args.planted, args.seed)
+    weight = _weights(args.filters, args.in_channels, args.planted, args.seed).to(args.device)
     options = dict(gain=args.gain, restarts=args.restarts, steps=args.steps, seed=args.seed)
     fit_3t(weight[:2], **options)  # warm-up: first-call costs are not the fit's
 
@@ -59,7 +60,7 @@ def main() -> int:
     n = args.filters
     kind = "3T+gain" if args.gain else "plain 3T"
     data = "planted 3T kernels" if args.planted else "Gaussian noise"
-    print(f"layer {n}x{args.in_channels}x3x3x3 ({data}), {kind}, restarts={args.restarts}, steps<={args.steps}, threads={args.threads}")
+    print(f"layer {n}x{args.in_channels}x3x3x3 ({data}), {kind}, restarts={args.restarts}, steps<={args.steps}, threads={args.threads}, device={args.device}")
     print(f"batched        : {t_batched:8.2f} s  {n / t_batched:8.1f} filters/s  mean residual {np.nanmean(batched.residual):.4f}")
     print(f"one at a time  : {t_single:8.2f} s  {n / t_single:8.1f} filters/s  mean residual {np.nanmean(single):.4f}")
     print(f"ratio (batched speed / one-at-a-time speed): {t_single / t_batched:.1f}x")
