@@ -60,8 +60,21 @@ STATUS_ENV = "KERNELSCOPE_ZOO_STATUS"
 # Where the tasks run: "cpu" here and in CI; bench/gpu.sh sets "cuda" to run the whole matrix on a GPU.
 DEVICE_ENV = "KERNELSCOPE_TEST_DEVICE"
 
+# Cells that do not give their planted answer yet, each with the first line of what it says today. Strict: a cell
+# that starts passing fails the run until it is taken off this list, so the list only ever shrinks.
+KNOWN_FAILURES: dict[tuple[str, str, str], str] = {}
+
+
+def _marks(arch: str, fmt: str, task: str) -> list[pytest.MarkDecorator]:
+    marks = [pytest.mark.slow] if arch in HEAVY else []
+    reason = KNOWN_FAILURES.get((arch, fmt, task))
+    if reason:
+        marks.append(pytest.mark.xfail(strict=True, reason=reason))
+    return marks
+
+
 CELLS = [
-    pytest.param(arch, fmt, task, id=f"{arch}-{fmt}-{task}", marks=[pytest.mark.slow] if arch in HEAVY else [])
+    pytest.param(arch, fmt, task, id=f"{arch}-{fmt}-{task}", marks=_marks(arch, fmt, task))
     for arch in names()
     for fmt in FORMATS
     for task in TASKS
