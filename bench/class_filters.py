@@ -71,7 +71,7 @@ def main() -> None:
     x = rng.random((args.samples, *spec.shape), dtype=np.float32)
     y = np.arange(args.samples) % args.classes
     options = Options(layer=args.layer, mi_estimator=args.mi_estimator)
-    split = stratified_split(y, options.fit_fraction, args.classes, options.seed)
+    split = stratified_split(y, options.fit_fraction, options.seed)
 
     rows = np.arange(args.samples)
     with torch.no_grad():  # warm-up: first-call allocations are nobody's cost

@@ -133,12 +133,12 @@ def test_bootstrap_jaccard_is_one_for_a_clear_answer_and_low_for_noise() -> None
 
 def test_stratified_split_keeps_every_class_on_both_sides() -> None:
     y = np.array([0] * 10 + [1] * 3 + [2] * 2)
-    split = stratified_split(y, 0.7, 3, seed=0)
+    split = stratified_split(y, 0.7, seed=0)
     assert sorted(np.concatenate([split.fit, split.eval]).tolist()) == list(range(15))
     assert np.bincount(y[split.fit]).tolist() == [7, 2, 1]
     assert np.bincount(y[split.eval]).tolist() == [3, 1, 1]
     with pytest.raises(DatasetUnusable) as err:
-        stratified_split(np.array([0, 0, 1]), 0.7, 2, seed=0)
+        stratified_split(np.array([0, 0, 1]), 0.7, seed=0)
     assert err.value.reason == "CLASS_TOO_SMALL"
 
 
@@ -195,7 +195,8 @@ def test_user_errors_are_clear(tmp_path: Path) -> None:
     cases = [
         (None, {}, DatasetUnusable, "DATASET_REQUIRED"),
         (Dataset(x[:, :3], y), {}, DatasetUnusable, "DATASET_SHAPE"),
-        (Dataset(x, y % 2), {}, DatasetUnusable, "CLASSES_DO_NOT_MATCH_OUTPUTS"),
+        (Dataset(x, np.where(y == 2, 1, 2 * (np.arange(30) == 0))), {}, DatasetUnusable, "CLASS_TOO_SMALL"),
+        (Dataset(x, np.full(30, 2)), {}, DatasetUnusable, "TOO_FEW_CLASSES"),
         (Dataset(x, y + 1), {}, DatasetUnusable, "LABELS_EXCEED_OUTPUTS"),
         (Dataset(x, np.zeros(30, dtype=np.int64)), {}, DatasetUnusable, "TOO_FEW_CLASSES"),
         (Dataset(x, y), {"k": 9}, BadOptions, "K_EXCEEDS_FILTERS"),

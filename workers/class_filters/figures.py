@@ -18,7 +18,7 @@ def block_order(matrix: np.ndarray, subsets: np.ndarray) -> np.ndarray:
     seen: set[int] = set()
     columns: list[int] = []
     for subset in subsets:
-        for i in subset:
+        for i in subset[subset >= 0]:
             if int(i) not in seen:
                 seen.add(int(i))
                 columns.append(int(i))
@@ -38,8 +38,8 @@ def heatmap(path: Path, matrix: np.ndarray, subsets: np.ndarray, class_names: li
     fig, ax = plt.subplots(figsize=(min(18.0, 3.0 + 0.12 * width), min(14.0, 1.5 + 0.35 * classes)))
     image = ax.imshow(shown, aspect="auto", cmap="RdBu_r", vmin=-1.0, vmax=1.0, interpolation="nearest")
     position = {int(f): j for j, f in enumerate(order)}
-    rows = [c for c, subset in enumerate(subsets) for _ in subset]
-    cols = [position[int(i)] for subset in subsets for i in subset]
+    rows = [c for c, subset in enumerate(subsets) for _ in subset[subset >= 0]]
+    cols = [position[int(i)] for subset in subsets for i in subset[subset >= 0]]
     ax.scatter(cols, rows, s=6 if width > 64 else 14, c="black", marker="o", linewidths=0)
     if classes <= 40:
         ax.set_yticks(range(classes), class_names)
@@ -62,12 +62,12 @@ def subset_sizes(path: Path, sizes: dict[str, np.ndarray], class_names: list[str
     positions = np.arange(classes)
     bar = 0.8 / len(labels)
     for j, (key, label) in enumerate(labels.items()):
-        ax.bar(positions + (j - 1) * bar, sizes[key], width=bar, label=label)
+        ax.bar(positions + (j - 1) * bar, np.maximum(sizes[key], 0), width=bar, label=label)
     if classes <= 40:
         ax.set_xticks(positions, class_names, rotation=45 if classes > 8 else 0, ha="right" if classes > 8 else "center")
     ax.set_ylabel(f"filters (of {width})")
     ax.set_title("filters each class needs")
-    tallest = max(int(np.max(sizes[key])) for key in labels)
+    tallest = max(int(np.max(sizes[key])) if len(sizes[key]) else 0 for key in labels)
     ax.set_ylim(0, max(tallest, 1) * 1.3)
     ax.legend(fontsize=8, ncol=len(labels), loc="upper center")
     fig.tight_layout()

@@ -1,19 +1,26 @@
-"""Mutual information between each filter's activation and 1[y = c], in bits, and CSG's MIS.
+"""Mutual information between each filter's activation and 1[y = c], and CSG's MIS, by two estimators.
 
-Two estimators:
-- binned (default): per-filter quantile bins, a plug-in estimate from joint counts. Fast and
-  vectorised over classes × filters; it is biased upward by about (bins − 1) / (2 N ln 2) bits,
-  which is what the shuffled-label baseline shows.
-- knn: Ross (2014)'s nearest-neighbour estimator for a continuous variable and a discrete one,
-  the estimator behind scikit-learn's `mutual_info_classif` that CSG (Liang et al. 2020) used;
-  an option for parity with their numbers. Computed in 1-D by sorting, batched over filters.
+- binned: per-filter quantile bins, a plug-in estimate from joint counts, in bits. Fast and vectorised
+  over classes × filters; it is biased upward by about (bins − 1) / (2 N ln 2) bits, which is what the
+  shuffled-label baseline shows.
+- knn: Ross (2014)'s nearest-neighbour estimator for a continuous variable and a discrete one, in nats:
+  the estimator behind scikit-learn's `mutual_info_classif` that CSG (Liang et al. 2020) used, so its
+  MIS is the figure they report.
 
-MIS = mean over filters of max over classes of MI: high when filters specialise in classes.
+MIS = mean over filters of max over classes of MI: high when filters specialise in classes. Both MIS are
+reported, each with its shuffled-label baseline and named with its estimator and unit.
+
+Speed: the work that does not depend on the labels (quantile bins; sorting the jittered values) is done
+once in `Prepared` and shared by the real and the shuffled labels. The kNN estimator is computed for every
+class at once in O(N) per filter after the sort (see _knn_fast); rows with tied values, and the rare
+positions whose neighbourhood it cannot settle, fall back to the per-class computation (_knn_class), so
+the result is the same as the per-class one.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -24,8 +31,10 @@ ESTIMATORS = (BINNED, KNN)
 
 # Neighbours for the kNN estimator (scikit-learn's default).
 KNN_NEIGHBORS = 3
-# Filters per chunk of the kNN estimator: bounds memory to chunk × samples × 2·neighbours floats.
-_KNN_CHUNK = 64
+# Filters per chunk of the kNN estimator: keeps each chunk's arrays in cache.
+_KNN_CHUNK = 8
+# Nearest entries (both sides, in distance order) the fast path looks at per position.
+_ENTRIES = 2 * KNN_NEIGHBORS
 
 
 def default_bins(n: int) -> int:
@@ -42,13 +51,65 @@ def quantile_bins(features: np.ndarray, bins: int) -> np.ndarray:
     return out
 
 
-def binned_mi(features: np.ndarray, y: np.ndarray, num_classes: int, bins: int | None = None) -> np.ndarray:
-    """(C, D) plug-in MI in bits between quantile-binned activations and each one-vs-rest label."""
+def filter_bins(by_filter: np.ndarray, bins: int) -> np.ndarray:
+    """(D, N) bin index of each filter's values (rows), as quantile_bins gives for the transposed matrix:
+    each filter's quantiles, a value's bin the number of them at or below it."""
+    edges = np.quantile(by_filter, np.linspace(0.0, 1.0, bins + 1)[1:-1], axis=1)  # (B - 1, D)
+    out = np.zeros(by_filter.shape, dtype=np.int8 if bins < 128 else np.int64)
+    for edge in edges:
+        out += by_filter >= edge[:, None]
+    return out
+
+
+# Filters per block of the binned estimator: its temporaries stay small and in cache.
+_BIN_BLOCK = 32
+
+
+@dataclass
+class Prepared:
+    """The label-independent part of both estimators for one (N, D) feature matrix.
+
+    bin_index: (D, N) quantile bin of each value, filter by filter (binned estimator).
+    knn: the jittered, standardised values sorted per filter, with the sort order (kNN); made when a kNN
+    estimate is first asked for.
+    """
+
+    features: np.ndarray
+    bins: int
+    bin_index: np.ndarray
+    seed: int = 0
+    _knn: "_Sorted | None" = None
+
+    @property
+    def knn(self) -> "_Sorted":
+        if self._knn is None:
+            self._knn = _Sorted.of(self.features, self.seed)
+        return self._knn
+
+
+def prepare(features: np.ndarray, seed: int = 0, bins: int | None = None) -> Prepared:
+    """The work shared by every labelling of `features` (N, D)."""
+    features = np.asarray(features, dtype=np.float64)
     n, d = features.shape
     bins = bins or default_bins(n)
-    index = quantile_bins(features, bins)
-    flat = (y[:, None] * d + np.arange(d)[None, :]) * bins + index
-    joint = np.bincount(flat.ravel(), minlength=num_classes * d * bins).reshape(num_classes, d, bins).astype(np.float64)
+    index = np.zeros((d, n), dtype=np.int8 if bins < 128 else np.int64)
+    for start in range(0, d if n else 0, _BIN_BLOCK):
+        block = slice(start, min(start + _BIN_BLOCK, d))
+        index[block] = filter_bins(np.ascontiguousarray(features[:, block].T), bins)
+    return Prepared(features, bins, index, seed)
+
+
+def binned_mi(features: np.ndarray | Prepared, y: np.ndarray, num_classes: int, bins: int | None = None) -> np.ndarray:
+    """(C, D) plug-in MI in bits between quantile-binned activations and each one-vs-rest label."""
+    prepared = features if isinstance(features, Prepared) else prepare(features, bins=bins)
+    bins = prepared.bins
+    d, n = prepared.bin_index.shape
+    joint = np.empty((num_classes, d, bins))
+    for start in range(0, d, _BIN_BLOCK):
+        block = slice(start, min(start + _BIN_BLOCK, d))
+        width = block.stop - block.start
+        cell = (np.asarray(y, dtype=np.int64)[None, :] * width + np.arange(width)[:, None]) * bins + prepared.bin_index[block]
+        joint[:, block] = np.bincount(cell.ravel(), minlength=num_classes * width * bins).reshape(num_classes, width, bins)
     per_bin = joint.sum(axis=0)  # (D, B)
     p_class = (np.bincount(y, minlength=num_classes) / n)[:, None, None]
     p_bin = per_bin[None] / n
@@ -62,63 +123,20 @@ def _plugin_term(p_joint: np.ndarray, p_product: np.ndarray) -> np.ndarray:
     return np.where(p_joint > 0, p_joint * np.log(safe / np.where(p_product > 0, p_product, 1.0)), 0.0)
 
 
-def knn_mi(features: np.ndarray, y: np.ndarray, num_classes: int, neighbors: int = KNN_NEIGHBORS, seed: int = 0) -> np.ndarray:
+def knn_mi(features: np.ndarray | Prepared, y: np.ndarray, num_classes: int, neighbors: int = KNN_NEIGHBORS, seed: int = 0) -> np.ndarray:
     """(C, D) Ross (2014) kNN MI in bits; 0 for a class with fewer than 2 samples on either side."""
-    n, d = features.shape
-    x = torch.as_tensor(features, dtype=torch.float64).T.contiguous()  # (D, N)
-    std = x.std(dim=1, keepdim=True)
-    x = x / torch.where(std > 0, std, torch.ones_like(std))
-    generator = torch.Generator().manual_seed(seed)
-    jitter = 1e-10 * torch.clamp(x.abs().mean(dim=1, keepdim=True), min=1.0)
-    x = x + jitter * torch.randn(x.shape, generator=generator, dtype=torch.float64)
-    y_t = torch.as_tensor(y)
-    out = np.zeros((num_classes, d))
-    for start in range(0, d, _KNN_CHUNK):
-        chunk = x[start : start + _KNN_CHUNK]
-        everything = chunk.sort(dim=1).values
-        for c in range(num_classes):
-            member = y_t == c
-            groups = (chunk[:, member], chunk[:, ~member])
-            if min(g.shape[1] for g in groups) < 2:
-                continue
-            k_terms = m_terms = label_terms = 0.0
-            for group in groups:
-                size = group.shape[1]
-                k = min(neighbors, size - 1)
-                ordered = group.sort(dim=1).values
-                neighbor = _kth_neighbor(ordered, k)
-                # Count samples strictly closer than the k-th neighbour (scikit-learn: dist <= nextafter(r, 0)),
-                # using the neighbour's own value as the bound on its side so rounding cannot let it in.
-                reach = (neighbor - ordered).abs()
-                above = neighbor >= ordered
-                hi = torch.where(above, neighbor, ordered + reach)
-                lo = torch.where(above, ordered - reach, neighbor)
-                within = torch.searchsorted(everything, hi) - torch.searchsorted(everything, lo, right=True)
-                within = within.clamp(min=1)
-                m_terms = m_terms + torch.special.digamma(within.double()).sum(dim=1)
-                k_terms += size * _digamma(k)
-                label_terms += size * _digamma(size)
-            mi = _digamma(n) + (k_terms - label_terms) / n - m_terms / n
-            out[c, start : start + chunk.shape[0]] = np.maximum(mi.numpy(), 0.0)
-    return out / math.log(2.0)
+    return knn_mi_nats(features, y, num_classes, neighbors, seed) / math.log(2.0)
 
 
-def _kth_neighbor(ordered: torch.Tensor, k: int) -> torch.Tensor:
-    """(D, n): the value of each sorted value's k-th nearest other value (in 1-D it is within ±k places)."""
-    inf = torch.full((ordered.shape[0], k), math.inf, dtype=ordered.dtype)
-    padded = torch.cat([inf, ordered, inf], dim=1)
-    n = ordered.shape[1]
-    offsets = [t for t in range(-k, k + 1) if t != 0]
-    values = torch.stack([padded[:, k + t : k + t + n] for t in offsets], dim=-1)
-    nearest = (values - ordered[..., None]).abs().kthvalue(k, dim=-1).indices
-    return values.gather(-1, nearest[..., None])[..., 0]
+def knn_mi_nats(features: np.ndarray | Prepared, y: np.ndarray, num_classes: int, neighbors: int = KNN_NEIGHBORS, seed: int = 0) -> np.ndarray:
+    """(C, D) Ross (2014) kNN MI in nats (the unit of scikit-learn and of Liang et al.'s MIS)."""
+    prepared = features if isinstance(features, Prepared) else Prepared(np.asarray(features, dtype=np.float64), 0, np.empty((0, 0), np.int64), seed)
+    if prepared.seed != seed:
+        prepared = Prepared(prepared.features, prepared.bins, prepared.bin_index, seed)
+    return prepared.knn.mi(np.asarray(y, dtype=np.int64), num_classes, neighbors)
 
 
-def _digamma(v: float) -> float:
-    return float(torch.special.digamma(torch.tensor(float(v), dtype=torch.float64)))
-
-
-def mutual_information(features: np.ndarray, y: np.ndarray, num_classes: int, estimator: str = BINNED, seed: int = 0) -> np.ndarray:
+def mutual_information(features: np.ndarray | Prepared, y: np.ndarray, num_classes: int, estimator: str = BINNED, seed: int = 0) -> np.ndarray:
     """(C, D) MI in bits with the named estimator."""
     if estimator == BINNED:
         return binned_mi(features, y, num_classes)
@@ -132,7 +150,287 @@ def mis(mi: np.ndarray) -> float:
     return float(mi.max(axis=0).mean()) if mi.size else 0.0
 
 
-def shuffled_mis(features: np.ndarray, y: np.ndarray, num_classes: int, estimator: str = BINNED, seed: int = 0) -> float:
-    """MIS with the labels permuted: what the estimator reports when there is nothing to find."""
-    permuted = np.random.default_rng(seed).permutation(y)
-    return mis(mutual_information(features, permuted, num_classes, estimator, seed))
+def shuffled_labels(y: np.ndarray, seed: int = 0) -> np.ndarray:
+    """The labels permuted: what the estimators report when there is nothing to find."""
+    return np.random.default_rng(seed).permutation(y)
+
+
+def shuffled_mis(features: np.ndarray | Prepared, y: np.ndarray, num_classes: int, estimator: str = BINNED, seed: int = 0) -> float:
+    """MIS with the labels permuted (bits)."""
+    return mis(mutual_information(features, shuffled_labels(y, seed), num_classes, estimator, seed))
+
+
+# ---------------------------------------------------------------------------------------------- kNN
+
+
+@dataclass
+class _Sorted:
+    """Per filter (row): the standardised, jittered values as scikit-learn prepares them, sorted."""
+
+    values: torch.Tensor  # (D, N) in sample order
+    order: np.ndarray  # (D, N) sample index at each sorted position
+    sorted: np.ndarray  # (D, N)
+
+    @classmethod
+    def of(cls, features: np.ndarray, seed: int) -> "_Sorted":
+        x = torch.as_tensor(features, dtype=torch.float64).T.contiguous()  # (D, N)
+        std = x.std(dim=1, keepdim=True)
+        x = x / torch.where(std > 0, std, torch.ones_like(std))
+        generator = torch.Generator().manual_seed(seed)
+        jitter = 1e-10 * torch.clamp(x.abs().mean(dim=1, keepdim=True), min=1.0)
+        x = x + jitter * torch.randn(x.shape, generator=generator, dtype=torch.float64)
+        values = x.numpy()
+        order = np.argsort(values, axis=1)
+        return cls(x, order, np.take_along_axis(values, order, axis=1))
+
+    def mi(self, y: np.ndarray, num_classes: int, neighbors: int) -> np.ndarray:
+        d, n = self.sorted.shape
+        counts = np.bincount(y, minlength=num_classes)
+        out = np.zeros((num_classes, d))
+        for start in range(0, d, _KNN_CHUNK):
+            rows = slice(start, min(start + _KNN_CHUNK, d))
+            out[:, rows] = _knn_fast(self.sorted[rows], self.order[rows], y, counts, neighbors, lambda r, c, rows=rows: _knn_class(self.values[rows][r], y, c, neighbors))
+        return out
+
+
+_DIGAMMA_CACHE: dict[int, np.ndarray] = {}
+
+
+def _digamma_table(n: int) -> np.ndarray:
+    """ψ(0..n) (ψ(0) unused), as torch computes it, so table lookups match the per-class path bit for bit."""
+    table = _DIGAMMA_CACHE.get(n)
+    if table is None:
+        table = torch.special.digamma(torch.arange(n + 1, dtype=torch.float64)).numpy()
+        _DIGAMMA_CACHE.clear()
+        _DIGAMMA_CACHE[n] = table
+    return table
+
+
+def _digamma(v: float) -> float:
+    return float(torch.special.digamma(torch.tensor(float(v), dtype=torch.float64)))
+
+
+def _knn_class(x: torch.Tensor, y: np.ndarray, c: int, neighbors: int) -> np.ndarray:
+    """(R,) nats for class c on the rows x (R, N): the estimator written per class, sorting each side's group
+    and counting with binary searches. The reference the fast path is checked against, and its fallback."""
+    n = x.shape[1]
+    member = torch.as_tensor(y == c)
+    groups = (x[:, member], x[:, ~member])
+    if min(g.shape[1] for g in groups) < 2:
+        return np.zeros(x.shape[0])
+    everything = x.sort(dim=1).values
+    k_terms = m_terms = label_terms = 0.0
+    for group in groups:
+        size = group.shape[1]
+        k = min(neighbors, size - 1)
+        ordered = group.sort(dim=1).values
+        neighbor = _kth_neighbor(ordered, k)
+        # Count samples strictly closer than the k-th neighbour (scikit-learn: dist <= nextafter(r, 0)),
+        # using the neighbour's own value as the bound on its side so rounding cannot let it in.
+        reach = (neighbor - ordered).abs()
+        above = neighbor >= ordered
+        hi = torch.where(above, neighbor, ordered + reach)
+        lo = torch.where(above, ordered - reach, neighbor)
+        within = torch.searchsorted(everything, hi) - torch.searchsorted(everything, lo, right=True)
+        within = within.clamp(min=1)
+        m_terms = m_terms + torch.special.digamma(within.double()).sum(dim=1)
+        k_terms += size * _digamma(k)
+        label_terms += size * _digamma(size)
+    mi = _digamma(n) + (k_terms - label_terms) / n - m_terms / n
+    return np.maximum(mi.numpy(), 0.0)
+
+
+def _kth_neighbor(ordered: torch.Tensor, k: int) -> torch.Tensor:
+    """(D, n): the value of each sorted value's k-th nearest other value (in 1-D it is within ±k places)."""
+    inf = torch.full((ordered.shape[0], k), math.inf, dtype=ordered.dtype)
+    padded = torch.cat([inf, ordered, inf], dim=1)
+    n = ordered.shape[1]
+    offsets = [t for t in range(-k, k + 1) if t != 0]
+    values = torch.stack([padded[:, k + t : k + t + n] for t in offsets], dim=-1)
+    nearest = (values - ordered[..., None]).abs().kthvalue(k, dim=-1).indices
+    return values.gather(-1, nearest[..., None])[..., 0]
+
+
+def _knn_fast(s: np.ndarray, order: np.ndarray, y: np.ndarray, counts: np.ndarray, neighbors: int, fallback) -> np.ndarray:
+    """(C, R) nats for every class at once on R rows of sorted values s (R, N) with sort order `order`.
+
+    Ross's estimate for class c is ψ(N) + ⟨ψ(k)⟩ − ⟨ψ(N_side)⟩ − ⟨ψ(m)⟩, m counting all samples strictly
+    closer than a sample's k-th neighbour on its own side (class c, or the rest). In 1-D, with no tied
+    values or distances, m is one plus the number of entries before that neighbour in the sample's
+    nearest-first list of all samples. So:
+    - class c's own side: each sample's k-th same-class neighbour, found among its class's samples in
+      sorted order, and m from its position and one binary search for the other end of its interval;
+    - the rest: the k-th nearest non-c sample is the k-th nearest of all (m = k) unless class c appears
+      among the first k entries, then the entry where the k-th non-c one falls (m = that entry's rank).
+    Rows with tied values, classes too small for the shared k, and positions whose first entries do not
+    settle it go to `fallback(rows, c)` (the per-class computation).
+    """
+    r, n = s.shape
+    num_classes = len(counts)
+    k = neighbors
+    psi = _digamma_table(n + 1)
+    lab = y[order]  # (R, N) class at each sorted position
+    rest_sizes = n - counts
+    k_member = np.minimum(k, counts - 1)
+    k_rest = np.minimum(k, rest_sizes - 1)
+    usable = (counts >= 2) & (rest_sizes >= 2)
+    tied_rows = (s[:, 1:] == s[:, :-1]).any(axis=1)
+
+    member, member_tied = _member_terms(s, lab, counts, k_member, psi)  # (R, C): Σ over class-c samples of ψ(m)
+    rest, unsettled = _rest_terms(s, lab, counts, k, psi)  # (R, C): Σ over the rest of ψ(m), if settled
+    unsettled |= member_tied
+    # The shared shortcut needs the rest side to use k neighbours (it has at least k + 1 samples).
+    unsettled |= (k_rest != k)[None, :]
+    unsettled[tied_rows] = True
+
+    sizes_term = (counts * _psi_of(k_member) + rest_sizes * _psi_of(k_rest) - counts * _psi_of(counts) - rest_sizes * _psi_of(rest_sizes)) / n
+    mi = _digamma(n) + sizes_term[None, :] - (member + rest) / n
+    mi = np.maximum(mi, 0.0)
+    mi[:, ~usable] = 0.0
+    for c in np.flatnonzero(usable & unsettled.any(axis=0)):
+        rows = np.flatnonzero(unsettled[:, c])
+        mi[rows, c] = fallback(torch.as_tensor(rows), int(c))
+    return mi.T
+
+
+def _psi_of(values: np.ndarray) -> np.ndarray:
+    return torch.special.digamma(torch.as_tensor(np.maximum(values, 1), dtype=torch.float64)).numpy()
+
+
+def _member_terms(s: np.ndarray, lab: np.ndarray, counts: np.ndarray, k_member: np.ndarray, psi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(R, C): Σ over each class's samples of ψ(m), m = 1 + samples strictly closer than its k-th same-class
+    neighbour; and (R, C) bool where two of a sample's candidate neighbours tie (for the fallback)."""
+    r, n = s.shape
+    num_classes = len(counts)
+    grouped = np.argsort(lab.astype(np.int16 if num_classes < 2**15 else np.int64), axis=1, kind="stable")  # sorted positions by class
+    values = np.take_along_axis(s, grouped, axis=1)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    column_class = np.repeat(np.arange(num_classes), counts)
+    first, last = starts[column_class], starts[column_class] + counts[column_class] - 1
+    column = np.arange(n)
+    k = np.maximum(k_member[column_class], 1)  # (N,); classes of one sample are not used
+    kmax = int(k.max()) if n else 1
+    left, right = [], []
+    for a in range(1, kmax + 1):
+        gap = np.full((r, n), np.inf)
+        gap[:, a:] = values[:, a:] - values[:, :-a]
+        gap[:, column - a < first] = np.inf
+        left.append(gap)
+        gap = np.full((r, n), np.inf)
+        gap[:, :-a] = values[:, a:] - values[:, :-a]
+        gap[:, column + a > last] = np.inf
+        right.append(gap)
+    kth = _kth_of_two_sorted(left, right, k)
+    n_left = np.zeros((r, n), np.int64)
+    n_right = np.zeros((r, n), np.int64)
+    for a in range(kmax):
+        n_left += left[a] <= kth
+        n_right += right[a] <= kth
+    tied = (n_left + n_right > k[None, :]) & np.isfinite(kth)
+    n_left = np.minimum(n_left, k[None, :])
+    left_kth = np.zeros((r, n), dtype=bool)
+    for a, gap in enumerate(left, start=1):
+        left_kth |= (n_left == a) & (gap == kth)
+    offset = np.where(left_kth, -n_left, k[None, :] - n_left)
+    offset[:, counts[column_class] < 2] = 0
+    at = np.clip(column[None, :] + offset, 0, n - 1)
+    neighbour = np.take_along_axis(grouped, at, axis=1)  # its sorted position
+    reach = np.abs(np.take_along_axis(values, at, axis=1) - values)
+    # Neighbour on the right: hi is its value (below it: its position), lo = value - reach (a search).
+    # Neighbour on the left: lo is its value (up to it: its position + 1), hi = value + reach (a search).
+    query = np.where(left_kth, values + reach, values - reach)
+    counted = np.empty((r, n), dtype=np.int64)
+    for i in range(r):
+        row = s[i]
+        found = np.searchsorted(row, query[i], side="left")
+        equal = row[np.minimum(found, n - 1)] == query[i]
+        upto_lo = np.where(left_kth[i], neighbour[i] + 1, found + equal)
+        below_hi = np.where(left_kth[i], found, neighbour[i])
+        counted[i] = below_hi - upto_lo
+    terms = psi[np.maximum(counted, 1)]
+    flat = np.arange(r)[:, None] * num_classes + column_class[None, :]
+    sums = np.bincount(flat.ravel(), weights=terms.ravel(), minlength=r * num_classes).reshape(r, num_classes)
+    unsettled = np.bincount(flat[tied], minlength=r * num_classes).reshape(r, num_classes) > 0
+    return sums, unsettled
+
+
+def _kth_of_two_sorted(left: list[np.ndarray], right: list[np.ndarray], k: np.ndarray) -> np.ndarray:
+    """The k-th smallest of the union of two ascending sequences (left[0] ≤ left[1] ≤ ..., same for right),
+    with k per column in 1..len(left): min over a + b = k of max(left[a], right[b])."""
+    out = np.full(left[0].shape, np.inf)
+    for kk in np.unique(k):
+        kk = int(kk)
+        cols = k == kk
+        best = np.minimum(left[kk - 1][:, cols], right[kk - 1][:, cols])
+        for a in range(1, kk):
+            best = np.minimum(best, np.maximum(left[a - 1][:, cols], right[kk - a - 1][:, cols]))
+        out[:, cols] = best
+    return out
+
+
+def _rest_terms(s: np.ndarray, lab: np.ndarray, counts: np.ndarray, k: int, psi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(R, C) Σ over the samples not of class c of ψ(m) for their k-th nearest non-c neighbour, and (R, C) bool:
+    where a position's first entries did not settle it (or two entries tie), for the per-class fallback."""
+    r, n = s.shape
+    num_classes = len(counts)
+    entries = min(_ENTRIES, n - 1)
+    offsets, distances = _nearest_entries(s, entries)  # (E, R, N) each, nearest first
+    column = np.arange(n)[None, :]
+    labels = np.stack([np.take_along_axis(lab, column + off, axis=1) for off in offsets])  # (E, R, N)
+    # Distances tied within the entries looked at: the nearest-first order is not unique, m not its rank.
+    tied = np.zeros((r, n), dtype=bool)
+    for t in range(entries - 1):
+        tied |= distances[t] == distances[t + 1]
+    own = lab
+    # Base: every sample counts ψ(k) towards every class it is not in.
+    sample_count = np.zeros((r, num_classes))
+    for c in range(num_classes):
+        sample_count[:, c] = n - counts[c]
+    total = sample_count * psi[k]
+    unsettled = np.zeros((r, num_classes), dtype=bool)
+    row_index = np.repeat(np.arange(r), n).reshape(r, n)
+    for t in range(min(k, entries)):
+        c_t = labels[t]
+        fresh = c_t != own
+        for earlier in range(t):
+            fresh &= labels[earlier] != c_t
+        # j*: the first rank at which k entries are not of class c_t.
+        not_c = np.zeros((r, n), dtype=np.int64)
+        rank = np.zeros((r, n), dtype=np.int64)
+        for j in range(entries):
+            not_c += labels[j] != c_t
+            rank = np.where((rank == 0) & (not_c == k), j + 1, rank)
+        settled = rank > 0
+        bad = fresh & (~settled | tied)
+        if bad.any():
+            unsettled[row_index[bad], c_t[bad]] = True
+        good = fresh & settled & ~tied
+        delta = psi[np.where(good, rank, k)] - psi[k]
+        flat = row_index[good] * num_classes + c_t[good]
+        total += np.bincount(flat, weights=delta[good], minlength=r * num_classes).reshape(r, num_classes)
+    # A tie among the first k entries changes the base count too.
+    if tied.any():
+        for c in range(num_classes):
+            unsettled[:, c] |= (tied & (own != c)).any(axis=1)
+    return total, unsettled
+
+
+def _nearest_entries(s: np.ndarray, entries: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per sorted position, the offsets (negative: left) and distances of its `entries` nearest other
+    positions, nearest first (a tie goes to the left one; ties are flagged by the caller)."""
+    r, n = s.shape
+    padded = np.concatenate([np.full((r, entries), -np.inf), s, np.full((r, entries), np.inf)], axis=1)
+    base = s
+    left_at = np.ones((r, n), dtype=np.int64)
+    right_at = np.ones((r, n), dtype=np.int64)
+    column = np.arange(n)[None, :] + entries
+    offsets, distances = [], []
+    for _ in range(entries):
+        dl = base - np.take_along_axis(padded, column - left_at, axis=1)
+        dr = np.take_along_axis(padded, column + right_at, axis=1) - base
+        take_left = dl <= dr
+        offsets.append(np.where(take_left, -left_at, right_at))
+        distances.append(np.where(take_left, dl, dr))
+        left_at += take_left
+        right_at += ~take_left
+    return offsets, distances

@@ -22,30 +22,55 @@ LOUD_SHARE = 0.5
 
 
 def class_means(per_sample: np.ndarray, y: np.ndarray, num_classes: int) -> np.ndarray:
-    """(C, D): the mean row of each class (zeros for a class without samples)."""
+    """(C, D): the mean row of each class (zeros for a class without samples). Boolean rows are summed as
+    integers (exact, and an eighth of the memory traffic)."""
     counts = np.bincount(y, minlength=num_classes)
     sums = np.zeros((num_classes, per_sample.shape[1]))
     present = np.flatnonzero(counts)
     if len(present):
-        grouped = per_sample[np.argsort(y, kind="stable")]
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])[present]
-        sums[present] = np.add.reduceat(grouped, starts, axis=0)
+        grouping = np.argsort(y, kind="stable")
+        if per_sample.dtype == bool:
+            sums[present] = np.add.reduceat(per_sample[grouping].view(np.uint8), starts, axis=0, dtype=np.int64)
+        else:
+            sums[present] = np.add.reduceat(per_sample[grouping], starts, axis=0)
     return sums / np.maximum(counts, 1)[:, None]
 
 
+# Samples per block of loud_sets: its temporaries stay small and in cache.
+_LOUD_BLOCK = 256
+
+
 def loud_sets(features: np.ndarray, share: float = LOUD_SHARE) -> np.ndarray:
-    """(N, D) bool: per sample, the fewest filters whose |activation| sums to `share` of its L1 norm."""
+    """(N, D) bool: per sample, the fewest filters whose |activation| sums to `share` of its L1 norm (the
+    largest first; among equal magnitudes at the boundary, the lowest indices)."""
+    out = np.empty(features.shape, dtype=bool)
+    for start in range(0, len(features), _LOUD_BLOCK):
+        out[start : start + _LOUD_BLOCK] = _loud_block(features[start : start + _LOUD_BLOCK], share)
+    return out
+
+
+def _loud_block(features: np.ndarray, share: float) -> np.ndarray:
     magnitude = np.abs(features)
-    order = np.argsort(-magnitude, axis=1, kind="stable")
-    cumulative = np.cumsum(np.take_along_axis(magnitude, order, axis=1), axis=1)
+    descending = np.sort(magnitude, axis=1)[:, ::-1]
+    cumulative = np.cumsum(descending, axis=1)
     total = cumulative[:, -1:]
     needed = np.where(total[:, 0] > 0, (cumulative < share * total).sum(axis=1) + 1, 0)
-    ranks = np.empty_like(order)
-    np.put_along_axis(ranks, order, np.arange(features.shape[1])[None, :].repeat(len(features), 0), axis=1)
-    return ranks < needed[:, None]
+    needed = np.minimum(needed, features.shape[1])
+    # The smallest magnitude the loud set holds; all larger ones are in, ties fill up in index order.
+    threshold = np.take_along_axis(descending, np.maximum(needed - 1, 0)[:, None], axis=1)
+    above = magnitude > threshold
+    tied = magnitude == threshold
+    room = needed - above.sum(axis=1)
+    loud = above | tied
+    crowded = np.flatnonzero(tied.sum(axis=1) > room)  # more equal magnitudes than places left
+    if len(crowded):
+        loud[crowded] = above[crowded] | (tied[crowded] & (np.cumsum(tied[crowded], axis=1) <= room[crowded, None]))
+    loud[needed == 0] = False
+    return loud
 
 
-def frequency_sample_scores(features: np.ndarray, y: np.ndarray, num_classes: int) -> np.ndarray:
+def frequency_sample_scores(features: np.ndarray, y: np.ndarray, num_classes: int, loud: np.ndarray | None = None) -> np.ndarray:
     """Per-sample scores whose class means rank by loud-set frequency, ties broken by mean |activation|.
 
     The tie-break term is below half a frequency step (1 / n_c), so it never reorders frequencies.
@@ -53,20 +78,20 @@ def frequency_sample_scores(features: np.ndarray, y: np.ndarray, num_classes: in
     counts = np.bincount(y, minlength=num_classes).astype(np.float64)
     magnitude = np.abs(features)
     scale = float(magnitude.max()) or 1.0
-    return loud_sets(features) + (0.5 / counts[y])[:, None] * (magnitude / scale)
+    return (loud_sets(features) if loud is None else loud) + (0.5 / counts[y])[:, None] * (magnitude / scale)
 
 
-def frequency(features: np.ndarray, y: np.ndarray, num_classes: int) -> np.ndarray:
-    """(C, D): share of class-c samples whose loud set holds filter i."""
-    return class_means(loud_sets(features).astype(np.float64), y, num_classes)
+def frequency(features: np.ndarray, y: np.ndarray, num_classes: int, loud: np.ndarray | None = None) -> np.ndarray:
+    """(C, D): share of class-c samples whose loud set holds filter i (`loud`: loud_sets(features) if known)."""
+    return class_means(loud_sets(features) if loud is None else loud, y, num_classes)
 
 
-def sample_scores(kind: str, features: np.ndarray, contributions: np.ndarray, y: np.ndarray, num_classes: int) -> np.ndarray:
+def sample_scores(kind: str, features: np.ndarray, contributions: np.ndarray, y: np.ndarray, num_classes: int, loud: np.ndarray | None = None) -> np.ndarray:
     """The per-sample matrix whose class means are the ranking score of `kind`."""
     if kind == CONTRIBUTION:
         return contributions
     if kind == FREQUENCY:
-        return frequency_sample_scores(features, y, num_classes)
+        return frequency_sample_scores(features, y, num_classes, loud)
     raise ValueError(f"unknown ranking {kind!r}; one of {RANKINGS}")
 
 

@@ -7,6 +7,10 @@
 - deeper in the network: its output map is replaced by its mean over the fit samples (mean
   ablation), and the rest of the network runs; one forward pass per mask.
 Both implement the same three questions, so subsets.py and the ablation study need not care.
+
+The dataset may hold a few of the head's classes (`classes`, output indices). Only their logits are
+restricted; every other output keeps its full logit and still competes in the argmax, exactly as in the
+full model, so a restricted model is never credited for rivals it silently dropped.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from workers.class_filters.activations import BATCH_SIZE, LayerActivations, model_batches
+from workers.class_filters.activations import BATCH_SIZE, LayerActivations, LogitReader, model_batches
+from workers.class_filters.head import MODEL_OUTPUT, Logits
 from workers.model import LoadedModel, frozen
 
 # Random subsets averaged for the "random subset of the same size" control.
@@ -25,34 +30,40 @@ RANDOM_DRAWS = 5
 
 
 class Restriction(Protocol):
-    """Scores the eval samples with filters removed. Masks are bool, True = keep / remove as named."""
+    """Scores the eval samples with filters removed. Masks are bool, True = keep / remove as named.
+    Classes are output indices of the head; `classes` lists the ones the dataset holds."""
 
     exhaustive: bool  # True when every prefix size is cheap to score at once
+    classes: np.ndarray
 
     def restricted_logits(self, keep: np.ndarray) -> np.ndarray:
-        """keep (C, D): (N, C) logits where class c's logit sees only the filters keep[c]."""
+        """keep (P, D), one row per class in `classes`: (N, C) logits where class classes[p]'s logit sees only
+        the filters keep[p] and every other output keeps its full logit."""
 
     def prefix_logits(self, c: int, order: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-        """(len(sizes), N): class c's logit from the first `size` filters of `order` alone."""
+        """(len(sizes), N): output c's logit from the first `size` filters of `order` alone."""
 
     def logits_without(self, remove: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """(len(rows), C): all logits of the eval rows `rows` with the filters `remove` removed from the layer."""
 
 
 class HeadRestriction:
-    """The decomposed head at the last Linear's input: exact, closed form, no network pass."""
+    """The decomposed head at its input: exact, closed form, no network pass."""
 
     exhaustive = True
 
-    def __init__(self, features: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> None:
+    def __init__(self, features: np.ndarray, weight: np.ndarray, bias: np.ndarray, classes: np.ndarray | None = None) -> None:
         self.features = features
         self.weight = weight
         self.bias = bias
+        self.classes = np.arange(weight.shape[0]) if classes is None else np.asarray(classes)
         self._by_filter = np.ascontiguousarray(features.T)  # (D, N): prefix sums gather whole rows
         self._full = features @ weight.T + bias
 
     def restricted_logits(self, keep: np.ndarray) -> np.ndarray:
-        return self.features @ (self.weight * keep).T + self.bias
+        out = self._full.copy()
+        out[:, self.classes] = self.features @ (self.weight[self.classes] * keep).T + self.bias[self.classes]
+        return out
 
     def prefix_logits(self, c: int, order: np.ndarray, sizes: np.ndarray) -> np.ndarray:
         sizes = np.asarray(sizes)
@@ -80,6 +91,9 @@ class AblationRestriction:
         layer: str,
         mean_map: torch.Tensor,
         x_eval: np.ndarray,
+        full_logits: np.ndarray,
+        classes: np.ndarray,
+        reader: LogitReader | None = None,
         device: torch.device | str = "cpu",
         batch_size: int = BATCH_SIZE,
     ) -> None:
@@ -88,13 +102,19 @@ class AblationRestriction:
         self.target = model.submodule(layer)
         self.mean_map = mean_map.to(device)
         self.x_eval = x_eval
+        self.full_logits = full_logits
+        self.classes = np.asarray(classes)
+        self.reader = reader or LogitReader(None, Logits(MODEL_OUTPUT))
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.passes = 0  # forward passes over eval samples, for cost reporting
 
     def restricted_logits(self, keep: np.ndarray) -> np.ndarray:
         rows = np.arange(len(self.x_eval))
-        return np.stack([self._logits(rows, keep[c])[:, c] for c in range(keep.shape[0])], axis=1)
+        out = self.full_logits.copy()
+        for p, c in enumerate(self.classes):
+            out[:, c] = self._logits(rows, keep[p])[:, c]
+        return out
 
     def prefix_logits(self, c: int, order: np.ndarray, sizes: np.ndarray) -> np.ndarray:
         rows = np.arange(len(self.x_eval))
@@ -128,8 +148,9 @@ class AblationRestriction:
         try:
             with torch.no_grad(), frozen(self.module):
                 for _, xb in model_batches(self.model, self.x_eval, rows, self.device, self.batch_size):
-                    out = self.module(xb)
-                    out = out[0] if isinstance(out, (tuple, list)) else out
+                    with self.reader.hooked(len(xb), self.model.shapes.batch) as logits_of:
+                        out = self.module(xb)
+                        out = logits_of(out[0] if isinstance(out, (tuple, list)) else out)
                     chunks.append(out.double().cpu().numpy())
         finally:
             handle.remove()
@@ -137,11 +158,15 @@ class AblationRestriction:
         return np.concatenate(chunks) if chunks else np.zeros((0, 0))
 
 
-def restriction_for(acts: LayerActivations, eval_rows: np.ndarray, model: LoadedModel, x: np.ndarray, device: torch.device | str = "cpu") -> Restriction:
-    """The decomposed head when the split is exact, else mean ablation at the layer."""
+def restriction_for(
+    acts: LayerActivations, eval_rows: np.ndarray, model: LoadedModel, x: np.ndarray, device: torch.device | str = "cpu", classes: np.ndarray | None = None
+) -> Restriction:
+    """The decomposed head when the split is exact, else mean ablation at the layer. classes: the output
+    indices the dataset holds (default: every output)."""
+    classes = np.arange(acts.num_classes) if classes is None else np.asarray(classes)
     if acts.exact:
-        return HeadRestriction(acts.features[eval_rows], acts.head_weight, acts.head_bias)
-    return AblationRestriction(model, acts.layer, acts.mean_map, x[eval_rows], device)
+        return HeadRestriction(acts.features[eval_rows], acts.head_weight, acts.head_bias, classes)
+    return AblationRestriction(model, acts.layer, acts.mean_map, x[eval_rows], acts.logits[eval_rows], classes, acts.reader, device)
 
 
 def recall(logits: np.ndarray, y: np.ndarray, c: int) -> float:
@@ -158,12 +183,14 @@ def ablation_drops(
     num_filters: int,
     seed: int = 0,
     draws: int = RANDOM_DRAWS,
-) -> list[dict[str, float]]:
-    """Per class: class-c recall lost when S_c, a random same-size subset of the other filters
-    (mean over `draws`), or everything but S_c is removed from the layer."""
+) -> list[dict[str, float | None]]:
+    """Per class in restriction.classes: class-c recall lost when S_c, a random same-size subset of the other
+    filters (mean over `draws`), or everything but S_c is removed from the layer. subsets (P, k) pads with -1;
+    an empty S_c has nothing to ablate (None) but its complement (every filter) still is."""
     rng = np.random.default_rng(seed)
     out = []
-    for c, subset in enumerate(subsets):
+    for c, subset in zip(restriction.classes, subsets):
+        subset = subset[subset >= 0]
         rows = np.flatnonzero(y == c)
         truth = y[rows]
         base = recall(full_logits[rows], truth, c)
@@ -171,13 +198,13 @@ def ablation_drops(
         remove[subset] = True
         others = np.flatnonzero(~remove)
         random_recalls = []
-        for _ in range(draws if len(others) >= len(subset) else 0):
+        for _ in range(draws if len(subset) and len(others) >= len(subset) else 0):
             drawn = np.zeros(num_filters, dtype=bool)
             drawn[rng.choice(others, size=len(subset), replace=False)] = True
             random_recalls.append(recall(restriction.logits_without(drawn, rows), truth, c))
         out.append(
             {
-                "subset_drop": base - recall(restriction.logits_without(remove, rows), truth, c),
+                "subset_drop": base - recall(restriction.logits_without(remove, rows), truth, c) if len(subset) else None,
                 "random_drop": base - float(np.mean(random_recalls)) if random_recalls else None,
                 "complement_drop": base - recall(restriction.logits_without(~remove, rows), truth, c),
             }

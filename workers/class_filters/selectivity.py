@@ -18,9 +18,10 @@ import numpy as np
 from workers.class_filters.ranking import LOUD_SHARE, class_means, loud_sets
 
 
-def class_selectivity(features: np.ndarray, y: np.ndarray, num_classes: int) -> np.ndarray:
-    """(C, D): (μ_c − μ_rest) / (μ_c + μ_rest), μ_rest the mean of the other classes' means."""
-    means = class_means(features, y, num_classes)
+def class_selectivity(features: np.ndarray, y: np.ndarray, num_classes: int, means: np.ndarray | None = None) -> np.ndarray:
+    """(C, D): (μ_c − μ_rest) / (μ_c + μ_rest), μ_rest the mean of the other classes' means (`means`: the
+    class means of `features` when already known)."""
+    means = class_means(features, y, num_classes) if means is None else means
     means = means - np.minimum(means.min(axis=0, keepdims=True), 0.0)
     rest = (means.sum(axis=0, keepdims=True) - means) / max(num_classes - 1, 1)
     denominator = means + rest
@@ -32,8 +33,9 @@ def selectivity_index(selectivity: np.ndarray) -> np.ndarray:
     return selectivity.max(axis=0)
 
 
-def psi(features: np.ndarray, share: float = LOUD_SHARE) -> float:
-    """Ψ(share): mean over samples of (filters needed for `share` of the L1 norm) / layer width."""
+def psi(features: np.ndarray, share: float = LOUD_SHARE, loud: np.ndarray | None = None) -> float:
+    """Ψ(share): mean over samples of (filters needed for `share` of the L1 norm) / layer width (`loud`:
+    loud_sets(features, share) when already known)."""
     if features.size == 0:
         return 0.0
-    return float(loud_sets(features, share).sum(axis=1).mean() / features.shape[1])
+    return float((loud_sets(features, share) if loud is None else loud).sum(axis=1).mean() / features.shape[1])

@@ -1,6 +1,8 @@
 """How many filters each class needs, three ways, and how the classes' subsets relate.
 
-- fixed k: the k best filters of the class's ranking (S_c, the subset every other figure uses);
+- fixed k: the k best filters of the class's ranking (S_c, the subset every other figure uses), among
+  those with a positive score: a filter that adds nothing to the class's logit (a head that is all bias)
+  is never put in a subset, so S_c may hold fewer than k (padded with -1 in the (C, k) arrays);
 - mass coverage: the shortest prefix of the ranking holding `mass` of the class's positive
   contribution (R[c, i] > 0 summed);
 - accuracy retention: the shortest prefix whose restricted class-c logit keeps `fraction` of the
@@ -12,8 +14,39 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import hypergeom
 
 from workers.class_filters.restriction import Restriction
+
+# Largest p-value of the full model's class-c hits under chance at which a retention size is computed.
+SKILL_P = 0.01
+
+
+def fixed_k(score: np.ndarray, order: np.ndarray, k: int) -> np.ndarray:
+    """(C, k) the k best filters per class among those with a positive score, best first; -1 pads the rest."""
+    chosen = order[:, :k].copy()
+    positive = np.take_along_axis(score, chosen, axis=1) > 0
+    chosen[~positive] = -1
+    return chosen
+
+
+def members(subset: np.ndarray) -> np.ndarray:
+    """The filters of one padded subset row."""
+    return subset[subset >= 0]
+
+
+def skill_p_values(logits: np.ndarray, y: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """(P,) for each class c: P(at least the observed class-c hits) if the model's class-c predictions were
+    independent of the labels, given how many there are (hypergeometric tail); 1 without a hit."""
+    predicted = logits.argmax(axis=1)
+    n = len(y)
+    out = np.ones(len(classes))
+    for p, c in enumerate(classes):
+        truth, claimed = y == c, predicted == c
+        hits = int((truth & claimed).sum())
+        if hits:
+            out[p] = float(hypergeom.sf(hits - 1, n, int(truth.sum()), int(claimed.sum())))
+    return out
 
 
 def coverage_sizes(contribution: np.ndarray, order: np.ndarray, mass: float) -> np.ndarray:
@@ -34,22 +67,28 @@ def f1(predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 1.0)
 
 
-def retention_sizes(restriction: Restriction, order: np.ndarray, full_logits: np.ndarray, y: np.ndarray, fraction: float) -> np.ndarray:
-    """(C,) shortest prefix of each class's ranking whose restricted logit keeps `fraction` of its F1.
+def retention_sizes(
+    restriction: Restriction, order: np.ndarray, full_logits: np.ndarray, y: np.ndarray, fraction: float, skilled: np.ndarray | None = None
+) -> np.ndarray:
+    """(P,) shortest prefix of each class's ranking whose restricted logit keeps `fraction` of its F1; -1 where
+    `skilled` (P,) bool says the full model has no skill on the class (see the module doc).
 
-    Only class c's logit is restricted; the others stay full. An exhaustive restriction scores every
-    size up to the answer (in doubling blocks, so a small answer stays cheap); otherwise the size is
-    found by bisection (which assumes the F1 does not fall as filters are added).
+    Rows of `order` follow restriction.classes (output indices). Only class c's logit is restricted; every
+    other output stays full. An exhaustive restriction scores every size up to the answer (in doubling
+    blocks, so a small answer stays cheap); otherwise the size is found by bisection (which assumes the F1
+    does not fall as filters are added).
     """
     num_classes, width = order.shape
     rivals = _best_rival(full_logits)
-    sizes = np.zeros(num_classes, dtype=np.int64)
-    for c in range(num_classes):
+    sizes = np.full(num_classes, -1, dtype=np.int64)
+    for p, c in enumerate(restriction.classes):
+        if skilled is not None and not skilled[p]:
+            continue
         truth = y == c
         target = fraction * float(f1(full_logits[:, c] > rivals[:, c], truth)) - 1e-12
 
-        def keeps(candidates: np.ndarray) -> np.ndarray:
-            z = restriction.prefix_logits(c, order[c], candidates)
+        def keeps(candidates: np.ndarray, c: int = int(c), ranked: np.ndarray = order[p]) -> np.ndarray:
+            z = restriction.prefix_logits(c, ranked, candidates)
             return f1(z > rivals[None, :, c], truth[None, :]) >= target
 
         if restriction.exhaustive:
@@ -57,7 +96,7 @@ def retention_sizes(restriction: Restriction, order: np.ndarray, full_logits: np
             while True:
                 ok = keeps(np.arange(1, min(block, width) + 1))
                 if ok.any() or block >= width:
-                    sizes[c] = int(ok.argmax()) + 1 if ok.any() else width
+                    sizes[p] = int(ok.argmax()) + 1 if ok.any() else width
                     break
                 block *= 2
             continue
@@ -68,7 +107,7 @@ def retention_sizes(restriction: Restriction, order: np.ndarray, full_logits: np
                 hi = mid
             else:
                 lo = mid + 1
-        sizes[c] = lo
+        sizes[p] = lo
     return sizes
 
 
@@ -87,29 +126,34 @@ def _best_rival(logits: np.ndarray) -> np.ndarray:
 
 
 def keep_masks(subsets: np.ndarray, width: int) -> np.ndarray:
-    """(C, D) bool: True on each class's subset."""
-    keep = np.zeros((len(subsets), width), dtype=bool)
-    np.put_along_axis(keep, subsets, True, axis=1)
-    return keep
+    """(C, D) bool: True on each class's subset (padding -1 ignored)."""
+    keep = np.zeros((len(subsets), width + 1), dtype=bool)
+    np.put_along_axis(keep, np.where(subsets >= 0, subsets, width), True, axis=1)
+    return keep[:, :width]
 
 
 def jaccard(a: np.ndarray, b: np.ndarray) -> float:
-    sa, sb = set(int(i) for i in a), set(int(i) for i in b)
+    sa, sb = set(int(i) for i in a if i >= 0), set(int(i) for i in b if i >= 0)
     union = sa | sb
     return len(sa & sb) / len(union) if union else 1.0
 
 
 def mean_overlap(subsets: np.ndarray) -> float:
-    """Mean Jaccard between the subsets of every pair of classes (0 = disjoint)."""
-    pairs = [jaccard(subsets[i], subsets[j]) for i in range(len(subsets)) for j in range(i + 1, len(subsets))]
-    return float(np.mean(pairs)) if pairs else 0.0
+    """Mean Jaccard between the subsets of every pair of classes (0 = disjoint); pairs of empty subsets
+    share nothing and are left out."""
+    keep = keep_masks(subsets, int(subsets.max()) + 1 if subsets.size and subsets.max() >= 0 else 1).astype(np.float64)
+    sizes = keep.sum(axis=1)
+    both = keep @ keep.T
+    union = sizes[:, None] + sizes[None, :] - both
+    upper = np.triu(np.ones_like(both, dtype=bool), k=1) & (union > 0)
+    return float(np.mean(both[upper] / union[upper])) if upper.any() else 0.0
 
 
 def density(subsets: np.ndarray, width: int) -> float:
     """Share of the layer's filters that some class's subset uses."""
-    return len(np.unique(subsets)) / width if width else 0.0
+    return len(np.unique(subsets[subsets >= 0])) / width if width else 0.0
 
 
 def compute_saving(subsets: np.ndarray, width: int) -> float:
-    """1 − Σ_c |S_c| / (C·D): multiply-adds the decomposed head saves over the full head."""
-    return 1.0 - subsets.size / (len(subsets) * width) if width and len(subsets) else 0.0
+    """1 − Σ_c |S_c| / (C·D): multiply-adds the decomposed head saves over the full head (for the classes analysed)."""
+    return 1.0 - int((subsets >= 0).sum()) / (len(subsets) * width) if width and len(subsets) else 0.0

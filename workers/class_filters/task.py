@@ -1,34 +1,55 @@
 """The `class_filters` task: which few filters of a layer carry each class's decision.
 
-Options: ClassFiltersOptions (see options.Options). Needs a labelled dataset covering every output
-class with at least 2 samples; x is raw input (N, *input shape), normalised here.
+Options: ClassFiltersOptions (see options.Options). Needs a labelled dataset whose labels are output
+indices of the head: any subset of its classes (3 of Kinetics' 400), each with at least 2 samples; x is
+raw input (N, *input shape), normalised here.
+
+Heads: whatever last affine layer the network runs, on pooled features, channels-first or channels-last
+(a Linear between permutes, pytorchvideo), a 1 × 1 × 1 convolution (S3D), followed or not by a Softmax
+(X3D): the logits before any Softmax are attributed (see head.py).
+
+Restricted model: each class in the dataset scores with its subset's terms only; the head's other
+outputs keep their full logits and compete in every argmax, as they do in the full model.
 
 Summary JSON (also written as class_filters/class_filters.json):
-    layer               hooked module ("<last Linear>:input" by default)
-    num_filters, num_classes, class_names
+    layer               hooked module ("<head>:input" by default: the head's input averaged over its positions)
+    num_filters, num_classes (classes in the dataset, analysed), num_outputs (the head's), class_names
     ranking             "contribution" | "frequency"
-    attribution         "exact_logit_split" (the layer feeds the last Linear) | "gradient_x_activation"
+    attribution         "exact_logit_split" (the layer feeds the head) | "gradient_x_activation"
     restriction         "decomposed_head" | "mean_ablation" (what removing a filter means)
+    logits              what is attributed: "model_output" (the model returns the head's logits, maybe plus a
+                        constant per class) | "pre_softmax" / "pre_log_softmax" (the model returns (log)softmax
+                        of them) | "head_output" (the model transforms them otherwise)
+    head                {module, kind: "linear" | "pointwise_conv", layout: "channels_last" | "channels_first",
+                        positions: how many (T, H, W) positions its input averages}, or None
     mi_estimator, k, fit_samples, eval_samples
-    classes[]           per class:
-        class, name
-        subset_k            S_c: the k best filters, best first
+    classes[]           per class in the dataset:
+        class, name         output index, name
+        subset_k            S_c: the k best filters (positive score only, so possibly fewer), best first
         coverage_size       shortest ranking prefix with mass_coverage of the positive contribution
-        retention_size      shortest ranking prefix whose restricted logit keeps accuracy_retention of the class's F1
+        retention_size      shortest ranking prefix whose restricted logit keeps accuracy_retention of the
+                            class's F1; None where the full model has no skill on the class (skill_p >= 0.01)
+        skill_p             chance of the full model's class hits on eval if its predictions ignored the labels
         recall_full         class recall of the full model on eval
         recall_restricted   class recall when every class's logit uses only its S_c
         ablation            {subset_drop, random_drop, complement_drop}: recall lost removing S_c,
-                            a random same-size subset (mean of 5 draws), everything but S_c
-        stability_jaccard   mean Jaccard of S_c with bootstrap rankings (None if bootstrap = 0)
+                            a random same-size subset (mean of 5 draws), everything but S_c (None: nothing to remove)
+        stability_jaccard   mean Jaccard of S_c with bootstrap rankings (None if bootstrap = 0 or S_c is empty)
         mi_top_k_jaccard    Jaccard of S_c with the k filters of highest MI for the class
-    global              mis, mis_shuffled (bits; label-shuffled baseline), psi_0_5 (Badola's Ψ(0.5)),
-                        density (share of filters in some S_c), mean_overlap (mean pairwise Jaccard of S_c),
-                        accuracy_full, accuracy_restricted (eval), compute_saving (1 − Σ|S_c| / (C·D)),
-                        selectivity {mean, median} of Leavitt's class selectivity index
+    global              mis_binned_bits, mis_binned_bits_shuffled (binned MI, bits; label-shuffled baseline),
+                        mis_knn_nats, mis_knn_nats_shuffled (Ross's kNN MI in nats, the MIS of Liang et al.;
+                        None with mis_knn_skipped saying why when the set is too large and not asked for),
+                        mis, mis_shuffled (kept for gates: the MIS of mi_estimator, in bits),
+                        psi_0_5 (Badola's Ψ(0.5)), density (share of filters in some S_c), mean_overlap (mean
+                        pairwise Jaccard of S_c), accuracy_full, accuracy_restricted (eval, argmax over all
+                        outputs), compute_saving (1 − Σ|S_c| / (C·D)), selectivity {mean, median} of Leavitt's
+                        class selectivity index
 
-Artifacts under class_filters/: class_filters.json, matrices.npz (contribution, mutual_information,
-selectivity, frequency: C × D; subsets, coverage_sizes, retention_sizes, class_names),
-heatmap.png (contribution, columns ordered so the subsets show as blocks), subset_sizes.png.
+Artifacts under class_filters/: class_filters.json, matrices.npz (contribution, mutual_information (bits,
+of mi_estimator), mi_binned_bits, mi_knn_nats (when computed), selectivity, frequency: one row per class
+in the dataset; classes (their output indices); subsets (-1 padded), coverage_sizes, retention_sizes
+(-1: none), class_names), heatmap.png (contribution, columns ordered so the subsets show as blocks),
+subset_sizes.png.
 """
 
 from __future__ import annotations
@@ -43,7 +64,7 @@ from workers.class_filters.analysis import analyse
 from workers.class_filters.figures import heatmap, subset_sizes
 from workers.class_filters.options import Options
 from workers.class_filters.restriction import restriction_for
-from workers.class_filters.split import stratified_split
+from workers.class_filters.split import present_classes, stratified_split
 from workers.context import TaskContext
 from workers.dataset import Dataset
 from workers.errors import DatasetUnusable
@@ -60,8 +81,9 @@ def run(ctx: TaskContext) -> dict[str, Any]:
     ctx.model.require_module(NAME)
     dataset = checked_dataset(ctx.dataset, ctx.model.input_spec)
     x, y = dataset.x, dataset.y
-    num_classes = checked_classes(y, output_width(ctx.model, x, ctx.device))
-    split = stratified_split(y, options.fit_fraction, num_classes, options.seed)
+    outputs = output_width(ctx.model, x, ctx.device)
+    classes = checked_classes(y, outputs)
+    split = stratified_split(y, options.fit_fraction, options.seed)
 
     ctx.progress("forward pass", 0.0)
     acts = collect(
@@ -72,9 +94,9 @@ def run(ctx: TaskContext) -> dict[str, Any]:
         layer=options.layer,
         device=ctx.device,
         on_fraction=lambda f: ctx.progress("forward pass", 0.5 * f),
-        num_classes=num_classes,
+        num_classes=outputs,
     )
-    restriction = restriction_for(acts, split.eval, ctx.model, x, ctx.device)
+    restriction = restriction_for(acts, split.eval, ctx.model, x, ctx.device, classes)
     result = analyse(
         acts,
         y,
@@ -94,6 +116,7 @@ def run(ctx: TaskContext) -> dict[str, Any]:
         out / "matrices.npz",
         **{name: matrix.astype(np.float32) for name, matrix in result.matrices.items()},
         subsets=result.subsets.astype(np.int64),
+        classes=result.classes.astype(np.int64),
         coverage_sizes=result.sizes["coverage"].astype(np.int64),
         retention_sizes=result.sizes["retention"].astype(np.int64),
         class_names=np.array(summary["class_names"], dtype=str),
@@ -128,14 +151,11 @@ def checked_dataset(dataset: Dataset | None, spec: InputSpec) -> Dataset:
     return Dataset(x=x, y=y.astype(np.int64), class_names=list(dataset.class_names))
 
 
-def checked_classes(y: np.ndarray, outputs: int) -> int:
-    """The number of classes: the model's outputs, every one of which the labels must use."""
+def checked_classes(y: np.ndarray, outputs: int) -> np.ndarray:
+    """The classes the dataset holds (output indices of the head): at least two, all below `outputs`."""
     if int(y.max()) >= outputs:
         raise DatasetUnusable(f"labels go up to {int(y.max())} but the model has {outputs} outputs", reason="LABELS_EXCEED_OUTPUTS")
-    if int(y.max()) + 1 < outputs:
-        raise DatasetUnusable(
-            f"the model has {outputs} outputs but the labels cover only {int(y.max()) + 1} classes; "
-            f"give every output class (0..{outputs - 1}) at least 2 samples",
-            reason="CLASSES_DO_NOT_MATCH_OUTPUTS",
-        )
-    return outputs
+    classes = present_classes(y)
+    if len(classes) < 2:
+        raise DatasetUnusable(f"dataset needs samples of at least 2 classes; it holds only class {int(classes[0])}", reason="TOO_FEW_CLASSES")
+    return classes
