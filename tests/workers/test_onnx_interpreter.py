@@ -350,13 +350,14 @@ def test_constant_node_and_dropout_chain() -> None:
     assert_matches(model, inputs)
 
 
-def test_unsupported_op_names_the_op_and_the_node() -> None:
+def test_unsupported_op_names_the_op_and_the_node_and_the_format_to_use() -> None:
     x = {"x": f32(_rng(17), 1, 2, 4, 4)}
-    model = single_node("LpNormalization", x)
+    model = single_node("RandomNormalLike", x)
     with pytest.raises(ModelUnusable) as err:
         build_module(model)
     assert err.value.reason == "UNSUPPORTED_OP"
-    assert "LpNormalization" in err.value.message and "the_lpnormalization" in err.value.message
+    assert "RandomNormalLike" in err.value.message and "the_randomnormallike" in err.value.message
+    assert "torch.export" in err.value.message and ".pt2" in err.value.message
 
 
 def test_every_op_of_the_issue_is_supported() -> None:

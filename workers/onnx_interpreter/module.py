@@ -38,14 +38,11 @@ class OpNode(nn.Module):
         constants: dict[str, Tensor] | None = None,
     ) -> None:
         super().__init__()
-        self.op_type = op_type
-        self.onnx_name = onnx_name
-        self.attrs = attrs
-        self.opset = opset
-        self.num_outputs = num_outputs
-        self._fn = fn
+        # Plain attributes straight into __dict__: nn.Module.__setattr__'s checks cost more than the rest of
+        # the build on graphs of thousands of shape-arithmetic nodes (the legacy exporter's Swin3D has 6,500).
+        self.__dict__.update(op_type=op_type, onnx_name=onnx_name, attrs=attrs, opset=opset, num_outputs=num_outputs, _fn=fn)
         for key, value in (constants or {}).items():
-            self.register_buffer(key, value)
+            self._buffers[key] = value
 
     def forward(self, *inputs: Tensor | None) -> Any:
         try:
@@ -55,6 +52,23 @@ class OpNode(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.op_type} {self.onnx_name!r}"
+
+
+def run_steps(steps: list["Step"], env: dict[str, Any]) -> None:
+    """Run `steps` in order on the named values in `env`, storing outputs and dropping released names.
+
+    A step returns one value per output: a tuple for several; a list is one value (an ONNX sequence).
+    """
+    for step in steps:
+        out = step.module(*[env[name] if name else None for name in step.inputs])
+        if len(step.outputs) == 1:
+            env[step.outputs[0]] = out[0] if isinstance(out, tuple) else out
+        else:
+            for name, value in zip(step.outputs, out):
+                if name:
+                    env[name] = value
+        for name in step.release:
+            env.pop(name, None)
 
 
 @dataclass(frozen=True)
@@ -90,16 +104,7 @@ class OnnxModule(nn.Module):
         buffers = self.initializers._buffers
         env: dict[str, Any] = {raw: buffers[buf] for raw, buf in self.initializer_buffers.items()}
         env.update(zip(self.input_names, inputs))
-        for step in self.steps:
-            out = step.module(*[env[name] if name else None for name in step.inputs])
-            if len(step.outputs) == 1:
-                env[step.outputs[0]] = out[0] if isinstance(out, (tuple, list)) else out
-            else:
-                for name, value in zip(step.outputs, out):
-                    if name:
-                        env[name] = value
-            for name in step.release:
-                env.pop(name, None)
+        run_steps(self.steps, env)
         outs = [env[name] for name in self.output_names]
         return outs[0] if len(outs) == 1 else tuple(outs)
 

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from workers.onnx_interpreter.padding import auto_pads, pad_pairs, split_pads
+from workers.onnx_interpreter.resize import resize
 
 Tensor = torch.Tensor
 OpFn = Callable[..., Any]
@@ -129,6 +130,24 @@ def _clip(node: Any, x: Tensor, lo: Tensor | None = None, hi: Tensor | None = No
 def _hard_sigmoid(node: Any, x: Tensor) -> Tensor:
     alpha, beta = float(node.attrs.get("alpha", 0.2)), float(node.attrs.get("beta", 0.5))
     return torch.clamp(alpha * x + beta, 0.0, 1.0)
+
+
+def _selu(node: Any, x: Tensor) -> Tensor:
+    alpha, gamma = float(node.attrs.get("alpha", 1.67326319217681884765625)), float(node.attrs.get("gamma", 1.05070102214813232421875))
+    return gamma * torch.where(x > 0, x, alpha * (torch.exp(x) - 1))
+
+
+def _celu(node: Any, x: Tensor) -> Tensor:
+    return F.celu(x, float(node.attrs.get("alpha", 1.0)))
+
+
+def _thresholded_relu(node: Any, x: Tensor) -> Tensor:
+    return torch.where(x > float(node.attrs.get("alpha", 1.0)), x, torch.zeros_like(x))
+
+
+def _shrink(node: Any, x: Tensor) -> Tensor:
+    bias, lambd = float(node.attrs.get("bias", 0.0)), float(node.attrs.get("lambd", 0.5))
+    return torch.where(x < -lambd, x + bias, torch.where(x > lambd, x - bias, torch.zeros_like(x)))
 
 
 def _gelu(node: Any, x: Tensor) -> Tensor:
@@ -324,6 +343,11 @@ _REDUCE_SUM = _reduce(lambda x, d, k: torch.sum(x, dim=d, keepdim=k), 13)
 _REDUCE_MAX = _reduce(lambda x, d, k: torch.amax(x, dim=d, keepdim=k), 18)
 _REDUCE_MIN = _reduce(lambda x, d, k: torch.amin(x, dim=d, keepdim=k), 18)
 _REDUCE_PROD = _reduce(lambda x, d, k: _prod(x, d, k), 18)
+_REDUCE_L1 = _reduce(lambda x, d, k: torch.sum(torch.abs(x), dim=d, keepdim=k), 18)
+_REDUCE_L2 = _reduce(lambda x, d, k: torch.sqrt(torch.sum(x * x, dim=d, keepdim=k)), 18)
+_REDUCE_SUM_SQUARE = _reduce(lambda x, d, k: torch.sum(x * x, dim=d, keepdim=k), 18)
+_REDUCE_LOG_SUM = _reduce(lambda x, d, k: torch.log(torch.sum(x, dim=d, keepdim=k)), 18)
+_REDUCE_LOG_SUM_EXP = _reduce(lambda x, d, k: torch.logsumexp(x, dim=d, keepdim=k), 18)
 
 
 def _prod(x: Tensor, dims: Sequence[int], keep: bool) -> Tensor:
@@ -409,6 +433,26 @@ def _layer_norm(node: Any, x: Tensor, scale: Tensor, bias: Tensor | None = None)
     return F.layer_norm(x, shape, scale.expand(shape), None if bias is None else bias.expand(shape), eps)
 
 
+def _group_norm(node: Any, x: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
+    """Opset 18 gives one scale per group, opset 21 one per channel."""
+    groups = int(node.attrs["num_groups"])
+    channels = x.shape[1]
+    if scale.numel() == groups and groups != channels:
+        scale, bias = scale.repeat_interleave(channels // groups), bias.repeat_interleave(channels // groups)
+    return F.group_norm(x, groups, scale, bias, float(node.attrs.get("epsilon", 1e-5)))
+
+
+def _lp_norm(node: Any, x: Tensor) -> Tensor:
+    axis, p = int(node.attrs.get("axis", -1)), int(node.attrs.get("p", 2))
+    return x / torch.linalg.vector_norm(x, ord=p, dim=axis, keepdim=True)
+
+
+def _mean_variance_norm(node: Any, x: Tensor) -> Tensor:
+    dims = tuple(int(a) for a in node.attrs.get("axes", [0, 2, 3]))
+    centred = x - x.mean(dim=dims, keepdim=True)
+    return centred / torch.sqrt((centred * centred).mean(dim=dims, keepdim=True) + 1e-9)
+
+
 def _gemm(node: Any, a: Tensor, b: Tensor, c: Tensor | None = None) -> Tensor:
     if node.attrs.get("transA", 0):
         a = a.transpose(0, 1)
@@ -440,6 +484,191 @@ def _grid_sample(node: Any, x: Tensor, grid: Tensor) -> Tensor:
         padding_mode=str(node.attrs.get("padding_mode", "zeros")),
         align_corners=bool(node.attrs.get("align_corners", 0)),
     )
+
+
+# ---------------------------------------------------------------- indexing and scattering
+
+def _fix_negative(idx: Tensor, sizes: Tensor | int) -> Tensor:
+    return torch.where(idx < 0, idx + sizes, idx)
+
+
+def _scatter_nd(node: Any, data: Tensor, indices: Tensor, updates: Tensor) -> Tensor:
+    """data with data[indices[i]] = updates[i] (or combined by `reduction`): Swin3D's and MViT's slice assignments."""
+    reduction = str(node.attrs.get("reduction", "none"))
+    k = int(indices.shape[-1])
+    sizes = torch.tensor(data.shape[:k], dtype=torch.int64, device=data.device)
+    idx = _fix_negative(indices.long(), sizes)
+    if reduction in ("none", "add"):
+        key = tuple(idx[..., j] for j in range(k))
+        return data.index_put(key, updates.to(data.dtype), accumulate=reduction == "add")
+    reduce = {"mul": "prod", "max": "amax", "min": "amin"}.get(reduction)
+    if reduce is None:
+        raise ValueError(f"ScatterND reduction {reduction!r} is not supported")
+    strides = torch.tensor([math.prod(data.shape[j + 1 : k]) for j in range(k)], dtype=torch.int64, device=data.device)
+    flat_index = (idx * strides).sum(-1).reshape(-1)
+    rows = data.reshape(math.prod(data.shape[:k]), *data.shape[k:])
+    values = updates.to(data.dtype).reshape(-1, *data.shape[k:])
+    index = flat_index.reshape(-1, *([1] * (rows.dim() - 1))).expand_as(values)
+    return rows.scatter_reduce(0, index, values, reduce, include_self=True).reshape(data.shape)
+
+
+def _scatter_elements(node: Any, data: Tensor, indices: Tensor, updates: Tensor) -> Tensor:
+    axis = _norm_axis(int(node.attrs.get("axis", 0)), data.dim())
+    idx = _fix_negative(indices.long(), data.shape[axis])
+    reduction = str(node.attrs.get("reduction", "none"))
+    if reduction == "none":
+        return data.scatter(axis, idx, updates.to(data.dtype))
+    reduce = {"add": "sum", "mul": "prod", "max": "amax", "min": "amin"}.get(reduction)
+    if reduce is None:
+        raise ValueError(f"ScatterElements reduction {reduction!r} is not supported")
+    return data.scatter_reduce(axis, idx, updates.to(data.dtype), reduce, include_self=True)
+
+
+def _gather_elements(node: Any, x: Tensor, indices: Tensor) -> Tensor:
+    axis = _norm_axis(int(node.attrs.get("axis", 0)), x.dim())
+    return torch.gather(x, axis, _fix_negative(indices.long(), x.shape[axis]))
+
+
+def _gather_nd(node: Any, data: Tensor, indices: Tensor) -> Tensor:
+    b = int(node.attrs.get("batch_dims", 0))
+    k = int(indices.shape[-1])
+    batch = math.prod(data.shape[:b])
+    rows = data.reshape(batch, *data.shape[b:])
+    sizes = torch.tensor(data.shape[b : b + k], dtype=torch.int64, device=data.device)
+    idx = _fix_negative(indices.long(), sizes).reshape(batch, *indices.shape[b:])
+    first = torch.arange(batch, device=data.device).reshape(batch, *([1] * (idx.dim() - 2)))
+    picked = rows[(first, *(idx[..., j] for j in range(k)))]
+    return picked.reshape(*data.shape[:b], *indices.shape[b:-1], *data.shape[b + k :])
+
+
+def _einsum(node: Any, *xs: Tensor) -> Tensor:
+    return torch.einsum(str(node.attrs["equation"]).replace(" ", ""), *xs)
+
+
+def _trilu(node: Any, x: Tensor, k: Tensor | None = None) -> Tensor:
+    diagonal = 0 if k is None else int(k.item())
+    return torch.triu(x, diagonal) if int(node.attrs.get("upper", 1)) else torch.tril(x, diagonal)
+
+
+def _cumsum(node: Any, x: Tensor, axis: Tensor) -> Tensor:
+    dim = _norm_axis(int(axis.item()), x.dim())
+    reverse, exclusive = bool(node.attrs.get("reverse", 0)), bool(node.attrs.get("exclusive", 0))
+    if reverse:
+        x = x.flip(dim)
+    out = torch.cumsum(x, dim)
+    if exclusive:  # shift by one: the first element is 0, no subtraction (exact for every dtype)
+        zero = torch.zeros_like(out.narrow(dim, 0, 1))
+        out = torch.cat([zero, out.narrow(dim, 0, out.shape[dim] - 1)], dim)
+    return out.flip(dim) if reverse else out
+
+
+def _arg_reduce(largest: bool) -> OpFn:
+    def run(node: Any, x: Tensor) -> Tensor:
+        axis = _norm_axis(int(node.attrs.get("axis", 0)), x.dim())
+        keep = bool(node.attrs.get("keepdims", 1))
+        if node.attrs.get("select_last_index", 0):
+            flipped = x.flip(axis)
+            found = (flipped.argmax if largest else flipped.argmin)(axis, keepdim=keep)
+            return x.shape[axis] - 1 - found
+        return (x.argmax if largest else x.argmin)(axis, keepdim=keep)
+
+    return run
+
+
+def _top_k(node: Any, x: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+    axis = _norm_axis(int(node.attrs.get("axis", -1)), x.dim())
+    values, indices = torch.topk(
+        x, int(k.reshape(-1)[0].item()), dim=axis, largest=bool(node.attrs.get("largest", 1)), sorted=True
+    )
+    return values, indices
+
+
+def _non_zero(node: Any, x: Tensor) -> Tensor:
+    return torch.nonzero(x).t().contiguous()
+
+
+def _one_hot(node: Any, indices: Tensor, depth: Tensor, values: Tensor) -> Tensor:
+    size = int(depth.reshape(-1)[0].item())
+    idx = indices.long()
+    idx = torch.where(idx < 0, idx + size, idx)
+    hot = F.one_hot(idx.clamp(0, size - 1), size) * ((idx >= 0) & (idx < size)).unsqueeze(-1)
+    axis = _norm_axis(int(node.attrs.get("axis", -1)), idx.dim() + 1)
+    hot = hot.movedim(-1, axis).bool()
+    off, on = values.reshape(-1)[0], values.reshape(-1)[1]
+    return torch.where(hot, on, off)
+
+
+def _is_inf(node: Any, x: Tensor) -> Tensor:
+    neg, pos = bool(node.attrs.get("detect_negative", 1)), bool(node.attrs.get("detect_positive", 1))
+    return ((x == -math.inf) & neg) | ((x == math.inf) & pos)
+
+
+def _depth_to_space(node: Any, x: Tensor) -> Tensor:
+    b = int(node.attrs["blocksize"])
+    n, c, h, w = x.shape
+    if str(node.attrs.get("mode", "DCR")) == "DCR":
+        y = x.reshape(n, b, b, c // (b * b), h, w).permute(0, 3, 4, 1, 5, 2)
+    else:
+        y = x.reshape(n, c // (b * b), b, b, h, w).permute(0, 1, 4, 2, 5, 3)
+    return y.reshape(n, c // (b * b), h * b, w * b)
+
+
+def _space_to_depth(node: Any, x: Tensor) -> Tensor:
+    b = int(node.attrs["blocksize"])
+    n, c, h, w = x.shape
+    y = x.reshape(n, c, h // b, b, w // b, b).permute(0, 3, 5, 1, 2, 4)
+    return y.reshape(n, c * b * b, h // b, w // b)
+
+
+# ---------------------------------------------------------------- sequences (Python lists of tensors)
+
+def _sequence_construct(node: Any, *xs: Tensor) -> list[Tensor]:
+    return list(xs)
+
+
+def _sequence_empty(node: Any) -> list[Tensor]:
+    return []
+
+
+def _position(seq: list[Tensor], position: Tensor | None, default: int) -> int:
+    return default if position is None else int(position.item())
+
+
+def _sequence_insert(node: Any, seq: list[Tensor], x: Tensor, position: Tensor | None = None) -> list[Tensor]:
+    out = list(seq)  # a new list: Loop bodies carry sequences, which must not change under their producers
+    out.insert(_position(seq, position, len(seq)), x)  # a negative position counts from the back, as in Python
+    return out
+
+
+def _sequence_erase(node: Any, seq: list[Tensor], position: Tensor | None = None) -> list[Tensor]:
+    out = list(seq)
+    del out[_position(seq, position, -1)]
+    return out
+
+
+def _sequence_at(node: Any, seq: list[Tensor], position: Tensor) -> Tensor:
+    return seq[_position(seq, position, 0)]
+
+
+def _sequence_length(node: Any, seq: list[Tensor]) -> Tensor:
+    return torch.tensor(len(seq), dtype=torch.int64)
+
+
+def _concat_from_sequence(node: Any, seq: list[Tensor]) -> Tensor:
+    axis = int(node.attrs["axis"])
+    if node.attrs.get("new_axis", 0):
+        return torch.stack(seq, dim=_norm_axis(axis, seq[0].dim() + 1))
+    return torch.cat(seq, dim=axis)
+
+
+def _split_to_sequence(node: Any, x: Tensor, split: Tensor | None = None) -> list[Tensor]:
+    axis = _norm_axis(int(node.attrs.get("axis", 0)), x.dim())
+    if split is None:
+        parts = list(torch.split(x, 1, dim=axis))
+        return [p.squeeze(axis) for p in parts] if node.attrs.get("keepdims", 1) == 0 else parts
+    if split.dim() == 0:
+        return list(torch.split(x, int(split.item()), dim=axis))
+    return list(torch.split(x, _ints(split), dim=axis))
 
 
 OPS: dict[str, OpFn] = {
@@ -481,6 +710,15 @@ OPS: dict[str, OpFn] = {
     "Tan": _unary(torch.tan),
     "Atan": _unary(torch.atan),
     "Erf": _unary(torch.erf),
+    "Asin": _unary(torch.asin),
+    "Acos": _unary(torch.acos),
+    "Sinh": _unary(torch.sinh),
+    "Cosh": _unary(torch.cosh),
+    "Asinh": _unary(torch.asinh),
+    "Acosh": _unary(torch.acosh),
+    "Atanh": _unary(torch.atanh),
+    "IsNaN": _unary(torch.isnan),
+    "IsInf": _is_inf,
     # activations
     "Relu": _unary(torch.relu),
     "LeakyRelu": _leaky_relu,
@@ -493,6 +731,12 @@ OPS: dict[str, OpFn] = {
     "HardSigmoid": _hard_sigmoid,
     "HardSwish": _unary(F.hardswish),
     "Gelu": _gelu,
+    "Selu": _selu,
+    "Celu": _celu,
+    "Mish": _unary(F.mish),
+    "Softsign": _unary(F.softsign),
+    "ThresholdedRelu": _thresholded_relu,
+    "Shrink": _shrink,
     "Softmax": _softmax_like(torch.softmax),
     "LogSoftmax": _softmax_like(torch.log_softmax),
     # shape and layout
@@ -512,15 +756,46 @@ OPS: dict[str, OpFn] = {
     "ConstantOfShape": _constant_of_shape,
     "Range": _range,
     "Pad": _pad,
+    "Resize": resize,
     "Identity": _identity,
     "Dropout": _dropout,
     "Constant": _constant,
+    "Trilu": _trilu,
+    "CumSum": _cumsum,
+    "DepthToSpace": _depth_to_space,
+    "SpaceToDepth": _space_to_depth,
+    "NonZero": _non_zero,
+    "OneHot": _one_hot,
+    # indexing and scattering
+    "GatherElements": _gather_elements,
+    "GatherND": _gather_nd,
+    "ScatterND": _scatter_nd,
+    "ScatterElements": _scatter_elements,
+    "Scatter": _scatter_elements,
+    "Einsum": _einsum,
+    "ArgMax": _arg_reduce(largest=True),
+    "ArgMin": _arg_reduce(largest=False),
+    "TopK": _top_k,
+    # sequences
+    "SequenceConstruct": _sequence_construct,
+    "SequenceEmpty": _sequence_empty,
+    "SequenceInsert": _sequence_insert,
+    "SequenceErase": _sequence_erase,
+    "SequenceAt": _sequence_at,
+    "SequenceLength": _sequence_length,
+    "ConcatFromSequence": _concat_from_sequence,
+    "SplitToSequence": _split_to_sequence,
     # reductions
     "ReduceMean": _REDUCE_MEAN,
     "ReduceSum": _REDUCE_SUM,
     "ReduceMax": _REDUCE_MAX,
     "ReduceMin": _REDUCE_MIN,
     "ReduceProd": _REDUCE_PROD,
+    "ReduceL1": _REDUCE_L1,
+    "ReduceL2": _REDUCE_L2,
+    "ReduceSumSquare": _REDUCE_SUM_SQUARE,
+    "ReduceLogSum": _REDUCE_LOG_SUM,
+    "ReduceLogSumExp": _REDUCE_LOG_SUM_EXP,
     # pooling
     "MaxPool": _max_pool,
     "AveragePool": _average_pool,
@@ -530,6 +805,9 @@ OPS: dict[str, OpFn] = {
     "BatchNormalization": _batch_norm,
     "InstanceNormalization": _instance_norm,
     "LayerNormalization": _layer_norm,
+    "GroupNormalization": _group_norm,
+    "LpNormalization": _lp_norm,
+    "MeanVarianceNormalization": _mean_variance_norm,
     "Gemm": _gemm,
     "MatMul": _matmul,
     # sampling
