@@ -155,8 +155,9 @@ def _pick_layers(summary: Summary, layer: str | None) -> list[dict[str, Any]]:
 # Summary: {"layer", "num_filters", "num_classes", "class_names", "k", "classes": [{"class", "name",
 # "subset_k", "coverage_size", "retention_size", "recall_full", "recall_restricted", "ablation":
 # {"subset_drop", "random_drop", "complement_drop"}, "stability_jaccard", "mi_top_k_jaccard"}],
-# "global": {"mis", "mis_shuffled", "psi_0_5", "density", "mean_overlap", "accuracy_full",
-# "accuracy_restricted", "compute_saving", "selectivity": {"mean", "median"}}}.
+# "global": {"mis_binned_bits", "mis_binned_bits_shuffled", "mis_knn_nats", "mis_knn_nats_shuffled",
+# "mis", "mis_shuffled" (the mi_estimator's MIS in bits, kept for gates), "psi_0_5", "density", "mean_overlap",
+# "accuracy_full", "accuracy_restricted", "compute_saving", "selectivity": {"mean", "median"}}}.
 
 
 def _global(field: str) -> Extractor:
@@ -177,7 +178,9 @@ def _accuracy_retained(s: Summary, _layer: str | None) -> float | None:
     return None if full in (None, 0) or restricted is None else restricted / full
 
 
-_metric("class_filters.mis", "Mean information selectivity (bits): mean over filters of the max over classes of MI.", "higher")(_global("mis"))
+_metric("class_filters.mis", "Mean information selectivity (bits, the task's mi_estimator: binned by default): mean over filters of the max over classes of MI.", "higher")(_global("mis"))
+_metric("class_filters.mis_binned_bits", "MIS with the binned MI estimator, in bits.", "higher")(_global("mis_binned_bits"))
+_metric("class_filters.mis_knn_nats", "MIS with Ross's kNN MI estimator in nats, the figure Liang et al. (CSG) report.", "higher")(_global("mis_knn_nats"))
 _metric("class_filters.mis_shuffled", "MIS of the same activations with shuffled labels (the chance level).", None)(_global("mis_shuffled"))
 
 

@@ -16,11 +16,13 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from sdk import schemas
 from workers.class_filters import information
 from workers.context import TaskContext
 from workers.dataset import Dataset
@@ -62,9 +64,12 @@ def _linear(weight: np.ndarray, bias: np.ndarray | None = None) -> nn.Linear:
 
 
 def _run(tmp_path: Path, model: nn.Module, shape: tuple[int, ...], x: np.ndarray, y: np.ndarray, options: dict | None = None) -> dict:
+    """The task's summary, checked against the schema the SDK ships."""
     loaded = LoadedModel.from_module(model.eval(), InputSpec(shape=shape))
     ctx = TaskContext(model=loaded, options={"bootstrap": 10, "seed": 0, **(options or {})}, out_dir=tmp_path, dataset=Dataset(x, y))
-    return get("class_filters")(ctx)
+    summary = get("class_filters")(ctx)
+    jsonschema.validate(summary, schemas.load("class_filters"))
+    return summary
 
 
 # ------------------------------------------------------------------ a few classes of a 400-way head
