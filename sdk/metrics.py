@@ -349,11 +349,11 @@ def _channel_count(s: Summary, layer: str | None) -> float | None:
 _metric("kernel_viz.median_activation_ratio", "Median over live channels of activation reached / |activation of a same-norm random input|.", "higher", **_KV)(_over_live("ratio", _median))
 _metric("kernel_viz.mean_motion_dependence", "Mean over live channels of 1 - act(static texture) / act(optimal video).", None, **_KV)(_over_live("motion_dependence", _mean))
 _metric("kernel_viz.mean_direction_selectivity", "Mean over live channels of the direction-selectivity index (video vs reversed).", None, **_KV)(_over_live("direction_selectivity", _mean))
-_metric("kernel_viz.mean_speed_px_per_frame", "Mean over live channels of the dominant speed, model-input pixels per frame.", None, **_KV)(_over_live("speed_px_per_frame", _mean))
+_metric("kernel_viz.mean_speed_px_per_frame", "Mean over live channels with significant motion of the dominant speed, model-input pixels per frame.", None, **_KV)(_over_live("speed_px_per_frame", _mean))
 _metric("kernel_viz.mean_reconstruction_error", "Mean over live channels of the texture-warp reconstruction error (0 = the motion model explains the video).", "lower", **_KV)(_over_live("reconstruction_error", _mean))
 
 
-@_metric("kernel_viz.moving_share", "Share of live channels with a dominant motion (speed above the noise floor).", None, **_KV)
+@_metric("kernel_viz.moving_share", "Share of live channels whose motion is significant (direction and speed reported; noise and static patterns are not).", None, **_KV)
 def _moving_share(s: Summary, layer: str | None) -> float | None:
     live = [c for c in _channels(s, layer) if not c.get("dead")]
     return sum(c.get("direction_deg") is not None for c in live) / len(live) if live else None

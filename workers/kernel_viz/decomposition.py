@@ -15,12 +15,26 @@ length (from v = 0 it found ~0 px/frame on a 2 px/frame texture). Each frame pai
 translation in the focus window (pyramidal Lucas–Kanade), then one velocity fitted to all pairs
 at once, starts the velocities in the right basin; that one velocity is also the "dominant
 motion" the summary reports.
+
+Why only the frames the unit sees (`frames`): the canvas holds jitter frames and frames beyond
+the unit's temporal receptive field that carry almost no motion; weighting their pairs like the
+others under-reported the speed of a 5-frame kernel on a 7-frame canvas by 20-35 %. Frames may
+be non-adjacent (a network that subsamples time): a pair of frames g apart moves g·v.
+
+Why a held-out gain: the best translation always explains some of the change between two
+unrelated frames (noise gave 1-4 px/frame "motion"). The velocity is fitted on some frame pairs
+and judged on the others, and fitted on one half of the window and judged on the other half;
+motion_gain = the smallest 1 − error(v) / error(−v) on held-out data. The reversed velocity,
+not a static model, is the yardstick because it costs the same interpolation blur, so for
+frames with no motion (noise, independent frames, a static or flickering pattern) the gain is
+about 0 or below, and for a translation near 1.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -34,21 +48,30 @@ _DAMPING = 0.05
 _ONE_ORIENTATION = 0.05
 # Gauss–Newton iterations of Lucas–Kanade per pyramid level.
 _ITERATIONS = 10
+# Starting points of the joint fit (besides the mean and the median of the pairs' own estimates).
+_STARTS = 4
 # Standard deviation in pixels of the Gaussian that smooths frames before global motion is measured.
 _SMOOTHING = 1.0
 
 
 @dataclass
 class Decomposition:
-    """texture (B, C, H, W) raw values; velocity (B, T−1, 2, H, W) px/frame as (x, y); shifts (B, T−1, 2):
-    each frame pair's global translation in the focus window; dominant (B, 2): the one velocity that
-    best explains all frame pairs there; reconstruction (B, C, T, H, W) raw;
-    error (B,) relative reconstruction error ‖V̂ − V‖ / ‖V − mean V‖."""
+    """Of the S frames used (`frames`, indices into the input video's T): texture (B, C, H, W) raw
+    values; velocity (B, S−1, 2, H, W) px/frame as (x, y) from each used frame to the next;
+    shifts (B, S−1, 2): each pair's global translation in the focus window, px/frame; dominant
+    (B, 2): the one velocity that best explains all pairs there; gain (B,): held-out motion gain
+    (see the module docstring; ~0 without motion, ~1 for a translation); reach: the fastest
+    motion, px/frame, the focus window can measure (half its smaller extent per frame pair: content
+    moving further leaves the window between two frames); reconstruction
+    (B, C, S, H, W) raw; error (B,) relative reconstruction error ‖V̂ − V‖ / ‖V − mean V‖."""
 
+    frames: list[int]
     texture: torch.Tensor
     velocity: torch.Tensor
     shifts: torch.Tensor
     dominant: torch.Tensor
+    gain: torch.Tensor
+    reach: float
     reconstruction: torch.Tensor
     error: torch.Tensor
 
@@ -115,20 +138,112 @@ def global_translation(first: torch.Tensor, second: torch.Tensor, window: torch.
     return best
 
 
-def dominant_velocity(video: torch.Tensor, shifts: torch.Tensor, window: torch.Tensor | None = None) -> torch.Tensor:
-    """(B, 2) the one velocity (x, y) in px/frame that best carries every frame of video (B, C, T, H, W) to the next.
+def dominant_velocity(
+    video: torch.Tensor, shifts: torch.Tensor, window: torch.Tensor | None = None, gaps: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(B, 2) the one velocity (x, y) in px/frame that best carries every frame of video (B, C, S, H, W) to the next.
 
-    Lucas–Kanade with the normal equations of all frame pairs summed, started from the mean of
-    the pairs' own translations `shifts` (B, T−1, 2). Summing is what makes it robust: a pair whose
-    content has little structure along one axis (an estimate there is unreliable) adds little
-    to that axis, where a mean of per-pair estimates would let it pull the result as much as any.
+    gaps (S−1,): frames of the original clip between consecutive frames here (default 1), so
+    pair s moves gaps[s]·v. Lucas–Kanade with the normal equations of all frame pairs summed,
+    started from the mean of the pairs' own velocities `shifts` (B, S−1, 2). Summing is what
+    makes it robust: a pair whose content has little structure along one axis (an estimate
+    there is unreliable) adds little to that axis, where a mean of per-pair estimates would let
+    it pull the result as much as any.
     """
     b, _, t, h, w = video.shape
+    pairs = t - 1
     window = (hann_window(h, w) if window is None else window).to(video)
     frames = video.float().transpose(1, 2)
-    first, second = frames[:, :-1].flatten(0, 1), frames[:, 1:].flatten(0, 1)
-    velocity = _lucas_kanade(first, second, shifts.float().mean(dim=1), window, pairs=t - 1)
-    return _normal_part(first, velocity, window, pairs=t - 1)
+    first, second = frames[:, :-1], frames[:, 1:]  # (B, P, C, H, W)
+    gaps = torch.ones(pairs) if gaps is None else gaps.float()
+    # Several starts (a pair whose own estimate went astray drags the mean off; a minority of such
+    # pairs leaves the median and the good pairs' own estimates in the right basin); the best fit wins.
+    shifts = shifts.float()
+    picks = torch.linspace(0, pairs - 1, min(pairs, _STARTS)).round().long().unique()
+    starts = torch.cat([shifts.mean(dim=1, keepdim=True), shifts.median(dim=1, keepdim=True).values, shifts[:, picks]], dim=1)
+    k = starts.shape[1]
+    many_first = first[:, None].expand(b, k, *first.shape[1:]).flatten(0, 2)
+    many_second = second[:, None].expand(b, k, *second.shape[1:]).flatten(0, 2)
+    per_image = gaps.to(video).repeat(b * k)
+    velocity = _lucas_kanade(many_first, many_second, starts.flatten(0, 1), window, pairs=pairs, gaps=per_image)
+    velocity = _normal_part(many_first, velocity, window, pairs=pairs)
+    error = _error(many_first, many_second, velocity.repeat_interleave(pairs, dim=0) * per_image[:, None], window)
+    spread = (window * (many_second - many_second.mean(dim=(1, 2, 3), keepdim=True)).pow(2)).sum(dim=(1, 2, 3))
+    score = error.view(b, k, pairs).sum(dim=2) / spread.view(b, k, pairs).sum(dim=2).clamp_min(1e-12)
+    score = score + 1e-3 * velocity.view(b, k, 2).pow(2).sum(dim=2)  # ties go to the slower motion
+    best = score.argmin(dim=1)
+    return velocity.view(b, k, 2)[torch.arange(b), best]
+
+
+def motion_gain(
+    video: torch.Tensor,
+    shifts: torch.Tensor,
+    window: torch.Tensor | None = None,
+    gaps: torch.Tensor | None = None,
+    folds: int = defaults.MOTION_FOLDS,
+) -> torch.Tensor:
+    """(B,) the smallest held-out gain 1 − error(v) / error(−v) of one velocity per video (B, C, S, H, W), S ≥ 2.
+
+    Folds: with two or more frame pairs, the pairs are dealt into up to `folds` interleaved
+    groups, each judged with the velocity fitted on the other pairs; and always, each half of
+    the window (left, right, top, bottom) is judged with the velocity fitted on the opposite
+    half. Fits are Lucas–Kanade started from the mean of the fitted data's own velocities
+    (`shifts`, px/frame, for the pair folds). Motion must hold out in every fold: a translation
+    does, chance agreement between unrelated frames rarely does in all of them. A fold whose
+    held-out frames do not change (a static pattern) scores 0.
+    """
+    b, _, s, h, w = video.shape
+    pairs = s - 1
+    window = (hann_window(h, w) if window is None else window).to(video)
+    gaps = (torch.ones(pairs) if gaps is None else gaps.float()).to(video)
+    frames = video.float().transpose(1, 2)
+    first, second = frames[:, :-1], frames[:, 1:]  # (B, P, C, H, W)
+    fit_windows, test_windows, starts = [], [], []
+    if pairs >= 2:
+        k = min(folds, pairs)
+        held = ((torch.arange(pairs) % k)[None, :] == torch.arange(k)[:, None]).to(video)  # (K, P)
+        fit_windows.append((1.0 - held)[:, :, None, None] * window)
+        test_windows.append(held[:, :, None, None] * window)
+        share = (1.0 - held) / (1.0 - held).sum(dim=1, keepdim=True)
+        starts.append(torch.einsum("kp,bpd->bkd", share, shifts.float().to(video)))
+    ys, xs = torch.meshgrid(torch.arange(h, device=video.device), torch.arange(w, device=video.device), indexing="ij")
+    cy, cx = _centre(window)
+    halves = torch.stack([xs < cx, xs >= cx, ys < cy, ys >= cy]).to(video)  # (4, H, W)
+    fit_windows.append((halves * window)[:, None].expand(-1, pairs, -1, -1))
+    test_windows.append(((1.0 - halves) * window)[:, None].expand(-1, pairs, -1, -1))
+    pair_first, pair_second = first.flatten(0, 1), second.flatten(0, 1)
+    starts.append(
+        torch.stack(
+            [
+                (global_translation(pair_first, pair_second, half * window).view(b, pairs, 2) / gaps[None, :, None]).mean(dim=1)
+                for half in halves
+            ],
+            dim=1,
+        )
+    )
+    fit_all, test_all, start_all = torch.cat(fit_windows), torch.cat(test_windows), torch.cat(starts, dim=1)
+    k = fit_all.shape[0]
+    # Every fold of every video sees all pairs; what it may use is in its windows.
+    fold_first = first[:, None].expand(b, k, *first.shape[1:]).flatten(0, 2)  # (B·K·P, C, H, W)
+    fold_second = second[:, None].expand(b, k, *second.shape[1:]).flatten(0, 2)
+    per_image = gaps.repeat(b * k)
+    fit = fit_all[None].expand(b, *fit_all.shape).flatten(0, 2)[:, None]  # (B·K·P, 1, H, W)
+    test = test_all[None].expand(b, *test_all.shape).flatten(0, 2)[:, None]
+    velocity = _lucas_kanade(fold_first, fold_second, start_all.flatten(0, 1), fit, pairs=pairs, gaps=per_image)
+    velocity = _normal_part(fold_first, velocity, fit, pairs=pairs)
+    shift = velocity.repeat_interleave(pairs, dim=0) * per_image[:, None]
+
+    def held_out(x: torch.Tensor) -> torch.Tensor:
+        return x.view(b, k, pairs).sum(dim=2)
+
+    forward = held_out(_error(fold_first, fold_second, shift, test))
+    backward = held_out(_error(fold_first, fold_second, -shift, test))
+    change = held_out(_error(fold_first, fold_second, torch.zeros_like(shift), test))
+    spread = held_out((test * (fold_second - fold_second.mean(dim=(1, 2, 3), keepdim=True)).pow(2)).sum(dim=(1, 2, 3)))
+    gain = 1.0 - forward / backward.clamp_min(1e-30)
+    # No change between the held-out frames (a static pattern): nothing moved, whatever the ratio of two tiny errors says.
+    gain = torch.where(change > defaults.STATIC_CHANGE * spread, gain, torch.zeros_like(gain))
+    return gain.min(dim=1).values
 
 
 def decompose(
@@ -136,29 +251,39 @@ def decompose(
     value_range: tuple[float, float] = (0.0, 1.0),
     *,
     focus: torch.Tensor | None = None,
+    frames: Sequence[int] | None = None,
     tv_weight: float = defaults.TV_WEIGHT,
     steps: int = defaults.DECOMPOSITION_STEPS,
     levels: int = 2,
 ) -> Decomposition:
-    """Texture + per-frame velocities of each video (B, C, T, H, W) in `value_range` (T ≥ 2).
+    """Texture + velocities of each video (B, C, T, H, W) in `value_range`, over the frames it is about.
 
-    focus (H, W): where the global shifts are measured (e.g. a Hann window over the unit's
-    receptive field; default: Hann over the whole canvas).
+    focus (H, W): where the global motion is measured (e.g. a Hann window over the unit's
+    receptive field; default: Hann over the whole canvas). frames: increasing indices of the
+    frames to explain (those the unit sees; default all, at least 2); the others are ignored.
     """
     lo, hi = float(value_range[0]), float(value_range[1])
-    target = (video.detach().float() - lo) / max(hi - lo, 1e-12)  # in [0, 1], so the weights mean the same for any range
-    b, _, t, h, w = target.shape
-    if t < 2:
+    frames = list(range(video.shape[2])) if frames is None else [int(f) for f in frames]
+    if len(frames) < 2:
         raise ValueError("a decomposition needs at least 2 frames")
+    if any(b <= a for a, b in zip(frames, frames[1:])) or frames[0] < 0 or frames[-1] >= video.shape[2]:
+        raise ValueError(f"frames must be increasing indices into {video.shape[2]} frames, got {frames}")
+    gaps = torch.tensor(frames).diff().float().to(video.device)
+    per_step = gaps.view(1, -1, 1, 1, 1)  # velocities per used pair are gaps·(px/frame)
+    # In [0, 1], so the weights mean the same for any range.
+    target = (video.detach()[:, :, frames].float() - lo) / max(hi - lo, 1e-12)
+    b, _, t, h, w = target.shape
     # Global motion is measured on slightly smoothed frames (as Lucas–Kanade usually is): the
     # staircase edges of a saturated oblique grating otherwise look like 2D structure and
     # let the estimate slide along the stripes (a planted 250° grating came out at 299°).
     smooth = _smooth(target.transpose(1, 2).flatten(0, 1), _SMOOTHING).view(b, t, -1, h, w)
-    shifts = global_translation(smooth[:, :-1].flatten(0, 1), smooth[:, 1:].flatten(0, 1), focus).view(b, t - 1, 2)
-    dominant = dominant_velocity(smooth.transpose(1, 2), shifts, focus)
+    steps_shift = global_translation(smooth[:, :-1].flatten(0, 1), smooth[:, 1:].flatten(0, 1), focus).view(b, t - 1, 2)
+    shifts = steps_shift / gaps.view(1, -1, 1)
+    dominant = dominant_velocity(smooth.transpose(1, 2), shifts, focus, gaps)
+    gain = motion_gain(smooth.transpose(1, 2), shifts, focus, gaps)
     # The dense fit starts from the dominant velocity everywhere: per-pair shifts can carry a
     # slide along stripes that the data cannot correct, the joint estimate does not.
-    velocity = dominant.view(b, 1, 2, 1, 1).expand(b, t - 1, 2, 1, 1)
+    velocity = dominant.view(b, 1, 2, 1, 1).expand(b, t - 1, 2, 1, 1) * per_step
     texture = target[:, :, 0]
     for factor in _levels(h, w, levels):
         level = target if factor == 1 else F.avg_pool3d(target, (1, factor, factor))
@@ -172,10 +297,13 @@ def decompose(
         spread = (target - target.mean(dim=(1, 2, 3, 4), keepdim=True)).flatten(1).norm(dim=1)
         error = (recon - target).flatten(1).norm(dim=1) / spread.clamp_min(1e-12)
     return Decomposition(
+        frames=frames,
         texture=lo + (hi - lo) * texture,
-        velocity=velocity,
+        velocity=velocity / per_step,
         shifts=shifts,
         dominant=dominant,
+        gain=gain,
+        reach=_reach(hann_window(h, w) if focus is None else focus) / float(gaps.max()),
         reconstruction=lo + (hi - lo) * recon,
         error=error,
     )
@@ -264,14 +392,23 @@ def _structure(gx: torch.Tensor, gy: torch.Tensor, window: torch.Tensor) -> tupl
 
 
 def _lucas_kanade(
-    first: torch.Tensor, second: torch.Tensor, shift: torch.Tensor, window: torch.Tensor, pairs: int = 1
+    first: torch.Tensor,
+    second: torch.Tensor,
+    shift: torch.Tensor,
+    window: torch.Tensor,
+    pairs: int = 1,
+    gaps: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Refine `shift` (G, 2) so that second ≈ first moved by it; each group of `pairs` consecutive images
-    (N = G * pairs) shares one shift, its normal equations summed over the group."""
+    (N = G * pairs) shares one shift, its normal equations summed over the group. gaps (N,): image n
+    moves gaps[n]·shift (default 1). window: (H, W) for all images or (N, 1, H, W) one each."""
     groups = shift.shape[0]
+    gaps = first.new_ones(first.shape[0]) if gaps is None else gaps.to(first)
+    scale = gaps.view(-1, 1, 1, 1)
     for _ in range(_ITERATIONS):
-        moved = _shifted(first, shift.repeat_interleave(pairs, dim=0))
+        moved = _shifted(first, shift.repeat_interleave(pairs, dim=0) * gaps[:, None])
         gy, gx = torch.gradient(moved, dim=(-2, -1))
+        gy, gx = gy * scale, gx * scale  # d(moved)/d(shift) for an image that moves gaps·shift
         gt = second - moved
         sxx, sxy, syy = (e.view(groups, pairs).sum(dim=1) for e in _structure(gx, gy, window))
         bx = (window * gx * gt).sum(dim=(1, 2, 3)).view(groups, pairs).sum(dim=1)
@@ -301,6 +438,27 @@ def _normal_part(image: torch.Tensor, shift: torch.Tensor, window: torch.Tensor,
     one_orientation = values[:, 0] < _ONE_ORIENTATION * values[:, 1].clamp_min(1e-30)
     projected = (shift * normal).sum(dim=1, keepdim=True) * normal
     return torch.where(one_orientation[:, None], projected, shift)
+
+
+def _error(first: torch.Tensor, second: torch.Tensor, shift: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    """(N,) windowed squared error of second vs first moved by `shift` (N, 2); window (H, W) or (N, 1, H, W)."""
+    return (window * (second - _shifted(first, shift)).pow(2)).sum(dim=(1, 2, 3))
+
+
+def _reach(window: torch.Tensor) -> float:
+    """Half the smaller extent, in pixels, of where a window (H, W) is positive."""
+    support = window > 0
+    rows = int(support.any(dim=1).sum())
+    columns = int(support.any(dim=0).sum())
+    return 0.5 * min(rows, columns)
+
+
+def _centre(window: torch.Tensor) -> tuple[float, float]:
+    """The (row, column) centroid of a window (H, W): where its halves are split."""
+    total = window.sum().clamp_min(1e-30)
+    ys = torch.arange(window.shape[0], dtype=window.dtype, device=window.device)
+    xs = torch.arange(window.shape[1], dtype=window.dtype, device=window.device)
+    return float((window.sum(dim=1) * ys).sum() / total), float((window.sum(dim=0) * xs).sum() / total)
 
 
 def _misfit(first: torch.Tensor, second: torch.Tensor, shift: torch.Tensor, window: torch.Tensor) -> torch.Tensor:

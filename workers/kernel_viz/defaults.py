@@ -55,6 +55,21 @@ TEXTURE_LEARNING_RATE = 0.01
 MIN_PYRAMID_SIZE = 8
 # Below this speed (pixels per frame) a direction is noise and is reported as None.
 MIN_SPEED = 0.05
+# Motion is significant when its held-out gain, the smallest 1 - error(v) / error(-v) on frame
+# pairs and on window halves the velocity was not fitted on, reaches this (3 or more frame pairs).
+# Measured on independent frames (noise, smooth textures; 9x9 and 24x24 windows; 1,200 videos of
+# 4-6 frames): none reached it, at most 0.47; optimal videos of planted drifting-grating kernels
+# (5 frames): 0.66 and above, translations 0.99.
+MOTION_GAIN_MIN = 0.5
+# With fewer pairs less is held out and chance passes more often: with 2 pairs (3 frames) 0.5 was
+# reached by 1-2.5 % of very smooth independent frames (max 0.79), planted 3-frame kernels 0.73
+# and above; with 1 pair only window halves are held out (chance up to 0.77, planted 2-frame
+# kernels mostly above 0.9).
+MOTION_GAIN_MIN_FEW_PAIRS = {1: 0.8, 2: 0.7}
+# Folds of frame pairs for the held-out gain (each fold's pairs judged by a velocity fitted on the rest).
+MOTION_FOLDS = 4
+# Frames whose mean squared change is below this share of their spatial variance are static: gain 0.
+STATIC_CHANGE = 1e-4
 
 # Figures ------------------------------------------------------------------------------------
 

@@ -24,10 +24,18 @@ from workers.kernel_viz.target import LayerTarget, Size3
 
 @dataclass(frozen=True)
 class ReceptiveField:
-    """Bounding box (inclusive) of the input pixels the centre unit depends on, per axis (t, y, x)."""
+    """Bounding box (inclusive) of the input pixels the centre unit depends on, per axis (t, y, x), and
+    `frames`: the frames inside it that the unit depends on at all (all of lo..hi unless the network
+    skips frames, e.g. by subsampling time; empty means every frame of the box)."""
 
     lo: Size3
     hi: Size3
+    frames: tuple[int, ...] = ()
+
+    @property
+    def seen_frames(self) -> tuple[int, ...]:
+        """The frames the centre unit sees, in increasing order: where its motion is measured."""
+        return self.frames or tuple(range(self.lo[0], self.hi[0] + 1))
 
     @property
     def size(self) -> Size3:
@@ -69,7 +77,8 @@ def measure(target: LayerTarget, size: Size3, samples: int = defaults.PROBE_SAMP
         hit = support.any(dim=others).nonzero().flatten()
         lo.append(int(hit.min()))
         hi.append(int(hit.max()))
-    return ReceptiveField(lo=tuple(lo), hi=tuple(hi))  # type: ignore[arg-type]
+    frames = tuple(int(f) for f in support.any(dim=(1, 2)).nonzero().flatten())
+    return ReceptiveField(lo=tuple(lo), hi=tuple(hi), frames=frames)  # type: ignore[arg-type]
 
 
 def jitter_margin(extent: int) -> int:

@@ -8,18 +8,28 @@ tv_weight (0.1).
 Summary (also written to kernel_viz/kernel_viz.json):
 
     {"objective", "steps", "seed", "tv_weight", "device",
+     "conventions": {axes, angles, units: see CONVENTIONS below},
      "layers": [{
         "name", "kind" ("conv3d" | "conv2d" | module type),
         "canvas": [T, H, W], "receptive_field": [T, H, W] (of the centre unit, in input pixels/frames),
         "jitter": [t, y, x] (largest shift per axis), "placed_in_full_input" (the network refused the
         canvas alone, so it was placed inside a full-size mid-grey input),
         "flow_scale_px_per_frame" (speed shown at full brightness in this layer's flow maps),
+        "motion_frames" (canvas frames the motion is measured over: those the centre unit sees for the
+            NEURON objective, every frame for CHANNEL; fewer than 2 means no motion stage),
         "channels": [{
             "index", "activation" (reached by the optimal video),
             "random_activation" (the optimal video's values randomly permuted: same norm and value
                 distribution, no structure), "ratio" (activation / |random_activation|),
-            "direction_deg" (0 = right, 90 = down; None when slower than 0.05 px/frame or no motion stage),
-            "speed_px_per_frame" (dominant motion, pixels of the model's input per frame),
+            "motion_significant" (the held-out motion gain reaches 0.5 (0.7 over 3 frames, 0.8 over 2), the
+                speed 0.05 px/frame, and the speed is at most half the receptive field's smaller side per
+                frame; None without a motion stage),
+            "motion_gain" (the smallest 1 − error(v) / error(−v) of the dominant velocity v on frame pairs
+                and window halves it was not fitted on: ~0 or below for noise, independent frames or a
+                static pattern, ~1 for a translation),
+            "direction_deg" (0 = right, 90 = down; None unless motion_significant),
+            "speed_px_per_frame" (dominant motion, pixels of the model's input per frame; None unless
+                motion_significant),
             "direction_selectivity" ((R − R_reversed) / (|R| + |R_reversed|), R_reversed = the video played backwards),
             "motion_dependence" (1 − act(static texture) / act(optimal)),
             "order_dependence" (1 − act(time-shuffled frames) / act(optimal)),
@@ -30,7 +40,8 @@ Summary (also written to kernel_viz/kernel_viz.json):
         "timing": {"receptive_field_s", "stage1_s", "stage2_s", "evaluation_s", "figures_s", "total_s",
                    "channels_per_s" (stage 1)}}]}
 
-Motion fields are None for 2D layers (T = 1) and for dead channels. Ratios are None where their
+Motion fields are None for 2D layers (T = 1), for layers whose centre unit sees one frame, and for
+dead channels; direction and speed also where the motion is not significant. Ratios are None where their
 denominator is ~0.
 Artifacts: kernel_viz/<layer>/chNNN_video.gif, chNNN_texture.png, chNNN_flow.gif (3D layers),
 kernel_viz/<layer>/contact_sheet.png, kernel_viz/kernel_viz.json.
@@ -64,6 +75,18 @@ from workers.tasks import plain, register
 
 TASK = "kernel_viz"
 _MAX_STEPS = 100_000
+# How to read every figure of the summary (the same as workers/samples/motion.py's).
+CONVENTIONS = {
+    "video_axes": "(C, T, H, W) of the model's raw input; canvas, receptive_field and jitter are [T, H, W]",
+    "x": "column index, increasing to the right",
+    "y": "row index, increasing down the image",
+    "direction_deg": "0 = +x (right), 90 = +y (down, image rows), 180 = left, 270 = up; in [0, 360)",
+    "velocity": "(vx, vy) = speed * (cos, sin) of direction_deg; content at (x, y) in frame t is at (x + vx, y + vy) in frame t + 1",
+    "speed_px_per_frame": "pixels of the model's input (canvas) per input frame, whatever the layer's strides",
+    "motion_frames": "indices into the canvas's frames, counted from 0",
+    "motion_gain": "smallest held-out 1 - error(v) / error(-v); significant at >= 0.5 (0.7 over 3 frames, 0.8 over 2) with speed >= 0.05 px/frame",
+    "activation": "the layer's raw output (before any later nonlinearity): centre unit (NEURON) or channel mean (CHANNEL)",
+}
 
 
 @dataclass(frozen=True)
@@ -129,6 +152,7 @@ def run(ctx: TaskContext) -> dict[str, Any]:
         "seed": options.seed,
         "tv_weight": options.tv_weight,
         "device": str(ctx.device),
+        "conventions": dict(CONVENTIONS),
         "layers": [],
     }
     for i, name in enumerate(layers):
@@ -197,10 +221,12 @@ def _layer(
     random = evaluate(placed, _permuted(videos, channels, options.seed), channels, options.objective)
     timing["evaluation_s"] = time.perf_counter() - mark
 
-    if plan.size[0] >= 2:
-        motion = _motion(ctx, options, placed, plan, rendering, progress)
-    else:  # an image model: one frame, nothing moves
-        motion = _Motion(textures=videos[:, :, 0], rows=[dict.fromkeys(_MOTION_KEYS) for _ in channels])
+    frames = motion_frames(plan, options.objective)
+    if len(frames) >= 2:
+        motion = _motion(ctx, options, placed, plan, rendering, frames, progress)
+    else:  # an image model, or a unit that sees one frame: nothing it sees can move
+        still = videos[:, :, frames[0] if frames else 0]
+        motion = _Motion(textures=still, rows=[dict.fromkeys(_MOTION_KEYS) for _ in channels])
     timing["stage2_s"] = motion.seconds
     timing["evaluation_s"] += motion.evaluation_seconds
     rows = motion.rows
@@ -237,6 +263,7 @@ def _layer(
             "jitter": list(plan.jitter),
             "placed_in_full_input": plan.offset is not None,
             "flow_scale_px_per_frame": motion.flow_scale,
+            "motion_frames": frames,
             "channels": rows,
             "timing": timing,
         }
@@ -244,6 +271,8 @@ def _layer(
 
 
 _MOTION_KEYS = (
+    "motion_significant",
+    "motion_gain",
     "direction_deg",
     "speed_px_per_frame",
     "direction_selectivity",
@@ -270,43 +299,61 @@ class _Motion:
     evaluation_seconds: float = 0.0
 
 
+def motion_frames(plan: CanvasPlan, objective: Objective) -> list[int]:
+    """The canvas frames whose motion is the unit's: those the centre unit sees (NEURON), or all (CHANNEL: the
+    channel mean sees every frame). Jitter frames and frames beyond the temporal receptive field carry
+    almost no motion; counted like the others they under-reported a 5-frame kernel's speed by 20-35 %."""
+    if objective is Objective.CHANNEL:
+        return list(range(plan.size[0]))
+    return list(plan.field.seen_frames)
+
+
 def _motion(
     ctx: TaskContext,
     options: Options,
     placed: LayerTarget,
     plan: CanvasPlan,
     rendering: Rendering,
+    frames: list[int],
     progress: Callable[[str, float], None],
 ) -> _Motion:
-    """Decompose every optimal video, push its variants back through the network, summarise the motion."""
+    """Decompose every optimal video over `frames`, push its variants back through the network, summarise the motion."""
     started = time.perf_counter()
     videos, channels = rendering.videos, rendering.channels
-    box = (plan.field.lo[1], plan.field.hi[1], plan.field.lo[2], plan.field.hi[2])
+    if options.objective is Objective.CHANNEL:  # every unit of the channel counts: the whole canvas
+        box = (0, plan.size[1] - 1, 0, plan.size[2] - 1)
+    else:
+        box = (plan.field.lo[1], plan.field.hi[1], plan.field.lo[2], plan.field.hi[2])
     focus = hann_window(*plan.size[1:], box)
     # Stage 2 keeps ~24 copies of a video alive (warps, gradients, Adam moments): chunk to the budget.
     per_video = 24 * videos[0].numel() * videos.element_size()
     chunk = max(1, min(len(channels), memory_budget(torch.device(ctx.device)) // per_video))
     parts = []
+    reach = math.inf
     for s in range(0, len(channels), chunk):
-        part = decompose(videos[s : s + chunk].to(ctx.device), placed.value_range, focus=focus, tv_weight=options.tv_weight)
-        parts.append([x.cpu() for x in (part.texture, part.velocity, part.dominant, part.reconstruction, part.error)])
+        part = decompose(
+            videos[s : s + chunk].to(ctx.device), placed.value_range, focus=focus, frames=frames, tv_weight=options.tv_weight
+        )
+        parts.append([x.cpu() for x in (part.texture, part.velocity, part.dominant, part.gain, part.reconstruction, part.error)])
+        reach = part.reach
         progress("stage 2", 0.75 + 0.15 * min(1.0, (s + chunk) / len(channels)))
-    textures, velocity, dominant, reconstruction, errors = (torch.cat(column) for column in zip(*parts))
+    textures, velocity, dominant, gain, reconstruction, errors = (torch.cat(column) for column in zip(*parts))
     seconds = time.perf_counter() - started
 
     progress("evaluation", 0.9)
     started = time.perf_counter()
-    order = _shuffled_order(plan.size[0], options.seed)
+    # Each variant changes only the frames the motion was measured over; the others stay as they were.
+    order = [frames[i] for i in _shuffled_order(len(frames), options.seed)]
     variants = {
-        "reconstruction": reconstruction,
-        "static": textures[:, :, None].expand_as(videos),
-        "shuffled": videos[:, :, order],
-        "reversed": videos.flip(2),
+        "reconstruction": _replaced(videos, frames, reconstruction),
+        "static": _replaced(videos, frames, textures[:, :, None].expand(-1, -1, len(frames), -1, -1)),
+        "shuffled": _replaced(videos, frames, videos[:, :, order]),
+        "reversed": _replaced(videos, frames, videos[:, :, frames[::-1]]),
     }
     act = {label: evaluate(placed, variant, channels, options.objective) for label, variant in variants.items()}
     region = torch.zeros(plan.size[1:])
     region[box[0] : box[1] + 1, box[2] : box[3] + 1] = 1.0
-    motions = summarise(dominant, velocity, structure_weights(videos, region))
+    motions = summarise(dominant, velocity, structure_weights(videos[:, :, frames], region), gain, reach)
     speeds = velocity.norm(dim=2).flatten().float()
     # One brightness scale for the layer's flow maps: its 99th-percentile speed (a few outliers do not dim the rest).
     flow_scale = float(torch.quantile(speeds[:1_000_000], 0.99)) if speeds.numel() else 0.0
@@ -314,6 +361,8 @@ def _motion(
     for k, optimal in enumerate(rendering.activations):
         rows.append(
             {
+                "motion_significant": motions[k].significant,
+                "motion_gain": motions[k].gain,
                 "direction_deg": motions[k].direction_deg,
                 "speed_px_per_frame": motions[k].speed,
                 "direction_selectivity": direction_selectivity(optimal, act["reversed"][k]),
@@ -360,6 +409,13 @@ def _figures(
             label += " dead"
         tiles.append((label, panels))
     figures.contact_sheet(out_dir / "contact_sheet.png", tiles)
+
+
+def _replaced(videos: torch.Tensor, frames: list[int], content: torch.Tensor) -> torch.Tensor:
+    """A copy of videos (K, C, T, H, W) whose `frames` hold `content` (K, C, len(frames), H, W)."""
+    out = videos.clone()
+    out[:, :, frames] = content.to(out)
+    return out
 
 
 def _permuted(videos: torch.Tensor, channels: list[int], seed: int) -> torch.Tensor:
