@@ -21,7 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from workers.errors import ModelUnusable
-from workers.onnx_interpreter import ComputedConv, OnnxModule, build_module
+from workers.onnx_interpreter import ComputedConv, OnnxModule, OpNode, build_module
 from workers.onnx_interpreter import ops as onnx_ops
 
 torch.set_num_threads(1)
@@ -515,6 +515,63 @@ def test_layer_names_follow_the_torch_module_paths_each_exporter_records() -> No
     assert naming.layer_path(node("/features/features.0/features.0.1/features.0.1.0/Conv"), None) == "features.0.1.0"
     assert naming.layer_path(node("weird name!"), None) == "weird_name"
     assert naming.tensor_module_name("/layer1/Relu_output_0") == "layer1_Relu_output_0"
+
+    # the dynamo exporter's FX node names the parameter a module applies functionally (Swin's F.linear in "attn")
+    linear = node("node_MatMul_37", "['', 'features', 'features.0', 'features.0.attn', 'linear']")
+    fx = linear.metadata_props.add()
+    fx.key = "pkg.torch.onnx.fx_node"
+    fx.value = ("%linear : [num_users=1] = call_function[target=torch.ops.aten.linear.default](args = "
+                "(%view, %p_features_0_attn_qkv_weight, %p_features_0_attn_qkv_bias), kwargs = {})")
+    assert naming.layer_path(linear, "val_40") == "features.0.attn.qkv"
+    fx.value = fx.value.replace("aten.linear.default", "aten._native_batch_norm_legit_no_training.default")
+    assert naming.layer_path(linear, "val_40") == "features.0.attn"  # a BatchNorm's FX node names no conv
+    # the dynamo exporter's "namespace" metadata, when name scopes are missing
+    spaced = helper.make_node("Conv", ["x", "w"], ["y"], name="node_conv3d")
+    entry = spaced.metadata_props.add()
+    entry.key = "namespace"
+    entry.value = ": m.Net/layer1: torch.nn.Sequential/layer1.0: m.Block/layer1.0.conv1: torch.nn.Conv3d/conv3d: aten.conv3d.default"
+    assert naming.layer_path(spaced, "val_3") == "layer1.0.conv1"
+
+
+def _linear_chain(blocks: list[tuple[str, str, str]], shared: dict[str, np.ndarray], identities: dict[str, str]) -> onnx.ModelProto:
+    """x -> (MatMul by a fresh matrix, Add of a bias) per block: (scope of the node names, weight name, bias name)."""
+    rng = _rng(30)
+    nodes, inits = [], {k: v for k, v in shared.items()}
+    nodes += [helper.make_node("Identity", [src], [dst], name=f"Identity_{i}") for i, (dst, src) in enumerate(identities.items())]
+    current = "x"
+    for i, (scope, weight, bias) in enumerate(blocks):
+        inits[weight] = f32(rng, 4, 4)
+        nodes.append(helper.make_node("MatMul", [current, weight], [f"m{i}"], name=f"{scope}/MatMul"))
+        nodes.append(helper.make_node("Add", [f"m{i}", bias], [f"a{i}"], name=f"{scope}/Add"))
+        current = f"a{i}"
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", F32, [2, 3, 4])], [helper.make_tensor_value_info(current, F32, None)],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model
+
+
+def test_layers_whose_parameters_the_exporter_merged_keep_their_module_paths() -> None:
+    """Exporters merge equal initializers (torchvision's zero biases): the dynamo exporter under one of the names,
+    the legacy one through Identity nodes named after each parameter. Each MatMul + Add is one nn.Linear, named
+    by its module path: a shared name's owner, seen from the module applying it functionally ("attn" applies
+    "attn.qkv"), names the same place in its sibling blocks, and nothing in other kinds of module ("head.1")."""
+    zero = {"blocks.0.attn.qkv.bias": np.zeros(4, np.float32), "onnx::MatMul_9": np.zeros((4, 4), np.float32)}
+    blocks = [
+        ("/blocks.0/attn", "onnx::MatMul_10", "blocks.0.attn.qkv.bias"),
+        ("/blocks.1/attn", "onnx::MatMul_11", "blocks.0.attn.qkv.bias"),  # merged, as the dynamo exporter does
+        ("/blocks.2/attn", "onnx::MatMul_12", "blocks.2.attn.qkv.bias"),  # merged through an Identity (legacy)
+        ("/head/head.1", "onnx::MatMul_13", "blocks.0.attn.qkv.bias"),  # a Linear module whose zero bias was merged
+    ]
+    model = _linear_chain(blocks, zero, {"blocks.2.attn.qkv.bias": "blocks.0.attn.qkv.bias"})
+    module = assert_matches(model, {"x": f32(_rng(31), 2, 3, 4)})
+    linears = {n for n, m in module.named_modules() if isinstance(m, nn.Linear)}
+    assert linears == {"blocks.0.attn.qkv", "blocks.1.attn.qkv", "blocks.2.attn.qkv", "head.1"}
+    assert all(dict(module.named_modules())[n].bias is not None for n in linears)
+    assert module.layers["blocks.2.attn.qkv"]["weights"] == ["onnx::MatMul_12", "blocks.0.attn.qkv.bias"]
+    assert not [m for m in module.modules() if isinstance(m, OpNode) and m.op_type == "Add"]
 
 
 def test_legacy_export_of_nested_sequentials_keeps_every_module_path() -> None:

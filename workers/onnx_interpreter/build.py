@@ -64,7 +64,9 @@ def build_module(model: onnx.ModelProto) -> OnnxModule:
         planned.append((module, inputs, outputs, path, node))
 
     placed_paths: dict[int, str] = {}
-    for module, _, outputs, path, node in planned:  # layers first: their paths are the names users know
+    for _, _, _, path, _ in planned:  # every layer's containers first, so no layer takes a container's name
+        _containers(root, path)
+    for module, _, outputs, path, node in planned:  # layers before ops: their paths are the names users know
         if path:
             placed_paths[id(module)] = _place(root, path, module)
             root.layers[placed_paths[id(module)]] = _layer_record(node, module, static, producers.get(outputs[0]))
@@ -254,7 +256,7 @@ def _layer(
             if weight is not None and (not b or bias is not None):
                 make = make_conv if op == "Conv" else make_conv_transpose
                 module = make(weight.clone(), None if bias is None else bias.clone(), attrs)
-                return module, (x,), namer.path(node, static.source(w), static.source(b) if b else None), outputs
+                return module, (x,), namer.path(node, _names(w, static), _names(b, static)), outputs
             if op == "ConvTranspose":
                 raise ModelUnusable(
                     f"ONNX node {node.name!r}: ConvTranspose with a computed weight is not supported; "
@@ -277,18 +279,27 @@ def _layer(
                         return None, (), "", ()
                     bias = bias.reshape(-1).expand(out_features).clone()
                 linear = make_linear(matrix.contiguous().clone(), bias)
-                return linear, (x,), namer.path(node, static.source(w), static.source(b) if b else None), outputs
+                return linear, (x,), namer.path(node, _names(w, static), _names(b, static)), outputs
         if op == "MatMul":
             weight = static.value(w)
             if weight is not None and weight.dim() == 2 and weight.is_floating_point():
                 add, bias_name = _bias_add(node, static, consumers, graph_outputs, int(weight.shape[1]))
                 bias = None if add is None else static.value(bias_name).reshape(-1).to(weight.dtype).clone()  # type: ignore[union-attr]
                 linear = make_linear(weight.t().contiguous().clone(), bias)
-                path = namer.path(node, static.source(w), static.source(bias_name) if bias_name else None)
+                path = namer.path(node, _names(w, static), _names(bias_name, static))
                 return linear, (x,), path, outputs if add is None else tuple(add.output)
     except ValueError as exc:
         raise ModelUnusable(f"ONNX node {node.name!r} ({op}): {exc}", reason="UNSUPPORTED_OP") from exc
     return None, (), "", ()
+
+
+def _names(tensor: str, static: _StaticValues) -> list[str]:
+    """The names a constant input goes by: as the node reads it, then the initializer behind Identity chains (the
+    legacy exporter merges equal initializers into one, read through Identity nodes named after each parameter)."""
+    if not tensor:
+        return []
+    source = static.source(tensor)
+    return [tensor] if source is None or source == tensor else [tensor, source]
 
 
 def _bias_add(
@@ -363,6 +374,21 @@ def _place(root: OnnxModule, path: str, module: nn.Module) -> str:
     leaf = _unique(parent, parts[-1])
     parent.add_module(leaf, module)
     return ".".join(parts[:-1] + [leaf])
+
+
+def _containers(root: OnnxModule, path: str) -> None:
+    """Create the Scopes on `path` above its last segment, where nothing else holds the name."""
+    parent: nn.Module = root
+    for part in path.split(".")[:-1] if path else []:
+        child = parent._modules.get(part)
+        if child is None:
+            if _taken(parent, part):
+                return
+            child = Scope()
+            parent.add_module(part, child)
+        if not isinstance(child, Scope):
+            return
+        parent = child
 
 
 def _place_flat(root: OnnxModule, name: str, module: nn.Module) -> str:

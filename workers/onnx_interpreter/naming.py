@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ast
 import re
+from dataclasses import dataclass
 from typing import Any
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9_]+$")
@@ -62,22 +63,21 @@ class LayerNamer:
         owners = {name: _parameter_owner(name, _WEIGHT_SUFFIXES + _BIAS_SUFFIXES) for name in initializers}
         self._owners = {o for o in owners.values() if o}
         self._known: dict[str, str] | None = None
-        # A parameter a module uses functionally (F.linear(x, self.qkv.weight, self.qkv.bias) in "attn") is
-        # scoped as its caller: remember its name relative to the caller ("attn" -> "qkv"), so that other
-        # callers of the same kind that exporters made share it (equal zero biases are merged) get theirs.
-        self.tails: dict[str, tuple[str, str]] = {}
+        # Exporters merge equal initializers (zero biases, the zero weights of convs folded with a zero-gamma
+        # BatchNorm) under the name of one of them. Where one reader of such a name sits next to its owner, the
+        # owner's place relative to that reader (Swin's "attn" applying "attn.qkv" functionally; the dynamo
+        # exporter's conv folded into "conv2.1", the BatchNorm after "conv2.0") names the other readers' layers.
+        self.relations: dict[str, _Relation] = {}
         for name, owner in owners.items():
-            for node in consumers.get(name, []) if owner else []:
-                scope = scope_path(node)
-                if scope and owner.startswith(scope + "."):  # type: ignore[union-attr]
-                    self.tails[name] = (scope.rsplit(".", 1)[-1], owner[len(scope) + 1 :])  # type: ignore[index]
-                    break
+            relation = _Relation.between(owner, [scope_path(node) for node in consumers.get(name, [])]) if owner else None
+            if relation is not None:
+                self.relations[name] = relation
 
-    def path(self, node: Any, weight: str | None, bias: str | None = None) -> str:
-        """`weight` and `bias` are the initializer names the node reads (after Identity chains), if any."""
-        for name, suffixes in ((weight, _WEIGHT_SUFFIXES), (bias, _BIAS_SUFFIXES)):
-            if name and len(self.consumers.get(name, [])) == 1:
-                owner = _parameter_owner(name, suffixes)
+    def path(self, node: Any, weights: list[str], biases: list[str] | None = None) -> str:
+        """`weights` and `biases`: the names of the node's constant weight and bias (as read, then the initializer)."""
+        for names, suffixes in ((weights, _WEIGHT_SUFFIXES), (biases or [], _BIAS_SUFFIXES)):
+            for name in names:
+                owner = _parameter_owner(name, suffixes) if len(self.consumers.get(name, [])) == 1 else None
                 if owner:
                     return owner
         scope = scope_path(node)
@@ -85,9 +85,10 @@ class LayerNamer:
         if traced:
             return traced
         if scope:
-            for name in (weight, bias):
-                if name in self.tails and self.tails[name][0] == scope.rsplit(".", 1)[-1]:
-                    return f"{scope}.{self.tails[name][1]}"
+            for name in [*weights, *(biases or [])]:
+                related = self.relations[name].apply(scope) if name in self.relations else None
+                if related:
+                    return related
             return scope
         return sanitize(node.name or (node.output[0] if node.output else node.op_type))
 
@@ -118,10 +119,46 @@ class LayerNamer:
         return None
 
 
+@dataclass(frozen=True)
+class _Relation:
+    """Where a parameter's owner sits relative to the module of a node reading it: the reader's scope ends
+    with `anchor` (the common ancestor's last segment, with its container's name when that is an index,
+    then the reader's own segments below it); the owner is that ancestor, then `tail`."""
+
+    anchor: tuple[str, ...]
+    shared: int  # how many leading segments of `anchor` belong to the common ancestor
+    tail: tuple[str, ...]
+
+    @staticmethod
+    def between(owner: str, scopes: list[str | None]) -> "_Relation | None":
+        """From the reader whose scope shares the longest prefix with `owner` (None when none shares any)."""
+        target = owner.split(".")
+        best: tuple[int, list[str]] = (0, [])
+        for scope in scopes:
+            parts = scope.split(".") if scope else []
+            common = next((i for i, (a, b) in enumerate(zip(parts, target)) if a != b), min(len(parts), len(target)))
+            if common > best[0]:
+                best = (common, parts)
+        common, parts = best
+        if common == 0 or len(parts) - common > 2 or len(target) - common > 3:
+            return None
+        shared = 2 if target[common - 1].isdigit() and common >= 2 else 1
+        return _Relation(anchor=(*target[common - shared : common], *parts[common:]), shared=shared, tail=tuple(target[common:]))
+
+    def apply(self, scope: str) -> str | None:
+        """The owner's counterpart for a reader in `scope`, which must end like the reference reader's scope,
+        a container index standing for any index (blocks.0 and blocks.1 of a ModuleList are alike)."""
+        parts = scope.split(".")
+        cut = len(parts) - len(self.anchor)
+        if cut < 0 or any(a != b and not (a.isdigit() and b.isdigit()) for a, b in zip(parts[cut:], self.anchor)):
+            return None
+        return ".".join([*parts[: cut + self.shared], *self.tail])
+
+
 def layer_path(node: Any, weight_name: str | None, bias_name: str | None = None) -> str:
     """The module path of a weighted node read on its own (no other node of its graph known)."""
     consumers = {name: [node] for name in (weight_name, bias_name) if name}
-    return LayerNamer([node], [], consumers).path(node, weight_name, bias_name)
+    return LayerNamer([node], [], consumers).path(node, [weight_name] if weight_name else [], [bias_name] if bias_name else [])
 
 
 def scope_path(node: Any) -> str | None:
