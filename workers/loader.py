@@ -763,6 +763,13 @@ def _onnx_tensor(proto: Any) -> torch.Tensor:
     return torch.from_numpy(np.array(numpy_helper.to_array(proto), copy=True))
 
 
+# Where the interpreter cannot run an ONNX file faithfully, the format kernelscope runs without translation.
+_PT2_INSTEAD = (
+    "; upload a torch.export program of the model instead (torch.export.save(torch.export.export(model.eval(), "
+    "(example,)), 'model.pt2'), format TORCH_EXPORT)"
+)
+
+
 def _compare_with_onnxruntime(
     data: bytes, module: nn.Module, spec: InputSpec, batch: int | None, input_name: str
 ) -> tuple[float, float]:
@@ -785,7 +792,9 @@ def _compare_with_onnxruntime(
         with torch.no_grad():
             ours = module(x)
     except Exception as exc:  # noqa: BLE001 - an op the interpreter gets wrong is a refusal, not a crash
-        raise ModelRejected(f"kernelscope's ONNX interpreter failed on the model: {_first_line(exc)}", reason="ONNX_MISMATCH") from exc
+        raise ModelRejected(
+            f"kernelscope's ONNX interpreter failed on the model: {_first_line(exc)}{_PT2_INSTEAD}", reason="ONNX_MISMATCH"
+        ) from exc
     ours_list = list(ours) if isinstance(ours, (tuple, list)) else [ours]
     worst, tolerance = 0.0, ONNX_TOLERANCE
     for index, (a, b) in enumerate(zip(ours_list, reference)):
@@ -793,11 +802,11 @@ def _compare_with_onnxruntime(
         b_np = np.asarray(b)
         if a_np.shape != b_np.shape:
             raise ModelRejected(
-                f"output {index}: the interpreter gives shape {a_np.shape}, onnxruntime {b_np.shape}", reason="ONNX_MISMATCH"
+                f"output {index}: the interpreter gives shape {a_np.shape}, onnxruntime {b_np.shape}{_PT2_INSTEAD}", reason="ONNX_MISMATCH"
             )
         finite = np.isfinite(b_np)
         if not np.array_equal(finite, np.isfinite(a_np)):
-            raise ModelRejected(f"output {index}: non-finite values differ from onnxruntime's", reason="ONNX_MISMATCH")
+            raise ModelRejected(f"output {index}: non-finite values differ from onnxruntime's{_PT2_INSTEAD}", reason="ONNX_MISMATCH")
         if not finite.any():
             continue
         scale = float(np.abs(b_np[finite]).max())
@@ -806,7 +815,7 @@ def _compare_with_onnxruntime(
         if diff > tol:
             raise ModelRejected(
                 f"output {index}: kernelscope's interpreter and onnxruntime differ by up to {diff:.3g} "
-                f"(tolerance {tol:.3g} = {ONNX_TOLERANCE:g} x max(1, output scale {scale:.3g})); the model is refused",
+                f"(tolerance {tol:.3g} = {ONNX_TOLERANCE:g} x max(1, output scale {scale:.3g})); the model is refused{_PT2_INSTEAD}",
                 reason="ONNX_MISMATCH",
             )
         worst, tolerance = max(worst, diff), max(tolerance, tol)

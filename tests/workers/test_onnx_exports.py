@@ -198,3 +198,33 @@ def test_video_patterns_load_with_the_torch_module_names_outputs_and_gradients(e
     (out_theirs * weights).sum().backward()
     assert x_ours.grad is not None and x_theirs.grad is not None
     torch.testing.assert_close(x_ours.grad, x_theirs.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_an_interpreter_disagreeing_with_onnxruntime_is_refused_and_told_to_upload_a_pt2(tmp_path: Path, monkeypatch) -> None:
+    """The load-time check stays: a wrong Einsum (planted) is caught, and the refusal names the format to use."""
+    from workers.errors import ModelRejected
+    from workers.onnx_interpreter import ops as onnx_ops
+
+    torch.manual_seed(0)
+
+    class RelPos(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = nn.Linear(4, 8)
+            self.table = nn.Parameter(torch.randn(3, 5, 8))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, T, H, W) video in, logits out
+            q = self.proj(x.permute(0, 2, 3, 4, 1))
+            return torch.einsum("bthwc,hkc->bk", q, self.table)
+
+    path = tmp_path / "relpos.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(RelPos().eval(), (torch.randn(2, 4, 2, 3, 3),), str(path), dynamo=False,
+                          input_names=["x"], dynamic_axes={"x": {0: "batch"}})
+    assert load_model(path, "ONNX", {}).info["onnx_max_abs_diff"] < 1e-4
+    monkeypatch.setitem(onnx_ops.OPS, "Einsum", lambda node, *xs: 1.01 * torch.einsum(str(node.attrs["equation"]), *xs))
+    with pytest.raises(ModelRejected) as err:
+        load_model(path, "ONNX", {})
+    assert err.value.reason == "ONNX_MISMATCH" and "differ by up to" in err.value.message
+    assert "torch.export" in err.value.message and ".pt2" in err.value.message
