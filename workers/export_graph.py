@@ -19,11 +19,11 @@ give, sample for sample, what the original graph gives at its own batch, in its 
 layer's output. If it does not, the program keeps its original graph and its fixed batch, and the model
 wrapper (workers/model.py) splits batches into runs of that size.
 
-Canvases: a layer takes any (T, H, W) when every operator the graph runs before the layer's output is
+Canvases: a layer takes any (T, H, W) when every operator between the input and the layer's output is
 size-free: it computes the same thing at any size (convolutions, pooling, norms, elementwise maths,
 permutes, views whose every size is read from a tensor or inferred). Any other operator (a slice, an
-index, a pad, a view with a literal size) may encode the export's sizes, so for layers after it the
-wrapper embeds canvases in a full-size input instead. Nothing is guessed: a layer is either proven
+index, a pad, a view with a literal size) may encode the export's sizes, so for layers that depend on it
+the wrapper embeds canvases in a full-size input instead. Nothing is guessed: a layer is either proven
 size-free this way or embedded.
 """
 
@@ -68,6 +68,7 @@ _SIZE_FREE = frozenset(
     """.split()
 )
 _VIEWS = frozenset({"view", "reshape", "_unsafe_view", "view_copy"})
+_CREATE = frozenset({"zeros", "ones", "full", "empty", "arange", "linspace", "scalar_tensor", "rand", "randn", "eye"})
 _EXPAND = frozenset({"expand", "expand_copy"})
 
 
@@ -221,6 +222,8 @@ def _moved_axis(node: fx.Node, src: fx.Node, axis: int, axes: dict[fx.Node, int 
             dim = _dim(parent.args[1] if len(parent.args) > 1 else 0, len(_shape(parent.args[0])))
             return None if dim == axis else axis - (dim < axis)
         return axis
+    if kind.startswith("new_") or kind in _CREATE:
+        return None  # a fresh tensor: its sizes are its arguments, not its source's
     if isinstance(node.meta.get("val"), (list, tuple)):
         return axis  # several outputs (split, unbind, pooling with indices): getitem decides
     if kind == "permute":
@@ -411,20 +414,24 @@ def _is_weight(node: fx.Node) -> bool:
 # ---------------------------------------------------------------- canvases
 
 def _free_layers(graph: fx.Graph) -> frozenset[str]:
-    """Module paths whose every preceding operator (in graph order) is size-free."""
-    clean = True
-    free: set[str] = set()
-    tainted: set[str] = set()
+    """Module paths whose every node depends on the input through size-free operators only.
+
+    Only a layer's ancestors decide its output; an operator elsewhere that refuses a canvas makes the
+    run fail (and the wrapper embed the canvas), it cannot change the layer's numbers.
+    """
+    tainted: set[fx.Node] = set()
+    seen: set[str] = set()
+    bad: set[str] = set()
     for node in graph.nodes:
-        if node.op == "call_function" and not _size_free(node):
-            clean = False
+        if node.op == "call_function" and (not _size_free(node) or any(a in tainted for a in node.all_input_nodes)):
+            tainted.add(node)
         if node.op != "call_function":
             continue
         for path in _module_paths(node):
-            (free if clean and path not in tainted else tainted).add(path)
-            if not clean:
-                free.discard(path)
-    return frozenset(free)
+            seen.add(path)
+            if node in tainted:
+                bad.add(path)
+    return frozenset(seen - bad)
 
 
 def _size_free(node: fx.Node) -> bool:

@@ -203,9 +203,7 @@ class LoadedModel:
                 out = self._batched(lambda xb: _exit_at(module, target, layer, xb), x)
             except TaskError:
                 raise
-            except Exception:
-                if takes:
-                    raise  # a size-free layer refusing a canvas: the canvas is too small for it
+            except Exception:  # noqa: BLE001 - an operator refused the canvas: the full input takes it
                 self._canvases[key] = False
             else:
                 self._canvases[key] = True
