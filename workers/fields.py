@@ -24,12 +24,11 @@ from __future__ import annotations
 import functools
 import weakref
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
 _NONE = np.iinfo(np.int64).max // 4  # lo of a unit that sees nothing of the axis (its hi is -_NONE)
 
@@ -86,8 +85,7 @@ class Tracer(TorchDispatchMode):
         name = func.overloadpacket.__name__
         if name in _FACTORIES or name.endswith("_like") or name.startswith("new_"):
             return out  # shaped like a derived tensor (zeros_like), made of none of its values
-        leaves, _ = tree_flatten((args, kwargs))
-        geometries = [g for g in (self._get(leaf) for leaf in leaves if isinstance(leaf, torch.Tensor)) if g is not _ABSENT]
+        geometries = [g for g in (self._get(t) for t in _tensors(args, kwargs)) if g is not _ABSENT]
         if not geometries:
             return out
         outs = out if isinstance(out, (tuple, list)) else (out,)
@@ -104,7 +102,7 @@ class Tracer(TorchDispatchMode):
         for i, tensor in enumerate(outs):
             if isinstance(tensor, torch.Tensor):
                 geometry = result[i] if isinstance(result, list) else result
-                self._set(tensor, geometry if geometry is None or all(s.lo.ndim == tensor.dim() for s in geometry) else None)
+                self._set(tensor, geometry if geometry is None or _fits(geometry, tensor) else None)
         return out
 
     def _set(self, t: torch.Tensor, geometry: Geometry | None) -> None:
@@ -117,9 +115,25 @@ class Tracer(TorchDispatchMode):
         return entry[1]
 
 
+def _fits(geometry: Geometry, t: torch.Tensor) -> bool:
+    """Whether every bound broadcasts to `t` (a rule's slip loses the geometry rather than giving a wrong field)."""
+    return all(
+        a.ndim == t.dim() and all(n in (1, m) for n, m in zip(a.shape, t.shape)) for span in geometry for a in (span.lo, span.hi)
+    )
+
+
 def _centre(a: np.ndarray, out: torch.Tensor) -> np.ndarray:
     """The bounds of out[:, :, c2, c3, ...] (every batch row and channel) with c the middle of each later dim."""
     return a[tuple(slice(None) if d < 2 else (0 if a.shape[d] == 1 else int(out.shape[d]) // 2) for d in range(a.ndim))]
+
+
+def _tensors(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Iterator[torch.Tensor]:
+    """The tensors among an op's arguments (aten ops take them bare or in one list)."""
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, torch.Tensor):
+            yield value
+        elif isinstance(value, (list, tuple)) and value and not isinstance(value[0], (int, float)):  # not sizes
+            yield from (v for v in value if isinstance(v, torch.Tensor))
 
 
 def _uniform(geometries: list[Geometry], ndim: int) -> Geometry:
@@ -154,7 +168,7 @@ def _rule(func: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], o
         return rule(args, kwargs, out, get)
     if torch.Tag.pointwise in func.tags or name in _SAME or _pointwise(name):
         main = out[0] if isinstance(out, (tuple, list)) else out
-        return _union([a for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)], main, get)
+        return _union(list(_tensors(args, kwargs)), main, get)
     return None
 
 
@@ -497,6 +511,51 @@ def _unbind(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any, get: Lookup
     return [_select((x, d, i), {}, piece, get) for i, piece in enumerate(out)]
 
 
+def _indices(indices: Sequence[Any], get: Lookup) -> tuple[Any, ...] | None:
+    """torch's advanced indices as numpy's (None: a whole dim), or None when an index is computed from the input."""
+    if any(i is not None and get(i) is not _ABSENT for i in indices):
+        return None
+    return tuple(slice(None) if i is None else i.detach().cpu().numpy() for i in indices)
+
+
+def _index(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any, get: Lookup) -> Geometry | None:
+    """x[indices] (gather with constant indices): the picked units' bounds, picked the same way."""
+    x = args[0]
+    index = _indices(args[1], get)
+    if index is None:
+        return None
+    shape = tuple(int(s) for s in x.shape)
+    return tuple(span.map(lambda a, is_lo: np.broadcast_to(a, shape)[index]) for span in _geometry(x, get))
+
+
+def _index_put(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any, get: Lookup) -> Geometry | None:
+    """x[indices] = values (+= with accumulate): those units see what the values' units see (as well, with accumulate)."""
+    x, values = args[0], args[2]
+    accumulate = bool(args[3]) if len(args) > 3 else bool(kwargs.get("accumulate", False))
+    index = _indices(args[1], get)
+    gx, gv = get(x), get(values)
+    if index is None or gx is None or gv is None:
+        return None
+    axes = len(gx if gx is not _ABSENT else gv)
+    shape = tuple(int(s) for s in x.shape)
+    result = []
+    for axis in range(axes):
+        bounds = []
+        for is_lo in (True, False):
+            empty = _NONE if is_lo else -_NONE
+            a = np.array(np.broadcast_to((gx[axis].lo if is_lo else gx[axis].hi), shape)) if gx is not _ABSENT else np.full(shape, empty, dtype=np.int64)
+            v = (gv[axis].lo if is_lo else gv[axis].hi) if gv is not _ABSENT else np.full((1,) * values.dim(), empty, dtype=np.int64)
+            v = np.broadcast_to(_lift(v, values.dim()), tuple(int(s) for s in values.shape))
+            v = np.broadcast_to(v, a[index].shape)
+            if accumulate:
+                (np.minimum if is_lo else np.maximum).at(a, index, v)
+            else:
+                a[index] = v
+            bounds.append(_compact(a))
+        result.append(Span(bounds[0], bounds[1]))
+    return tuple(result)
+
+
 def _pad(args: tuple[Any, ...], kwargs: dict[str, Any], out: Any, get: Lookup) -> Geometry:
     """Constant padding (pad lists the last dim first, before and after; negative crops): padding sees nothing."""
     x = args[0]
@@ -605,6 +664,10 @@ _RULES: dict[str, Callable[..., Any]] = {
     "constant_pad_nd": _pad,
     **{name: _matmul for name in ("mm", "addmm", "bmm", "baddbmm")},
     "copy_": _copy_into,
+    "index": _index,
+    "index_put": _index_put,
+    "_unsafe_index": _index,
+    "_unsafe_index_put": _index_put,
 }
 
 __all__ = ["Span", "Tracer"]
