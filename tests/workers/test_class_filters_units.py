@@ -52,6 +52,32 @@ def test_knn_mi_matches_the_reference_estimator() -> None:
             assert ours[c, i] == pytest.approx(_ross_reference(x[:, i] / x[:, i].std(ddof=1), (y == c).astype(int)), abs=2e-3)
 
 
+@pytest.mark.parametrize("kind", ["normal", "post_relu", "quantised", "tiny_classes"])
+def test_knn_mi_for_all_classes_at_once_is_the_per_class_estimator(kind: str) -> None:
+    """The all-classes kNN path (sorted once, rest side from each sample's nearest entries) gives the per-class
+    computation's numbers (each class and its rest sorted and counted with binary searches, as scikit-learn's
+    estimator is written), on continuous data, exact zeros, tied values and classes of 1 to 3 samples."""
+    rng = np.random.default_rng({"normal": 0, "post_relu": 1, "quantised": 2, "tiny_classes": 3}[kind])
+    for _ in range(6):
+        classes = int(rng.integers(2, 12))
+        n = int(rng.integers(classes * 2, 160))
+        y = rng.integers(0, classes, n)
+        if kind == "tiny_classes":
+            y[: classes] = np.arange(classes)
+            y[classes:] = rng.integers(0, 2, n - classes)  # classes 2.. hold 1 sample each
+        x = rng.normal(size=(n, 7)) + 1.5 * (y[:, None] == np.arange(7) % classes)
+        if kind == "post_relu":
+            x = np.maximum(x, 0.0)
+            x[:, 0] = 0.0  # a dead filter
+        if kind == "quantised":
+            x = np.round(x * 2.0) / 2.0
+        prepared = information.prepare(x, seed=3)
+        fast = information.knn_mi_nats(prepared, y, classes, seed=3)
+        values = prepared.knn.values
+        reference = np.stack([information._knn_class(values, y, c, information.KNN_NEIGHBORS) for c in range(classes)])
+        np.testing.assert_allclose(fast, reference, rtol=0, atol=1e-12)
+
+
 def test_binned_mi_of_a_perfect_indicator_is_the_label_entropy_and_of_noise_near_zero() -> None:
     rng = np.random.default_rng(1)
     y = np.repeat([0, 1], 500)

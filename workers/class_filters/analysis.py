@@ -66,20 +66,26 @@ def analyse(
     compact = np.searchsorted(classes, y)
     names = class_names_for(class_names, classes)
     fit_x, fit_y = acts.features[split.fit], compact[split.fit]
-    fit_contributions = acts.contributions[split.fit]
+    # Rows by class once, so class means and the bootstrap need no further copies.
+    groups = ranking.Groups.of(fit_y, count)
+    grouped_contributions = acts.contributions[split.fit[groups.order]]
 
     report("ranking", 0.0)
     loud = ranking.loud_sets(fit_x)
-    contribution = ranking.class_means(fit_contributions, fit_y, count)
-    frequency = ranking.frequency(fit_x, fit_y, count, loud)
-    scores = ranking.sample_scores(options.ranking, fit_x, fit_contributions, fit_y, count, loud)
-    score_means = contribution if options.ranking == ranking.CONTRIBUTION else ranking.class_means(scores, fit_y, count)
+    contribution = groups.means(grouped_contributions)
+    frequency = groups.means(loud[groups.order])
+    if options.ranking == ranking.CONTRIBUTION:
+        grouped_scores = grouped_contributions
+        score_means = contribution
+    else:
+        grouped_scores = ranking.sample_scores(options.ranking, fit_x, acts.contributions[split.fit], fit_y, count, loud)[groups.order]
+        score_means = groups.means(grouped_scores)
     order = ranking.order(score_means)
     chosen = subsets.fixed_k(score_means, order, options.k)
 
     report("information", 0.1)
     mi = _information(fit_x, fit_y, count, options)
-    select = selectivity.class_selectivity(fit_x, fit_y, count, ranking.class_means(fit_x, fit_y, count))
+    select = selectivity.class_selectivity(fit_x, fit_y, count, groups.means(fit_x[groups.order]))
     csi = selectivity.selectivity_index(select)
     mi_top = ranking.top_k(mi.matrix, options.k)
 
@@ -95,7 +101,7 @@ def analyse(
     drops = ablation_drops(restriction, chosen, full_logits, eval_y, width, seed=options.seed)
 
     report("stability", 0.85)
-    jaccards = stability.bootstrap_jaccard(scores, fit_y, chosen, options.bootstrap, seed=options.seed)
+    jaccards = stability.bootstrap_jaccard(grouped_scores, None, chosen, options.bootstrap, seed=options.seed, groups=groups)
 
     per_class = []
     for p, c in enumerate(classes):

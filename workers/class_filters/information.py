@@ -51,10 +51,32 @@ def quantile_bins(features: np.ndarray, bins: int) -> np.ndarray:
     return out
 
 
+def sorted_quantiles(ordered: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """(Q, R) np.quantile(rows, q, axis=1) ("linear") of rows already sorted, with numpy's own arithmetic (its
+    virtual index, floor, and two-sided lerp), so the edges are the same floats; a sort is cheaper than
+    numpy's partition at many quantiles."""
+    n = ordered.shape[1]
+    virtual = (n - 1) * q
+    previous = np.floor(virtual)
+    following = previous + 1
+    previous_at = previous.astype(np.intp)
+    following_at = following.astype(np.intp)
+    previous_at[virtual >= n - 1] = -1
+    following_at[virtual >= n - 1] = -1
+    previous_at[virtual < 0] = 0
+    following_at[virtual < 0] = 0
+    gamma = np.asanyarray(virtual - previous, dtype=virtual.dtype).reshape(-1, 1)
+    a, b = ordered[:, previous_at].T, ordered[:, following_at].T
+    difference = b - a
+    out = np.add(a, difference * gamma)
+    np.subtract(b, difference * (1 - gamma), out=out, where=np.broadcast_to(gamma >= 0.5, out.shape))
+    return out
+
+
 def filter_bins(by_filter: np.ndarray, bins: int) -> np.ndarray:
     """(D, N) bin index of each filter's values (rows), as quantile_bins gives for the transposed matrix:
     each filter's quantiles, a value's bin the number of them at or below it."""
-    edges = np.quantile(by_filter, np.linspace(0.0, 1.0, bins + 1)[1:-1], axis=1)  # (B - 1, D)
+    edges = sorted_quantiles(np.sort(by_filter, axis=1), np.linspace(0.0, 1.0, bins + 1)[1:-1])  # (B - 1, D)
     out = np.zeros(by_filter.shape, dtype=np.int8 if bins < 128 else np.int64)
     for edge in edges:
         out += by_filter >= edge[:, None]
@@ -104,23 +126,30 @@ def binned_mi(features: np.ndarray | Prepared, y: np.ndarray, num_classes: int, 
     prepared = features if isinstance(features, Prepared) else prepare(features, bins=bins)
     bins = prepared.bins
     d, n = prepared.bin_index.shape
-    joint = np.empty((num_classes, d, bins))
-    for start in range(0, d, _BIN_BLOCK):
-        block = slice(start, min(start + _BIN_BLOCK, d))
-        width = block.stop - block.start
-        cell = (np.asarray(y, dtype=np.int64)[None, :] * width + np.arange(width)[:, None]) * bins + prepared.bin_index[block]
-        joint[:, block] = np.bincount(cell.ravel(), minlength=num_classes * width * bins).reshape(num_classes, width, bins)
+    # Counted filter by filter as (filter, class, bin): each filter's counts stay in a small, cached stretch.
+    flat = np.add(prepared.bin_index, (np.asarray(y, dtype=np.int64) * bins)[None, :], dtype=np.int64)
+    flat += (np.arange(d, dtype=np.int64) * (num_classes * bins))[:, None]
+    joint = np.bincount(flat.ravel(), minlength=d * num_classes * bins).reshape(d, num_classes, bins).transpose(1, 0, 2).astype(np.float64)
     per_bin = joint.sum(axis=0)  # (D, B)
     p_class = (np.bincount(y, minlength=num_classes) / n)[:, None, None]
     p_bin = per_bin[None] / n
-    mi = _plugin_term(joint / n, p_class * p_bin) + _plugin_term((per_bin[None] - joint) / n, (1.0 - p_class) * p_bin)
+    mi = _plugin_term(joint / n, p_class * p_bin)
+    np.subtract(per_bin[None], joint, out=joint)
+    joint /= n
+    mi += _plugin_term(joint, (1.0 - p_class) * p_bin)
     return np.maximum(mi.sum(axis=2), 0.0) / math.log(2.0)
 
 
 def _plugin_term(p_joint: np.ndarray, p_product: np.ndarray) -> np.ndarray:
-    """p log(p / q) with 0 log 0 = 0."""
-    safe = np.where(p_joint > 0, p_joint, 1.0)
-    return np.where(p_joint > 0, p_joint * np.log(safe / np.where(p_product > 0, p_product, 1.0)), 0.0)
+    """p log(p / q) with 0 log 0 = 0 (computed in place in q's buffer: these are the largest arrays here)."""
+    present = p_joint > 0
+    ratio = np.where(present, p_joint, 1.0)
+    np.copyto(p_product, 1.0, where=~(p_product > 0))
+    np.divide(ratio, p_product, out=ratio)
+    np.log(ratio, out=ratio)
+    np.multiply(p_joint, ratio, out=ratio)
+    ratio[~present] = 0.0
+    return ratio
 
 
 def knn_mi(features: np.ndarray | Prepared, y: np.ndarray, num_classes: int, neighbors: int = KNN_NEIGHBORS, seed: int = 0) -> np.ndarray:
@@ -374,63 +403,57 @@ def _rest_terms(s: np.ndarray, lab: np.ndarray, counts: np.ndarray, k: int, psi:
     r, n = s.shape
     num_classes = len(counts)
     entries = min(_ENTRIES, n - 1)
-    offsets, distances = _nearest_entries(s, entries)  # (E, R, N) each, nearest first
-    column = np.arange(n)[None, :]
-    labels = np.stack([np.take_along_axis(lab, column + off, axis=1) for off in offsets])  # (E, R, N)
-    # Distances tied within the entries looked at: the nearest-first order is not unique, m not its rank.
-    tied = np.zeros((r, n), dtype=bool)
-    for t in range(entries - 1):
-        tied |= distances[t] == distances[t + 1]
+    offsets, tied = _nearest_entries(s, entries)  # (E, R, N) offsets nearest first; (R, N) distance ties
+    flat_lab = lab.ravel()
+    at = (np.arange(r)[:, None] * n + np.arange(n)[None, :])[None]  # (1, R, N) flat positions
+    labels = flat_lab[at + offsets]  # (E, R, N) class of each entry
     own = lab
     # Base: every sample counts ψ(k) towards every class it is not in.
-    sample_count = np.zeros((r, num_classes))
-    for c in range(num_classes):
-        sample_count[:, c] = n - counts[c]
-    total = sample_count * psi[k]
+    total = np.broadcast_to((n - counts) * psi[k], (r, num_classes)).copy()
     unsettled = np.zeros((r, num_classes), dtype=bool)
-    row_index = np.repeat(np.arange(r), n).reshape(r, n)
+    rows = np.broadcast_to(np.arange(r)[:, None], (r, n))
     for t in range(min(k, entries)):
         c_t = labels[t]
         fresh = c_t != own
         for earlier in range(t):
             fresh &= labels[earlier] != c_t
-        # j*: the first rank at which k entries are not of class c_t.
-        not_c = np.zeros((r, n), dtype=np.int64)
-        rank = np.zeros((r, n), dtype=np.int64)
-        for j in range(entries):
-            not_c += labels[j] != c_t
-            rank = np.where((rank == 0) & (not_c == k), j + 1, rank)
-        settled = rank > 0
-        bad = fresh & (~settled | tied)
+        # j*: the first rank at which k entries are not of class c_t (0 if the entries looked at do not reach it).
+        reached = np.cumsum(labels != c_t[None], axis=0, dtype=np.int16) == k  # (E, R, N)
+        rank = np.where(reached.any(axis=0), reached.argmax(axis=0) + 1, 0)
+        bad = fresh & ((rank == 0) | tied)
         if bad.any():
-            unsettled[row_index[bad], c_t[bad]] = True
-        good = fresh & settled & ~tied
-        delta = psi[np.where(good, rank, k)] - psi[k]
-        flat = row_index[good] * num_classes + c_t[good]
-        total += np.bincount(flat, weights=delta[good], minlength=r * num_classes).reshape(r, num_classes)
-    # A tie among the first k entries changes the base count too.
-    if tied.any():
-        for c in range(num_classes):
-            unsettled[:, c] |= (tied & (own != c)).any(axis=1)
+            unsettled[rows[bad], c_t[bad]] = True
+        good = fresh & (rank > 0) & ~tied
+        delta = psi[rank[good]] - psi[k]
+        total += np.bincount(rows[good] * num_classes + c_t[good], weights=delta, minlength=r * num_classes).reshape(r, num_classes)
+    # A tie among a sample's first entries changes its base count too: such rows go to the fallback whole.
+    unsettled[tied.any(axis=1)] = True
     return total, unsettled
 
 
-def _nearest_entries(s: np.ndarray, entries: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Per sorted position, the offsets (negative: left) and distances of its `entries` nearest other
-    positions, nearest first (a tie goes to the left one; ties are flagged by the caller)."""
+def _nearest_entries(s: np.ndarray, entries: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per sorted position, the offsets (negative: left) of its `entries` nearest other positions, nearest
+    first (E, R, N), and where two of those distances tie (R, N), making the order ambiguous.
+
+    Merging the left and right distance sequences: the first t entries hold A_t = #{a ≤ t : left_a ≤
+    right_(t+1-a)} left ones (ties go left), so entry t is left iff A_t > A_(t-1); only comparisons needed."""
     r, n = s.shape
-    padded = np.concatenate([np.full((r, entries), -np.inf), s, np.full((r, entries), np.inf)], axis=1)
-    base = s
-    left_at = np.ones((r, n), dtype=np.int64)
-    right_at = np.ones((r, n), dtype=np.int64)
-    column = np.arange(n)[None, :] + entries
-    offsets, distances = [], []
-    for _ in range(entries):
-        dl = base - np.take_along_axis(padded, column - left_at, axis=1)
-        dr = np.take_along_axis(padded, column + right_at, axis=1) - base
-        take_left = dl <= dr
-        offsets.append(np.where(take_left, -left_at, right_at))
-        distances.append(np.where(take_left, dl, dr))
-        left_at += take_left
-        right_at += ~take_left
-    return offsets, distances
+    left = np.full((entries, r, n), np.inf)
+    right = np.full((entries, r, n), np.inf)
+    for a in range(1, entries + 1):
+        left[a - 1][:, a:] = s[:, a:] - s[:, :-a]
+        right[a - 1][:, :-a] = s[:, a:] - s[:, :-a]
+    offsets = np.empty((entries, r, n), dtype=np.int64)
+    tied = np.zeros((r, n), dtype=bool)
+    previous = np.zeros((r, n), dtype=np.int64)
+    for t in range(1, entries + 1):
+        taken = np.zeros((r, n), dtype=np.int64)
+        for a in range(1, t + 1):
+            taken += left[a - 1] <= right[t - a]
+            tied |= (left[a - 1] == right[t - a]) & np.isfinite(right[t - a])
+        is_left = taken > previous
+        offsets[t - 1] = np.where(is_left, -taken, t - taken)
+        previous = taken
+    for a in range(1, entries):
+        tied |= ((left[a - 1] == left[a]) & np.isfinite(left[a])) | ((right[a - 1] == right[a]) & np.isfinite(right[a]))
+    return offsets, tied

@@ -11,6 +11,8 @@ resample samples and re-rank without another forward pass:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 CONTRIBUTION = "contribution"
@@ -21,20 +23,44 @@ RANKINGS = (CONTRIBUTION, FREQUENCY)
 LOUD_SHARE = 0.5
 
 
+@dataclass(frozen=True)
+class Groups:
+    """Samples sorted by class (stably: each class keeps its samples' order). Arrays whose rows are taken in
+    `order` once give every class mean with one reduceat and no further copy."""
+
+    order: np.ndarray
+    counts: np.ndarray
+
+    @classmethod
+    def of(cls, y: np.ndarray, num_classes: int) -> "Groups":
+        return cls(np.argsort(y, kind="stable"), np.bincount(y, minlength=num_classes))
+
+    @property
+    def starts(self) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(self.counts)[:-1]])
+
+    def rows(self, c: int) -> slice:
+        start = int(self.starts[c])
+        return slice(start, start + int(self.counts[c]))
+
+    def means(self, grouped: np.ndarray) -> np.ndarray:
+        """(C, D): the mean row of each class of `grouped` (rows in `order`); zeros for a class without
+        samples. Boolean rows are summed as integers (exact, and an eighth of the memory traffic)."""
+        sums = np.zeros((len(self.counts), grouped.shape[1]))
+        present = np.flatnonzero(self.counts)
+        if len(present):
+            starts = self.starts[present]
+            if grouped.dtype == bool:
+                sums[present] = np.add.reduceat(grouped.view(np.uint8), starts, axis=0, dtype=np.int64)
+            else:
+                sums[present] = np.add.reduceat(grouped, starts, axis=0)
+        return sums / np.maximum(self.counts, 1)[:, None]
+
+
 def class_means(per_sample: np.ndarray, y: np.ndarray, num_classes: int) -> np.ndarray:
-    """(C, D): the mean row of each class (zeros for a class without samples). Boolean rows are summed as
-    integers (exact, and an eighth of the memory traffic)."""
-    counts = np.bincount(y, minlength=num_classes)
-    sums = np.zeros((num_classes, per_sample.shape[1]))
-    present = np.flatnonzero(counts)
-    if len(present):
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])[present]
-        grouping = np.argsort(y, kind="stable")
-        if per_sample.dtype == bool:
-            sums[present] = np.add.reduceat(per_sample[grouping].view(np.uint8), starts, axis=0, dtype=np.int64)
-        else:
-            sums[present] = np.add.reduceat(per_sample[grouping], starts, axis=0)
-    return sums / np.maximum(counts, 1)[:, None]
+    """(C, D): the mean row of each class (zeros for a class without samples)."""
+    groups = Groups.of(y, num_classes)
+    return groups.means(per_sample[groups.order])
 
 
 # Samples per block of loud_sets: its temporaries stay small and in cache.

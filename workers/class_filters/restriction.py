@@ -46,6 +46,9 @@ class Restriction(Protocol):
     def logits_without(self, remove: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """(len(rows), C): all logits of the eval rows `rows` with the filters `remove` removed from the layer."""
 
+    def logits_without_each(self, removes: list[np.ndarray], rows: np.ndarray) -> list[np.ndarray]:
+        """logits_without for each mask in `removes`."""
+
 
 class HeadRestriction:
     """The decomposed head at its input: exact, closed form, no network pass."""
@@ -73,11 +76,20 @@ class HeadRestriction:
 
     def logits_without(self, remove: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Subtract the few removed terms from the full logits, or add up the few kept ones."""
-        removed = np.flatnonzero(remove)
-        if 2 * len(removed) <= len(remove):
-            return self._full[rows] - self.features[np.ix_(rows, removed)] @ self.weight[:, removed].T
-        kept = np.flatnonzero(~remove)
-        return self.features[np.ix_(rows, kept)] @ self.weight[:, kept].T + self.bias
+        return self.logits_without_each([remove], rows)[0]
+
+    def logits_without_each(self, removes: list[np.ndarray], rows: np.ndarray) -> list[np.ndarray]:
+        """logits_without for several masks on the same rows (the rows are gathered once)."""
+        features, full = self.features[rows], self._full[rows]
+        out = []
+        for remove in removes:
+            removed = np.flatnonzero(remove)
+            if 2 * len(removed) <= len(remove):
+                out.append(full - features[:, removed] @ self.weight[:, removed].T)
+            else:
+                kept = np.flatnonzero(~remove)
+                out.append(features[:, kept] @ self.weight[:, kept].T + self.bias)
+        return out
 
 
 class AblationRestriction:
@@ -127,6 +139,9 @@ class AblationRestriction:
 
     def logits_without(self, remove: np.ndarray, rows: np.ndarray) -> np.ndarray:
         return self._logits(rows, ~remove)
+
+    def logits_without_each(self, removes: list[np.ndarray], rows: np.ndarray) -> list[np.ndarray]:
+        return [self._logits(rows, ~remove) for remove in removes]
 
     def _logits(self, rows: np.ndarray, keep: np.ndarray) -> np.ndarray:
         keep_t = torch.as_tensor(keep, device=self.device)
@@ -192,21 +207,27 @@ def ablation_drops(
     for c, subset in zip(restriction.classes, subsets):
         subset = subset[subset >= 0]
         rows = np.flatnonzero(y == c)
-        truth = y[rows]
-        base = recall(full_logits[rows], truth, c)
+        base = _recall_of(full_logits[rows], c)
         remove = np.zeros(num_filters, dtype=bool)
         remove[subset] = True
         others = np.flatnonzero(~remove)
-        random_recalls = []
+        masks = []
         for _ in range(draws if len(subset) and len(others) >= len(subset) else 0):
             drawn = np.zeros(num_filters, dtype=bool)
             drawn[rng.choice(others, size=len(subset), replace=False)] = True
-            random_recalls.append(recall(restriction.logits_without(drawn, rows), truth, c))
+            masks.append(drawn)
+        scored = restriction.logits_without_each(masks + ([remove] if len(subset) else []) + [~remove], rows)
+        random_recalls = [_recall_of(logits, c) for logits in scored[: len(masks)]]
         out.append(
             {
-                "subset_drop": base - recall(restriction.logits_without(remove, rows), truth, c) if len(subset) else None,
+                "subset_drop": base - _recall_of(scored[len(masks)], c) if len(subset) else None,
                 "random_drop": base - float(np.mean(random_recalls)) if random_recalls else None,
-                "complement_drop": base - recall(restriction.logits_without(~remove, rows), truth, c),
+                "complement_drop": base - _recall_of(scored[-1], c),
             }
         )
     return out
+
+
+def _recall_of(logits: np.ndarray, c: int) -> float:
+    """Share of rows (all of class c) predicted as c."""
+    return float((logits.argmax(axis=1) == c).mean()) if len(logits) else 0.0

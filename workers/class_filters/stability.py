@@ -10,22 +10,27 @@ from __future__ import annotations
 
 import numpy as np
 
+from workers.class_filters.ranking import Groups
 
-def bootstrap_jaccard(sample_scores: np.ndarray, y: np.ndarray, subsets: np.ndarray, resamples: int, seed: int = 0, classes: np.ndarray | None = None) -> list[float | None]:
-    """Per class: mean Jaccard between S_c and the top k of `resamples` bootstrap rankings (None if resamples
-    is 0 or S_c is empty). Rows of `subsets` (padded with -1) follow `classes` (labels; default 0..C-1)."""
+
+def bootstrap_jaccard(
+    sample_scores: np.ndarray, y: np.ndarray | None, subsets: np.ndarray, resamples: int, seed: int = 0, groups: Groups | None = None
+) -> list[float | None]:
+    """Per class 0..C-1: mean Jaccard between S_c and the top k of `resamples` bootstrap rankings (None if
+    resamples is 0 or S_c is empty). subsets (C, k) pads with -1. With `groups`, sample_scores' rows are
+    already in groups.order (and y is not needed)."""
     if resamples <= 0:
         return [None] * len(subsets)
-    classes = np.arange(len(subsets)) if classes is None else np.asarray(classes)
+    if groups is None:
+        assert y is not None
+        groups = Groups.of(y, len(subsets))
+        sample_scores = sample_scores[groups.order]
     rng = np.random.default_rng(seed)
     k = subsets.shape[1]
     width = sample_scores.shape[1]
-    grouping = np.argsort(y, kind="stable")
-    sorted_y = y[grouping]
     out: list[float | None] = []
-    for c, subset in zip(classes, subsets):
-        lo, hi = np.searchsorted(sorted_y, c, side="left"), np.searchsorted(sorted_y, c, side="right")
-        rows = sample_scores[grouping[lo:hi]]
+    for c, subset in enumerate(subsets):
+        rows = sample_scores[groups.rows(c)]
         counts = rng.multinomial(len(rows), np.full(len(rows), 1.0 / len(rows)), size=resamples)
         means = counts @ rows / len(rows)  # (resamples, D)
         chosen = np.zeros(width, dtype=bool)
