@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from workers.tconv import fit_3t, sampling_matrix
-from workers.tconv.fit import _normal_equations, _operators, _projected_cost
+from workers.tconv.fit import _evaluate, _slices
 from workers.tconv.layer import affine_matrix, build_kernel
 
 
@@ -40,34 +40,43 @@ def test_sampling_matrix_is_grid_sample() -> None:
 
 
 @pytest.mark.parametrize("gain", [False, True])
-def test_normal_equations_match_finite_differences(gain: bool) -> None:
-    """The closed-form dF/dφ, JᵀJ and Jᵀr the LM relies on, against central differences and an explicit J."""
+@pytest.mark.parametrize(("k_t", "k_h", "k_w", "cols"), [(3, 3, 4, 5), (3, 3, 3, 20), (4, 5, 5, 2)])
+def test_jacobian_matches_finite_differences(gain: bool, k_t: int, k_h: int, k_w: int, cols: int) -> None:
+    """The closed-form JᵀJ and Jᵀr the LM relies on (fewer columns than pixels, more, and the column
+    rotation in between), against central differences of the cost and an explicit Kaufman Jacobian."""
     g = torch.Generator().manual_seed(1)
-    k_t, k_h, k_w, cols = 3, 3, 4, 5
     n = 4 * (k_t - 1) + (k_t if gain else 0)
+    p = k_h * k_w
     phi = torch.randn((2, n), generator=g, dtype=torch.float64) * 0.3
     if gain:
         phi[:, 4 * (k_t - 1) :] += 1.0
-    w = torch.randn((2, k_t * k_h * k_w, cols), generator=g, dtype=torch.float64)
-    gram = w @ w.transpose(1, 2)
-    trace = gram.diagonal(dim1=1, dim2=2).sum(-1)
-    ops, d_ops = _operators(phi, k_t, k_h, k_w, gain, derivative=True)
-    jtj, jtr, cost = _normal_equations(ops, d_ops, gram, trace)
+    w = torch.randn((2, k_t, p, cols), generator=g, dtype=torch.float64)
+    ev = _evaluate(phi, w, k_t, k_h, k_w, gain, jacobian=True)
+    assert ev.jtj is not None and ev.jtr is not None
+
+    def ops(x: torch.Tensor) -> torch.Tensor:
+        rest, _, _ = _slices(x, k_t, k_h, k_w, derivative=False)
+        s = torch.cat([torch.eye(p, dtype=torch.float64).expand(2, p, p), rest], dim=1).reshape(2, k_t, p, p)
+        if gain:
+            s = s * x[:, 4 * (k_t - 1) :, None, None]
+        return s.reshape(2, k_t * p, p)
+
+    f = ops(phi)
+    proj = torch.eye(k_t * p, dtype=torch.float64) - f @ torch.linalg.inv(f.transpose(1, 2) @ f) @ f.transpose(1, 2)
     eps = 1e-6
+    columns = []
     for j in range(n):
         step = torch.zeros(n, dtype=torch.float64)
         step[j] = eps
-        fd = (_operators(phi + step, k_t, k_h, k_w, gain)[0] - _operators(phi - step, k_t, k_h, k_w, gain)[0]) / (2 * eps)
-        torch.testing.assert_close(d_ops[:, j], fd, atol=1e-6, rtol=0)
-        fd_cost = (_projected_cost(_operators(phi + step, k_t, k_h, k_w, gain)[0], gram, trace)
-                   - _projected_cost(_operators(phi - step, k_t, k_h, k_w, gain)[0], gram, trace)) / (2 * eps)
-        torch.testing.assert_close(2 * jtr[:, j], fd_cost, atol=1e-5, rtol=1e-6)
-    inv = torch.linalg.inv(ops.transpose(1, 2) @ ops)
-    base = inv @ ops.transpose(1, 2) @ w
-    proj = torch.eye(ops.shape[1], dtype=torch.float64) - ops @ inv @ ops.transpose(1, 2)
-    jac = torch.stack([(proj @ d_ops[:, j] @ base).reshape(2, -1) for j in range(n)], dim=-1)
-    torch.testing.assert_close(jtj, jac.transpose(1, 2) @ jac, atol=1e-7, rtol=1e-7)
-    torch.testing.assert_close(cost, (ops @ base - w).pow(2).sum((1, 2)), atol=1e-8, rtol=1e-8)
+        up = _evaluate(phi + step, w, k_t, k_h, k_w, gain, jacobian=False).cost
+        down = _evaluate(phi - step, w, k_t, k_h, k_w, gain, jacobian=False).cost
+        torch.testing.assert_close(2 * ev.jtr[:, j], (up - down) / (2 * eps), atol=1e-5, rtol=1e-6)
+        d_ops = (ops(phi + step) - ops(phi - step)) / (2 * eps)
+        columns.append((proj @ d_ops @ ev.base).reshape(2, -1))
+    jac = torch.stack(columns, dim=-1)
+    torch.testing.assert_close(ev.jtj, jac.transpose(1, 2) @ jac, atol=1e-6, rtol=1e-7)
+    exact = (f @ ev.base - w.reshape(2, k_t * p, cols)).pow(2).sum((1, 2))
+    torch.testing.assert_close(ev.cost, exact, atol=1e-9, rtol=1e-9)
 
 
 @pytest.mark.parametrize(("k_t", "k", "c_in"), [(3, 3, 4), (4, 5, 2)])

@@ -5,19 +5,26 @@ construction reproduces W[o] as well as possible; the relative residual ‖Ŵ−
 "3T-explainability". Two variants: plain 3T, and 3T with one gain g_t per slice (plain 3T cannot flip a
 sign or change the temporal gain, so a temporal derivative [W, 0, −W] leaves 1/√2 ≈ 0.71).
 
-Why it is fast: one bilinear warp of a k_h×k_w slice with zero padding is a P×P matrix (P = k_h·k_w) of
-tent weights, exactly what grid_sample computes, so slice t is S_t·K_0 with S_t = G_t…G_1, and the
-problem is separable: for fixed transforms K_0 is a linear least-squares solve (variable projection),
-and only the 4(k_t−1) (+k_t gains) transform numbers are left to a Levenberg–Marquardt search. The data
-enter only through W·Wᵀ, so input channels are first compressed to at most k_t·P (a QR), all filters of
-a layer and all restarts are one batch, and nothing loops over filters.
+Why it is fast:
+- one bilinear warp of a k_h×k_w slice with zero padding reads 4 source pixels per output pixel (exactly
+  what grid_sample computes), so slice t is S_t·K_0 with S_t = G_t…G_1, and a warp's derivative is a
+  4-tap stencil applied to the previous slice, never a P×P×params tensor (P = k_h·k_w);
+- the problem is separable: for fixed transforms K_0 is a least-squares solve (variable projection), so
+  Levenberg–Marquardt searches only the 4(k_t−1) (+k_t gains) transform numbers, with Kaufman's Jacobian
+  applied to K_0's columns (at most P of them: K_0 is rotated onto its row space);
+- input channels are first compressed to at most k_t·P columns (a QR), all filters of a layer and all
+  their starts are one batch, a rejected LM step reuses its Jacobian, and rows stop once converged;
+- every start runs a short screening stage, after which only each filter's best start goes on (the
+  other starts cost a few iterations, not the whole budget).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -25,29 +32,43 @@ import torch
 from workers.tconv.layer import build_kernel
 
 ProgressFn = Callable[[float], None]
+Tensor = torch.Tensor
 
-# Restart draws (besides the identity start): log-scale, rotation (rad) and translation (normalised
-# units) uniform in ±these. Wide translations let a fit discover that content leaves the kernel.
+# Restart draws (besides the fixed starts): log-scale, rotation (rad) and translation (normalised units)
+# uniform in ±these. Wide translations let a fit discover that content leaves the kernel.
 _RESTART_LOG_SCALE = 0.25
 _RESTART_ROTATION = 0.5
 _RESTART_TRANSLATION = 1.5
-# Every start is nudged by this much (N(0, 1) times it): bilinear warps have kinks exactly where sample
-# points hit pixel centres (identity, whole-pixel shifts), where the symmetric derivative is zero and LM
-# would not move; a nudge makes the one-sided derivative valid.
+# Every start is nudged by this much (N(0, 1) times it), so that no two starts of a filter coincide and
+# no start sits exactly on a kink of bilinear interpolation (where a one-sided derivative is taken).
 _START_JITTER = 1e-3
-# Best grid points per step refined by that LM (the grid's best alone can sit in the wrong basin).
+# Best grid points per step refined by LM in the registration start (the grid's best alone can sit in the wrong basin).
 _REGISTRATION_CANDIDATES = 4
 # Deterministic starts before the random ones: identity, slice registration, content leaving the window.
 _FIXED_STARTS = 3
+# LM iterations every start runs before only each filter's best start continues. Measured on noise and
+# planted layers (bench/tconv_fit.py): the start that leads after 8 iterations ends best or within 1e-3
+# in residual of the best; planted kernels are found by their registration start within 2-3 iterations.
+SCREEN_STEPS = 8
+# Successive halving within the screening: (iterations run by the end of the stage, starts per filter kept
+# after it). The last stage ends at the screening's end and keeps one.
+_SCREEN_SCHEDULE: tuple[tuple[int, int], ...] = ((3, 3), (1_000_000, 1))
 # Levenberg–Marquardt damping: start, shrink on success, grow on failure, give up above.
 _LAMBDA_START, _LAMBDA_DOWN, _LAMBDA_UP, _LAMBDA_MAX = 1e-3, 3.0, 4.0, 1e8
-# Stop a row when one accepted step gains less than this share of ‖W‖²; every _PRUNE_EVERY iterations
-# stop rows whose cost is above _PRUNE_RATIO × their filter's best restart (they will not win).
-_STALL = 1e-9
-_PRUNE_EVERY, _PRUNE_RATIO = 20, 1.2
-# Bound on the elements of the per-chunk Jacobian-sized tensors (rows × parameters × k_t·P × P): filters
-# are fitted in chunks below it, so that huge layers stay in memory.
-_CHUNK_ELEMENTS = 40_000_000
+# A row stops when an accepted step gains less than _STALL of ‖W‖², when the last _WINDOW iterations
+# together lowered its cost by less than _WINDOW_DROP of that cost (its relative residual then moves by
+# less than 5e-4 of itself per _WINDOW iterations: LM crawling along the kinks of bilinear interpolation,
+# which on noise kernels went on for 100+ iterations for a last 0.1 % of residual), or at an exact fit
+# (cost below _EXACT of ‖W‖²).
+_STALL = 1e-10
+_WINDOW, _WINDOW_DROP = 8, 1e-3
+_EXACT = 1e-24
+# |Jᵀr| below this share of ‖W‖² is a stationary point: nothing for LM to follow (a start whose content
+# left the zero-padded window sits on a plateau; λ would otherwise climb for ~18 iterations to give up).
+_FLAT = 1e-13
+# Bound on the elements of the per-chunk working tensors (rows × per-row sizes): filters are fitted in
+# chunks below it, so that huge layers stay in memory.
+_CHUNK_ELEMENTS = 24_000_000
 
 
 @dataclass
@@ -79,116 +100,253 @@ class ThreeTFit:
         return w
 
 
-def sampling_matrix(
-    scale: torch.Tensor, rotate: torch.Tensor, translate_x: torch.Tensor, translate_y: torch.Tensor, k_h: int, k_w: int
-) -> torch.Tensor:
+def sampling_matrix(scale: Tensor, rotate: Tensor, translate_x: Tensor, translate_y: Tensor, k_h: int, k_w: int) -> Tensor:
     """(..., P, P) matrix G with warped = G @ slice (pixels row-major) for parameters of any batch shape:
-    grid_sample(bilinear, zeros, align_corners=True) through affine_grid(s·R(r)·[I | t]), written as tent
-    weights max(0, 1−|u−j|) so it is differentiable in closed form and costs nothing for kernel slices."""
+    grid_sample(bilinear, zeros, align_corners=True) through affine_grid(s·R(r)·[I | t])."""
     phi_step = torch.stack([torch.log(scale), rotate, translate_x, translate_y], dim=-1)
-    warp, _ = _warp_step(phi_step.reshape(-1, 4), k_h, k_w, derivative=False)
+    warp = _taps(phi_step.reshape(-1, 4), k_h, k_w, derivative=False).dense()
     return warp.reshape(*scale.shape, k_h * k_w, k_h * k_w)
 
 
-def _warp_step(
-    phi_step: torch.Tensor, k_h: int, k_w: int, derivative: bool
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One step's (B, P, P) warp matrix G and, if asked, dG/d[log s, r, tx, ty] as (B, 4, P, P).
+class _Taps(NamedTuple):
+    """One warp per row as bilinear taps: output pixel p reads source pixels index[b, p, :] (P = a zero
+    pixel outside the slice) with weight[b, p, :]; slope (B, 4, P, 4): d weight / d [log s, r, tx, ty]."""
 
-    With a = p + t and q = s·R(r)·a: dq/dlog s = q, dq/dr = (−q_y, q_x), dq/dt = s·R(r) columns.
+    index: Tensor
+    weight: Tensor
+    slope: Tensor | None
+
+    def dense(self) -> Tensor:
+        """(B, P, P): the warp as a matrix."""
+        b, p, _ = self.weight.shape
+        full = self.weight.new_zeros((b, p, p + 1)).scatter_add_(2, self.index, self.weight)
+        return full[:, :, :p]
+
+    def gather(self, values: Tensor) -> Tensor:
+        """(B, P, 4, c): each output pixel's 4 source rows of values (B, P, c); the zero pixel reads 0."""
+        b, p, c = values.shape
+        padded = torch.cat([values, values.new_zeros((b, 1, c))], dim=1)
+        return padded.gather(1, self.index.reshape(b, p * 4, 1).expand(b, p * 4, c)).reshape(b, p, 4, c)
+
+    def derivative(self, values: Tensor) -> Tensor:
+        """(B, P, 4, c): d(G @ values)/d[log s, r, tx, ty] for values (B, P, c) held fixed."""
+        assert self.slope is not None
+        return torch.einsum("bkpq,bpqc->bpkc", self.slope, self.gather(values))
+
+
+def _taps(phi_step: Tensor, k_h: int, k_w: int, derivative: bool) -> _Taps:
+    """The bilinear taps of one step for rows of [log s, r, tx, ty] (B, 4).
+
+    Output pixel p (normalised (x, y)) reads the source at q = s·R(r)·(p + t), in source pixel units
+    u = (q_x + 1)(k_w − 1)/2, v = (q_y + 1)(k_h − 1)/2, from the 4 pixels around (u, v) with bilinear
+    weights; pixels outside the slice read zero. The derivative is taken with the floor fixed (one-sided
+    at whole pixels, where bilinear interpolation has its kinks), so it never vanishes there.
     """
-    dtype, device = phi_step.dtype, phi_step.device
-    px, py, col, row = _pixel_grid(k_h, k_w, dtype, device)
+    grid = _grid(k_h, k_w, phi_step.dtype, phi_step.device)
+    p = k_h * k_w
     log_s, rot, tx, ty = (v[:, None] for v in phi_step.unbind(-1))
     s, c, sn = torch.exp(log_s), torch.cos(rot), torch.sin(rot)
-    ax, ay = px + tx, py + ty
+    ax, ay = grid.x + tx, grid.y + ty
     qx, qy = s * (c * ax - sn * ay), s * (sn * ax + c * ay)  # (B, P)
     half_w, half_h = (k_w - 1) / 2.0, (k_h - 1) / 2.0
-    du = ((qx + 1.0) * half_w)[..., None] - col  # (B, P, P): output pixel p, source pixel j
-    dv = ((qy + 1.0) * half_h)[..., None] - row
-    wx, wy = torch.relu(1.0 - du.abs()), torch.relu(1.0 - dv.abs())
-    warp = wx * wy
+    # Clamped so that floor stays a small integer; beyond the slice every tap reads the zero pixel anyway.
+    u = ((qx + 1.0) * half_w).clamp(-2.0, k_w + 1.0)
+    v = ((qy + 1.0) * half_h).clamp(-2.0, k_h + 1.0)
+    x0, y0 = torch.floor(u), torch.floor(v)
+    fx, fy = (u - x0)[..., None], (v - y0)[..., None]
+    xs, ys = x0[..., None] + grid.dx, y0[..., None] + grid.dy  # (B, P, 4): taps (0,0), (1,0), (0,1), (1,1)
+    wx = grid.dx * fx + (1 - grid.dx) * (1 - fx)
+    wy = grid.dy * fy + (1 - grid.dy) * (1 - fy)
+    valid = (xs >= 0) & (xs <= k_w - 1) & (ys >= 0) & (ys <= k_h - 1)
+    index = torch.where(valid, ys * k_w + xs, float(p)).nan_to_num_(nan=float(p)).to(torch.int64)
     if not derivative:
-        return warp, None
-    slope_x = -torch.sign(du) * (du.abs() < 1.0).to(dtype) * wy * half_w  # d warp / d qx
-    slope_y = -torch.sign(dv) * (dv.abs() < 1.0).to(dtype) * wx * half_h
+        return _Taps(index, wx * wy, None)
     sc, ss = (s * c).expand_as(qx), (s * sn).expand_as(qx)
-    dqx = torch.stack([qx, -qy, sc, -ss], dim=1)[..., None]  # (B, 4, P, 1)
-    dqy = torch.stack([qy, qx, ss, sc], dim=1)[..., None]
-    return warp, slope_x[:, None] * dqx + slope_y[:, None] * dqy
+    du = torch.stack([qx, -qy, sc, -ss], dim=1) * half_w  # (B, 4, P): d u / d[log s, r, tx, ty]
+    dv = torch.stack([qy, qx, ss, sc], dim=1) * half_h
+    slope = (wy * grid.sign_x)[:, None] * du[..., None] + (wx * grid.sign_y)[:, None] * dv[..., None]
+    return _Taps(index, wx * wy, slope)
 
 
-def _pixel_grid(k_h: int, k_w: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """Normalised (x, y) of each output pixel and (column, row) of each source pixel, row-major, (P,)."""
+class _Grid(NamedTuple):
+    """Normalised (x, y) of each output pixel, row-major (P,); tap offsets dx, dy and d weight/du, /dv signs (4,)."""
+
+    x: Tensor
+    y: Tensor
+    dx: Tensor
+    dy: Tensor
+    sign_x: Tensor
+    sign_y: Tensor
+
+
+@functools.lru_cache(maxsize=64)
+def _grid(k_h: int, k_w: int, dtype: torch.dtype, device: torch.device) -> _Grid:
     ys = torch.linspace(-1.0, 1.0, k_h, dtype=dtype, device=device) if k_h > 1 else torch.zeros(1, dtype=dtype, device=device)
     xs = torch.linspace(-1.0, 1.0, k_w, dtype=dtype, device=device) if k_w > 1 else torch.zeros(1, dtype=dtype, device=device)
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-    col = torch.arange(k_w, dtype=dtype, device=device).repeat(k_h)
-    row = torch.arange(k_h, dtype=dtype, device=device).repeat_interleave(k_w)
-    return gx.reshape(-1), gy.reshape(-1), col, row
+    dx = torch.tensor([0.0, 1.0, 0.0, 1.0], dtype=dtype, device=device)
+    dy = torch.tensor([0.0, 0.0, 1.0, 1.0], dtype=dtype, device=device)
+    return _Grid(gx.reshape(-1), gy.reshape(-1), dx, dy, 2 * dx - 1, 2 * dy - 1)
 
 
-def _operators(
-    phi: torch.Tensor, k_t: int, k_h: int, k_w: int, gain: bool, derivative: bool = False
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """F (B, k_t·P, P): the stacked maps K_0 -> slice t, and (if asked) dF/dphi (B, n, k_t·P, P).
+class _Evaluation(NamedTuple):
+    """cost ‖F K − W‖² at the least-squares K (B, P, r); with the Jacobian: JᵀJ (B, n, n) and Jᵀr (B, n)."""
 
-    phi rows = [log s, r, tx, ty] for steps 1..k_t−1, then (gain variant) g_0..g_{k_t−1}.
-    S_0 = I, S_t = G_t S_{t−1}, so dS_t = G_t dS_{t−1} + dG_t S_{t−1}.
+    cost: Tensor
+    base: Tensor
+    jtj: Tensor | None = None
+    jtr: Tensor | None = None
+
+
+def _slices(phi: Tensor, k_t: int, k_h: int, k_w: int, derivative: bool) -> tuple[Tensor, list[_Taps], list[Tensor]]:
+    """S_1..S_{k_t−1} stacked (B, (k_t−1)·P, P), the maps K_0 -> slice t (S_t = G_t S_{t−1}, S_0 = I is
+    implicit), each step's taps and each step's warp G_t (B, P, P)."""
+    taps = [_taps(phi[:, 4 * step : 4 * step + 4], k_h, k_w, derivative) for step in range(k_t - 1)]
+    warps = [step_taps.dense() for step_taps in taps]
+    mats: list[Tensor] = []
+    for warp in warps:
+        mats.append(warp if not mats else warp @ mats[-1])
+    return torch.cat(mats, dim=1), taps, warps
+
+
+def _evaluate(phi: Tensor, target: Tensor, k_t: int, k_h: int, k_w: int, gain: bool, jacobian: bool) -> _Evaluation:
+    """Variable projection at transforms phi (B, n) for targets (B, k_t, P, r).
+
+    phi rows = [log s, r, tx, ty] for steps 1..k_t−1, then (gain variant) g_0..g_{k_t−1}; F_t = g_t S_t.
+    K = (FᵀF)⁻¹FᵀW; the cost is the exact ‖F K − W‖². Kaufman's Jacobian J_j = P_⊥ ∂F_j K: with
+    X_j = ∂F_j K, JᵀJ = XᵀX − (FᵀX)ᵀ(FᵀF)⁻¹(FᵀX) and Jᵀr = Xᵀ(F K − W) (the residual is orthogonal to
+    F's range). ∂F_j K is built slice by slice: a step's derivative stencil on the previous slice, carried
+    through the later warps. K's columns are first rotated onto its row space, so at most P columns remain.
     """
-    b, p = phi.shape[0], k_h * k_w
-    steps = k_t - 1
-    n_motion = 4 * steps
-    current = torch.eye(p, dtype=phi.dtype, device=phi.device).expand(b, p, p)
-    d_ops = phi.new_zeros((b, n_motion, k_t, p, p)) if derivative else None
-    mats = [current]
-    for step in range(steps):
-        warp, d_warp = _warp_step(phi[:, 4 * step : 4 * step + 4], k_h, k_w, derivative)
-        if d_ops is not None and d_warp is not None:
-            k = 4 * step
-            if k:  # earlier steps' derivatives carried through this warp: G_t dS_{t−1}
-                prev = d_ops[:, :k, step].permute(0, 2, 1, 3).reshape(b, p, k * p)
-                d_ops[:, :k, step + 1] = (warp @ prev).reshape(b, p, k, p).permute(0, 2, 1, 3)
-            d_ops[:, k : k + 4, step + 1] = (d_warp.reshape(b, 4 * p, p) @ current).reshape(b, 4, p, p)
-        current = warp @ current
-        mats.append(current)
-    ops = torch.stack(mats, dim=1)  # (B, T, P, P)
-    if gain:
-        g = phi[:, n_motion:]
-        if derivative:
-            assert d_ops is not None
-            d_gain = torch.diag_embed(torch.ones_like(g))[:, :, :, None, None] * ops[:, None]  # (B, T, T, P, P)
-            d_ops = torch.cat([d_ops * g[:, None, :, None, None], d_gain], dim=1)
-        ops = ops * g[:, :, None, None]
-    ops = ops.reshape(b, k_t * p, p)
-    if d_ops is not None:
-        d_ops = d_ops.reshape(b, d_ops.shape[1], k_t * p, p)
-    return ops, d_ops
+    b, t_len, p, r = target.shape
+    steps = t_len - 1
+    rest, taps, warps = _slices(phi, k_t, k_h, k_w, jacobian)  # slices 1.. (B, steps·P, P)
+    gains = phi[:, 4 * steps :] if gain else None
+    if gains is not None:
+        f_rest = rest * gains[:, 1:].repeat_interleave(p, dim=1)[:, :, None]
+        head = gains[:, :1].pow(2)  # (B, 1): g_0² (slice 0 is g_0·I)
+    else:
+        f_rest, head = rest, torch.ones((b, 1), dtype=phi.dtype, device=phi.device)
+    normal = f_rest.transpose(1, 2) @ f_rest
+    diagonal = normal.diagonal(dim1=-2, dim2=-1)
+    diagonal += head + 1e-12 * (diagonal.sum(-1, keepdim=True) + p * head).clamp_min(1e-30)  # a relative ridge: vanishing gains stay solvable
+    chol, info = torch.linalg.cholesky_ex(normal)
+    first, later = target[:, 0], target[:, 1:].reshape(b, steps * p, r)
+    g0 = gains[:, :1, None] if gains is not None else None
+    rhs = f_rest.transpose(1, 2) @ later + (first if g0 is None else g0 * first)
+    base = torch.cholesky_solve(rhs, chol)  # (B, P, r)
+    res_first = (base if g0 is None else g0 * base) - first
+    res_later = f_rest @ base - later
+    cost = res_first.pow(2).sum((1, 2)) + res_later.pow(2).sum((1, 2))
+    cost = torch.where(info == 0, cost, torch.inf)
+    if not jacobian:
+        return _Evaluation(cost, base)
+    if r > p:  # K = R₁ᵀQ₁ᵀ: work with R₁ᵀ (P columns) and the residual's part along Q₁ (inner products unchanged)
+        q1, r1 = torch.linalg.qr(base.transpose(1, 2))
+        columns, res_first, res_later = r1.transpose(1, 2), res_first @ q1, res_later @ q1
+    else:
+        columns = base
+    c = columns.shape[-1]
+    images = (rest @ columns).reshape(b, steps, p, c)  # S_t K for t ≥ 1
+    res_later = res_later.reshape(b, steps, p * c)
+    n = 4 * steps + (t_len if gain else 0)
+    jtj = phi.new_zeros((b, n, n))
+    jtr = phi.new_zeros((b, n))
+    projected = phi.new_zeros((b, p, n, c))  # FᵀX
+    if gains is not None:  # slice 0 = g_0·K: only the g_0 column reaches it
+        g0_col = 4 * steps
+        jtj[:, g0_col, g0_col] = columns.pow(2).sum((1, 2))
+        jtr[:, g0_col] = (columns * res_first).sum((1, 2))
+        projected[:, :, g0_col] = g0 * columns
+    carried = phi.new_zeros((b, p, 0, c))  # d(S_t K)/d(motion of steps ≤ t), pixel-major (B, P, 4t, c)
+    for t in range(1, t_len):
+        if carried.shape[2]:
+            carried = (warps[t - 1] @ carried.reshape(b, p, -1)).reshape(b, p, -1, c)
+        fresh = taps[t - 1].derivative(images[:, t - 2] if t > 1 else columns)  # dG_t · S_{t−1} K
+        carried = torch.cat([carried, fresh], dim=2)
+        cols, index = carried, torch.arange(4 * t, device=phi.device)
+        if gains is not None:  # X for slice t: g_t · d(S_t K), and the g_t column S_t K
+            cols = torch.cat([carried * gains[:, t, None, None, None], images[:, t - 1, :, None]], dim=2)
+            index = torch.cat([index, torch.tensor([4 * steps + t], device=phi.device)])
+        k = cols.shape[2]
+        flat = cols.transpose(1, 2).reshape(b, k, p * c)
+        block = flat @ flat.transpose(1, 2)
+        grad = (flat @ res_later[:, t - 1, :, None])[..., 0]
+        f_t = rest[:, (t - 1) * p : t * p] if gains is None else f_rest[:, (t - 1) * p : t * p]
+        reach = (f_t.transpose(1, 2) @ cols.reshape(b, p, k * c)).reshape(b, p, k, c)
+        if gains is None:
+            jtj[:, :k, :k] += block
+            jtr[:, :k] += grad
+            projected[:, :, :k] += reach
+        else:
+            jtj[:, index[:, None], index] += block
+            jtr[:, index] += grad
+            projected[:, :, index] += reach
+    whitened = torch.linalg.solve_triangular(chol, projected.reshape(b, p, n * c), upper=False)
+    whitened = whitened.reshape(b, p, n, c).transpose(1, 2).reshape(b, n, p * c)
+    jtj = jtj - whitened @ whitened.transpose(1, 2)
+    return _Evaluation(cost, base, 0.5 * (jtj + jtj.transpose(1, 2)), jtr)
 
 
-def _normal_inverse(ops: torch.Tensor) -> torch.Tensor:
-    """(FᵀF)⁻¹ with a relative ridge of 1e-12, so vanishing gains stay solvable."""
-    normal = ops.transpose(1, 2) @ ops
-    eye = torch.eye(normal.shape[-1], dtype=normal.dtype, device=normal.device)
-    ridge = 1e-12 * normal.diagonal(dim1=-2, dim2=-1).sum(-1).clamp_min(1e-30)
-    return torch.linalg.inv(normal + ridge[:, None, None] * eye)
+def _levenberg_marquardt(
+    phi: Tensor, target: Tensor, k_t: int, k_h: int, k_w: int, gain: bool, steps: int,
+    progress: ProgressFn | None = None, lam: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor, int]:
+    """Batched variable-projection LM; every row is one start of one filter. Each iteration evaluates the
+    trial point with its Jacobian in one pass (a rejected trial keeps the old Jacobian, only λ changes).
+    A row stops once converged (_STALL, _WINDOW), when λ exceeds _LAMBDA_MAX, or at an exact fit; the
+    working set shrinks to the rows still running.
+
+    Returns (phi, cost at phi, λ per row, iterations run)."""
+    rows, n = phi.shape
+    out_phi = phi.clone()
+    out_lam = torch.full((rows,), _LAMBDA_START, dtype=phi.dtype, device=phi.device) if lam is None else lam.clone()
+    first = _evaluate(phi, target, k_t, k_h, k_w, gain, jacobian=True)
+    assert first.jtj is not None and first.jtr is not None
+    out_cost = first.cost.clone()
+    norm2 = target.pow(2).sum((1, 2, 3)).clamp_min(1e-300)
+    keep = torch.isfinite(first.cost) & (first.cost > _EXACT * norm2) & (first.jtr.abs().amax(1) > _FLAT * norm2)
+    idx = torch.nonzero(keep).flatten()
+    a_phi, a_target, a_cost, a_jtj, a_jtr = phi[idx], target[idx], first.cost[idx], first.jtj[idx], first.jtr[idx]
+    a_lam, a_norm = out_lam[idx], norm2[idx]
+    ring = a_cost[None]  # costs of the last _WINDOW iterations (oldest first)
+    eye_n = torch.eye(n, dtype=phi.dtype, device=phi.device)
+    iterations = 0
+    for it in range(steps):
+        if idx.numel() == 0:
+            break
+        iterations = it + 1
+        damping = a_lam[:, None, None] * (torch.diag_embed(a_jtj.diagonal(dim1=-2, dim2=-1)) + 1e-9 * eye_n)
+        delta, _info = torch.linalg.solve_ex(a_jtj + damping, -a_jtr[..., None])
+        trial = a_phi + delta[..., 0]
+        ev = _evaluate(trial, a_target, k_t, k_h, k_w, gain, jacobian=True)
+        assert ev.jtj is not None and ev.jtr is not None
+        better = (ev.cost < a_cost) & torch.isfinite(ev.cost)
+        gained = torch.where(better, a_cost - ev.cost, torch.zeros_like(a_cost))
+        a_phi = torch.where(better[:, None], trial, a_phi)
+        a_cost = torch.where(better, ev.cost, a_cost)
+        a_jtj = torch.where(better[:, None, None], ev.jtj, a_jtj)
+        a_jtr = torch.where(better[:, None], ev.jtr, a_jtr)
+        a_lam = torch.where(better, a_lam / _LAMBDA_DOWN, a_lam * _LAMBDA_UP).clamp_min(1e-12)
+        ring = torch.cat([ring[-_WINDOW:], a_cost[None]])
+        done = (a_lam >= _LAMBDA_MAX) | (a_cost <= _EXACT * a_norm) | (better & (gained <= _STALL * a_norm))
+        done |= a_jtr.abs().amax(1) <= _FLAT * a_norm  # a stationary point, e.g. content moved out of the window
+        if ring.shape[0] > _WINDOW:
+            done |= (ring[0] - a_cost) <= _WINDOW_DROP * a_cost
+        if progress is not None:
+            progress((it + 1) / steps)
+        if bool(done.any()):
+            finished = idx[done]
+            out_phi[finished], out_cost[finished], out_lam[finished] = a_phi[done], a_cost[done], a_lam[done]
+            live = ~done
+            idx, a_phi, a_target, a_cost, a_jtj, a_jtr = idx[live], a_phi[live], a_target[live], a_cost[live], a_jtj[live], a_jtr[live]
+            a_lam, a_norm, ring = a_lam[live], a_norm[live], ring[:, live]
+    out_phi[idx], out_cost[idx], out_lam[idx] = a_phi, a_cost, a_lam
+    return out_phi, out_cost, out_lam, iterations
 
 
-def _projected_cost(ops: torch.Tensor, gram: torch.Tensor, gram_trace: torch.Tensor) -> torch.Tensor:
-    """min over K_0 of ‖F K_0 − W‖² = tr(C) − tr((FᵀF)⁻¹ FᵀCF), with C = W Wᵀ."""
-    inv = _normal_inverse(ops)
-    h = ops.transpose(1, 2) @ gram @ ops
-    return gram_trace - (inv * h.transpose(1, 2)).sum((1, 2))
-
-
-def _solve_base(ops: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Least-squares K_0 (B, P, r) for fixed operators F (B, M, P) and targets (B, M, r); exact cost."""
-    base = _normal_inverse(ops) @ (ops.transpose(1, 2) @ target)
-    return base, (ops @ base - target).pow(2).sum((1, 2))
-
-
-def _registration_start(target: torch.Tensor, k_t: int, k_h: int, k_w: int, generator: torch.Generator) -> torch.Tensor:
-    """Per step, the transform that best maps slice t−1 onto slice t: the best point of a grid over
+def _registration_start(target: Tensor, k_t: int, k_h: int, k_w: int, generator: torch.Generator) -> Tensor:
+    """Per step, the transform that best maps slice t−1 onto slice t: the best points of a grid over
     (log s, r, tx, ty) (scored through P×P Gram matrices, so nothing scales with the channels), refined by
     LM on the two-slice problem. For a kernel that is 3T this lands next to the answer, where the joint
     fit from identity can stall between the kinks of bilinear interpolation."""
@@ -198,7 +356,7 @@ def _registration_start(target: torch.Tensor, k_t: int, k_h: int, k_w: int, gene
     angles = torch.tensor([-0.3, -0.15, 0.0, 0.15, 0.3], dtype=dtype, device=device)
     logs = torch.tensor([-0.15, 0.0, 0.15], dtype=dtype, device=device)
     grid = torch.cartesian_prod(logs, angles, shifts, shifts)  # (Q, 4)
-    warps, _ = _warp_step(grid, k_h, k_w, derivative=False)  # (Q, P, P)
+    warps = _taps(grid, k_h, k_w, derivative=False).dense()  # (Q, P, P)
     warp_gram = warps.transpose(1, 2) @ warps
     p = k_h * k_w
     tops = []
@@ -214,13 +372,11 @@ def _registration_start(target: torch.Tensor, k_t: int, k_h: int, k_w: int, gene
     pairs = torch.stack([target[:, :-1], target[:, 1:]], dim=2).reshape(filters * (k_t - 1), 2, p, -1)
     pairs = pairs.repeat(_REGISTRATION_CANDIDATES, 1, 1, 1)
     rows = filters * (k_t - 1)
-    # LM iterations: k_t − 1 (2 for a 3-frame kernel). Up to 50 was tried: on a 64×64×3×3×3 noise layer it cost
-    # 40% more fit time for a mean residual of 0.7885 instead of 0.7889, and planted kernels were found either way.
+    # LM iterations: k_t − 1 (2 for a 3-frame kernel): the joint fit refines the rest.
     budget = max(1, k_t - 1)
-    refined, _, cost, _ = _levenberg_marquardt(start, pairs, 2, k_h, k_w, False, budget, rows, None)
+    refined, cost, _, _ = _levenberg_marquardt(start, pairs, 2, k_h, k_w, False, budget)
     pick = cost.reshape(_REGISTRATION_CANDIDATES, rows).argmin(0) * rows + torch.arange(rows, device=device)
-    refined = refined[pick]
-    return refined.reshape(filters, 4 * (k_t - 1))
+    return refined[pick].reshape(filters, 4 * (k_t - 1))
 
 
 def _vanishing_shift(k_h: int, k_w: int) -> tuple[float, float]:
@@ -230,9 +386,9 @@ def _vanishing_shift(k_h: int, k_w: int) -> tuple[float, float]:
 
 
 def _initial_parameters(
-    target: torch.Tensor, restarts: int, k_t: int, k_h: int, k_w: int, gain: bool, generator: torch.Generator,
-    warm: torch.Tensor | None = None,
-) -> torch.Tensor:
+    target: Tensor, restarts: int, k_t: int, k_h: int, k_w: int, gain: bool, generator: torch.Generator,
+    warm: Tensor | None = None,
+) -> Tensor:
     """(restarts+3)·F starting points: identity, slice registration, "content leaves after slice 0", then
     random draws. The third start matters because once content is shifted out of the zero-padded slice
     the loss is flat, so no local search finds that mode (a temporal derivative [W, 0, −W] needs it).
@@ -266,85 +422,37 @@ def _initial_parameters(
     return torch.cat([motion, torch.cat(gains)], dim=1)
 
 
-def _normal_equations(
-    ops: torch.Tensor, d_ops: torch.Tensor, gram: torch.Tensor, gram_trace: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """JᵀJ (b,n,n), Jᵀr (b,n) and the cost for Kaufman's variable-projection Jacobian J_j = P_⊥ ∂F_j K.
-
-    With N = FᵀF, Σ = K Kᵀ = N⁻¹(FᵀCF)N⁻¹, E = W Kᵀ = C F N⁻¹ and A_j = Fᵀ∂F_j:
-    JᵀJ_ij = <∂F_i, ∂F_j Σ> − <A_i, N⁻¹ A_j Σ>,  Jᵀr_j = −<∂F_j, E> + <A_j, N⁻¹ Fᵀ E>.
-    Each product is one batched matmul of kernel-sized matrices (the shapes are arranged for that).
-    """
-    b, n, m, p = d_ops.shape
-    inv = _normal_inverse(ops)
-    ops_t = ops.transpose(1, 2)
-    c_ops = gram @ ops  # C F (b, M, P)
-    h = ops_t @ c_ops
-    cost = gram_trace - (inv * h.transpose(1, 2)).sum((1, 2))
-    sigma = inv @ h @ inv
-    e = c_ops @ inv
-    flat = d_ops.reshape(b, n, m * p)
-    first = flat @ (d_ops.reshape(b, n * m, p) @ sigma).reshape(b, n, m * p).transpose(1, 2)
-    a_mat = ops_t @ d_ops.permute(0, 2, 1, 3).reshape(b, m, n * p)  # (b, P, n·P): A[b, p, j, q]
-    right = ((inv @ a_mat).reshape(b, p * n, p) @ sigma).reshape(b, p, n, p)
-    a_by_j = a_mat.reshape(b, p, n, p).permute(0, 2, 1, 3).reshape(b, n, p * p)
-    second = a_by_j @ right.permute(0, 1, 3, 2).reshape(b, p * p, n)
-    jtj = first - second
-    jtj = 0.5 * (jtj + jtj.transpose(1, 2))
-    inv_ft_e = (inv @ (ops_t @ e)).reshape(b, p * p, 1)
-    jtr = -(flat @ e.reshape(b, m * p, 1))[..., 0] + (a_by_j @ inv_ft_e)[..., 0]
-    return jtj, jtr, cost
-
-
-def _levenberg_marquardt(
-    phi: torch.Tensor, target: torch.Tensor, k_t: int, k_h: int, k_w: int, gain: bool, steps: int, filters: int,
-    progress: ProgressFn | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """Batched variable-projection LM with Kaufman's Jacobian, written through C = W·Wᵀ so that nothing
-    scales with the input channels. Rows are restart·filters + filter. Rows stop when converged, or
-    when they trail their filter's best restart by more than _PRUNE_RATIO in cost at a checkpoint.
-
-    Returns (phi, K_0 (B,P,r), exact cost, iterations run)."""
-    rows, n = phi.shape
-    target_flat = target.reshape(rows, -1, target.shape[-1])  # (B, M, r)
-    gram = target_flat @ target_flat.transpose(1, 2)
-    gram_trace = gram.diagonal(dim1=-2, dim2=-1).sum(-1)
-    eye_n = torch.eye(n, dtype=phi.dtype, device=phi.device)
-    lam = torch.full((rows,), _LAMBDA_START, dtype=phi.dtype, device=phi.device)
-    cost_all = torch.full((rows,), float("inf"), dtype=phi.dtype, device=phi.device)
-    active = torch.arange(rows, device=phi.device)
-    phi = phi.clone()
-    iterations = 0
-    for it in range(steps):
-        if active.numel() == 0:
+def _screen(
+    phi: Tensor, target: Tensor, starts: int, k_t: int, k_h: int, k_w: int, gain: bool, screen: int
+) -> tuple[Tensor, Tensor, int]:
+    """Successive halving over each filter's starts (rows start·F + filter): every start runs the first
+    _SCREEN_SCHEDULE stage, the best _SURVIVORS per filter the next, until `screen` iterations; returns
+    each filter's best (phi, λ) and the iterations spent."""
+    filters = target.shape[0]
+    rows = torch.arange(filters, device=phi.device)
+    lam = None
+    done = 0
+    keep = starts
+    for stage_end, survivors in _SCREEN_SCHEDULE:
+        stop = min(stage_end, screen)
+        if stop > done:
+            phi, cost, lam, _ = _levenberg_marquardt(phi, target.repeat(keep, 1, 1, 1), k_t, k_h, k_w, gain, stop - done, lam=lam)
+            done = stop
+        else:
+            cost = _evaluate(phi, target.repeat(keep, 1, 1, 1), k_t, k_h, k_w, gain, jacobian=False).cost
+        survivors = min(survivors, keep)
+        order = cost.reshape(keep, filters).argsort(0)[:survivors]  # (survivors, F) start indices
+        pick = (order * filters + rows).reshape(-1)
+        phi, keep = phi[pick], survivors
+        lam = lam[pick] if lam is not None else None
+        if done >= screen:
             break
-        iterations = it + 1
-        p_act, c_act, l_act = phi[active], gram[active], lam[active]
-        ops, d_ops = _operators(p_act, k_t, k_h, k_w, gain, derivative=True)
-        assert d_ops is not None
-        jtj, jtr, cost = _normal_equations(ops, d_ops, c_act, gram_trace[active])
-        damping = l_act[:, None, None] * (torch.diag_embed(jtj.diagonal(dim1=-2, dim2=-1)) + 1e-9 * eye_n)
-        delta = torch.linalg.solve(jtj + damping, -jtr[..., None])[..., 0]
-        trial = p_act + delta
-        trial_cost = _projected_cost(_operators(trial, k_t, k_h, k_w, gain)[0], c_act, gram_trace[active])
-        better = (trial_cost < cost) & torch.isfinite(trial_cost)
-        phi[active] = torch.where(better[:, None], trial, p_act)
-        l_new = torch.where(better, l_act / _LAMBDA_DOWN, l_act * _LAMBDA_UP).clamp_min(1e-12)
-        lam[active] = l_new
-        now = torch.where(better, trial_cost, cost)
-        cost_all[active] = now
-        scale = gram_trace[active].clamp_min(1e-300)
-        stalled = better & ((cost - trial_cost) <= _STALL * scale)
-        done = (l_new >= _LAMBDA_MAX) | stalled | (now <= 1e-24 * scale)
-        if (it + 1) % _PRUNE_EVERY == 0:
-            best = cost_all.reshape(-1, filters).min(0).values
-            trailing = now > _PRUNE_RATIO * best[active % filters] + 1e-12 * scale
-            done = done | trailing
-        active = active[~done]
-        if progress is not None:
-            progress((it + 1) / steps)
-    base, cost = _solve_base(_operators(phi, k_t, k_h, k_w, gain)[0], target_flat)
-    return phi, base, cost, iterations
+    if keep > 1:
+        cost = _evaluate(phi, target.repeat(keep, 1, 1, 1), k_t, k_h, k_w, gain, jacobian=False).cost
+        pick = cost.reshape(keep, filters).argmin(0) * filters + rows
+        phi, lam = phi[pick], (lam[pick] if lam is not None else None)
+    assert lam is not None
+    return phi, lam, done
 
 
 def fit_3t(
@@ -357,20 +465,46 @@ def fit_3t(
     device: torch.device | str | None = None,
     progress: ProgressFn | None = None,
     warm_start: ThreeTFit | None = None,
+    screen_steps: int = SCREEN_STEPS,
 ) -> ThreeTFit:
     """Fit every filter of a Conv3d weight (C_out, C_in, k_t, k_h, k_w) with 3T, all filters at once.
 
     restarts: random starts besides the three fixed ones (identity, slice registration, content leaving
     the window); warm_start: one more start from another fit's transforms (give the gain variant the
-    plain fit, so it never ends worse); steps: LM iterations at most (rows stop early once converged).
+    plain fit, so it never ends worse); steps: LM iterations at most (rows stop early once converged);
+    screen_steps: iterations every start runs before only each filter's best start continues.
     Runs in float64 on `device` (default: the weight's).
     """
     if weight.dim() != 5:
         raise ValueError(f"expected a 5D Conv3d weight, got shape {tuple(weight.shape)}")
-    c_out, c_in, k_t, k_h, k_w = (int(s) for s in weight.shape)
-    if k_t < 2:
+    if int(weight.shape[2]) < 2:
         raise ValueError("a kernel with one time step has no temporal transform to fit")
     device = torch.device(device) if device is not None else weight.device
+    with _one_thread(device):
+        return _fit(weight, gain, restarts, steps, seed, device, progress, warm_start, screen_steps)
+
+
+@contextlib.contextmanager
+def _one_thread(device: torch.device) -> Iterator[None]:
+    """CPU fits run on one thread: their matrices are tiny, so intra-op threads gain nothing, and on cores
+    shared with other processes they lose badly (a 64×64×3×3×3 layer took 85 s on 2 threads against 2.6 s
+    on one, measured on this project's 2-core machine under load)."""
+    if device.type != "cpu" or torch.get_num_threads() == 1:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _fit(
+    weight: torch.Tensor, gain: bool, restarts: int, steps: int, seed: int, device: torch.device,
+    progress: ProgressFn | None, warm_start: ThreeTFit | None, screen_steps: int,
+) -> ThreeTFit:
+    c_out, c_in, k_t, k_h, k_w = (int(s) for s in weight.shape)
     w = weight.detach().to(device=device, dtype=torch.float64)
     p = k_h * k_w
     # (C_out, T·P, C_in): rows are (t, y, x), columns input channels; compress columns (Wᵀ = Q·R).
@@ -380,33 +514,47 @@ def fit_3t(
         compact = r.transpose(1, 2)
     else:
         q, compact = None, rows
-    target_all = compact.reshape(c_out, k_t, p, -1)
+    cols = compact.shape[-1]
+    target_all = compact.reshape(c_out, k_t, p, cols)
     generator = torch.Generator().manual_seed(int(seed))
     warm = None
     if warm_start is not None:
         as_t = lambda a: torch.as_tensor(a, dtype=torch.float64, device=device).T  # (C_out, steps)  # noqa: E731
         parts = [torch.log(as_t(warm_start.scale)), as_t(warm_start.rotate), as_t(warm_start.translate_x), as_t(warm_start.translate_y)]
         warm = torch.stack(parts, dim=-1).reshape(c_out, 4 * (k_t - 1))
-    params_per_filter = 4 * (k_t - 1) + (k_t if gain else 0)
-    per_filter_elements = (restarts + _FIXED_STARTS + 1) * (3 * params_per_filter * k_t * p * p + (k_t * p) ** 2)
-    chunk = max(1, min(c_out, _CHUNK_ELEMENTS // max(per_filter_elements, 1)))
+    n = 4 * (k_t - 1) + (k_t if gain else 0)
+    starts = restarts + _FIXED_STARTS + (warm is not None)
+    c = min(cols, p)
+    per_row = 3 * n * k_t * p * c + 4 * k_t * p * p + 3 * k_t * p * cols + 4 * n * n
+    chunk = max(1, min(c_out, _CHUNK_ELEMENTS // max(starts * per_row, 1)))
+    screen = max(0, min(int(screen_steps), int(steps)))
     phis, bases, costs = [], [], []
     for start in range(0, c_out, chunk):
         stop = min(c_out, start + chunk)
         filters = stop - start
-        starts = restarts + _FIXED_STARTS + (warm is not None)
-        target = target_all[start:stop].repeat(starts, 1, 1, 1)
+        target = target_all[start:stop]
         warm_rows = warm[start:stop] if warm is not None else None
-        phi0 = _initial_parameters(target_all[start:stop], restarts, k_t, k_h, k_w, gain, generator, warm_rows)
-        report = None
-        if progress is not None:
-            report = lambda f, a=start, z=stop: progress((a + f * (z - a)) / c_out)  # noqa: E731
-        phi, base, cost, _ = _levenberg_marquardt(phi0, target, k_t, k_h, k_w, gain, steps, filters, report)
-        best = cost.reshape(starts, filters).argmin(0)
-        pick = best * filters + torch.arange(filters, device=device)
-        phis.append(phi[pick])
-        bases.append(base[pick])
-        costs.append(cost[pick])
+        phi0 = _initial_parameters(target, restarts, k_t, k_h, k_w, gain, generator, warm_rows)
+        lam = None
+        done = 0
+
+        def report(f: float, a: int = start, z: int = stop) -> None:
+            if progress is not None:
+                progress((a + min(1.0, (done + f * (steps - done)) / steps) * (z - a)) / c_out)
+
+        if screen and starts > 1:
+            phi0, lam, done = _screen(phi0, target, starts, k_t, k_h, k_w, gain, screen)
+        elif starts > 1:  # no screening: every start runs to the end, the best is kept afterwards
+            target = target.repeat(starts, 1, 1, 1)
+        phi, cost, _, _ = _levenberg_marquardt(phi0, target, k_t, k_h, k_w, gain, steps - done, report, lam)
+        final = _evaluate(phi, target, k_t, k_h, k_w, gain, jacobian=False)
+        cost, base = final.cost, final.base
+        if phi.shape[0] != filters:
+            pick = cost.reshape(-1, filters).argmin(0) * filters + torch.arange(filters, device=device)
+            phi, cost, base = phi[pick], cost[pick], base[pick]
+        phis.append(phi)
+        bases.append(base)
+        costs.append(cost)
     phi, base, cost = torch.cat(phis), torch.cat(bases), torch.cat(costs)
     if q is not None:
         base = base @ q.transpose(1, 2)  # back to (C_out, P, C_in)

@@ -9,6 +9,7 @@ P+`weight`, which belongs to its group and is not a Conv3d.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,18 +84,22 @@ def _as_numpy(t: torch.Tensor) -> np.ndarray:
 
 
 def _group(prefix: str, state: dict[str, torch.Tensor]) -> TConvGroup:
-    name = _layer_name(prefix)
-    base = state[prefix + _BASE]
+    group = group_from(_layer_name(prefix), {n: state[prefix + n] for n in (_BASE, *TRANSFORM_NAMES)})
+    return dataclasses.replace(group, keys=tuple(prefix + n for n in (_BASE, *TRANSFORM_NAMES)))
+
+
+def group_from(name: str, tensors: dict[str, torch.Tensor]) -> TConvGroup:
+    """The 3TConv layer `name` from its first_weight, scale, rotate, translate_x, translate_y tensors."""
     label = name or "(root)"
-    if base.dim() == 5 and base.shape[2] == 1:
-        base = base[:, :, 0]
+    raw = tensors[_BASE]
+    base = raw[:, :, 0] if raw.dim() == 5 and raw.shape[2] == 1 else raw
     if base.dim() != 4:
         raise ModelUnusable(
-            f"3TConv layer {label!r}: {_BASE} must be (C_out, C_in, 1, k_h, k_w), got {tuple(state[prefix + _BASE].shape)}",
+            f"3TConv layer {label!r}: {_BASE} must be (C_out, C_in, 1, k_h, k_w), got {tuple(raw.shape)}",
             reason="TCONV_PARAMETERS_MALFORMED",
         )
     c_out = int(base.shape[0])
-    transforms = [state[prefix + n] for n in TRANSFORM_NAMES]
+    transforms = [tensors[n] for n in TRANSFORM_NAMES]
     shapes = {tuple(t.shape) for t in transforms}
     if len(shapes) != 1 or transforms[0].dim() != 2 or transforms[0].shape[1] != c_out:
         raise ModelUnusable(
@@ -103,7 +108,7 @@ def _group(prefix: str, state: dict[str, torch.Tensor]) -> TConvGroup:
             reason="TCONV_PARAMETERS_MALFORMED",
         )
     params = ThreeTParams(*(_as_numpy(t) for t in transforms), kernel_hw=(int(base.shape[2]), int(base.shape[3])))
-    keys = tuple(prefix + n for n in (_BASE, *TRANSFORM_NAMES))
+    keys = tuple(f"{name}.{n}" if name else n for n in (_BASE, *TRANSFORM_NAMES))
     return TConvGroup(name=name, keys=keys, base=base.detach(), params=params)
 
 
