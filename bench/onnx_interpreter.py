@@ -9,7 +9,12 @@ times, in one process and thread count:
   torch        the original nn.Module's forward pass
 The ratios interpreter/onnxruntime and interpreter/torch are the result.
 
-    python bench/onnx_interpreter.py [--batch N] [--repeats R] [--threads T]
+With --zoo, every named model of workers.samples.zoo (reduced video architectures) is exported by both
+ONNX exporters and, per file, the interpreter's build is timed against creating an onnxruntime session
+(the load-time check creates one anyway, so a build within a small multiple of it keeps loading fast),
+whole loads through workers.loader (build + check against onnxruntime), and forward passes.
+
+    python bench/onnx_interpreter.py [--batch N] [--repeats R] [--threads T] [--zoo swin3d,mvit,... | --zoo all]
 """
 
 from __future__ import annotations
@@ -45,8 +50,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--zoo", default="", help="comma-separated zoo model names, or 'all'")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.zoo:
+        zoo_bench(args.zoo, args.repeats, args.threads)
+        return
     torch.manual_seed(0)
     model = C3DSmall().eval()
     with tempfile.TemporaryDirectory() as tmp:
@@ -89,6 +98,42 @@ def main() -> None:
         t_torch = _best(lambda: model(x), args.repeats)
     print(f"forward, batch {args.batch}, {args.threads} thread(s): interpreter / onnxruntime = {t_ours / t_ort:.2f}x, "
           f"interpreter / torch = {t_ours / t_torch:.2f}x")
+
+
+def zoo_bench(names: str, repeats: int, threads: int) -> None:
+    """Build time / onnxruntime session time, load time and forward ratio for zoo models, both exporters."""
+    import onnx
+    import onnxruntime as ort
+
+    from workers.onnx_interpreter import build_module
+    from workers.samples import zoo
+    from workers.samples.zoo.export import export_zoo_model
+
+    chosen = zoo.names() if names == "all" else names.split(",")
+    print(f"{'model':14s} {'exporter':12s} {'nodes':>6s} {'build s':>8s} {'ort s':>7s} {'build/ort':>9s} {'load s':>7s} {'fwd/ort':>8s}")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in chosen:
+            for fmt in ("onnx_legacy", "onnx_dynamo"):
+                exported = export_zoo_model(name, fmt, tmp)
+                proto = onnx.load(str(exported.path))  # reads the dynamo exporter's external data
+                inline = Path(tmp) / f"{name}.{fmt}.inline.onnx"
+                onnx.save(proto, str(inline))
+                data = inline.read_bytes()
+                t_build = _best(lambda: build_module(proto), repeats)
+                t_session = _best(lambda: ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"]), repeats)
+                start = time.perf_counter()
+                loaded = load_model(inline, "ONNX", zoo.ZOO[name].header)
+                t_load = time.perf_counter() - start
+                session = ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
+                x = zoo.example(name, 2)
+                feed = {session.get_inputs()[0].name: x.numpy()}
+                t_ort = _best(lambda: session.run(None, feed), repeats)
+                with torch.no_grad():
+                    t_ours = _best(lambda: loaded.module(x), repeats)
+                print(f"{name:14s} {fmt:12s} {len(proto.graph.node):6d} {t_build:8.3f} {t_session:7.3f} {t_build / t_session:9.2f} "
+                      f"{t_load:7.2f} {t_ours / t_ort:8.2f}", flush=True)
 
 
 if __name__ == "__main__":

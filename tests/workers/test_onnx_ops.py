@@ -388,3 +388,78 @@ def test_the_op_set_covers_what_video_exporters_emit() -> None:
         "GatherElements GatherND ScatterElements GroupNormalization Pad Not Neg Equal Cast"
     ).split()
     assert set(emitted) <= SUPPORTED_OPS
+
+
+# ---------------------------------------------------------------- recurrent layers (CNN + LSTM video classifiers)
+
+RECURRENT_CASES = [
+    # (op, attrs, with bias / initial states / peepholes)
+    ("LSTM", {}, False),
+    ("LSTM", {"direction": "bidirectional", "clip": 0.8}, True),
+    ("LSTM", {"direction": "reverse"}, True),
+    ("LSTM", {"activations": ["HardSigmoid", "LeakyRelu", "Tanh"], "activation_alpha": [0.3, 0.05], "activation_beta": [0.4]}, True),
+    ("GRU", {"linear_before_reset": 1}, True),
+    ("GRU", {"direction": "bidirectional"}, True),
+    ("GRU", {"direction": "reverse", "clip": 0.5}, False),
+    ("RNN", {"direction": "bidirectional", "activations": ["Relu", "Tanh"]}, True),
+    ("RNN", {}, False),
+]
+
+
+@pytest.mark.parametrize("op,attrs,extras", RECURRENT_CASES)
+def test_recurrent_ops(op: str, attrs: dict[str, Any], extras: bool) -> None:
+    rng = _rng(40)
+    seq, batch, size, hidden = 5, 2, 3, 4
+    dirs = 2 if attrs.get("direction") == "bidirectional" else 1
+    gates = {"LSTM": 4, "GRU": 3, "RNN": 1}[op]
+    x = {"x": f32(rng, seq, batch, size)}
+    inits = {"w": f32(rng, dirs, gates * hidden, size), "r": f32(rng, dirs, gates * hidden, hidden)}
+    order = ["x", "w", "r"]
+    if extras:
+        state = (dirs, batch, hidden)
+        inits |= {"b": f32(rng, dirs, 2 * gates * hidden), "lens": np.full(batch, seq, np.int32), "h0": f32(rng, *state)}
+        order += ["b", "lens", "h0"]
+        if op == "LSTM":
+            inits |= {"c0": f32(rng, *state), "p": f32(rng, dirs, 3 * hidden)}
+            order += ["c0", "p"]
+    outputs = 3 if op == "LSTM" else 2
+    model = single(op, x, {"hidden_size": hidden, **attrs}, inits=inits, order=order, outputs=outputs, opset=14)
+    check(model, x, atol=2e-5, grad=True)
+
+
+def test_recurrent_layers_exported_from_torch_match_torch() -> None:
+    """nn.LSTM (2 layers, bidirectional, batch first) and nn.GRU over per-frame features, by the legacy exporter."""
+    import io
+    import warnings
+
+    from torch import nn
+
+    class Recurrent(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm = nn.LSTM(3, 4, num_layers=2, bidirectional=True, batch_first=True)
+            self.gru = nn.GRU(8, 5, batch_first=True)
+            self.fc = nn.Linear(5, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, T, H, W)
+            frames = x.mean((3, 4)).transpose(1, 2)
+            out, _ = self.lstm(frames)
+            out, _ = self.gru(out)
+            return self.fc(out[:, -1])
+
+    torch.manual_seed(0)
+    net = Recurrent().eval()
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.randn(2, 3, 6, 4, 4),), buffer, dynamo=False, input_names=["x"], dynamic_axes={"x": {0: "b"}})
+    proto = onnx.load_from_string(buffer.getvalue())
+    assert {"LSTM", "GRU"} <= {n.op_type for n in proto.graph.node}
+    module = build_module(proto)
+    x = torch.randn(3, 3, 6, 4, 4)
+    a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    out_ours, out_torch = module(a), net(b)
+    torch.testing.assert_close(out_ours, out_torch, atol=1e-5, rtol=1e-4)
+    out_ours.sum().backward()
+    out_torch.sum().backward()
+    torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-4)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from workers.onnx_interpreter.padding import auto_pads, pad_pairs, split_pads
+from workers.onnx_interpreter.recurrent import gru, lstm, rnn
 from workers.onnx_interpreter.resize import resize
 
 Tensor = torch.Tensor
@@ -810,6 +811,10 @@ OPS: dict[str, OpFn] = {
     "MeanVarianceNormalization": _mean_variance_norm,
     "Gemm": _gemm,
     "MatMul": _matmul,
+    # recurrent layers
+    "LSTM": lstm,
+    "GRU": gru,
+    "RNN": rnn,
     # sampling
     "AffineGrid": _affine_grid,
     "GridSample": _grid_sample,
