@@ -6,7 +6,8 @@ program records its example sizes in two places:
 
 - guards on the input, checked before anything runs (`UnflattenedModule.check_input_constraints`,
   torch/export/unflatten.py, via torch._export.utils._check_input_constraints_for_graph); they say what
-  the tracer saw, not what the operators need, and `unguard` turns them off;
+  the tracer saw, not what the operators need, and `unguard` turns them off (`generalise` also drops the
+  graph's `_assert_tensor_metadata` nodes, which pin the example's device);
 - integer literals in the graph: `x.view(x.size(0), -1)` traced at batch 1 is `view(x, [1, -1])`,
   `token.expand(x.size(0), -1, -1)` is `expand(token, [1, -1, -1])`, a window partition's
   `reshape(B * windows, ...)` is `reshape([8, ...])`.
@@ -91,6 +92,7 @@ def generalise(program: Any) -> GraphShapes:
     batch = value.shape[0] if value is not None and value.dim() else None
     fixed = batch if isinstance(batch, int) else None
     count, note = 0, ""
+    _drop_metadata_asserts(program)
     try:
         candidate = copy.deepcopy(graph)
         count = _rewrite(candidate, _user_input_in(candidate, user.name), fixed)
@@ -121,6 +123,18 @@ def unguard(module: torch.nn.Module) -> None:
 
 
 # ---------------------------------------------------------------- rewriting
+
+def _drop_metadata_asserts(program: Any) -> None:
+    """Remove `_assert_tensor_metadata` checks: they assert the example's device and dtype on intermediate
+    tensors (device=cpu for a CPU export), compute nothing, and would refuse the same graph on a GPU."""
+    graph = program.graph_module.graph
+    dropped = [n for n in graph.nodes if _packet(n) == "_assert_tensor_metadata" and not n.users]
+    for node in dropped:
+        graph.erase_node(node)
+    if dropped:
+        graph.lint()
+        program.graph_module.recompile()
+
 
 def _rewrite(graph: fx.Graph, user: fx.Node, batch: int | None) -> int:
     """Replace export-size literals in view/reshape/expand sizes; returns how many were replaced."""

@@ -237,3 +237,22 @@ def test_a_layer_that_does_not_keep_the_videos_apart_is_refused_by_name() -> Non
     with pytest.raises(ModelUnusable) as refused, torch.no_grad():
         target(torch.rand((2, 3, 8, 24, 24)))
     assert refused.value.reason == "LAYER_BATCH_NOT_VIDEOS" and "'conv'" in refused.value.message
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("arch", "batch"), [("x3d", 1), ("mvit", 1), ("swin3d", 1), ("swin3d", 2)])
+def test_zoo_exports_with_a_fixed_batch_run_at_any_batch(arch: str, batch: int) -> None:
+    """Architectures whose graphs carry the batch in literals: a head's view (X3D), a class token's expand and
+    heads folded into the batch (MViT), windows folded into the batch and a mask built from sizes (Swin3D)."""
+    from workers import export_graph
+    from workers.samples.zoo import build, example
+
+    model = build(arch)
+    program = torch.export.export(model, (example(arch, batch),))
+    shapes = export_graph.generalise(program)
+    assert shapes.batch is None and shapes.rewritten > 0, shapes.note
+    module = torch.export.unflatten(program)
+    export_graph.unguard(module)
+    x = example(arch, 3, seed=1)
+    with torch.no_grad():
+        assert _close(module(x), model(x))
