@@ -5,14 +5,15 @@ uses): name (the module path tasks take), kind (Conv3d, Conv2d, TConv3d, Linear,
 ...), kernel shape, stride, groups, receptive field at the model's input, output shape for one sample
 of the model's input, and its parameter count.
 
-Why measure the receptive field with a gradient probe instead of composing layer attributes:
-uploads have branches, pools, dilations and padding in any arrangement; the support of
-d(centre unit)/d(input) is the receptive field whatever the graph. It is united over a few
-random inputs (a ReLU or max-pool hides part of the field for any single input) and is clipped
-to the model's input size. One forward pass keeps every layer's output; each layer then costs
-one backward pass from its centre unit (a forward pass per layer was most of describe's time).
-Models that hold only weights (no runnable module) get kernel shapes from the state_dict and
-empty strides, fields and output shapes.
+The receptive field is the extent of the input the layer's centre unit depends on (per input axis,
+clipped to the input): uploads have branches, pools, dilations and padding in any arrangement, so it
+is not composed from layer attributes but followed through the ops the network actually runs, in one
+forward pass for every layer at once (workers.fields). Where that pass meets an op it has no rule for,
+the layers after it are measured by a gradient probe: the support of d(centre unit)/d(input), united
+over a few random inputs (a ReLU or max-pool hides part of the field for any single input); one forward
+pass keeps their outputs and each costs one backward pass. (A probe per layer, each with its own forward
+pass, took minutes on a full-size video network.) Models that hold only weights (no runnable module)
+get kernel shapes from the state_dict and empty strides, fields and output shapes.
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def inventory(
     names = [name for name, _, _ in picked]
     x = _probe_input(model, device)
     progress("tracing the network", 0.0)
-    found = _trace(model, names, x)
+    found = _trace(model, names, x if model.info.get("fixed_batch") else x[:1])  # geometry needs one sample
     untraced = [name for name in names if name in found and found[name][1] is None]
     if untraced:  # an op the trace cannot map: the gradient probe measures the layers after it
         found.update(_probe(model, untraced, x, progress))
