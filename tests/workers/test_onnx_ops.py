@@ -463,3 +463,72 @@ def test_recurrent_layers_exported_from_torch_match_torch() -> None:
     out_ours.sum().backward()
     out_torch.sum().backward()
     torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-4)
+
+
+# ---------------------------------------------------------------- values computed once per input shape
+
+def _shape_graph() -> onnx.ModelProto:
+    """x.view(x.size(0), -1) under a dynamic batch (static: depends on x's shape only), and the count of x's
+    positive entries (Shape of NonZero: depends on x's values, never reused)."""
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Gather", ["shape", "zero"], ["batch"], axis=0),
+        helper.make_node("Unsqueeze", ["batch", "axes"], ["batch1"]),
+        helper.make_node("Concat", ["batch1", "minus1"], ["target"], axis=0),
+        helper.make_node("Reshape", ["x", "target"], ["flat"]),
+        helper.make_node("Greater", ["x", "zero_f"], ["positive"]),
+        helper.make_node("NonZero", ["positive"], ["where"]),
+        helper.make_node("Shape", ["where"], ["found"]),
+        helper.make_node("Cast", ["found"], ["found_f"], to=F32),
+        helper.make_node("ReduceSum", ["flat", "one_axis"], ["sums"], keepdims=0),
+        helper.make_node("Mul", ["sums", "found_f_last"], ["y"]),
+        helper.make_node("Gather", ["found_f", "one"], ["found_f_last"], axis=0),
+    ]
+    inits = {"zero": i64(0).reshape(()), "one": i64(1).reshape(()), "axes": i64(0), "minus1": i64(-1),
+             "zero_f": np.array(0.0, np.float32), "one_axis": i64(1)}
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", F32, ["n", 3, 4])], [helper.make_tensor_value_info("y", F32, None)],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model
+
+
+def test_values_of_the_input_shapes_alone_are_computed_once_per_shape_and_the_rest_every_call() -> None:
+    model = _shape_graph()
+    module = build_module(model)
+    static = {s.outputs[0] for s in module.steps if s.static}
+    assert {"shape", "batch", "batch1", "target"} <= static
+    assert not static & {"flat", "positive", "where", "found", "found_f", "found_f_last", "sums", "y"}
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    rng = _rng(50)
+    for n in (2, 2, 3, 2, 1):  # same shapes again (reused values), new ones, and back
+        x = f32(rng, n, 3, 4)
+        np.testing.assert_allclose(module(torch.from_numpy(x)).numpy(), session.run(None, {"x": x})[0], rtol=1e-6, atol=1e-6)
+    # a hook on a reused node still fires: the hooked node runs on every call
+    seen: list[torch.Tensor] = []
+    gather = next(s.module for s in module.steps if s.outputs == ("batch",))
+    handle = gather.register_forward_hook(lambda m, i, o: seen.append(o))
+    module(torch.zeros(5, 3, 4))
+    module(torch.zeros(5, 3, 4))
+    handle.remove()
+    assert [int(v) for v in seen] == [5, 5]
+    # after .double() (constants moved and converted) the values are computed again, for the new dtype
+    x = f32(rng, 2, 3, 4)
+    np.testing.assert_allclose(module.double()(torch.from_numpy(x).double()).numpy(), session.run(None, {"x": x})[0], rtol=1e-6)
+
+
+def test_loops_whose_iterations_follow_from_shapes_let_later_sizes_be_reused() -> None:
+    """The legacy exporter's tensor_split Loop (static trip count) keeps the sizes after it static."""
+    model = _loop_model(with_cond=False)
+    extra = [helper.make_node("Shape", ["cat"], ["cat_shape"]), helper.make_node("Cast", ["cat_shape"], ["cat_shape_f"], to=F32)]
+    model.graph.node.extend(extra)
+    model.graph.output.append(onnx.ValueInfoProto(name="cat_shape_f"))
+    module = build_module(model)
+    static = {o for s in module.steps if s.static for o in s.outputs}
+    assert {"cat_shape", "cat_shape_f"} <= static and "seq" not in static and "cat" not in static
+    for seed in (23, 24):
+        check(model, {"x": f32(_rng(seed), 2, 3, 5)})
+    data_loop = _loop_model(with_cond=True)  # the condition is computed in the body from the iteration number: still static
+    assert build_module(data_loop) is not None

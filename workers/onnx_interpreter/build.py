@@ -17,6 +17,7 @@ from workers.onnx_interpreter.control import IfNode, LoopNode, SubGraph
 from workers.onnx_interpreter.layers import ComputedConv, make_conv, make_conv_transpose, make_linear
 from workers.onnx_interpreter.module import OnnxModule, OpNode, Scope, Step
 from workers.onnx_interpreter.ops import OPS
+from workers.onnx_interpreter.static import static_outputs
 
 Tensor = torch.Tensor
 
@@ -84,7 +85,11 @@ def build_module(model: onnx.ModelProto) -> OnnxModule:
         used.update(inputs)
         steps.append((module, inputs, outputs))
     _register_initializers(root, inits, used)
-    root.steps = _with_releases(steps, set(root.output_names))
+    shape_only = static_outputs(
+        [(node.op_type, inputs, outputs, isinstance(module, (OpNode, IfNode, LoopNode)), _graphs(node)) for module, inputs, outputs, _, node in planned],
+        inits, root.input_names, _describe,
+    )
+    root.steps = _with_releases(steps, set(root.output_names), shape_only)
     return root
 
 
@@ -137,6 +142,19 @@ def _subgraph(graph: onnx.GraphProto, opset: int, label: str) -> SubGraph:
     _register_initializers(sub, inits, used)
     sub.steps = _with_releases(steps, set(sub.output_names))
     return sub
+
+
+def _graphs(node: onnx.NodeProto) -> dict[str, onnx.GraphProto]:
+    return {a.name: a.g for a in node.attribute if a.type == onnx.AttributeProto.GRAPH}
+
+
+def _describe(graph: onnx.GraphProto) -> list[tuple[str, tuple[str, ...], tuple[str, ...], bool, dict[str, onnx.GraphProto]]]:
+    """A subgraph's nodes as workers/onnx_interpreter/static.py reads them (step inputs include captured names)."""
+    described = []
+    for node in graph.node:
+        captured = sorted(_node_inputs(node) - set(node.input))
+        described.append((node.op_type, (*node.input, *captured), tuple(node.output), True, _graphs(node)))
+    return described
 
 
 def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
@@ -410,7 +428,7 @@ def _unique(parent: nn.Module, name: str) -> str:
 
 
 def _with_releases(
-    steps: list[tuple[nn.Module, tuple[str, ...], tuple[str, ...]]], keep: set[str]
+    steps: list[tuple[nn.Module, tuple[str, ...], tuple[str, ...]]], keep: set[str], static: set[str] | None = None
 ) -> list[Step]:
     last_use: dict[str, int] = {}
     for index, (_, inputs, _) in enumerate(steps):
@@ -421,7 +439,11 @@ def _with_releases(
     for name, index in last_use.items():
         if name not in keep:
             releases.setdefault(index, []).append(name)
-    return [Step(m, i, o, tuple(releases.get(k, ()))) for k, (m, i, o) in enumerate(steps)]
+    static = static or set()
+    return [
+        Step(m, i, o, tuple(releases.get(k, ())), bool(o) and all(n in static for n in o if n))
+        for k, (m, i, o) in enumerate(steps)
+    ]
 
 
 def _opset(model: onnx.ModelProto) -> int:

@@ -84,13 +84,14 @@ class LoopNode(nn.Module):
         values = list(rest[: self.carried])
         env = dict(zip(self.captured, rest[self.carried :]))
         limit = None if trip_count is None else int(trip_count.reshape(-1)[0])
-        keep_going = torch.tensor(True) if cond is None else cond.reshape(()).bool()
+        device = _device([trip_count, cond, *values, *env.values()])
+        keep_going = torch.tensor(True, device=device) if cond is None else cond.reshape(()).bool()
         scans: list[list[Tensor]] = []
         i = 0
         while bool(keep_going) and (limit is None or i < limit):
             if i >= LOOP_LIMIT:
                 raise ValueError(f"Loop ran past {LOOP_LIMIT} iterations")
-            outs = self.body([torch.tensor(i, dtype=torch.int64), keep_going, *values], env)
+            outs = self.body([torch.tensor(i, dtype=torch.int64, device=device), keep_going, *values], env)
             keep_going = outs[0].reshape(()).bool()
             values = outs[1 : 1 + self.carried]
             for k, scan in enumerate(outs[1 + self.carried :]):
@@ -100,9 +101,19 @@ class LoopNode(nn.Module):
             i += 1
         stacked = [torch.stack(s) for s in scans]
         missing = len(self.body.output_names) - 1 - self.carried - len(stacked)
-        stacked += [torch.empty(0)] * missing  # no iteration ran: empty scan outputs
+        stacked += [torch.empty(0, device=device)] * missing  # no iteration ran: empty scan outputs
         out = [*values, *stacked]
         return out[0] if len(out) == 1 else tuple(out)
 
     def extra_repr(self) -> str:
         return f"Loop {self.onnx_name!r}"
+
+
+def _device(values: list[Any]) -> torch.device:
+    """Where the loop's own tensors (its counter) go: beside the first tensor it is given, else the CPU."""
+    for value in values:
+        if isinstance(value, Tensor):
+            return value.device
+        if isinstance(value, list) and value and isinstance(value[0], Tensor):
+            return value[0].device
+    return torch.device("cpu")

@@ -8,6 +8,7 @@ intermediate tensor only until its last consumer has run.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -54,12 +55,16 @@ class OpNode(nn.Module):
         return f"{self.op_type} {self.onnx_name!r}"
 
 
-def run_steps(steps: list["Step"], env: dict[str, Any]) -> None:
+def run_steps(steps: list["Step"], env: dict[str, Any], record: dict[str, Any] | None = None, skip_static: bool = False) -> None:
     """Run `steps` in order on the named values in `env`, storing outputs and dropping released names.
 
     A step returns one value per output: a tuple for several; a list is one value (an ONNX sequence).
+    `record` collects the outputs of static steps; `skip_static` skips them (their outputs are in `env`
+    already), except for a step someone hooks, which runs so that its hooks see it.
     """
     for step in steps:
+        if skip_static and step.static and not (step.module._forward_hooks or step.module._forward_pre_hooks):
+            continue
         out = step.module(*[env[name] if name else None for name in step.inputs])
         if len(step.outputs) == 1:
             env[step.outputs[0]] = out[0] if isinstance(out, tuple) else out
@@ -67,6 +72,8 @@ def run_steps(steps: list["Step"], env: dict[str, Any]) -> None:
             for name, value in zip(step.outputs, out):
                 if name:
                     env[name] = value
+        if record is not None and step.static:
+            record.update((name, env[name]) for name in step.outputs if name)
         for name in step.release:
             env.pop(name, None)
 
@@ -79,6 +86,11 @@ class Step:
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     release: tuple[str, ...]  # tensors no later step needs
+    static: bool = False  # its outputs depend only on the input shapes (workers/onnx_interpreter/static.py)
+
+
+# Input shapes (and devices, dtypes) whose static values an OnnxModule keeps.
+STATIC_CACHE_SIZE = 4
 
 
 class OnnxModule(nn.Module):
@@ -97,6 +109,7 @@ class OnnxModule(nn.Module):
         self.tensor_modules: dict[str, str] = {}
         self.initializer_buffers: dict[str, str] = {}  # ONNX initializer name -> buffer name
         self.steps: list[Step] = []
+        self._static: OrderedDict[tuple[Any, ...], dict[str, Any]] = OrderedDict()
 
     def forward(self, *inputs: Tensor) -> Any:
         if len(inputs) != len(self.input_names):
@@ -104,9 +117,25 @@ class OnnxModule(nn.Module):
         buffers = self.initializers._buffers
         env: dict[str, Any] = {raw: buffers[buf] for raw, buf in self.initializer_buffers.items()}
         env.update(zip(self.input_names, inputs))
-        run_steps(self.steps, env)
+        key = tuple((tuple(x.shape), x.dtype, x.device) if isinstance(x, Tensor) else id(x) for x in inputs)
+        static = self._static.get(key)
+        if static is None:
+            recorded: dict[str, Any] = {}
+            run_steps(self.steps, env, record=recorded)
+            self._static[key] = recorded
+            while len(self._static) > STATIC_CACHE_SIZE:
+                self._static.popitem(last=False)
+        else:
+            self._static.move_to_end(key)
+            env.update(static)
+            run_steps(self.steps, env, skip_static=True)
         outs = [env[name] for name in self.output_names]
         return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """.to(), .cuda(), .double() move the constants the static values were computed from: forget them."""
+        self._static.clear()
+        return super()._apply(fn, *args, **kwargs)
 
     def resolve(self, name: str) -> str:
         """A module path for `name`: a module path itself, or an ONNX tensor name produced by a node."""

@@ -652,7 +652,7 @@ def _sequence_at(node: Any, seq: list[Tensor], position: Tensor) -> Tensor:
 
 
 def _sequence_length(node: Any, seq: list[Tensor]) -> Tensor:
-    return torch.tensor(len(seq), dtype=torch.int64)
+    return torch.tensor(len(seq), dtype=torch.int64, device=seq[0].device if seq else None)
 
 
 def _concat_from_sequence(node: Any, seq: list[Tensor]) -> Tensor:
