@@ -4,7 +4,8 @@ Default size: 10 000 samples × 512 filters × 100 classes, a 3D CNN whose last 
 (global average pool, Linear 512 → 100). Timed in one process, same threads:
   baseline   the plain forward pass over every sample (no hooks, no grad), batch 64
   hooked     activations.collect: the same pass with the hook, reductions and copies
-  analysis   analysis.analyse: rankings, MI + shuffled baseline, selectivity, Ψ, the three subset
+  analysis   analysis.analyse: rankings, MI + shuffled baseline (binned; kNN too when fit samples ×
+             filters ≤ analysis.KNN_AUTO_VALUES or --mi-estimator knn), selectivity, Ψ, the three subset
              sizes, restricted model, ablations, bootstrap (20 resamples)
 The ratios are the result; the model is deliberately small (~10 M multiply-adds per sample), so
 for a real network the analysis is a smaller share still. --layer conv measures the gradient ×
@@ -104,7 +105,8 @@ def main() -> None:
             continue
         _row(f"  {stage}", (until[0] - at[0], until[1] - at[1]), baseline)
     g = result.summary["global"]
-    print(f"  (sanity: MIS {g['mis']:.4f} vs shuffled {g['mis_shuffled']:.4f} on random labels; accuracy {g['accuracy_full']:.3f})")
+    knn = f"kNN MIS {g['mis_knn_nats']:.4f} vs {g['mis_knn_nats_shuffled']:.4f} nats" if g["mis_knn_nats"] is not None else f"kNN MIS not computed: {g['mis_knn_skipped']}"
+    print(f"  (sanity on random labels: binned MIS {g['mis_binned_bits']:.4f} vs shuffled {g['mis_binned_bits_shuffled']:.4f} bits; {knn}; accuracy {g['accuracy_full']:.3f})")
 
 
 class _Clock:

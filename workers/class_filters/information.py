@@ -31,8 +31,10 @@ ESTIMATORS = (BINNED, KNN)
 
 # Neighbours for the kNN estimator (scikit-learn's default).
 KNN_NEIGHBORS = 3
-# Filters per chunk of the kNN estimator: keeps each chunk's arrays in cache.
-_KNN_CHUNK = 8
+# Values per chunk of the kNN estimator (filters × samples): keeps each chunk's arrays in cache.
+_KNN_CHUNK = 2**15
+# Up to this many classes, each class and its rest are counted as two groups (the rest is not shared enough).
+_FEW_CLASSES = 4
 # Nearest entries (both sides, in distance order) the fast path looks at per position.
 _ENTRIES = 2 * KNN_NEIGHBORS
 
@@ -216,8 +218,9 @@ class _Sorted:
         d, n = self.sorted.shape
         counts = np.bincount(y, minlength=num_classes)
         out = np.zeros((num_classes, d))
-        for start in range(0, d, _KNN_CHUNK):
-            rows = slice(start, min(start + _KNN_CHUNK, d))
+        step = max(1, _KNN_CHUNK // max(n, 1))
+        for start in range(0, d, step):
+            rows = slice(start, min(start + step, d))
             out[:, rows] = _knn_fast(self.sorted[rows], self.order[rows], y, counts, neighbors, lambda r, c, rows=rows: _knn_class(self.values[rows][r], y, c, neighbors))
         return out
 
@@ -305,11 +308,22 @@ def _knn_fast(s: np.ndarray, order: np.ndarray, y: np.ndarray, counts: np.ndarra
     usable = (counts >= 2) & (rest_sizes >= 2)
     tied_rows = (s[:, 1:] == s[:, :-1]).any(axis=1)
 
-    member, member_tied = _member_terms(s, lab, counts, k_member, psi)  # (R, C): Σ over class-c samples of ψ(m)
-    rest, unsettled = _rest_terms(s, lab, counts, k, psi)  # (R, C): Σ over the rest of ψ(m), if settled
-    unsettled |= member_tied
-    # The shared shortcut needs the rest side to use k neighbours (it has at least k + 1 samples).
-    unsettled |= (k_rest != k)[None, :]
+    if num_classes <= _FEW_CLASSES:
+        # Few classes: each class against the rest is two groups, counted the same way as the classes.
+        member = np.zeros((r, num_classes))
+        rest = np.zeros((r, num_classes))
+        unsettled = np.zeros((r, num_classes), dtype=bool)
+        for c in range(num_classes):
+            two = np.array([counts[c], rest_sizes[c]])
+            sums, tied = _member_terms(s, (lab != c).astype(np.int64), two, np.minimum(k, two - 1), psi)
+            member[:, c], rest[:, c] = sums[:, 0], sums[:, 1]
+            unsettled[:, c] = tied.any(axis=1)
+    else:
+        member, member_tied = _member_terms(s, lab, counts, k_member, psi)  # (R, C): Σ over class-c samples of ψ(m)
+        rest, unsettled = _rest_terms(s, lab, counts, k, psi)  # (R, C): Σ over the rest of ψ(m), if settled
+        unsettled |= member_tied
+        # The shared shortcut needs the rest side to use k neighbours (it has at least k + 1 samples).
+        unsettled |= (k_rest != k)[None, :]
     unsettled[tied_rows] = True
 
     sizes_term = (counts * _psi_of(k_member) + rest_sizes * _psi_of(k_rest) - counts * _psi_of(counts) - rest_sizes * _psi_of(rest_sizes)) / n
@@ -420,7 +434,14 @@ def _rest_terms(s: np.ndarray, lab: np.ndarray, counts: np.ndarray, k: int, psi:
         # j*: the first rank at which k entries are not of class c_t (0 if the entries looked at do not reach it).
         reached = np.cumsum(labels != c_t[None], axis=0, dtype=np.int16) == k  # (E, R, N)
         rank = np.where(reached.any(axis=0), reached.argmax(axis=0) + 1, 0)
-        bad = fresh & ((rank == 0) | tied)
+        far = fresh & (rank == 0) & ~tied
+        if far.any():  # class c_t crowds the first entries: look further out around those samples only
+            i, p = np.nonzero(far)
+            m, ok = _rest_count_near(s, lab, i, p, c_t[far], k)
+            unsettled[i[~ok], c_t[far][~ok]] = True
+            delta = psi[m[ok]] - psi[k]
+            total += np.bincount(i[ok] * num_classes + c_t[far][ok], weights=delta, minlength=r * num_classes).reshape(r, num_classes)
+        bad = fresh & tied
         if bad.any():
             unsettled[rows[bad], c_t[bad]] = True
         good = fresh & (rank > 0) & ~tied
@@ -429,6 +450,39 @@ def _rest_terms(s: np.ndarray, lab: np.ndarray, counts: np.ndarray, k: int, psi:
     # A tie among a sample's first entries changes its base count too: such rows go to the fallback whole.
     unsettled[tied.any(axis=1)] = True
     return total, unsettled
+
+
+# Positions either side a crowded sample's count looks at before the per-class fallback.
+_NEAR = 32
+
+
+def _rest_count_near(s: np.ndarray, lab: np.ndarray, i: np.ndarray, p: np.ndarray, c: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """For sorted position p of row i (not of class c): m, one plus the samples strictly closer than its k-th
+    nearest sample not of class c, counted the per-class way (below the neighbour's own value on its side,
+    beyond value ± reach on the other), within _NEAR positions either side; ok False where that window
+    does not hold the whole interval (left to the fallback)."""
+    n = s.shape[1]
+    offsets = np.arange(-_NEAR, _NEAR + 1)
+    at = p[:, None] + offsets[None, :]
+    inside = (at >= 0) & (at < n)
+    at = np.clip(at, 0, n - 1)
+    values = s[i[:, None], at]
+    own = s[i, p][:, None]
+    eligible = inside & (lab[i[:, None], at] != c[:, None]) & (offsets[None, :] != 0)
+    distance = np.where(eligible, np.abs(values - own), np.inf)
+    kth = np.argsort(distance, axis=1, kind="stable")[:, k - 1]
+    row = np.arange(len(p))
+    neighbour = values[row, kth]
+    found = np.isfinite(distance[row, kth])
+    reach = np.abs(neighbour - own[:, 0])
+    above = neighbour >= own[:, 0]
+    hi = np.where(above, neighbour, own[:, 0] + reach)
+    lo = np.where(above, own[:, 0] - reach, neighbour)
+    within = inside & (values > lo[:, None]) & (values < hi[:, None])
+    # The window must reach past both ends of the interval (or the row's ends).
+    left_out = ~inside[:, 0] | (values[:, 0] <= lo)
+    right_out = ~inside[:, -1] | (values[:, -1] >= hi)
+    return np.maximum(within.sum(axis=1), 1), found & left_out & right_out
 
 
 def _nearest_entries(s: np.ndarray, entries: int) -> tuple[np.ndarray, np.ndarray]:

@@ -13,8 +13,9 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
-from scipy.stats import hypergeom
 
 from workers.class_filters.restriction import Restriction
 
@@ -45,8 +46,25 @@ def skill_p_values(logits: np.ndarray, y: np.ndarray, classes: np.ndarray) -> np
         truth, claimed = y == c, predicted == c
         hits = int((truth & claimed).sum())
         if hits:
-            out[p] = float(hypergeom.sf(hits - 1, n, int(truth.sum()), int(claimed.sum())))
+            out[p] = hypergeometric_tail(hits, n, int(truth.sum()), int(claimed.sum()))
     return out
+
+
+def hypergeometric_tail(hits: int, population: int, successes: int, draws: int) -> float:
+    """P(X ≥ hits) for X ~ Hypergeometric(population, successes, draws), summed in log space."""
+    top = min(successes, draws)
+    if hits > top:
+        return 0.0
+    log_total = _log_choose(population, draws)
+    terms = [_log_choose(successes, x) + _log_choose(population - successes, draws - x) - log_total for x in range(max(hits, draws - (population - successes)), top + 1)]
+    if not terms:
+        return 0.0
+    peak = max(terms)
+    return min(1.0, math.exp(peak) * sum(math.exp(t - peak) for t in terms))
+
+
+def _log_choose(n: int, k: int) -> float:
+    return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
 
 
 def coverage_sizes(contribution: np.ndarray, order: np.ndarray, mass: float) -> np.ndarray:
