@@ -95,8 +95,8 @@ class Client:
         `progress`: a bar of the bytes sent (None: only when stderr is a terminal).
         """
         source = model_source.prepare(model, **options)
-        known = self._known_model(source.sha256)
-        if known is not None and known.format == source.format and known.architecture == source.architecture:
+        known = self._known_model(source.header())
+        if known is not None:
             return known
         header = models_pb2.UploadModelRequest(header=source.header())
         return self._upload(self._stub.UploadModel, header, source.chunks, source.size, source.name, progress)
@@ -130,15 +130,22 @@ class Client:
         finally:
             bar.close()
 
-    def _known_model(self, sha256: str) -> models_pb2.Model | None:
-        """The model the service already holds with these bytes (ids are content-derived), else None."""
+    def _known_model(self, header: models_pb2.ModelHeader) -> models_pb2.Model | None:
+        """The record the service already holds for these bytes with exactly this metadata, else None.
+
+        Ids hash the whole header (service/models.py), so another input spec, name or architecture is another
+        record and its bytes are sent again; the fields are compared too, never trusted to the id alone.
+        """
         from sdk.errors import NotFound
 
         try:
-            model = self.get_model(MODEL_ID_PREFIX + sha256[:MODEL_ID_HASH_CHARS])
+            model = self.get_model(model_id(header))
         except NotFound:
             return None
-        return model if model.sha256 == sha256 else None
+        same = (model.sha256, model.format, model.name, model.architecture, model.input_spec) == (
+            header.sha256, header.format, header.name, header.architecture, header.input_spec
+        )
+        return model if same else None
 
     def get_model(self, model_id: str) -> models_pb2.Model:
         return self._unary(self._stub.GetModel, models_pb2.GetModelRequest(model_id=model_id))
@@ -353,7 +360,17 @@ class Client:
                 return items
 
 
-__all__ = ["Client", "Unavailable"]
+__all__ = ["Client", "Unavailable", "model_id"]
+
+
+def model_id(header: models_pb2.ModelHeader) -> str:
+    """The id the service gives an upload with this header: a hash of the whole header (as service/models.py)."""
+    import hashlib
+
+    canonical = models_pb2.ModelHeader()
+    canonical.CopyFrom(header)
+    canonical.input_spec.SetInParent()  # an absent and an empty spec are the same spec
+    return MODEL_ID_PREFIX + hashlib.sha256(canonical.SerializeToString(deterministic=True)).hexdigest()[:MODEL_ID_HASH_CHARS]
 
 
 def _description(model_id: str, summary: dict[str, Any]) -> models_pb2.ModelDescription:

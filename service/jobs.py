@@ -87,6 +87,11 @@ class JobRecord:
     cancel_time: str = ""
     # The Job (as JSON, without artifacts) once it ended; RQ is not consulted after that.
     outcome: dict[str, Any] | None = None
+    # The model as the job ran it, and what the user should know about that (Job.warnings).
+    model_name: str = ""
+    input_spec: dict[str, Any] | None = None
+    architecture: str = ""
+    warnings: list[str] | None = None
 
     def dumps(self) -> str:
         return json.dumps(asdict(self))
@@ -197,6 +202,10 @@ class JobManager:
             request_id=request_id,
             create_time=now.ToJsonString(),
             internal=internal,
+            model_name=model.name,
+            input_spec=json_format.MessageToDict(model.input_spec, preserving_proto_field_name=True),
+            architecture=model.architecture,
+            warnings=job_warnings(model, job_tasks),
         )
         names = ", ".join(t.name for t in job_tasks)
         # Public jobs live until DeleteJob; DescribeModel's internal ones expire (their result is cached).
@@ -345,7 +354,11 @@ class JobManager:
             request_id=record.request_id,
             state=jobs_pb2.QUEUED,
             tasks=[json_format.ParseDict(t, tasks_pb2.Task()) for t in record.tasks],
+            model_name=record.model_name,
+            architecture=record.architecture,
+            warnings=record.warnings or [],
         )
+        json_format.ParseDict(record.input_spec or {}, job.input_spec)
         job.create_time.CopyFrom(_timestamp(record.create_time))
         return job
 
@@ -593,6 +606,19 @@ def job_spec(
         else {"id": dataset.id, "name": dataset.name, "sha256": dataset.sha256, "size_bytes": int(dataset.size_bytes)},
         "tasks": [tasks.spec(t) for t in job_tasks],
     }
+
+
+def job_warnings(model: models_pb2.Model, job_tasks: list[tasks_pb2.Task]) -> list[str]:
+    """Silent assumptions a job would run on, said once on the job (the report and the CLI show them)."""
+    fed = sorted({t.name for t in job_tasks} & tasks.NEEDS_RUNNABLE_MODEL)
+    if not fed or model.input_spec.mean or model.input_spec.std:
+        return []
+    low, high = (model.input_spec.value_min, model.input_spec.value_max) if model.input_spec.value_max else (0.0, 1.0)
+    return [
+        f"no input_spec mean/std was given: {', '.join(fed)} fed the model raw values in [{low:g}, {high:g}] "
+        "without normalisation; if it was trained on normalised inputs, upload it with an input spec "
+        '(--input-spec \'{"mean": [...], "std": [...]}\' or input_spec=...)'
+    ]
 
 
 def input_spec_dict(spec: common_pb2.InputSpec) -> dict[str, Any]:

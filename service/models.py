@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 from kernelscope.v1 import common_pb2, models_pb2
@@ -14,9 +15,17 @@ WEIGHTS_ONLY_FORMATS = frozenset({models_pb2.STATE_DICT, models_pb2.SAFETENSORS}
 _MAX_NAME = 255
 
 
-def model_id(sha256: str) -> str:
-    """Same bytes, same model: the id is derived from the content."""
-    return "mdl_" + sha256[:24]
+def model_id(header: models_pb2.ModelHeader) -> str:
+    """Same bytes and same metadata, same model; anything else is another record over the same blob.
+
+    A record never changes, so a re-upload with another input spec, name or architecture can neither be
+    ignored nor rewrite what earlier jobs ran with. The id hashes the whole header (deterministic encoding);
+    sdk/client.py derives it the same way to skip re-sending bytes the service already holds.
+    """
+    canonical = models_pb2.ModelHeader()
+    canonical.CopyFrom(header)
+    canonical.input_spec.SetInParent()  # an absent and an empty spec are the same spec
+    return "mdl_" + hashlib.sha256(canonical.SerializeToString(deterministic=True)).hexdigest()[:24]
 
 
 def is_runnable(model: models_pb2.Model) -> bool:
@@ -37,7 +46,7 @@ def check_header(header: models_pb2.ModelHeader, max_bytes: int) -> models_pb2.M
         raise errors.invalid_argument("BAD_ARCHITECTURE", f"architecture is longer than {_MAX_NAME} characters")
     check_input_spec(header.input_spec)
     return models_pb2.Model(
-        id=model_id(header.sha256),
+        id=model_id(header),
         name=header.name,
         format=header.format,
         size_bytes=header.size_bytes,

@@ -98,17 +98,27 @@ def test_unavailable_past_the_retry_budget_is_raised() -> None:
     assert len(stub.calls) >= 2
 
 
-def test_known_bytes_are_not_sent_again_unless_the_format_differs() -> None:
+def test_known_bytes_are_not_sent_again_unless_the_metadata_differs() -> None:
+    """Only a record with these bytes and exactly this header is reused; another format, input spec, name or
+    architecture is uploaded as its own record (the service would otherwise keep the old metadata)."""
     import hashlib
+
+    from sdk.client import model_id
 
     data = b"\x08\x07" + b"onnx-ish bytes"
     sha = hashlib.sha256(data).hexdigest()
-    known = models_pb2.Model(id="mdl_" + sha[:24], sha256=sha, format=models_pb2.ONNX)
-    client, stub = _client({"GetModel": [known, known], "UploadModel": [models_pb2.Model(id="new")]})
-    assert client.upload_model(data, format="onnx").id == known.id
+    header = models_pb2.ModelHeader(name="m", format=models_pb2.ONNX, size_bytes=len(data), sha256=sha)
+    known = models_pb2.Model(id=model_id(header), name="m", sha256=sha, format=models_pb2.ONNX, size_bytes=len(data))
+    client, stub = _client({"GetModel": [known] * 4, "UploadModel": [models_pb2.Model(id="new")] * 3})
+    assert client.upload_model(data, format="onnx", name="m").id == known.id
     assert [c[0] for c in stub.calls] == ["GetModel"]
-    assert client.upload_model(data, format="torchscript").id == "new"
-    assert [c[0] for c in stub.calls] == ["GetModel", "GetModel", "UploadModel"]
+    assert stub.calls[0][1].model_id == known.id
+    assert client.upload_model(data, format="torchscript", name="m").id == "new"
+    assert client.upload_model(data, format="onnx", name="m", input_spec={"mean": [0.5], "std": [0.25]}).id == "new"
+    assert client.upload_model(data, format="onnx", name="m", architecture="c3d_small").id == "new"
+    assert [c[0] for c in stub.calls][1:] == ["GetModel", "UploadModel"] * 3
+    uploaded = [c[1] for c in stub.calls if c[0] == "UploadModel"]
+    assert all(model_id(next(iter(u)).header) != known.id for u in uploaded)
 
 
 def test_watch_reconnects_across_unavailable_and_ends_on_the_terminal_state() -> None:

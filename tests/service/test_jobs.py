@@ -58,6 +58,29 @@ def model(kernelscope_stub) -> models_pb2.Model:
 # --- CreateJob validation -------------------------------------------------------------------
 
 
+def test_a_job_carries_the_model_it_ran_with_and_warns_when_no_normalisation_was_given(kernelscope_stub) -> None:
+    """The input spec, name and architecture a job used are on the Job itself; activation tasks on a model with no
+    mean/std warn (raw values are fed unnormalised), a normalised model or a weights-only task does not."""
+    from tests.service.helpers import model_messages
+
+    data = onnx_bytes()
+    raw = upload_model(kernelscope_stub, data, name="plain")
+    messages = list(model_messages(data, name="normalised"))
+    messages[0].header.input_spec.mean.extend([0.5] * 3)
+    messages[0].header.input_spec.std.extend([0.25] * 3)
+    normalised = kernelscope_stub.UploadModel(iter(messages), timeout=30)
+    assert normalised.id != raw.id
+    warned = create(kernelscope_stub, raw.id, task("kernel_viz"))
+    fetched = kernelscope_stub.GetJob(jobs_pb2.GetJobRequest(job_id=warned.id), timeout=10)
+    for job in (warned, fetched):
+        assert job.model_name == "plain" and list(job.input_spec.shape) == [3, 4, 8, 8] and not job.input_spec.mean
+        assert len(job.warnings) == 1 and "no input_spec mean/std" in job.warnings[0] and "kernel_viz" in job.warnings[0]
+    quiet = create(kernelscope_stub, normalised.id, task("kernel_viz"))
+    assert quiet.model_name == "normalised" and list(quiet.input_spec.std) == [0.25] * 3 and not quiet.warnings
+    assert not create(kernelscope_stub, raw.id, task("tconv_stats")).warnings  # weights only: nothing is fed
+
+
+
 def test_bad_tasks_are_invalid_argument_listing_the_valid_names(kernelscope_server, kernelscope_stub, model, redis_conn) -> None:
     with rpc_error(CODE.INVALID_ARGUMENT, "UNKNOWN_TASK", contains=f"'kernel_vis'; valid tasks: {VALID}"):
         create(kernelscope_stub, model.id, task("kernel_vis"))

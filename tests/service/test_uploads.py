@@ -31,9 +31,8 @@ CODE = grpc.StatusCode
 def test_same_bytes_twice_is_one_model_stored_once(kernelscope_server, kernelscope_stub) -> None:
     data = onnx_bytes(padding=200_000)  # several chunks
     first = upload_model(kernelscope_stub, data, name="first")
-    second = upload_model(kernelscope_stub, data, name="second name, same bytes")
-    assert first.id == second.id == "mdl_" + sha256(data)[:24]
-    assert second.name == "first" and second.create_time == first.create_time
+    again = upload_model(kernelscope_stub, data, name="first")
+    assert again == first and first.id.startswith("mdl_")
     assert first.size_bytes == len(data) and first.sha256 == sha256(data)
     files = stored_files(kernelscope_server.config.data_dir)
     assert len(files["blobs"]) == 1 and files["blobs"][0].read_bytes() == data
@@ -42,6 +41,33 @@ def test_same_bytes_twice_is_one_model_stored_once(kernelscope_server, kernelsco
     listed = kernelscope_stub.ListModels(models_pb2.ListModelsRequest())
     assert [m.id for m in listed.models] == [first.id]
     assert kernelscope_stub.GetModel(models_pb2.GetModelRequest(model_id=first.id)) == first
+
+
+def test_other_metadata_over_the_same_bytes_is_another_record_never_ignored(kernelscope_server, kernelscope_stub) -> None:
+    """A re-upload with another name, input spec or architecture takes effect as its own record over one blob;
+    the earlier record (and what its jobs ran with) is unchanged, and the blob lives while any record uses it."""
+    import sdk.client
+
+    data = onnx_bytes(padding=10_000)
+    plain = upload_model(kernelscope_stub, data, name="m")
+    renamed = upload_model(kernelscope_stub, data, name="m2")
+    shaped = upload_model(kernelscope_stub, data, name="m", input_shape=(3, 8, 16, 16))
+    weights = upload_model(kernelscope_stub, data, name="m", architecture="c3d_small")
+    records = [plain, renamed, shaped, weights]
+    assert len({r.id for r in records}) == 4
+    assert (renamed.name, list(shaped.input_spec.shape), weights.architecture) == ("m2", [3, 8, 16, 16], "c3d_small")
+    assert kernelscope_stub.GetModel(models_pb2.GetModelRequest(model_id=plain.id)) == plain
+    assert plain.name == "m" and list(plain.input_spec.shape) == [3, 4, 8, 8] and plain.architecture == ""
+    # The SDK derives the same id from the header, so it can skip bytes already held with this exact metadata.
+    header = next(model_messages(data, name="m2")).header
+    assert sdk.client.model_id(header) == renamed.id
+    files = stored_files(kernelscope_server.config.data_dir)
+    assert len(files["blobs"]) == 1
+    for record in records[:-1]:
+        kernelscope_stub.DeleteModel(models_pb2.DeleteModelRequest(model_id=record.id))
+    assert len(stored_files(kernelscope_server.config.data_dir)["blobs"]) == 1
+    kernelscope_stub.DeleteModel(models_pb2.DeleteModelRequest(model_id=weights.id))
+    assert stored_files(kernelscope_server.config.data_dir)["blobs"] == []
 
 
 def test_hash_mismatch_is_refused_and_leaves_nothing(kernelscope_server, kernelscope_stub) -> None:

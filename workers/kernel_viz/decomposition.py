@@ -49,7 +49,9 @@ _ONE_ORIENTATION = 0.05
 # Gauss–Newton iterations of Lucas–Kanade per pyramid level.
 _ITERATIONS = 10
 # Starting points of the joint fit (besides the mean and the median of the pairs' own estimates).
-_STARTS = 4
+_STARTS = 2
+# Frame pairs the held-out motion gain uses at most (evenly spread over the video).
+_GAIN_PAIRS = 8
 # Standard deviation in pixels of the Gaussian that smooths frames before global motion is measured.
 _SMOOTHING = 1.0
 
@@ -193,11 +195,13 @@ def motion_gain(
     held-out frames do not change (a static pattern) scores 0.
     """
     b, _, s, h, w = video.shape
-    pairs = s - 1
     window = (hann_window(h, w) if window is None else window).to(video)
-    gaps = (torch.ones(pairs) if gaps is None else gaps.float()).to(video)
+    gaps = (torch.ones(s - 1) if gaps is None else gaps.float()).to(video)
     frames = video.float().transpose(1, 2)
-    first, second = frames[:, :-1], frames[:, 1:]  # (B, P, C, H, W)
+    # At most _GAIN_PAIRS pairs, evenly spread: the cost stays bounded on long canvases.
+    use = torch.linspace(0, s - 2, min(s - 1, _GAIN_PAIRS)).round().long().unique()
+    first, second, gaps, shifts = frames[:, :-1][:, use], frames[:, 1:][:, use], gaps[use], shifts[:, use]  # (B, P, C, H, W)
+    pairs = len(use)
     fit_windows, test_windows, starts = [], [], []
     if pairs >= 2:
         k = min(folds, pairs)
@@ -211,11 +215,13 @@ def motion_gain(
     halves = torch.stack([xs < cx, xs >= cx, ys < cy, ys >= cy]).to(video)  # (4, H, W)
     fit_windows.append((halves * window)[:, None].expand(-1, pairs, -1, -1))
     test_windows.append(((1.0 - halves) * window)[:, None].expand(-1, pairs, -1, -1))
-    pair_first, pair_second = first.flatten(0, 1), second.flatten(0, 1)
+    # Each half's start comes from that half alone (a few pairs' own translations, averaged).
+    few = torch.linspace(0, pairs - 1, min(pairs, _STARTS)).round().long().unique()
+    pair_first, pair_second = first[:, few].flatten(0, 1), second[:, few].flatten(0, 1)
     starts.append(
         torch.stack(
             [
-                (global_translation(pair_first, pair_second, half * window).view(b, pairs, 2) / gaps[None, :, None]).mean(dim=1)
+                (global_translation(pair_first, pair_second, half * window).view(b, len(few), 2) / gaps[few][None, :, None]).mean(dim=1)
                 for half in halves
             ],
             dim=1,

@@ -28,15 +28,15 @@ from kernelscope.v1 import common_pb2 as kernelscope_dot_v1_dot_common__pb2
 from kernelscope.v1 import tasks_pb2 as kernelscope_dot_v1_dot_tasks__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19kernelscope/v1/jobs.proto\x12\x0ekernelscope.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bkernelscope/v1/common.proto\x1a\x1akernelscope/v1/tasks.proto\"r\n\x08Progress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x10\n\x08\x66raction\x18\x02 \x01(\x01\x12\x0c\n\x04task\x18\x03 \x01(\t\x12\x12\n\ntask_index\x18\x04 \x01(\x05\x12\x12\n\ntask_count\x18\x05 \x01(\x05\x12\x0f\n\x07message\x18\x06 \x01(\t\"^\n\x08\x41rtifact\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nmedia_type\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x0c\n\x04task\x18\x05 \x01(\t\"\xa3\x01\n\nTaskResult\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x14\n\x0csummary_json\x18\x02 \x01(\t\x12+\n\tartifacts\x18\x03 \x03(\x0b\x32\x18.kernelscope.v1.Artifact\x12*\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x1b.kernelscope.v1.ErrorDetail\x12\x18\n\x10\x64uration_seconds\x18\x05 \x01(\x01\"\xbd\x03\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x12\n\ndataset_id\x18\x03 \x01(\t\x12#\n\x05tasks\x18\x04 \x03(\x0b\x32\x14.kernelscope.v1.Task\x12\'\n\x05state\x18\x05 \x01(\x0e\x32\x18.kernelscope.v1.JobState\x12*\n\x08progress\x18\x06 \x01(\x0b\x32\x18.kernelscope.v1.Progress\x12+\n\x07results\x18\x07 \x03(\x0b\x32\x1a.kernelscope.v1.TaskResult\x12*\n\x05\x65rror\x18\x08 \x01(\x0b\x32\x1b.kernelscope.v1.ErrorDetail\x12\x12\n\nrequest_id\x18\t \x01(\t\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06worker\x18\r \x01(\t\"q\n\x10\x43reateJobRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x12\n\ndataset_id\x18\x02 \x01(\t\x12#\n\x05tasks\x18\x03 \x03(\x0b\x32\x14.kernelscope.v1.Task\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"a\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\'\n\x05state\x18\x03 \x01(\x0e\x32\x18.kernelscope.v1.JobState\"N\n\x10ListJobsResponse\x12!\n\x04jobs\x18\x01 \x03(\x0b\x32\x13.kernelscope.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"L\n\x0eWaitJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12*\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\"\n\x10\x44\x65leteJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"3\n\x13ReadArtifactRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"\x1d\n\rArtifactChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c*h\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\n\n\x06QUEUED\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\r\n\tSUCCEEDED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x12\r\n\tCANCELLED\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19kernelscope/v1/jobs.proto\x12\x0ekernelscope.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bkernelscope/v1/common.proto\x1a\x1akernelscope/v1/tasks.proto\"r\n\x08Progress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x10\n\x08\x66raction\x18\x02 \x01(\x01\x12\x0c\n\x04task\x18\x03 \x01(\t\x12\x12\n\ntask_index\x18\x04 \x01(\x05\x12\x12\n\ntask_count\x18\x05 \x01(\x05\x12\x0f\n\x07message\x18\x06 \x01(\t\"^\n\x08\x41rtifact\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nmedia_type\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x0c\n\x04task\x18\x05 \x01(\t\"\xa3\x01\n\nTaskResult\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x14\n\x0csummary_json\x18\x02 \x01(\t\x12+\n\tartifacts\x18\x03 \x03(\x0b\x32\x18.kernelscope.v1.Artifact\x12*\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x1b.kernelscope.v1.ErrorDetail\x12\x18\n\x10\x64uration_seconds\x18\x05 \x01(\x01\"\xa8\x04\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x12\n\ndataset_id\x18\x03 \x01(\t\x12#\n\x05tasks\x18\x04 \x03(\x0b\x32\x14.kernelscope.v1.Task\x12\'\n\x05state\x18\x05 \x01(\x0e\x32\x18.kernelscope.v1.JobState\x12*\n\x08progress\x18\x06 \x01(\x0b\x32\x18.kernelscope.v1.Progress\x12+\n\x07results\x18\x07 \x03(\x0b\x32\x1a.kernelscope.v1.TaskResult\x12*\n\x05\x65rror\x18\x08 \x01(\x0b\x32\x1b.kernelscope.v1.ErrorDetail\x12\x12\n\nrequest_id\x18\t \x01(\t\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06worker\x18\r \x01(\t\x12\x12\n\nmodel_name\x18\x0e \x01(\t\x12-\n\ninput_spec\x18\x0f \x01(\x0b\x32\x19.kernelscope.v1.InputSpec\x12\x14\n\x0c\x61rchitecture\x18\x10 \x01(\t\x12\x10\n\x08warnings\x18\x11 \x03(\t\"q\n\x10\x43reateJobRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x12\n\ndataset_id\x18\x02 \x01(\t\x12#\n\x05tasks\x18\x03 \x03(\x0b\x32\x14.kernelscope.v1.Task\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"a\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\'\n\x05state\x18\x03 \x01(\x0e\x32\x18.kernelscope.v1.JobState\"N\n\x10ListJobsResponse\x12!\n\x04jobs\x18\x01 \x03(\x0b\x32\x13.kernelscope.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"L\n\x0eWaitJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12*\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\"\n\x10\x44\x65leteJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"3\n\x13ReadArtifactRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"\x1d\n\rArtifactChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c*h\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\n\n\x06QUEUED\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\r\n\tSUCCEEDED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x12\r\n\tCANCELLED\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kernelscope.v1.jobs_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_JOBSTATE']._serialized_start=1589
-  _globals['_JOBSTATE']._serialized_end=1693
+  _globals['_JOBSTATE']._serialized_start=1696
+  _globals['_JOBSTATE']._serialized_end=1800
   _globals['_PROGRESS']._serialized_start=167
   _globals['_PROGRESS']._serialized_end=281
   _globals['_ARTIFACT']._serialized_start=283
@@ -44,25 +44,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASKRESULT']._serialized_start=380
   _globals['_TASKRESULT']._serialized_end=543
   _globals['_JOB']._serialized_start=546
-  _globals['_JOB']._serialized_end=991
-  _globals['_CREATEJOBREQUEST']._serialized_start=993
-  _globals['_CREATEJOBREQUEST']._serialized_end=1106
-  _globals['_GETJOBREQUEST']._serialized_start=1108
-  _globals['_GETJOBREQUEST']._serialized_end=1139
-  _globals['_LISTJOBSREQUEST']._serialized_start=1141
-  _globals['_LISTJOBSREQUEST']._serialized_end=1238
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1240
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1318
-  _globals['_WAITJOBREQUEST']._serialized_start=1320
-  _globals['_WAITJOBREQUEST']._serialized_end=1396
-  _globals['_WATCHJOBREQUEST']._serialized_start=1398
-  _globals['_WATCHJOBREQUEST']._serialized_end=1431
-  _globals['_CANCELJOBREQUEST']._serialized_start=1433
-  _globals['_CANCELJOBREQUEST']._serialized_end=1467
-  _globals['_DELETEJOBREQUEST']._serialized_start=1469
-  _globals['_DELETEJOBREQUEST']._serialized_end=1503
-  _globals['_READARTIFACTREQUEST']._serialized_start=1505
-  _globals['_READARTIFACTREQUEST']._serialized_end=1556
-  _globals['_ARTIFACTCHUNK']._serialized_start=1558
-  _globals['_ARTIFACTCHUNK']._serialized_end=1587
+  _globals['_JOB']._serialized_end=1098
+  _globals['_CREATEJOBREQUEST']._serialized_start=1100
+  _globals['_CREATEJOBREQUEST']._serialized_end=1213
+  _globals['_GETJOBREQUEST']._serialized_start=1215
+  _globals['_GETJOBREQUEST']._serialized_end=1246
+  _globals['_LISTJOBSREQUEST']._serialized_start=1248
+  _globals['_LISTJOBSREQUEST']._serialized_end=1345
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1347
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1425
+  _globals['_WAITJOBREQUEST']._serialized_start=1427
+  _globals['_WAITJOBREQUEST']._serialized_end=1503
+  _globals['_WATCHJOBREQUEST']._serialized_start=1505
+  _globals['_WATCHJOBREQUEST']._serialized_end=1538
+  _globals['_CANCELJOBREQUEST']._serialized_start=1540
+  _globals['_CANCELJOBREQUEST']._serialized_end=1574
+  _globals['_DELETEJOBREQUEST']._serialized_start=1576
+  _globals['_DELETEJOBREQUEST']._serialized_end=1610
+  _globals['_READARTIFACTREQUEST']._serialized_start=1612
+  _globals['_READARTIFACTREQUEST']._serialized_end=1663
+  _globals['_ARTIFACTCHUNK']._serialized_start=1665
+  _globals['_ARTIFACTCHUNK']._serialized_end=1694
 # @@protoc_insertion_point(module_scope)
