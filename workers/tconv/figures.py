@@ -29,7 +29,7 @@ def _hist(ax: Any, values: np.ndarray, label: str, bins: int = 30) -> None:
         lo, hi = float(v.min()), float(v.max())
         if hi - lo < 1e-9:
             lo, hi = lo - 0.5, hi + 0.5
-        ax.hist(v, bins=bins, range=(lo, hi), color="#4477aa")
+        ax.hist(v, bins=bins, range=(lo, hi), color="#4477aa", histtype="stepfilled")  # one polygon, not a patch per bar
     ax.set_xlabel(label)
     ax.set_ylabel("steps × filters")
 
@@ -101,7 +101,7 @@ def residual_plot(plain: np.ndarray, gain: np.ndarray | None, threshold: float, 
             continue
         v = np.asarray(values, np.float64)
         v = v[np.isfinite(v)]
-        ax.hist(np.clip(v, 0, 1.2), bins=bins, alpha=0.6, label=label, color=color)
+        ax.hist(np.clip(v, 0, 1.2), bins=bins, alpha=0.6, label=label, color=color, histtype="stepfilled")
     ax.axvline(threshold, color="k", ls="--", lw=1, label=f"threshold {threshold:g}")
     ax.set_xlabel("relative residual ‖Ŵ−W‖/‖W‖")
     ax.set_ylabel("filters")

@@ -241,6 +241,9 @@ def _stem(name: str, used: set[str]) -> str:
 
 
 def _figures(stats: LayerStatistics, title: str, out: Path, stem: str, suffix: str = "") -> list[Path]:
+    """Histograms, joint translation and trajectories; none when no filter is included (they would be empty)."""
+    if not stats.summary["filters_included"]:
+        return []
     return [
         figures.histograms(stats.arrays, title, out / f"{stem}{suffix}_histograms.png"),
         figures.joint_translation(stats.arrays, title, out / f"{stem}{suffix}_translation_joint.png"),
