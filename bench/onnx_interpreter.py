@@ -51,10 +51,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--zoo", default="", help="comma-separated zoo model names, or 'all'")
+    parser.add_argument("--device", default="cpu", help="where the interpreter runs in --zoo (cuda: outputs checked against onnxruntime on CPU)")
+    parser.add_argument("--exporters", default="onnx_legacy,onnx_dynamo")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.zoo:
-        zoo_bench(args.zoo, args.repeats, args.threads)
+        zoo_bench(args.zoo, args.repeats, args.threads, args.device, args.exporters.split(","))
         return
     torch.manual_seed(0)
     model = C3DSmall().eval()
@@ -100,8 +102,11 @@ def main() -> None:
           f"interpreter / torch = {t_ours / t_torch:.2f}x")
 
 
-def zoo_bench(names: str, repeats: int, threads: int) -> None:
-    """Build time / onnxruntime session time, load time and forward ratio for zoo models, both exporters."""
+def zoo_bench(names: str, repeats: int, threads: int, device: str = "cpu", exporters: list[str] | None = None) -> None:
+    """Build time / onnxruntime session time, load time and forward ratio for zoo models, both exporters.
+
+    On another device the interpreter's module is moved there: its outputs are checked against onnxruntime's
+    (CPU), input gradients must be finite and non-zero, and the forward time is compared with onnxruntime's."""
     import onnx
     import onnxruntime as ort
 
@@ -110,12 +115,15 @@ def zoo_bench(names: str, repeats: int, threads: int) -> None:
     from workers.samples.zoo.export import export_zoo_model
 
     chosen = zoo.names() if names == "all" else names.split(",")
-    print(f"{'model':14s} {'exporter':12s} {'nodes':>6s} {'build s':>8s} {'ort s':>7s} {'build/ort':>9s} {'load s':>7s} {'fwd/ort':>8s}")
+    print(f"device {device}")
+    print(f"{'model':14s} {'exporter':12s} {'nodes':>6s} {'build s':>8s} {'ort s':>7s} {'build/ort':>9s} {'load s':>7s} "
+          f"{'fwd/ort':>8s} {'max|diff|':>9s}")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     with tempfile.TemporaryDirectory() as tmp:
         for name in chosen:
-            for fmt in ("onnx_legacy", "onnx_dynamo"):
+            for fmt in exporters or ["onnx_legacy", "onnx_dynamo"]:
                 exported = export_zoo_model(name, fmt, tmp)
                 proto = onnx.load(str(exported.path))  # reads the dynamo exporter's external data
                 inline = Path(tmp) / f"{name}.{fmt}.inline.onnx"
@@ -129,12 +137,24 @@ def zoo_bench(names: str, repeats: int, threads: int) -> None:
                 session = ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
                 x = zoo.example(name, 2)
                 feed = {session.get_inputs()[0].name: x.numpy()}
+                reference = session.run(None, feed)[0]
                 t_ort = _best(lambda: session.run(None, feed), repeats)
-                with torch.no_grad():
-                    t_ours = _best(lambda: loaded.module(x), repeats)
-                print(f"{name:14s} {fmt:12s} {len(proto.graph.node):6d} {t_build:8.3f} {t_session:7.3f} {t_build / t_session:9.2f} "
-                      f"{t_load:7.2f} {t_ours / t_ort:8.2f}", flush=True)
+                module = loaded.module.to(device)
+                xd = x.to(device)
 
+                def forward() -> None:
+                    module(xd)
+                    sync()
+
+                with torch.no_grad():
+                    t_ours = _best(forward, repeats)
+                    diff = float(np.abs(module(xd).cpu().numpy() - reference).max())
+                xg = xd.clone().requires_grad_(True)
+                module(xg).square().sum().backward()
+                assert xg.grad is not None and bool(torch.isfinite(xg.grad).all()) and float(xg.grad.abs().sum()) > 0
+                assert diff <= 1e-3 * max(1.0, float(np.abs(reference).max())), diff
+                print(f"{name:14s} {fmt:12s} {len(proto.graph.node):6d} {t_build:8.3f} {t_session:7.3f} {t_build / t_session:9.2f} "
+                      f"{t_load:7.2f} {t_ours / t_ort:8.2f} {diff:9.1e}", flush=True)
 
 if __name__ == "__main__":
     main()
