@@ -27,11 +27,14 @@ import math
 import os
 import re
 import sys
+import threading
+import time
 import tomllib
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, TextIO
 
 from sdk import metrics
 from sdk.errors import KernelscopeError
@@ -87,9 +90,11 @@ class Check:
             if getattr(self, key) is not None:
                 parts.append(text.format(_fmt(getattr(self, key))))
         if self.max_regression is not None:
-            parts.append(f"≤ {self.max_regression:.0%} worse than baseline")
+            parts.append(f"≤ {self.max_regression * 100:g}% worse than baseline")
         if self.warn_regression is not None:
-            parts.append(f"warn > {self.warn_regression:.0%} worse")
+            parts.append(f"warn > {self.warn_regression * 100:g}% worse")
+        if metrics.get(self.metric).paired:
+            parts.append("compared with the baseline filter by filter")
         return ", ".join(parts)
 
 
@@ -196,6 +201,29 @@ class GateReport:
     job_id: str = ""
     baseline_job_id: str = ""
     durations: dict[str, float] = field(default_factory=dict)
+    model_label: str = ""  # what the user named the model: its file name, else the model record's name or id
+    baseline_label: str = ""
+    result: "Result | None" = field(default=None, repr=False)  # the jobs judged, for the HTML page
+    baseline_result: "Result | None" = field(default=None, repr=False)
+
+    @property
+    def model_name(self) -> str:
+        return self.model_label or self.model
+
+    @property
+    def baseline_name(self) -> str:
+        return self.baseline_label or self.baseline_model
+
+    def subject(self) -> str:
+        """"model.pt2 (mdl_…, job job_…) against baseline old.pt2 (…)": who was judged, in one line."""
+        def who(label: str, model: str, job: str) -> str:
+            inner = ", ".join(x for x in ((model if model != label else ""), (f"job {job}" if job else "")) if x)
+            return f"{label} ({inner})" if inner else label
+
+        text = who(self.model_name, self.model, self.job_id)
+        if self.baseline_model:
+            text += " against baseline " + who(self.baseline_name, self.baseline_model, self.baseline_job_id)
+        return text
 
     def counts(self) -> dict[str, int]:
         return {s: sum(r.status == s for r in self.results) for s in (PASS, WARN, FAIL, ERROR, SKIP)}
@@ -227,8 +255,10 @@ class GateReport:
             "fail_on": fail_on or self.policy.fail_on,
             "policy": str(self.policy.source) if self.policy.source else None,
             "model": self.model,
+            "model_name": self.model_name,
             "job_id": self.job_id,
             "baseline_model": self.baseline_model or None,
+            "baseline_name": self.baseline_name or None,
             "baseline_job_id": self.baseline_job_id or None,
             "counts": self.counts(),
             "checks": [r.to_dict() for r in self.results],
@@ -239,23 +269,27 @@ class GateReport:
     def to_junit(self, fail_on: str | None = None) -> str:
         """JUnit XML: one testsuite per task (its metrics as properties), one testcase per check."""
         failing = {id(r) for r in self.failing(fail_on)}
-        root = ET.Element("testsuites", name="kernelscope gate")
+        root = ET.Element("testsuites", name=f"kernelscope gate: {self.model_name}" + (f" vs {self.baseline_name}" if self.baseline_model else ""))
         totals = dict.fromkeys(("tests", "failures", "errors", "skipped"), 0)
         for task in self.policy.tasks:
             results = [r for r in self.results if r.check.task == task]
             suite = ET.SubElement(root, "testsuite", name=task)
             props = ET.SubElement(suite, "properties")
+            _property(props, "model", self.model_name)
+            _property(props, "model_id", self.model)
             _property(props, "job_id", self.job_id)
             for name, value in sorted(self.metrics.get(task, {}).items()):
                 _property(props, name, _fmt(value))
             if self.baseline_metrics is not None:
+                _property(props, "baseline.model", self.baseline_name)
+                _property(props, "baseline.model_id", self.baseline_model)
                 _property(props, "baseline.job_id", self.baseline_job_id)
                 for name, value in sorted(self.baseline_metrics.get(task, {}).items()):
                     _property(props, f"baseline.{name}", _fmt(value))
             counts = dict.fromkeys(totals, 0)
             for r in results:
                 counts["tests"] += 1
-                case = ET.SubElement(suite, "testcase", name=r.check.name, classname=f"kernelscope.gate.{task}", time="0")
+                case = ET.SubElement(suite, "testcase", name=r.check.name, classname=f"kernelscope.gate.{task}", time="0", file=self.model_name)
                 case_props = ET.SubElement(case, "properties")
                 _property(case_props, "metric", r.check.metric)
                 _property(case_props, "value", _fmt(r.value))
@@ -267,10 +301,10 @@ class GateReport:
                     ET.SubElement(case, "skipped", message=r.message)
                 elif r.status == ERROR and id(r) in failing:
                     counts["errors"] += 1
-                    ET.SubElement(case, "error", message=r.message, type="could_not_run").text = r.message
+                    ET.SubElement(case, "error", message=r.message, type="could_not_run").text = f"{self.subject()}: {r.message}"
                 elif id(r) in failing:
                     counts["failures"] += 1
-                    ET.SubElement(case, "failure", message=r.message, type=r.status).text = r.message
+                    ET.SubElement(case, "failure", message=r.message, type=r.status).text = f"{self.subject()}: {r.message}"
                 elif r.status in (WARN, ERROR):
                     ET.SubElement(case, "system-out").text = f"{r.status.upper()}: {r.message}"
             for key, value in counts.items():
@@ -291,13 +325,14 @@ class GateReport:
             if r.status in (PASS, SKIP):
                 continue
             level = "error" if id(r) in failing else "warning"
-            props = {"title": f"kernelscope gate: {r.check.name}"}
+            props = {"title": f"kernelscope gate: {r.check.name} ({self.model_name})"}
             if file:
                 props["file"] = file
                 if r.check.line:
                     props["line"] = str(r.check.line)
             rendered = ",".join(f"{k}={_escape_property(v)}" for k, v in props.items())
-            lines.append(f"::{level} {rendered}::{_escape_data(f'{r.status.upper()}: {r.message}')}")
+            against = f" vs {self.baseline_name}" if self.baseline_model else ""
+            lines.append(f"::{level} {rendered}::{_escape_data(f'{r.status.upper()}: {self.model_name}{against}: {r.message}')}")
         return lines
 
     def to_markdown(self, fail_on: str | None = None) -> str:
@@ -307,12 +342,12 @@ class GateReport:
         out = [
             f"## {icon} kernelscope gate: {status.upper()}",
             "",
-            f"Model `{self.model}` (job `{self.job_id}`)"
-            + (f" against baseline `{self.baseline_model}` (job `{self.baseline_job_id}`)" if self.baseline_model else "")
+            f"Model **{_md(self.model_name)}** (`{self.model}`, job `{self.job_id}`)"
+            + (f" against baseline **{_md(self.baseline_name)}** (`{self.baseline_model}`, job `{self.baseline_job_id}`)" if self.baseline_model else "")
             + ". "
             + ", ".join(f"{n} {s}" for s, n in counts.items() if n),
             "",
-            "| | check | metric | value | baseline | bounds | |",
+            f"| | check | metric | {_md(self.model_name)} | baseline{': ' + _md(self.baseline_name) if self.baseline_model else ''} | bounds | |",
             "|---|---|---|---|---|---|---|",
         ]
         marks = {PASS: "✅", WARN: "⚠️", FAIL: "❌", ERROR: "⛔", SKIP: "⏭️"}
@@ -331,10 +366,11 @@ class GateReport:
 
     def to_text(self, fail_on: str | None = None) -> str:
         rows = [("status", "check", "value", "baseline", "message")]
+        header = f"gate on {self.subject()}"
         for r in self.results:
             rows.append((r.status.upper(), r.check.name, _fmt(r.value), _fmt(r.baseline) if r.baseline is not None else "", r.message))
         widths = [max(len(row[i]) for row in rows) for i in range(4)]
-        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths)) + "  " + row[4] for row in rows]
+        lines = [header] + ["  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths)) + "  " + row[4] for row in rows]
         lines.append(f"gate: {self.status(fail_on).upper()} ({', '.join(f'{n} {s}' for s, n in self.counts().items() if n)})")
         return "\n".join(lines)
 
@@ -343,11 +379,19 @@ class GateReport:
         *,
         json_path: str | Path | None = None,
         junit_path: str | Path | None = None,
+        html_path: str | Path | None = None,
         github: bool | None = None,
         fail_on: str | None = None,
         stream: Any = None,
     ) -> None:
-        """Write the requested files; under GitHub Actions (or github=True) print annotations and append the step summary."""
+        """Write the requested files; under GitHub Actions (or github=True) print annotations and append the step summary.
+
+        `html_path`: the gate's own page (verdict, each check with both values, then both jobs' reports).
+        """
+        if html_path:
+            from sdk.report import write_gate_page
+
+            write_gate_page(self, Path(html_path), fail_on=fail_on)
         if json_path:
             _write(Path(json_path), json.dumps(self.to_dict(fail_on), indent=2) + "\n")
         if junit_path:
@@ -365,9 +409,14 @@ class GateReport:
 
 
 # ---------------------------------------------------------------------- evaluation
-def evaluate(policy: Policy, result: "Result", baseline: "Result | None" = None) -> GateReport:
-    """Judge every check of `policy` on `result` (and `baseline` for the relative checks)."""
-    values = metrics.extract_all(result)
+def evaluate(
+    policy: Policy, result: "Result", baseline: "Result | None" = None, *, model_label: str = "", baseline_label: str = ""
+) -> GateReport:
+    """Judge every check of `policy` on `result` (and `baseline` for the relative and paired checks).
+
+    The labels are what the user calls the models (their file names); reports fall back to the model ids.
+    """
+    values = metrics.extract_all(result, baseline=baseline)
     baseline_values = metrics.extract_all(baseline) if baseline is not None else None
     results = [_judge(check, result, baseline, values, baseline_values) for check in policy.checks]
     return GateReport(
@@ -380,6 +429,10 @@ def evaluate(policy: Policy, result: "Result", baseline: "Result | None" = None)
         job_id=result.id,
         baseline_job_id=baseline.id if baseline is not None else "",
         durations={t.task: t.duration_seconds for t in result.tasks},
+        model_label=model_label,
+        baseline_label=baseline_label if baseline is not None else "",
+        result=result,
+        baseline_result=baseline,
     )
 
 
@@ -391,14 +444,16 @@ def run_gate(
     baseline: Any = None,
     dataset: Any = None,
     timeout: float | None = None,
-    progress: bool | None = False,
     extra_tasks: Iterable[Any] = (),
+    log: TextIO | None = None,
     **model_options: Any,
 ) -> tuple[GateReport, "Result", "Result | None"]:
     """Analyse `model` (and `baseline`) with the tasks the policy needs (plus `extra_tasks`, e.g. "describe"
     for a report); return the report and the results.
 
     Both jobs are submitted before either is awaited, so a service with two workers runs them side by side.
+    While they run, one line per change of task or stage (and every 10 % or 30 s) goes to `log`
+    (default stderr), so a CI log shows the gate working rather than minutes of silence.
     """
     dataset = dataset if dataset is not None else policy.dataset
     if "class_filters" in policy.tasks and dataset is None:
@@ -408,12 +463,83 @@ def run_gate(
             raise PolicyError(f"dataset {dataset} does not exist")
         dataset = client.upload_dataset(str(dataset)).id
     tasks = policy.task_specs() + list(extra_tasks)
+    labels = [model_label(model)] + ([model_label(baseline)] if baseline is not None else [])
     jobs = [client.analyze(model, tasks=tasks, dataset=dataset, wait=False, **model_options)]
     if baseline is not None:
         jobs.append(client.analyze(baseline, tasks=tasks, dataset=dataset, wait=False, **model_options))
-    results = [job.wait(timeout=timeout, progress=progress, raise_on_error=False) for job in jobs]  # type: ignore[union-attr]
+    for role, label, job in zip(("model", "baseline"), labels, jobs):
+        _say(log, f"gate: {role} {label}: job {job.id} submitted ({', '.join(policy.tasks)})")  # type: ignore[union-attr]
+    results = _await(client, jobs, labels, timeout, log)
     base = results[1] if baseline is not None else None
-    return evaluate(policy, results[0], base), results[0], base
+    names = [label or _record_name(client, r.job.model_id) for label, r in zip(labels, results)]
+    report = evaluate(policy, results[0], base, model_label=names[0], baseline_label=names[1] if base is not None else "")
+    return report, results[0], base
+
+
+def model_label(model: Any) -> str:
+    """What a user calls a model given to run_gate: a file's name, a model id as is, a module's class name."""
+    if isinstance(model, Path) or (isinstance(model, str) and not model.startswith("mdl_")):
+        return Path(model).name
+    if isinstance(model, str):
+        return ""  # an id: the model record's name, asked of the service afterwards
+    return type(model).__name__
+
+
+def _record_name(client: "Client", model_id: str) -> str:
+    try:
+        return client.get_model(model_id).name or model_id
+    except Exception:  # noqa: BLE001 - a label is a nicety; the id still names the model
+        return model_id
+
+
+def _await(client: "Client", jobs: list[Any], labels: list[str], timeout: float | None, log: TextIO | None) -> list["Result"]:
+    """Wait for every job at once (one thread each), printing progress lines; the results in `jobs`' order."""
+    from sdk.result import Result
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    roles = ("model", "baseline")
+    outcomes: list[Any] = [None] * len(jobs)
+
+    def follow(i: int) -> None:
+        job = jobs[i]
+        last: tuple[str, str, str] = ("", "", "")
+        last_fraction, last_time = -1.0, time.monotonic()
+        try:
+            for update in client.watch_job(job.id, deadline=deadline):
+                job.proto = update
+                state = _job_state(update)
+                p = update.progress
+                now = time.monotonic()
+                key = (state, p.task, p.stage)
+                if key != last or p.fraction >= last_fraction + 0.1 or now - last_time >= 30.0:
+                    where = f" {p.task}: {p.stage}" if p.task else (f" {p.stage}" if p.stage else "")
+                    _say(log, f"gate: {roles[i]} {labels[i] or job.id}: {state.lower()}{where} ({p.fraction:.0%})")
+                    last, last_fraction, last_time = key, p.fraction, now
+            outcomes[i] = Result(job.proto, client)
+            _say(log, f"gate: {roles[i]} {labels[i] or job.id}: job {job.id} {_job_state(job.proto).lower()}")
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            outcomes[i] = exc
+
+    threads = [threading.Thread(target=follow, args=(i,), name=f"gate-{roles[i]}", daemon=True) for i in range(len(jobs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return outcomes
+
+
+def _job_state(job: Any) -> str:
+    from kernelscope.v1 import jobs_pb2
+
+    return jobs_pb2.JobState.Name(job.state)
+
+
+def _say(log: TextIO | None, line: str) -> None:
+    stream = log if log is not None else sys.stderr
+    print(line, file=stream, flush=True)
 
 
 def _judge(
@@ -424,22 +550,29 @@ def _judge(
     baseline_values: dict[str, dict[str, float | None]] | None,
 ) -> CheckResult:
     task = check.task
+    metric = metrics.get(check.metric)
     problem = _task_problem(result, task, "the model")
     if problem:
         return CheckResult(check, ERROR, None, None, problem)
     key = metrics.key(check.metric, check.layer)
+    if metric.paired and baseline is None:
+        return CheckResult(check, SKIP, None, None, "compares the model with a baseline filter by filter; none given (--baseline)")
+    if metric.paired:
+        problem = _task_problem(baseline, task, "the baseline")  # type: ignore[arg-type]
+        if problem:
+            return CheckResult(check, ERROR, None, None, problem)
     value = values.get(task, {}).get(key)
     if value is None:
-        return CheckResult(check, ERROR, None, None, f"{key} is absent from the {task} summary: {metrics.get(check.metric).why_absent(check.layer)}")
+        return CheckResult(check, ERROR, None, None, f"{key} is absent from the {task} summary: {metric.why_absent(check.layer)}")
     status, reasons = PASS, []
     if check.max is not None and value > check.max:
-        status, reasons = FAIL, reasons + [f"{_fmt(value)} > max {_fmt(check.max)}"]
+        status, reasons = FAIL, reasons + [f"{_fmt_apart(value, check.max)} > max {_fmt_apart(check.max, value)}"]
     if check.min is not None and value < check.min:
-        status, reasons = FAIL, reasons + [f"{_fmt(value)} < min {_fmt(check.min)}"]
+        status, reasons = FAIL, reasons + [f"{_fmt_apart(value, check.min)} < min {_fmt_apart(check.min, value)}"]
     if status == PASS and check.warn_max is not None and value > check.warn_max:
-        status, reasons = WARN, reasons + [f"{_fmt(value)} > warn_max {_fmt(check.warn_max)}"]
+        status, reasons = WARN, reasons + [f"{_fmt_apart(value, check.warn_max)} > warn_max {_fmt_apart(check.warn_max, value)}"]
     if status == PASS and check.warn_min is not None and value < check.warn_min:
-        status, reasons = WARN, reasons + [f"{_fmt(value)} < warn_min {_fmt(check.warn_min)}"]
+        status, reasons = WARN, reasons + [f"{_fmt_apart(value, check.warn_min)} < warn_min {_fmt_apart(check.warn_min, value)}"]
     base_value = None
     if check.relative:
         if baseline is None:
@@ -452,27 +585,47 @@ def _judge(
             if problem or base_value is None:
                 why = problem or f"{key} is absent from the baseline's {task} summary"
                 return CheckResult(check, ERROR, value, None, why)
-            regression = _regression(metrics.get(check.metric).better, value, base_value)
-            text = f"{_pct(regression)} worse than baseline {_fmt(base_value)}" if regression > 0 else f"not worse than baseline {_fmt(base_value)}"
-            if check.max_regression is not None and regression > check.max_regression:
+            regression = _exact_regression(metric.better, value, base_value)
+            shown = float(regression)
+            if check.max_regression is not None and regression > _exact(check.max_regression):
                 status = FAIL
-                reasons.append(f"{text} (allowed {check.max_regression:.0%})")
-            elif check.warn_regression is not None and regression > check.warn_regression:
+                reasons.append(f"{_pct_apart(shown, check.max_regression)} worse than baseline {_fmt(base_value)} (allowed {_pct_apart(check.max_regression, shown)})")
+            elif check.warn_regression is not None and regression > _exact(check.warn_regression):
                 status = WARN if status == PASS else status
-                reasons.append(f"{text} (warn above {check.warn_regression:.0%})")
+                reasons.append(f"{_pct_apart(shown, check.warn_regression)} worse than baseline {_fmt(base_value)} (warn above {_pct_apart(check.warn_regression, shown)})")
             elif status == PASS:
-                reasons.append(text)
+                limit = check.max_regression if check.max_regression is not None else check.warn_regression
+                reasons.append(
+                    f"{_pct_apart(shown, limit)} worse than baseline {_fmt(base_value)}, within {_pct_apart(limit, shown)}"  # type: ignore[arg-type]
+                    if regression > 0 else f"not worse than baseline {_fmt(base_value)}"
+                )
     if not reasons:
         reasons.append(f"{_fmt(value)} within {check.describe_bounds()}")
     return CheckResult(check, status, value, base_value, "; ".join(reasons))
 
 
+def _exact(value: float) -> Decimal:
+    """The number as written (the shortest decimal that reads back as this float): 0.9 is 0.9, not 0.90000000000000002220.
+
+    Policies and summaries are decimal text; comparing their binary approximations turns an exact 5 % into
+    5.000000000000002 % and fails it.
+    """
+    return Decimal(repr(float(value)))
+
+
+def _exact_regression(better: str | None, value: float, base: float) -> Decimal:
+    """Relative worsening of `value` against `base`, in exact decimal arithmetic (0 when not worse; Infinity
+    when the baseline is 0 and it got worse)."""
+    v, b = _exact(value), _exact(base)
+    delta = v - b if better == "lower" else b - v
+    if delta <= 0:
+        return Decimal(0)
+    return delta / abs(b) if b != 0 else Decimal("Infinity")
+
+
 def _regression(better: str | None, value: float, base: float) -> float:
     """Relative worsening of `value` against `base` (0 when not worse; inf when the baseline is 0 and it got worse)."""
-    delta = value - base if better == "lower" else base - value
-    if delta <= 0:
-        return 0.0
-    return delta / abs(base) if base != 0 else math.inf
+    return float(_exact_regression(better, value, base))
 
 
 def _task_problem(result: "Result", task: str, who: str) -> str | None:
@@ -524,9 +677,11 @@ def _check(raw: Any, where: str, line: int | None) -> Check:
     for key in _RELATIVE_BOUNDS:
         if key in bounds and bounds[key] < 0:
             raise PolicyError(f"{where}: {key} is a share of the baseline (0.1 = 10 % worse) and cannot be negative")
+    if any(k in bounds for k in _RELATIVE_BOUNDS) and metric.paired:
+        raise PolicyError(f"{where}: {name} already compares the model with the baseline; bound it with min / warn_min (e.g. min = 0.8)")
     if any(k in bounds for k in _RELATIVE_BOUNDS) and metric.better is None:
         raise PolicyError(f"{where}: {name} has no better direction, so it cannot regress; bound it absolutely")
-    label = raw.get("name") or (f"{name}[{layer}]" if layer else name) + (" vs baseline" if any(k in bounds for k in _RELATIVE_BOUNDS) else "")
+    label = raw.get("name") or (f"{name}[{layer}]" if layer else name) + (" vs baseline" if any(k in bounds for k in _RELATIVE_BOUNDS) or metric.paired else "")
     return Check(name=str(label), metric=metric.name, layer=layer, line=line, **bounds)  # type: ignore[arg-type]
 
 
@@ -554,8 +709,29 @@ def _fmt(value: float | None) -> str:
     return f"{value:.4g}"
 
 
-def _pct(share: float) -> str:
-    return "infinitely" if math.isinf(share) else f"{share:.1%}"
+def _fmt_apart(value: float, other: float | None) -> str:
+    """`value` with as many digits as it takes not to read the same as `other` when they differ
+    (never "0.8 < min 0.8")."""
+    if other is None or value == other or not (math.isfinite(value) and math.isfinite(other)):
+        return _fmt(value)
+    for digits in range(4, 18):
+        mine, theirs = f"{value:.{digits}g}", f"{other:.{digits}g}"
+        if mine != theirs:
+            return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else mine
+    return repr(value)
+
+
+def _pct_apart(share: float, other: float | None) -> str:
+    """A share as a percentage, with the digits it takes to differ from `other` (5.04 %, not 5.0 %, against 5 %)."""
+    if math.isinf(share):
+        return "infinitely"
+    if other is None or math.isinf(other) or share == other:
+        return f"{share * 100:g}%"
+    for digits in range(2, 18):
+        mine, theirs = f"{share * 100:.{digits}g}", f"{other * 100:.{digits}g}"
+        if mine != theirs:
+            return f"{mine}%"
+    return f"{share * 100!r}%"
 
 
 def _json_number(value: float | None) -> float | None:
@@ -568,6 +744,10 @@ def _json_metrics(values: dict[str, dict[str, float | None]] | None) -> dict[str
 
 def _property(parent: ET.Element, name: str, value: str) -> None:
     ET.SubElement(parent, "property", name=name, value=value)
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|").replace("*", "\\*").replace("`", "'")
 
 
 def _escape_data(text: str) -> str:

@@ -8,6 +8,12 @@ Names are "<task>.<metric>". `better` says which way is good ("lower", "higher";
 so no baseline regression can be judged). A value is a float, or None when the summary does not
 hold what the metric needs (the gate reports that as "could not run", never as a pass).
 Summaries are plain dicts as the workers document them in their task modules' docstrings.
+
+A paired metric (Metric.paired) compares the model with a baseline filter by filter, so what it
+bounds is already relative to the baseline: `metrics.compare(name, summary, baseline_summary)`.
+The direction agreements are such metrics: a model whose kernels were time-reversed keeps every
+magnitude (and, on static content, its accuracy) but moves the other way, which only a comparison
+filter by filter can see.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ if TYPE_CHECKING:
 
 Summary = dict[str, Any]
 Extractor = Callable[[Summary, "str | None"], "float | None"]
+Comparer = Callable[[Summary, Summary, "str | None"], "float | None"]
 
 
 @dataclass(frozen=True)
@@ -31,26 +38,43 @@ class Metric:
     extract: Extractor
     per_layer: bool = False
     layers: Callable[[Summary], list[str]] | None = None
+    compare: Comparer | None = None
 
     @property
     def task(self) -> str:
         return self.name.split(".", 1)[0]
 
+    @property
+    def paired(self) -> bool:
+        """True when the value needs a baseline's summary too (see compare_value)."""
+        return self.compare is not None
+
     def value(self, summary: Summary | None, layer: str | None = None) -> float | None:
-        if summary is None:
+        if summary is None or self.compare is not None:
             return None
-        try:
-            raw = self.extract(summary, layer)
-        except (KeyError, IndexError, TypeError, ValueError, ZeroDivisionError):
+        return _number(self.extract, summary, layer)
+
+    def compare_value(self, summary: Summary | None, baseline: Summary | None, layer: str | None = None) -> float | None:
+        """A paired metric's value for `summary` against `baseline` (None when either lacks what it needs)."""
+        if summary is None or baseline is None or self.compare is None:
             return None
-        if raw is None:
-            return None
-        value = float(raw)
-        return value if not math.isnan(value) else None
+        compare = self.compare
+        return _number(lambda s, l: compare(s, baseline, l), summary, layer)
 
     def why_absent(self, layer: str | None = None) -> str:
         where = f" for layer {layer!r}" if layer else ""
         return f"the summary holds no {self.description.rstrip('.').lower()}{where} (was the layer analysed? did the task get the options it needs?)"
+
+
+def _number(read: Extractor, summary: Summary, layer: str | None) -> float | None:
+    try:
+        raw = read(summary, layer)
+    except (KeyError, IndexError, TypeError, ValueError, ZeroDivisionError):
+        return None
+    if raw is None:
+        return None
+    value = float(raw)
+    return value if not math.isnan(value) else None
 
 
 _CATALOGUE: dict[str, Metric] = {}
@@ -59,6 +83,14 @@ _CATALOGUE: dict[str, Metric] = {}
 def _metric(name: str, description: str, better: str | None, per_layer: bool = False, layers: Callable[[Summary], list[str]] | None = None) -> Callable[[Extractor], Extractor]:
     def register(fn: Extractor) -> Extractor:
         _CATALOGUE[name] = Metric(name, description, better, fn, per_layer, layers)
+        return fn
+
+    return register
+
+
+def _paired_metric(name: str, description: str, better: str | None, layers: Callable[[Summary], list[str]]) -> Callable[[Comparer], Comparer]:
+    def register(fn: Comparer) -> Comparer:
+        _CATALOGUE[name] = Metric(name, description, better, lambda _s, _l: None, True, layers, fn)
         return fn
 
     return register
@@ -96,26 +128,40 @@ def value(name: str, summary: Summary | None, layer: str | None = None) -> float
     return get(name).value(summary, layer)
 
 
-def extract_all(result: "Result | None", per_layer: bool = True) -> dict[str, dict[str, float | None]]:
-    """Every catalogue metric of every task that succeeded: task → key → value (per layer too, unless per_layer=False)."""
+def compare(name: str, summary: Summary | None, baseline: Summary | None, layer: str | None = None) -> float | None:
+    return get(name).compare_value(summary, baseline, layer)
+
+
+def extract_all(result: "Result | None", per_layer: bool = True, baseline: "Result | None" = None) -> dict[str, dict[str, float | None]]:
+    """Every catalogue metric of every task that succeeded: task → key → value (per layer too, unless per_layer=False).
+
+    Paired metrics appear only with a `baseline` (compared with the baseline's summary of the same task).
+    """
     out: dict[str, dict[str, float | None]] = {}
     if result is None:
         return out
+    base = {t.task: t.summary for t in baseline.tasks if t.summary is not None and not t.error} if baseline is not None else {}
     for outcome in result.tasks:
         if outcome.summary is None or outcome.error:
             continue
         values: dict[str, float | None] = {}
         for metric in _CATALOGUE.values():
-            if metric.task != outcome.task:
+            if metric.task != outcome.task or (metric.paired and baseline is None):
                 continue
-            values[metric.name] = metric.value(outcome.summary)
+
+            def read(layer: str | None, metric: Metric = metric) -> float | None:
+                if metric.paired:
+                    return metric.compare_value(outcome.summary, base.get(outcome.task), layer)
+                return metric.value(outcome.summary, layer)
+
+            values[metric.name] = read(None)
             if per_layer and metric.per_layer and metric.layers:
                 try:
                     layer_names = metric.layers(outcome.summary)
                 except (KeyError, TypeError):
                     layer_names = []
                 for layer in layer_names:
-                    values[key(metric.name, layer)] = metric.value(outcome.summary, layer)
+                    values[key(metric.name, layer)] = read(layer)
         out[outcome.task] = values
     return out
 
@@ -300,6 +346,56 @@ _metric("tconv_stats.mean_translation_px", "Mean per-step translation magnitude,
 _metric("tconv_stats.dominant_direction_share", "Share of filters moving within the dominant direction's sector.", None, **_TCONV)(_tconv_field(lambda b: b["dominant_direction_share"]))
 
 
+
+
+def _agreement(pairs: Iterable[tuple[tuple[float, float], tuple[float, float]]]) -> float | None:
+    """Σ a·b / Σ |a||b| over paired motion vectors: 1 = all move as in the baseline, −1 = all the opposite way.
+
+    Weighting by both magnitudes lets the filters that move decide; a static filter's direction is noise.
+    """
+    dot = norms = 0.0
+    for (ax, ay), (bx, by) in pairs:
+        dot += ax * bx + ay * by
+        norms += math.hypot(ax, ay) * math.hypot(bx, by)
+    return dot / norms if norms > 0 else None
+
+
+def _tconv_motion(block: dict[str, Any], threshold: float) -> dict[int, tuple[float, float]]:
+    """Filter index -> net displacement (Σ tx, Σ ty over steps, layer pixels) of the filters the 3T model explains."""
+    params = block.get("filter_params") or {}
+    variant = params.get("learned") or params.get("plain")
+    if not variant:
+        return {}
+    residual = variant.get("residual")
+    out = {}
+    for i, (tx, ty) in enumerate(zip(variant["tx_px_layer"], variant["ty_px_layer"])):
+        if residual is not None and (residual[i] is None or not residual[i] < threshold):
+            continue
+        out[i] = (sum(v for v in tx if v is not None), sum(v for v in ty if v is not None))
+    return out
+
+
+@_paired_metric(
+    "tconv_stats.direction_agreement",
+    "Agreement of each filter's net 3T displacement with the same filter's in the baseline: Σ a·b / Σ |a||b| over the filters "
+    "3T-explainable in both (1 = same motion, −1 = every filter moves the opposite way, as time-reversed kernels do).",
+    "higher",
+    _layer_names,
+)
+def _tconv_direction_agreement(s: Summary, base: Summary, layer: str | None) -> float | None:
+    threshold = float((s.get("options") or {}).get("residual_threshold", 0.2))
+    base_threshold = float((base.get("options") or {}).get("residual_threshold", 0.2))
+    base_layers = {str(b.get("name")): b for b in _layer_list(base)}
+    pairs = []
+    for entry in _pick_layers(s, layer):
+        other = base_layers.get(str(entry.get("name")))
+        if other is None:
+            continue
+        mine, theirs = _tconv_motion(entry, threshold), _tconv_motion(other, base_threshold)
+        pairs += [(mine[i], theirs[i]) for i in mine.keys() & theirs.keys()]
+    return _agreement(pairs)
+
+
 # ---------------------------------------------------------------------- kernel_viz
 # Summary: {"objective", "steps", "seed", "tv_weight", "device", "layers": [{"name", "kind", "canvas",
 # "receptive_field", "jitter", "placed_in_full_input", "flow_scale_px_per_frame", "channels": [{"index",
@@ -357,3 +453,31 @@ _metric("kernel_viz.mean_reconstruction_error", "Mean over live channels of the 
 def _moving_share(s: Summary, layer: str | None) -> float | None:
     live = [c for c in _channels(s, layer) if not c.get("dead")]
     return sum(c.get("direction_deg") is not None for c in live) / len(live) if live else None
+
+
+@_paired_metric(
+    "kernel_viz.direction_agreement",
+    "Agreement of each live channel's motion (speed × direction of its optimal video) with the same channel's in the baseline: "
+    "Σ a·b / Σ |a||b| over channels moving in both (1 = same motion, −1 = every channel prefers the opposite direction).",
+    "higher",
+    _layer_names,
+)
+def _kernel_viz_direction_agreement(s: Summary, base: Summary, layer: str | None) -> float | None:
+    def motion(entry: dict[str, Any]) -> dict[int, tuple[float, float]]:
+        out = {}
+        for c in entry.get("channels", []):
+            angle, speed = c.get("direction_deg"), c.get("speed_px_per_frame")
+            if c.get("dead") or angle is None or speed is None:
+                continue
+            out[int(c["index"])] = (speed * math.cos(math.radians(angle)), speed * math.sin(math.radians(angle)))
+        return out
+
+    base_layers = {str(b.get("name")): b for b in _layer_list(base)}
+    pairs = []
+    for entry in _pick_layers(s, layer):
+        other = base_layers.get(str(entry.get("name")))
+        if other is None:
+            continue
+        mine, theirs = motion(entry), motion(other)
+        pairs += [(mine[i], theirs[i]) for i in mine.keys() & theirs.keys()]
+    return _agreement(pairs)

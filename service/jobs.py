@@ -13,6 +13,7 @@ the set is full, after asking RQ which of its members did end).
 from __future__ import annotations
 
 import json
+import signal
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -30,7 +31,7 @@ from rq.job import JobStatus
 from rq.serializers import JSONSerializer
 
 from service import datasets, errors, models, tasks
-from service.reaper import WORKER_LOST_MARK
+from service.reaper import HORSE_KILLS_META, NOTES_META, WORKER_LOST_MARK, horse_kill_words, horse_signal, requeue_killed_horse
 from service.artifacts import ArtifactLog
 from service.blobstore import StagedBlob
 from service.config import Config
@@ -372,7 +373,13 @@ class JobManager:
             _now(job.end_time)
             return job
         status = rq_job.get_status(refresh=False)
-        progress = (rq_job.meta or {}).get("progress")
+        if status == JobStatus.FAILED and not record.cancel_requested and requeue_killed_horse(self.conn, record.id):
+            rq_job = RQJob.fetch(record.id, connection=self.conn, serializer=JSONSerializer)  # queued again
+            status = rq_job.get_status(refresh=False)
+        meta = rq_job.meta or {}
+        notes = meta.get(NOTES_META)
+        job.warnings.extend(str(n) for n in (notes if isinstance(notes, list) else []))
+        progress = meta.get("progress")
         if isinstance(progress, dict):
             _set_progress(job.progress, progress)
         if rq_job.started_at:
@@ -390,7 +397,7 @@ class JobManager:
         elif status == JobStatus.FAILED:
             job.state = jobs_pb2.FAILED
             result = rq_job.latest_result()
-            _apply_failure(job, (result.exc_string if result else "") or "")
+            _apply_failure(job, (result.exc_string if result else "") or "", _int(meta.get(HORSE_KILLS_META)))
             if result and result.worker_name:
                 job.worker = result.worker_name
         else:
@@ -703,13 +710,16 @@ def _apply_manifest(job: jobs_pb2.Job, manifest: Any) -> None:
         job.progress.fraction = 1.0
 
 
-def _apply_failure(job: jobs_pb2.Job, exc_string: str) -> None:
+def _apply_failure(job: jobs_pb2.Job, exc_string: str, horse_retries: int = 0) -> None:
     """A job whose function raised (or was killed): WORKER_FAILED with the exception's last line, JOB_TIMEOUT,
-    or WORKER_LOST when its worker died once too often (UNAVAILABLE: submitting it again may well work)."""
+    WORKER_LOST when its worker died once too often (UNAVAILABLE: submitting it again may well work), or
+    WORK_HORSE_KILLED when a signal killed its work-horse after `horse_retries` runs again."""
     lines = [line for line in exc_string.strip().splitlines() if line.strip()]
     last = lines[-1].strip() if lines else "the worker failed without an exception"
     if "JobTimeoutException" in exc_string:
         _set_error(job.error, "DEADLINE_EXCEEDED", "JOB_TIMEOUT", f"the job ran past its timeout: {last}")
+    elif (number := horse_signal(exc_string)) is not None:
+        _horse_killed(job, number, horse_retries)
     elif WORKER_LOST_MARK in exc_string or "AbandonedJobError" in exc_string:
         message = last.split(WORKER_LOST_MARK, 1)[-1].strip(" :") if WORKER_LOST_MARK in last else (
             "the worker running this job stopped responding and the job was given up"
@@ -717,6 +727,27 @@ def _apply_failure(job: jobs_pb2.Job, exc_string: str) -> None:
         _set_error(job.error, "UNAVAILABLE", "WORKER_LOST", message)
     else:
         _set_error(job.error, "INTERNAL", "WORKER_FAILED", last)
+
+
+def _horse_killed(job: jobs_pb2.Job, number: int, retries: int) -> None:
+    """SIGKILL is most often the out-of-memory killer, on the job's model: RESOURCE_EXHAUSTED; a stop from
+    outside (SIGTERM, SIGINT, ...) is UNAVAILABLE; a crash (SIGSEGV, SIGABRT, ...) of the horse is INTERNAL."""
+    runs = f"; it ran {retries + 1} times and was killed each time" if retries else ""
+    message = f"work-horse {horse_kill_words(number)}{runs}"
+    if number == signal.SIGKILL:
+        message += "; if the model needs much memory, use a smaller input, batch or model"
+        _set_error(job.error, "RESOURCE_EXHAUSTED", "WORK_HORSE_KILLED", message)
+    elif number in (signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGILL, signal.SIGFPE):
+        _set_error(job.error, "INTERNAL", "WORK_HORSE_CRASHED", message)
+    else:
+        _set_error(job.error, "UNAVAILABLE", "WORK_HORSE_KILLED", message)
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
 
 
 def _ints(values: Any) -> list[int]:

@@ -26,6 +26,12 @@ dies with its worker, so that a lost job is never also finished by an orphan.
 After Redis was unreachable the reaper waits one worker_timeout before it judges again, since no
 worker could beat meanwhile (workers/__main__.py keeps busy workers alive through the outage).
 
+A job whose work-horse was killed by a signal (SIGKILL is the out-of-memory killer's way) is failed by
+its worker, which lives on; RQ does not retry it. The reaper queues such a job again, once
+(HORSE_RETRIES), with a note saying so (NOTES_META, shown in Job.warnings); a second kill fails it for good
+with the signal named (jobs._apply_failure). GetJob runs the same check (requeue_killed_horse) before
+it reports a FAILED job, so no client sees a job fail that is about to run again.
+
 Each decision runs in a WATCH transaction on the job and its execution, so a heartbeat that lands
 meanwhile, or another service replica reaping at the same time, turns it into a no-op.
 """
@@ -34,6 +40,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -46,7 +54,7 @@ from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job as RQJob
 from rq.job import JobStatus
 from rq.job_lifecycle import record_job_failure
-from rq.registry import StartedJobRegistry
+from rq.registry import FailedJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 from rq.utils import parse_composite_key
 from rq.worker import Worker
@@ -60,6 +68,14 @@ log = logging.getLogger(__name__)
 WORKER_LOST_MARK = "kernelscope.WorkerLost"
 # job.meta key counting how often the job's worker died under it.
 LOSSES_META = "kernelscope_worker_losses"
+# job.meta key counting how often the job's work-horse was killed by a signal.
+HORSE_KILLS_META = "kernelscope_horse_kills"
+# job.meta key: what the user should know about how the job ran (retries), in plain words.
+NOTES_META = "kernelscope_notes"
+# Times a job whose work-horse was killed runs again: an out-of-memory kill tends to repeat.
+HORSE_RETRIES = 1
+# The line RQ's worker records for a work-horse that died without ending its job (rq Worker.monitor_work_horse).
+_HORSE_DIED = re.compile(r"Work-horse terminated unexpectedly; waitpid returned -?\d+ \(signal (\d+)\)")
 # What RQ adds to a worker's heartbeat interval for the TTL of an execution key.
 _RQ_TTL_SLACK_SECONDS = 60.0
 # A heartbeat is late after this many of the worker's own intervals (and config.worker_timeout).
@@ -76,6 +92,79 @@ class Reaped:
     requeued: bool
 
 
+def horse_signal(exc_string: str) -> int | None:
+    """The signal that killed the job's work-horse, when RQ's failure line says one did."""
+    match = _HORSE_DIED.search(exc_string or "")
+    return int(match.group(1)) if match else None
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def horse_kill_words(number: int) -> str:
+    """'killed by SIGKILL (out of memory?)': what most likely sent the signal, for the job's note and error."""
+    name = signal_name(number)
+    guess = {signal.SIGKILL: " (out of memory?)", signal.SIGSEGV: " (a crash)", signal.SIGBUS: " (a crash)",
+             signal.SIGABRT: " (a crash)"}.get(number, "")
+    return f"killed by {name}{guess}"
+
+
+def requeue_killed_horse(conn: redis.Redis, job_id: str) -> Reaped | None:
+    """Queue again a FAILED job whose work-horse a signal killed, unless it already ran again HORSE_RETRIES
+    times or a cancel was requested; None when the job is left as it is."""
+    job_key = RQJob.key_for(job_id)
+    with conn.pipeline() as pipe:
+        try:
+            pipe.watch(job_key)
+            status = conn.hget(job_key, "status")
+            if status is None or status.decode() != JobStatus.FAILED.value:
+                return None
+            job = RQJob.fetch(job_id, connection=conn, serializer=JSONSerializer)
+            result = job.latest_result()
+            number = horse_signal((result.exc_string or "") if result else "")
+            kills = int((job.meta or {}).get(HORSE_KILLS_META, 0)) + 1
+            if number is None or kills > HORSE_RETRIES or _cancel_requested(conn, job_id):
+                return None
+            worker = (result.worker_name if result else "") or ""
+            job.meta[HORSE_KILLS_META] = kills
+            note = (f"the work-horse running this job on worker {worker or 'unknown'} was {horse_kill_words(number)}; "
+                    f"the job ran again (retry {kills} of {HORSE_RETRIES})")
+            job.meta[NOTES_META] = [*_notes(job), note]
+            job.meta["progress"] = {"stage": "queued again", "fraction": 0.0, "message": note}
+            job.started_at = None
+            job.ended_at = None
+            job.worker_name = None
+            queue = Queue(job.origin, connection=conn, serializer=JSONSerializer)
+            pipe.multi()
+            pipe.zrem(FailedJobRegistry(job.origin, connection=conn, serializer=JSONSerializer).key, job_id)
+            queue.enqueue_job(job, pipeline=pipe, at_front=True)
+            pipe.execute()
+        except (redis.WatchError, NoSuchJobError):
+            return None  # it changed meanwhile (another replica or GetJob got there first)
+    log.warning("job %s: %s", job_id, note)
+    return Reaped(job_id=job_id, worker=worker, losses=kills, requeued=True)
+
+
+def _notes(job: RQJob) -> list[str]:
+    notes = (job.meta or {}).get(NOTES_META)
+    return [str(n) for n in notes] if isinstance(notes, list) else []
+
+
+def _cancel_requested(conn: redis.Redis, job_id: str) -> bool:
+    tenant = job_tenant(conn, job_id)
+    if tenant is None:
+        return False
+    raw = conn.get(Keys(tenant).record("job", job_id))
+    try:
+        return bool(raw and json.loads(raw).get("cancel_requested"))
+    except ValueError:
+        return False
+
+
 class Reaper:
     """Checks the queue's started executions; `run(stop)` loops until `stop` is set."""
 
@@ -85,6 +174,9 @@ class Reaper:
         self.queue = Queue(config.queue_name, connection=conn, serializer=JSONSerializer)
         self.started = StartedJobRegistry(config.queue_name, connection=conn, serializer=JSONSerializer)
         self.intermediate = IntermediateQueue(self.queue.key, connection=conn)
+        self.failed = FailedJobRegistry(config.queue_name, connection=conn, serializer=JSONSerializer)
+        # (job id, registry score) of failed jobs already judged; a job failing again gets a new score.
+        self._judged_failures: set[tuple[bytes, float]] = set()
         # job id -> when this reaper first saw it in the intermediate list, unstarted (time.monotonic()).
         self._unstarted_since: dict[str, float] = {}
 
@@ -115,7 +207,19 @@ class Reaper:
             reaped = self._reap_if_abandoned(job_id, execution_id)
             if reaped is not None:
                 done.append(reaped)
-        return done + self._reap_stranded()
+        return done + self._reap_stranded() + self._retry_killed_horses()
+
+    def _retry_killed_horses(self) -> list[Reaped]:
+        """Failed jobs (new since the last pass) whose work-horse a signal killed, queued again once."""
+        failures = {(member, score) for member, score in self.conn.zrange(self.failed.key, 0, -1, withscores=True)}
+        fresh = failures - self._judged_failures
+        self._judged_failures = failures
+        done = []
+        for member, _ in fresh:
+            reaped = requeue_killed_horse(self.conn, member.decode())
+            if reaped is not None:
+                done.append(reaped)
+        return done
 
     def _reap_stranded(self) -> list[Reaped]:
         """Jobs left in the intermediate list by a worker that died between taking them and starting them."""
@@ -214,10 +318,10 @@ class Reaper:
     def _requeue_or_fail(self, job: RQJob, worker: str, pipe: redis.client.Pipeline) -> Reaped:
         """Queue an abandoned job again, or fail it once it has lost too many workers or was cancelled."""
         losses = int((job.meta or {}).get(LOSSES_META, 0)) + 1
-        cancelled = self._cancel_requested(job.id)
+        cancelled = _cancel_requested(self.conn, job.id)
         requeue = losses <= self.config.job_retries and not cancelled
         if requeue:
-            self._requeue(job, losses, pipe)
+            self._requeue(job, losses, worker, pipe)
         else:
             why = "a cancel was requested" if cancelled else f"gave up after {losses} lost worker(s)"
             record_job_failure(
@@ -239,24 +343,13 @@ class Reaper:
             else "failed",
         )
 
-    def _requeue(self, job: RQJob, losses: int, pipe: redis.client.Pipeline) -> None:
+    def _requeue(self, job: RQJob, losses: int, worker: str, pipe: redis.client.Pipeline) -> None:
+        note = (f"the worker running this job ({worker or 'unknown'}) stopped responding; "
+                f"queued again (retry {losses} of {self.config.job_retries})")
         job.meta[LOSSES_META] = losses
-        job.meta["progress"] = {
-            "stage": "queued again",
-            "fraction": 0.0,
-            "message": f"the worker running this job stopped responding; queued again (retry {losses} of {self.config.job_retries})",
-        }
+        job.meta[NOTES_META] = [*_notes(job), note]
+        job.meta["progress"] = {"stage": "queued again", "fraction": 0.0, "message": note}
         job.started_at = None
         job.ended_at = None
         job.worker_name = None
         self.queue.enqueue_job(job, pipeline=pipe, at_front=True)
-
-    def _cancel_requested(self, job_id: str) -> bool:
-        tenant = job_tenant(self.conn, job_id)
-        if tenant is None:
-            return False
-        raw = self.conn.get(Keys(tenant).record("job", job_id))
-        try:
-            return bool(raw and json.loads(raw).get("cancel_requested"))
-        except ValueError:
-            return False

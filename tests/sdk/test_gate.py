@@ -93,8 +93,10 @@ def kernel_viz_summary(dead: dict[str, list[int]], channels: int = 4) -> dict[st
     return {"objective": "NEURON", "steps": 8, "seed": 0, "tv_weight": 0.1, "device": "cpu", "layers": layers}
 
 
-def tconv_summary(residuals: dict[str, tuple[float, int, int]]) -> dict[str, Any]:
-    """Conv3d-fit layers: name -> (mean plain residual, filters, all-zero filters); nothing below the threshold."""
+def tconv_summary(residuals: dict[str, tuple[float, int, int]], motion_px: dict[str, list[tuple[float, float]]] | None = None) -> dict[str, Any]:
+    """Conv3d-fit layers: name -> (mean plain residual, filters, all-zero filters). Without `motion_px` nothing is
+    below the threshold; with it, a layer's listed filters are explainable (residual 0.05) and move by (dx, dy)
+    layer pixels over each of their 2 steps."""
 
     def summary(mean: float | None, count: int) -> dict[str, Any]:
         return {"count": count, "mean": mean, "std": 0.0 if count else None, **{k: mean for k in ("min", "q05", "q25", "median", "q75", "q95", "max")}}
@@ -110,18 +112,30 @@ def tconv_summary(residuals: dict[str, tuple[float, int, int]]) -> dict[str, Any
             "direction_histogram": [0.0] * 12, "displacement_px_layer": empty, "trajectories": [],
         }
 
+    def params(name: str, filters: int, zero: int, mean: float) -> dict[str, Any]:
+        moves = (motion_px or {}).get(name)
+        residual = [None] * zero + ([0.05 if moves else mean] * (filters - zero))
+        step = lambda value: [[value, value] for _ in range(filters)]  # noqa: E731 - 2 steps per filter
+        tx = [[m[0], m[0]] for m in moves] if moves else step(0.0)
+        ty = [[m[1], m[1]] for m in moves] if moves else step(0.0)
+        variant = {"inv_scale": step(1.0), "rotation_deg": step(0.0), "tx_px_layer": tx, "ty_px_layer": ty, "residual": residual}
+        return {"count": filters, "listed": filters, "plain": variant, "gain": {**variant, "gain": [[1.0, 1.0, 1.0] for _ in range(filters)]}}
+
     layers = [
         {
-            **motion(), "name": name, "kind": "Conv3d-fit", "filters": filters, "kernel_shape": [filters, 3, 3, 3, 3],
+            **motion(), "name": name, "kind": "Conv3d-fit", "layer_kind": "Conv3d", "analysed": True, "filters": filters, "kernel_shape": [filters, 3, 3, 3, 3],
             "stride_px_model": [1.0, 1.0], "artifacts": [],
             "residual": {"plain": summary(mean, filters - zero), "gain": summary(mean / 2, filters - zero)},
             "explainable_share": {"plain": 0.0, "gain": 0.5}, "zero_filters": zero, "gain_variant": {**motion(), "gains": []},
+            "filter_params": params(name, filters, zero, mean),
         }
         for name, (mean, filters, zero) in residuals.items()
     ]
     model = {"layers": len(layers), "filters_included": 0, "tconv_layers": 0, "fitted_layers": len(layers), "explainable_share": {"plain": 0.0, "gain": 0.5}}
     options = {"layers": list(residuals), "fit_conv3d": True, "residual_threshold": 0.2, "restarts": 0, "fit_steps": 5, "seed": 0, "identity_tolerance": 0.05}
-    return {"layers": layers, "model": model, "options": options, "units": {}, "notes": []}
+    from workers.tconv.task import CONVENTIONS
+
+    return {"layers": layers, "model": model, "options": options, "conventions": CONVENTIONS, "units": {}, "notes": []}
 
 
 def make_result(summaries: dict[str, dict[str, Any]], errors: dict[str, tuple[str, str, str]] | None = None, job_id: str = "job_model", model_id: str = "mdl_model") -> Result:
@@ -359,11 +373,117 @@ def test_regression_from_zero_is_infinitely_worse() -> None:
     assert _regression("higher", 0.6, 0.5) == 0.0
 
 
+@pytest.mark.parametrize(
+    "better, base, value, allowed, expected",
+    [
+        ("higher", 0.9, 0.855, 0.05, PASS),  # exactly 5 % worse: (0.9 − 0.855) / 0.9 is 0.05000000000000002 in floats
+        ("higher", 0.9, 0.85464, 0.05, FAIL),  # 5.04 % worse
+        ("lower", 20.0, 21.0, 0.05, PASS),  # exactly 5 %
+        ("lower", 0.3, 0.315, 0.05, PASS),  # 0.315 / 0.3 − 1 is 0.05000000000000007 in floats
+        ("lower", 0.3, 0.31500001, 0.05, FAIL),
+    ],
+)
+def test_regressions_are_compared_exactly_not_through_binary_rounding(better: str, base: float, value: float, allowed: float, expected: str) -> None:
+    metric = "class_filters.accuracy_full" if better == "higher" else "class_filters.density"
+    text = f'[[checks]]\nname = "c"\nmetric = "{metric}"\nmax_regression = {allowed}\n'
+    field = "accuracy_full" if better == "higher" else "density"
+    summaries = []
+    for v in (value, base):
+        summary = class_filters_summary()
+        summary["global"][field] = v
+        summaries.append(summary)
+    [check] = evaluate(policy(text), make_result({"class_filters": summaries[0]}), make_result({"class_filters": summaries[1]}, job_id="job_base")).results
+    assert check.status == expected, check.message
+    if expected == FAIL:
+        # the message never reads "5.0% worse (allowed 5%)": as many digits as it takes to see the difference
+        shown = check.message.split("% worse")[0].rsplit(" ", 1)[-1]
+        assert float(shown) > 5 and "(allowed 5%)" in check.message, check.message
+    else:
+        assert "within 5%" in check.message, check.message
+
+
+def test_absolute_bound_messages_show_the_digits_that_differ() -> None:
+    text = '[[checks]]\nname = "acc"\nmetric = "class_filters.accuracy_restricted"\nmin = 0.8\n'
+    [check] = evaluate(policy(text), make_result({"class_filters": class_filters_summary(accuracy_restricted=0.79999)})).results
+    assert check.status == FAIL and "0.79999 < min 0.8" in check.message, check.message
+    [check] = evaluate(policy(text), make_result({"class_filters": class_filters_summary(accuracy_restricted=0.8)})).results
+    assert check.status == PASS, check.message
+
+
+DIRECTION = """
+[[checks]]
+name = "motion as in the baseline"
+metric = "tconv_stats.direction_agreement"
+min = 0.8
+
+[[checks]]
+name = "fits no worse"
+metric = "tconv_stats.mean_residual"
+max_regression = 0.1
+"""
+
+
+def test_time_reversed_motion_fails_the_direction_agreement_and_nothing_else() -> None:
+    forward = [(1.0, 0.0), (0.0, 1.0), (0.5, 0.5), (-1.0, 0.2)]
+    base = make_result({"tconv_stats": tconv_summary({"conv1": (0.05, 4, 0)}, {"conv1": forward})}, job_id="job_base", model_id="mdl_base")
+    same = make_result({"tconv_stats": tconv_summary({"conv1": (0.05, 4, 0)}, {"conv1": forward})})
+    reversed_ = make_result({"tconv_stats": tconv_summary({"conv1": (0.05, 4, 0)}, {"conv1": [(-x, -y) for x, y in forward]})})
+    ok = evaluate(policy(DIRECTION), same, base)
+    assert [r.status for r in ok.results] == [PASS, PASS] and ok.results[0].value == pytest.approx(1.0)
+    bad = evaluate(policy(DIRECTION), reversed_, base)
+    assert [r.status for r in bad.results] == [FAIL, PASS], [r.message for r in bad.results]
+    assert bad.results[0].value == pytest.approx(-1.0)
+    assert bad.metrics["tconv_stats"]["tconv_stats.direction_agreement[conv1]"] == pytest.approx(-1.0)
+    # a quarter turn is orthogonal motion: agreement 0
+    turned = make_result({"tconv_stats": tconv_summary({"conv1": (0.05, 4, 0)}, {"conv1": [(-y, x) for x, y in forward]})})
+    assert evaluate(policy(DIRECTION), turned, base).results[0].value == pytest.approx(0.0, abs=1e-12)
+    # without a baseline the paired check cannot look: skipped, said so
+    alone = evaluate(policy(DIRECTION), reversed_)
+    assert alone.results[0].status == SKIP and "baseline" in alone.results[0].message
+
+
+def test_kernel_viz_direction_agreement_pairs_channels() -> None:
+    base_summary = kernel_viz_summary({"conv1": [3]})
+    flipped = json.loads(json.dumps(base_summary))
+    for channel in flipped["layers"][0]["channels"]:
+        if channel["direction_deg"] is not None:
+            channel["direction_deg"] = (channel["direction_deg"] + 180.0) % 360.0
+    base = make_result({"kernel_viz": base_summary}, job_id="job_base")
+    assert metrics.compare("kernel_viz.direction_agreement", base_summary, base_summary) == pytest.approx(1.0)
+    assert metrics.compare("kernel_viz.direction_agreement", flipped, base_summary, "conv1") == pytest.approx(-1.0)
+    text = '[[checks]]\nmetric = "kernel_viz.direction_agreement"\nmin = 0.5\n'
+    [check] = evaluate(policy(text), make_result({"kernel_viz": flipped}), base).results
+    assert check.status == FAIL and check.check.name == "kernel_viz.direction_agreement vs baseline"
+
+
+def test_a_paired_metric_refuses_a_relative_bound() -> None:
+    with pytest.raises(PolicyError, match="already compares the model with the baseline"):
+        policy('[[checks]]\nmetric = "tconv_stats.direction_agreement"\nmax_regression = 0.1\n')
+
+
 # ---------------------------------------------------------------------- outputs
 @pytest.fixture()
 def failing_report() -> GateReport:
     result = make_result({"class_filters": class_filters_summary(accuracy_restricted=0.5, mis=0.3)})
-    return evaluate(policy(THRESHOLDS + RELATIVE), result, make_result({"class_filters": class_filters_summary()}, job_id="job_base", model_id="mdl_base"))
+    base = make_result({"class_filters": class_filters_summary()}, job_id="job_base", model_id="mdl_base")
+    return evaluate(policy(THRESHOLDS + RELATIVE), result, base, model_label="candidate.pt2", baseline_label="released.pt2")
+
+
+def test_outputs_name_the_model_files_not_only_their_ids(failing_report: GateReport) -> None:
+    root = ET.fromstring(failing_report.to_junit())
+    assert "candidate.pt2" in root.get("name", "") and "released.pt2" in root.get("name", "")
+    [suite] = root.findall("testsuite")
+    props = {p.get("name"): p.get("value") for p in suite.find("properties").findall("property")}  # type: ignore[union-attr]
+    assert props["model"] == "candidate.pt2" and props["baseline.model"] == "released.pt2" and props["model_id"] == "mdl_model"
+    failure = next(c for c in suite.findall("testcase") if c.find("failure") is not None)
+    assert failure.get("file") == "candidate.pt2" and "candidate.pt2" in (failure.find("failure").text or "")  # type: ignore[union-attr]
+    markdown = failing_report.to_markdown()
+    assert "**candidate.pt2** (`mdl_model`, job `job_model`)" in markdown and "**released.pt2**" in markdown
+    [annotation] = [a for a in failing_report.to_annotations() if a.startswith("::error")]
+    assert "candidate.pt2" in annotation and "released.pt2" in annotation
+    assert failing_report.to_text().splitlines()[0].startswith("gate on candidate.pt2 (mdl_model, job job_model) against baseline released.pt2")
+    data = failing_report.to_dict()
+    assert data["model_name"] == "candidate.pt2" and data["baseline_name"] == "released.pt2"
 
 
 def test_junit_has_a_suite_per_task_a_case_per_check_and_metrics_as_properties(failing_report: GateReport) -> None:

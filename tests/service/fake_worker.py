@@ -3,7 +3,10 @@
 It behaves like the real worker at the service boundary: progress in job.meta, artifacts through
 Worker.WriteArtifact, a manifest as the return value ("worker": "fake-worker@<RQ worker name>").
 FAKE_WORKER_MODE picks the outcome for every job; a model named "fake:<mode>" picks it for its jobs
-alone (the fault tests mix modes on one worker). "sleep=<s>" pauses that long, then succeeds.
+alone (the fault tests mix modes on one worker). "sleep=<s>" pauses that long, then succeeds; "until=<path>"
+waits (at most UNTIL_LIMIT_S) for the file <path> to exist, then succeeds (a test kills the horse meanwhile).
+"progress=<path>" reports progress through workers.progress.JobProgress (as real tasks do) every 20 ms
+until the file <path> exists (at most PROGRESS_LIMIT_S), then succeeds. "summary_bytes=<n>" pads each task's summary with n bytes of JSON text.
 FAKE_WORKER_SERVICE and FAKE_WORKER_TOKEN say where to write artifacts.
 """
 
@@ -15,11 +18,15 @@ import os
 import time
 from typing import Any
 
+from workers.progress import JobProgress
+
 MODE_ENV = "FAKE_WORKER_MODE"
 # What a server under test enqueues to run this fake (its KERNELSCOPE_JOB_FUNCTION).
 JOB_FUNCTION = f"{__name__}.run"
 SERVICE_ENV = "FAKE_WORKER_SERVICE"
 TOKEN_ENV = "FAKE_WORKER_TOKEN"
+PROGRESS_LIMIT_S = 120.0
+UNTIL_LIMIT_S = 120.0
 
 DESCRIPTION = {
     "input_spec": {"shape": [3, 4, 8, 8], "dtype": "float32", "value_min": 0.0, "value_max": 1.0, "mean": [], "std": []},
@@ -34,8 +41,7 @@ DESCRIPTION = {
 
 
 def _progress(job: Any, **progress: Any) -> None:
-    job.meta["progress"] = progress
-    job.save_meta()
+    JobProgress(job, int(progress["task_count"])).publish(progress)
 
 
 def _write_artifact(job_id: str, task: str, name: str, data: bytes) -> None:
@@ -74,9 +80,21 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         raise RuntimeError("the fake worker crashed on purpose")
     if mode == "sleep":
         time.sleep(5)
+    if mode.startswith("progress="):
+        reporter = JobProgress(job, len(tasks))
+        reporter.start_task(0, tasks[0]["name"])
+        deadline = time.monotonic() + PROGRESS_LIMIT_S
+        while not os.path.exists(mode.split("=", 1)[1]) and time.monotonic() < deadline:
+            reporter.report("progressing", 0.5 * (1 - (deadline - time.monotonic()) / PROGRESS_LIMIT_S))
+            time.sleep(0.02)
     if mode.startswith("sleep="):
         _progress(job, stage="sleeping", fraction=0.1, task=tasks[0]["name"], task_index=0, task_count=len(tasks))
         time.sleep(float(mode.split("=", 1)[1]))
+    if mode.startswith("until="):
+        _progress(job, stage="waiting", fraction=0.1, task=tasks[0]["name"], task_index=0, task_count=len(tasks))
+        deadline = time.monotonic() + UNTIL_LIMIT_S
+        while not os.path.exists(mode.split("=", 1)[1]) and time.monotonic() < deadline:
+            time.sleep(0.05)
     results = []
     for index, task in enumerate(tasks):
         name = task["name"]
@@ -95,6 +113,8 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             results.append({"task": name, "summary": None, "artifacts": [], "error": error, "duration_seconds": 0.3})
             continue
         summary = {"task": name, "options": task["options"], "model": spec["model"], "dataset": spec["dataset"]}
+        if mode.startswith("summary_bytes="):
+            summary["padding"] = "p" * int(mode.split("=", 1)[1])
         _write_artifact(spec["job_id"], name, f"{name}/summary.json", json.dumps(summary).encode())
         _write_artifact(spec["job_id"], name, f"{name}/big.bin", bytes(range(256)) * 12_000)
         if mode == "write_then_raise":

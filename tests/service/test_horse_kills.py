@@ -1,0 +1,146 @@
+"""A work-horse killed by a signal, on real processes (tests/service/cluster.py): the worker lives on and fails
+the job; the service runs it again once, with a note on the job, and a second kill fails it with the signal
+named. The horse runs the fake worker's "until=<path>" mode: it waits for the test to release it, so each
+kill lands while the job runs, however slow the machine."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import psutil
+import pytest
+from kernelscope.v1 import jobs_pb2, tasks_pb2
+from rq.job import Job as RQJob
+from rq.serializers import JSONSerializer
+
+from service.reaper import HORSE_KILLS_META, HORSE_RETRIES
+from tests.service.cluster import Cluster
+from tests.service.helpers import model_messages, onnx_bytes
+
+WAIT_S = 60.0  # bound on every wait: generous, the machine may be busy
+TERMINAL = {jobs_pb2.SUCCEEDED, jobs_pb2.FAILED, jobs_pb2.CANCELLED}
+_padding = iter(range(5000, 10**6, 11))
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    cluster = Cluster(
+        tmp_path_factory.mktemp("horse"),
+        server_env={"KERNELSCOPE_REAP_INTERVAL": "0.25", "KERNELSCOPE_WORKER_TIMEOUT": "30"},
+        worker_env={"KERNELSCOPE_WORKER_HEARTBEAT": "1"},
+    ).start()
+    try:
+        cluster.start_worker()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def held_job(cluster: Cluster, release: Path) -> jobs_pb2.Job:
+    """A job whose horse waits until `release` exists."""
+    stub = cluster.stub()
+    model = stub.UploadModel(model_messages(onnx_bytes(padding=next(_padding)), name=f"fake:until={release}"), timeout=30)
+    request = jobs_pb2.CreateJobRequest(model_id=model.id, tasks=[tasks_pb2.Task(name="tconv_stats")])
+    return stub.CreateJob(request, timeout=10)
+
+
+def rq_job(cluster: Cluster, job_id: str) -> RQJob:
+    return RQJob.fetch(job_id, connection=cluster.redis_client(), serializer=JSONSerializer)
+
+
+def horse(cluster: Cluster, job_id: str, kills: int) -> psutil.Process:
+    """The work-horse running the job's run number kills + 1 (read from Redis: no GetJob call)."""
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        job = rq_job(cluster, job_id)
+        waiting = (job.meta.get("progress") or {}).get("stage") == "waiting"
+        if waiting and int(job.meta.get(HORSE_KILLS_META, 0)) == kills and job.worker_name in cluster.workers:
+            children = psutil.Process(cluster.workers[job.worker_name].pid).children()
+            if len(children) == 1:
+                return children[0]
+        assert time.monotonic() < deadline, f"run {kills + 1} of job {job_id} never started: {job.get_status()}"
+        time.sleep(0.05)
+
+
+def kill(process: psutil.Process) -> None:
+    process.send_signal(signal.SIGKILL)
+    process.wait(WAIT_S)
+
+
+def get(cluster: Cluster, job_id: str) -> jobs_pb2.Job:
+    return cluster.stub().GetJob(jobs_pb2.GetJobRequest(job_id=job_id), timeout=10)
+
+
+def wait_done(cluster: Cluster, job_id: str) -> jobs_pb2.Job:
+    deadline = time.monotonic() + WAIT_S
+    while (job := get(cluster, job_id)).state not in TERMINAL:
+        assert time.monotonic() < deadline, f"job stayed {jobs_pb2.JobState.Name(job.state)}"
+        time.sleep(0.05)
+    return job
+
+
+def test_a_horse_killed_once_runs_again_and_the_job_says_so(cluster: Cluster, tmp_path: Path) -> None:
+    release = tmp_path / "release"
+    job = held_job(cluster, release)
+    first = horse(cluster, job.id, kills=0)
+    worker = rq_job(cluster, job.id).worker_name
+    kill(first)
+    # Nobody asks for the job: the reaper alone must queue it again.
+    second = horse(cluster, job.id, kills=1)
+    assert second.pid != first.pid
+    release.touch()
+    final = wait_done(cluster, job.id)
+
+    assert final.state == jobs_pb2.SUCCEEDED, final.error
+    assert len(final.warnings) == 1, final.warnings
+    assert "killed by SIGKILL (out of memory?)" in final.warnings[0]
+    assert worker in final.warnings[0] and "ran again" in final.warnings[0]
+    assert get(cluster, job.id).warnings == final.warnings  # kept in the stored outcome
+
+
+def test_a_horse_killed_twice_fails_the_job_naming_the_signal(cluster: Cluster, tmp_path: Path) -> None:
+    assert HORSE_RETRIES == 1
+    job = held_job(cluster, tmp_path / "never")
+    kill(horse(cluster, job.id, kills=0))
+    # A client reading the job right after the kill sees it waiting to run again, never FAILED.
+    deadline = time.monotonic() + WAIT_S
+    while rq_job(cluster, job.id).get_status() != "started" or int(rq_job(cluster, job.id).meta.get(HORSE_KILLS_META, 0)) < 1:
+        seen = get(cluster, job.id)
+        assert seen.state in (jobs_pb2.QUEUED, jobs_pb2.RUNNING), (jobs_pb2.JobState.Name(seen.state), seen.error)
+        assert time.monotonic() < deadline, "the killed job did not run again"
+        time.sleep(0.02)
+    kill(horse(cluster, job.id, kills=1))
+    final = wait_done(cluster, job.id)
+
+    assert final.state == jobs_pb2.FAILED
+    assert (final.error.code, final.error.reason) == ("RESOURCE_EXHAUSTED", "WORK_HORSE_KILLED")
+    assert "work-horse killed by SIGKILL (out of memory?)" in final.error.message
+    assert "ran 2 times" in final.error.message
+    assert len(final.warnings) == 1 and "retry 1 of 1" in final.warnings[0]
+    assert rq_job(cluster, job.id).get_status() == "failed"  # and the reaper leaves it failed
+    time.sleep(1.0)  # four reaper passes
+    assert rq_job(cluster, job.id).get_status() == "failed"
+    assert get(cluster, job.id).state == jobs_pb2.FAILED
+
+
+@pytest.mark.parametrize(
+    ("number", "code", "reason", "words"),
+    [
+        (signal.SIGKILL, "RESOURCE_EXHAUSTED", "WORK_HORSE_KILLED", "killed by SIGKILL (out of memory?)"),
+        (signal.SIGTERM, "UNAVAILABLE", "WORK_HORSE_KILLED", "killed by SIGTERM"),
+        (signal.SIGSEGV, "INTERNAL", "WORK_HORSE_CRASHED", "killed by SIGSEGV (a crash)"),
+    ],
+)
+def test_the_failure_names_the_signal_from_rqs_failure_line(number: int, code: str, reason: str, words: str) -> None:
+    from service.jobs import _apply_failure
+
+    job = jobs_pb2.Job()
+    _apply_failure(job, f"Work-horse terminated unexpectedly; waitpid returned {number} (signal {number}); ")
+    assert (job.error.code, job.error.reason) == (code, reason)
+    assert job.error.message.startswith(f"work-horse {words}")
+    other = jobs_pb2.Job()
+    _apply_failure(other, "Work-horse terminated unexpectedly; waitpid returned None; ")  # killed for its timeout
+    assert other.error.reason == "WORKER_FAILED"
