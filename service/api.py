@@ -10,9 +10,10 @@ from typing import Callable, Iterable, Iterator
 
 import grpc
 from google.protobuf import empty_pb2
+from google.protobuf.message import Message
 from kernelscope.v1 import datasets_pb2, jobs_pb2, kernelscope_pb2_grpc, models_pb2
 
-from service import datasets, defaults, formats, models, uploads
+from service import bounds, datasets, defaults, formats, models, uploads
 from service.auth import Authenticator
 from service.blobstore import BlobStore, check_sha256
 from service.config import Config
@@ -42,8 +43,12 @@ class KernelScopeServicer(kernelscope_pb2_grpc.KernelScopeServicer):
         self.auth = auth
         self.on_upload = on_upload
 
-    def _tenant(self, context: grpc.ServicerContext) -> Tenant:
-        return self.tenants.get(self.auth.tenant(context))
+    def _tenant(self, context: grpc.ServicerContext, request: Message | None = None) -> Tenant:
+        """The caller's tenant, once authenticated; then `request` is held to its bounds (service/bounds.py)."""
+        tenant = self.tenants.get(self.auth.tenant(context))
+        if request is not None:
+            bounds.check(request)
+        return tenant
 
     def _uploaded(self, kind: str, size: int) -> None:
         if self.on_upload is not None:
@@ -57,6 +62,7 @@ class KernelScopeServicer(kernelscope_pb2_grpc.KernelScopeServicer):
     ) -> models_pb2.Model:
         tenant = self._tenant(context)
         header, chunks = uploads.split(request_iterator, "ModelHeader")
+        bounds.check(header, "header.")
         model = models.check_header(header, self.config.max_upload_bytes)
         with self.store.stage(
             chunks,
@@ -74,25 +80,25 @@ class KernelScopeServicer(kernelscope_pb2_grpc.KernelScopeServicer):
 
     @rpc_errors
     def GetModel(self, request: models_pb2.GetModelRequest, context: grpc.ServicerContext) -> models_pb2.Model:
-        return self._tenant(context).registry.models.get(request.model_id)
+        return self._tenant(context, request).registry.models.get(request.model_id)
 
     @rpc_errors
     def ListModels(
         self, request: models_pb2.ListModelsRequest, context: grpc.ServicerContext
     ) -> models_pb2.ListModelsResponse:
-        found, token = self._tenant(context).registry.models.list(request.page_token, request.page_size)
+        found, token = self._tenant(context, request).registry.models.list(request.page_token, request.page_size)
         return models_pb2.ListModelsResponse(models=found, next_page_token=token)
 
     @rpc_errors
     def DeleteModel(self, request: models_pb2.DeleteModelRequest, context: grpc.ServicerContext) -> empty_pb2.Empty:
-        self._tenant(context).registry.delete_model(request.model_id)
+        self._tenant(context, request).registry.delete_model(request.model_id)
         return empty_pb2.Empty()
 
     @rpc_errors
     def DescribeModel(
         self, request: models_pb2.DescribeModelRequest, context: grpc.ServicerContext
     ) -> models_pb2.ModelDescription:
-        return self._tenant(context).jobs.describe(request.model_id, context.is_active)
+        return self._tenant(context, request).jobs.describe(request.model_id, context.is_active)
 
     # --- datasets ---------------------------------------------------------------------------
 
@@ -102,6 +108,7 @@ class KernelScopeServicer(kernelscope_pb2_grpc.KernelScopeServicer):
     ) -> datasets_pb2.Dataset:
         registry = self._tenant(context).registry
         header, chunks = uploads.split(request_iterator, "DatasetHeader")
+        bounds.check(header, "header.")
         check_sha256(header.sha256, "header.sha256")
         uploads.check_size(header.size_bytes, self.config.max_dataset_bytes, "dataset")
         if len(header.name) > _MAX_NAME:
@@ -141,40 +148,40 @@ class KernelScopeServicer(kernelscope_pb2_grpc.KernelScopeServicer):
 
     @rpc_errors
     def GetDataset(self, request: datasets_pb2.GetDatasetRequest, context: grpc.ServicerContext) -> datasets_pb2.Dataset:
-        return self._tenant(context).registry.datasets.get(request.dataset_id)
+        return self._tenant(context, request).registry.datasets.get(request.dataset_id)
 
     @rpc_errors
     def ListDatasets(
         self, request: datasets_pb2.ListDatasetsRequest, context: grpc.ServicerContext
     ) -> datasets_pb2.ListDatasetsResponse:
-        found, token = self._tenant(context).registry.datasets.list(request.page_token, request.page_size)
+        found, token = self._tenant(context, request).registry.datasets.list(request.page_token, request.page_size)
         return datasets_pb2.ListDatasetsResponse(datasets=found, next_page_token=token)
 
     @rpc_errors
     def DeleteDataset(
         self, request: datasets_pb2.DeleteDatasetRequest, context: grpc.ServicerContext
     ) -> empty_pb2.Empty:
-        self._tenant(context).registry.datasets.delete(request.dataset_id)
+        self._tenant(context, request).registry.datasets.delete(request.dataset_id)
         return empty_pb2.Empty()
 
     # --- jobs -------------------------------------------------------------------------------
 
     @rpc_errors
     def CreateJob(self, request: jobs_pb2.CreateJobRequest, context: grpc.ServicerContext) -> jobs_pb2.Job:
-        return self._tenant(context).jobs.create(request)
+        return self._tenant(context, request).jobs.create(request)
 
     @rpc_errors
     def GetJob(self, request: jobs_pb2.GetJobRequest, context: grpc.ServicerContext) -> jobs_pb2.Job:
-        return self._tenant(context).jobs.get(request.job_id)
+        return self._tenant(context, request).jobs.get(request.job_id)
 
     @rpc_errors
     def ListJobs(self, request: jobs_pb2.ListJobsRequest, context: grpc.ServicerContext) -> jobs_pb2.ListJobsResponse:
-        found, token = self._tenant(context).jobs.list(request.page_size, request.page_token, request.state)
+        found, token = self._tenant(context, request).jobs.list(request.page_size, request.page_token, request.state)
         return jobs_pb2.ListJobsResponse(jobs=found, next_page_token=token)
 
     @rpc_errors
     def WaitJob(self, request: jobs_pb2.WaitJobRequest, context: grpc.ServicerContext) -> jobs_pb2.Job:
-        jobs = self._tenant(context).jobs
+        jobs = self._tenant(context, request).jobs
         timeout = request.timeout.ToTimedelta().total_seconds() if request.HasField("timeout") else 0.0
         if timeout < 0:
             raise invalid_argument("BAD_TIMEOUT", f"timeout must not be negative, got {timeout} s")
@@ -182,21 +189,21 @@ class KernelScopeServicer(kernelscope_pb2_grpc.KernelScopeServicer):
 
     @rpc_errors
     def WatchJob(self, request: jobs_pb2.WatchJobRequest, context: grpc.ServicerContext) -> Iterator[jobs_pb2.Job]:
-        yield from self._tenant(context).jobs.watch(request.job_id, context.is_active)
+        yield from self._tenant(context, request).jobs.watch(request.job_id, context.is_active)
 
     @rpc_errors
     def CancelJob(self, request: jobs_pb2.CancelJobRequest, context: grpc.ServicerContext) -> jobs_pb2.Job:
-        return self._tenant(context).jobs.cancel(request.job_id)
+        return self._tenant(context, request).jobs.cancel(request.job_id)
 
     @rpc_errors
     def DeleteJob(self, request: jobs_pb2.DeleteJobRequest, context: grpc.ServicerContext) -> empty_pb2.Empty:
-        self._tenant(context).jobs.delete(request.job_id)
+        self._tenant(context, request).jobs.delete(request.job_id)
         return empty_pb2.Empty()
 
     @rpc_errors
     def ReadArtifact(
         self, request: jobs_pb2.ReadArtifactRequest, context: grpc.ServicerContext
     ) -> Iterator[jobs_pb2.ArtifactChunk]:
-        artifact = self._tenant(context).jobs.artifact(request.job_id, request.name)
+        artifact = self._tenant(context, request).jobs.artifact(request.job_id, request.name)
         for chunk in self.store.read_chunks(artifact.sha256, self.config.chunk_bytes):
             yield jobs_pb2.ArtifactChunk(data=chunk)

@@ -13,6 +13,9 @@ from service.blobstore import StagedBlob
 from service.registry import BlobRefs, Keys, from_json, to_json
 
 MAX_NAME_CHARS = 255
+# Most artifacts one job may hold: each is listed in the Job message, which must stay well under gRPC's
+# 16 MiB message limit (10,000 entries of at most ~400 bytes: 4 MB).
+MAX_PER_JOB = 10_000
 _MEDIA_TYPES = {
     ".png": "image/png",
     ".gif": "image/gif",
@@ -41,7 +44,8 @@ def check_name(name: str) -> str:
     elif any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
         problem = "contains control characters"
     if problem:
-        raise errors.invalid_argument("BAD_ARTIFACT_NAME", f"artifact name {name!r} {problem}; use a relative path like kernel_viz/conv1/ch003.png")
+        shown = name if len(name) <= 80 else name[:80] + "..."
+        raise errors.invalid_argument("BAD_ARTIFACT_NAME", f"artifact name {shown!r} {problem}; use a relative path like kernel_viz/conv1/ch003.png")
     return name
 
 
@@ -66,9 +70,14 @@ class ArtifactLog:
         return f"artifact:{self.keys.tenant}:{job_id}:{name}"
 
     def record(self, job_id: str, artifact: jobs_pb2.Artifact, staged: StagedBlob) -> None:
-        """Store the blob and list the artifact for the job (replacing an earlier one of the same name)."""
-        self.refs.commit(staged, self.referrer(job_id, artifact.name))
+        """Store the blob and list the artifact for the job (replacing an earlier one of the same name);
+        RESOURCE_EXHAUSTED TOO_MANY_ARTIFACTS for a new name past MAX_PER_JOB."""
         key = self.keys.artifacts(job_id)
+        if self.conn.hlen(key) >= MAX_PER_JOB and not self.conn.hexists(key, artifact.name):
+            raise errors.resource_exhausted(
+                "TOO_MANY_ARTIFACTS", f"job {job_id} already holds {MAX_PER_JOB} artifacts, the most a job may hold"
+            )
+        self.refs.commit(staged, self.referrer(job_id, artifact.name))
         old = self.conn.hget(key, artifact.name)
         self.conn.hset(key, artifact.name, to_json(artifact, tenant=self.keys.tenant))
         if old:

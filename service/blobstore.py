@@ -31,7 +31,7 @@ HeadCheck = Callable[[bytes], None]
 def check_sha256(value: str, what: str = "sha256") -> str:
     """`value` if it is 64 lower-case hex digits, else INVALID_ARGUMENT (also keeps paths out of the store)."""
     if not _SHA256.fullmatch(value or ""):
-        raise errors.invalid_argument("BAD_SHA256", f"{what} must be 64 lower-case hex digits, got {value!r}")
+        raise errors.invalid_argument("BAD_SHA256", f"{what} must be 64 lower-case hex digits, got {value[:80]!r}")
     return value
 
 

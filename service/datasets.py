@@ -17,6 +17,12 @@ from service import errors
 
 # Elements checked for finiteness at a time, so the check needs no second full-size array.
 _FINITE_BLOCK = 1 << 22
+# Most classes a dataset may have (labels 0..MAX_CLASSES-1): well above ImageNet-21k's 21,841, and small
+# enough that the per-class arrays of the analyses and the stored record stay bounded.
+MAX_CLASSES = 100_000
+# Longest class name, characters, and most characters of all class names together (what the record stores).
+MAX_CLASS_NAME_CHARS = 255
+MAX_CLASS_NAMES_CHARS = 2 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -80,7 +86,12 @@ def inspect_npz(path: Path, *, max_samples: int, max_decoded_bytes: int) -> Data
 
     _check_finite(x)
     if int(y.min()) < 0:
-        raise _bad(f"labels in y must be >= 0, found {int(y.min())}")
+        raise _bad(f"y: labels must be >= 0, found {int(y.min())}", "BAD_LABELS")
+    if int(y.max()) >= MAX_CLASSES:
+        raise _bad(
+            f"y: labels must be below {MAX_CLASSES} (class indices 0..{MAX_CLASSES - 1}), found {int(y.max())}",
+            "BAD_LABELS",
+        )
     num_classes = int(y.max()) + 1
     present = np.unique(y).size
     if present < 2:
@@ -139,4 +150,11 @@ def _class_names(names: np.ndarray | None, num_classes: int) -> list[str]:
         raise _bad(f"class_names must be a 1-D string array, got dtype {names.dtype} shape {names.shape}")
     if names.shape[0] != num_classes:
         raise _bad(f"class_names has {names.shape[0]} entries but y has {num_classes} classes (0..{num_classes - 1})")
-    return [n.decode() if isinstance(n, bytes) else str(n) for n in names.tolist()]
+    decoded = [n.decode(errors="replace") if isinstance(n, bytes) else str(n) for n in names.tolist()]
+    longest = max(decoded, key=len, default="")
+    if len(longest) > MAX_CLASS_NAME_CHARS:
+        raise _bad(f"class_names: a name is {len(longest)} characters long, the limit is {MAX_CLASS_NAME_CHARS}")
+    total = sum(len(n) for n in decoded)
+    if total > MAX_CLASS_NAMES_CHARS:
+        raise _bad(f"class_names: {total} characters in all, the limit is {MAX_CLASS_NAMES_CHARS}")
+    return decoded

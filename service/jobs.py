@@ -13,6 +13,7 @@ the set is full, after asking RQ which of its members did end).
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import time
 import uuid
@@ -37,6 +38,8 @@ from service.blobstore import StagedBlob
 from service.config import Config
 from service.registry import Index, Keys, Registry, page_size
 
+log = logging.getLogger(__name__)
+
 TERMINAL = frozenset({jobs_pb2.SUCCEEDED, jobs_pb2.FAILED, jobs_pb2.CANCELLED})
 _WAITING = frozenset({
     JobStatus.CREATED, JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED,
@@ -47,6 +50,14 @@ _MAX_TASKS = 32
 _MAX_REQUEST_ID = 128
 # Records ListJobs reads per call at most while filtering by state; it then returns a partial page.
 _MAX_SCAN = 2000
+# What a job's stored outcome may hold, so that every record stays readable (the gRPC message limit is
+# 16 MiB): its tasks' summaries together, and each text the worker reports (error messages, progress).
+MAX_SUMMARIES_BYTES = 4 * 1024 * 1024
+MAX_TEXT_CHARS = 4096
+# Bytes of Jobs one ListJobs page holds at most; the page ends early (with a token) rather than grow past it.
+_PAGE_BYTES = 4 * 1024 * 1024
+# A Job bigger than this (only records written before the bounds above can be) is shown as a stub saying so.
+_MAX_JOB_BYTES = 12 * 1024 * 1024
 # Seconds a repeated request_id waits for the first request to finish creating its job.
 _REQUEST_RACE_SECONDS = 5.0
 # RQ statuses after which a job holds no in-flight slot (a missing job counts as ended too).
@@ -99,8 +110,12 @@ class JobRecord:
 
     @classmethod
     def loads(cls, raw: str | bytes) -> "JobRecord":
-        data = json.loads(raw)
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        """The record; ValueError when the stored JSON is not one."""
+        try:
+            data = json.loads(raw)
+            return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        except (TypeError, AttributeError) as exc:
+            raise ValueError(f"not a job record: {exc}") from None
 
     @property
     def index_member(self) -> str:
@@ -314,16 +329,42 @@ class JobManager:
         raw = self.conn.get(self.keys.record("job", job_id)) if job_id else None
         return JobRecord.loads(raw) if raw else None
 
+    def _readable(self, job_id: str, raw: bytes) -> jobs_pb2.Job:
+        """The Job of a stored record, or a FAILED stub saying why it cannot be shown, so that one bad record
+        (unparseable, or too large to send) never breaks GetJob or a ListJobs page; DeleteJob removes it."""
+        try:
+            job = self.view(JobRecord.loads(raw))
+        except (ValueError, TypeError, KeyError, json_format.ParseError) as exc:
+            log.error("job %s: its record cannot be read: %s", job_id, exc)
+            return _stub(job_id, "BAD_RECORD", f"the record of job {job_id} cannot be read ({exc}); delete the job")
+        size = job.ByteSize()
+        if size > _MAX_JOB_BYTES:
+            return _stub(
+                job_id, "RECORD_TOO_LARGE",
+                f"job {job_id} is {size} bytes, too large to send (the limit is {_MAX_JOB_BYTES}); delete the job",
+            )
+        return job
+
     def record(self, job_id: str) -> JobRecord:
         if not job_id:
             raise errors.invalid_argument("JOB_ID_REQUIRED", "job_id is required")
-        record = self._find(job_id)
+        try:
+            record = self._find(job_id)
+        except ValueError as exc:
+            raise errors.failed_precondition(
+                "BAD_RECORD", f"the record of job {job_id} cannot be read ({exc}); delete the job"
+            ) from None
         if record is None:
             raise errors.not_found("job", job_id)
         return record
 
     def get(self, job_id: str) -> jobs_pb2.Job:
-        return self.view(self.record(job_id))
+        if not job_id:
+            raise errors.invalid_argument("JOB_ID_REQUIRED", "job_id is required")
+        raw = self.conn.get(self.keys.record("job", job_id))
+        if raw is None:
+            raise errors.not_found("job", job_id)
+        return self._readable(job_id, raw)
 
     def view(self, record: JobRecord) -> jobs_pb2.Job:
         """The Job as the API shows it: the stored outcome, or RQ's live state; artifacts as recorded."""
@@ -427,19 +468,24 @@ class JobManager:
         if state and state not in jobs_pb2.JobState.values():
             raise errors.invalid_argument("BAD_STATE", f"unknown job state {state}")
         jobs: list[jobs_pb2.Job] = []
-        cursor, scanned = token, 0
+        cursor, scanned, page_bytes = token, 0, 0
         while True:
             members = self.index.after(cursor, size)
             if not members:
                 return jobs, ""
             raws = self.conn.mget([self.keys.record("job", Index.ident(m)) for m in members])
             for member, raw in zip(members, raws):
-                cursor = Index.encode_token(member)
                 if raw is None:
+                    cursor = Index.encode_token(member)
                     continue
-                job = self.view(JobRecord.loads(raw))
+                job = self._readable(Index.ident(member), raw)
                 if state and job.state != state:
+                    cursor = Index.encode_token(member)
                     continue
+                page_bytes += job.ByteSize()
+                if jobs and page_bytes > _PAGE_BYTES:  # the next page starts with this job
+                    return jobs, cursor
+                cursor = Index.encode_token(member)
                 jobs.append(job)
                 if len(jobs) == size:
                     return jobs, (cursor if self.index.after(cursor, 1) else "")
@@ -501,23 +547,36 @@ class JobManager:
         return self.get(job_id)
 
     def delete(self, job_id: str) -> None:
-        """Remove an ended job: its record, RQ's data, its artifacts and the blobs nothing else uses."""
-        record = self.record(job_id)
-        job = self.view(record)
-        if job.state not in TERMINAL:
-            raise errors.failed_precondition(
-                "JOB_NOT_TERMINAL", f"job {job_id} is {jobs_pb2.JobState.Name(job.state)}; cancel it first"
-            )
+        """Remove an ended job: its record, RQ's data, its artifacts and the blobs nothing else uses.
+
+        A record that cannot be read is removed whatever its job's state (GetJob shows it as a stub)."""
+        if not job_id:
+            raise errors.invalid_argument("JOB_ID_REQUIRED", "job_id is required")
+        raw = self.conn.get(self.keys.record("job", job_id))
+        if raw is None:
+            raise errors.not_found("job", job_id)
+        try:
+            record: JobRecord | None = JobRecord.loads(raw)
+        except ValueError:
+            record = None
+        if record is not None:
+            job = self.view(record)
+            if job.state not in TERMINAL:
+                raise errors.failed_precondition(
+                    "JOB_NOT_TERMINAL", f"job {job_id} is {jobs_pb2.JobState.Name(job.state)}; cancel it first"
+                )
         try:
             RQJob.fetch(job_id, connection=self.conn, serializer=JSONSerializer).delete()
         except NoSuchJobError:
             pass
+        members = [record.index_member] if record is not None else self.index.members_of(job_id)
         with self.conn.pipeline() as pipe:
             pipe.delete(self.keys.record("job", job_id), Keys.job_owner(job_id))
             pipe.zrem(self.keys.inflight(), job_id)
-            self.index.remove(record.index_member, pipe)
+            for member in members:
+                self.index.remove(member, pipe)
             pipe.execute()
-        if record.request_id:
+        if record is not None and record.request_id:
             self._forget_request(record.request_id, job_id)
         self.artifacts.delete_all(job_id)
 
@@ -656,8 +715,21 @@ def _cancel_quietly(rq_job: RQJob) -> None:
         pass
 
 
+def _stub(job_id: str, reason: str, message: str) -> jobs_pb2.Job:
+    """What GetJob and ListJobs show for a record they cannot show as it is."""
+    job = jobs_pb2.Job(id=job_id, state=jobs_pb2.FAILED)
+    _set_error(job.error, "INTERNAL", reason, message)
+    return job
+
+
+def _text(value: Any) -> str:
+    """A worker-reported text as stored: at most MAX_TEXT_CHARS characters."""
+    text = str(value)
+    return text if len(text) <= MAX_TEXT_CHARS else text[: MAX_TEXT_CHARS - 1] + "…"
+
+
 def _set_error(detail: common_pb2.ErrorDetail, code: str, reason: str, message: str) -> None:
-    detail.code, detail.reason, detail.message = code, reason, message
+    detail.code, detail.reason, detail.message = _text(code)[:64], _text(reason)[:64], _text(message)
 
 
 def _error_from(detail: common_pb2.ErrorDetail, raw: Any) -> None:
@@ -667,13 +739,13 @@ def _error_from(detail: common_pb2.ErrorDetail, raw: Any) -> None:
 
 def _set_progress(progress: jobs_pb2.Progress, raw: dict[str, Any]) -> None:
     try:
-        progress.stage = str(raw.get("stage") or "")
+        progress.stage = _text(raw.get("stage") or "")
         progress.fraction = min(1.0, max(0.0, float(raw.get("fraction") or 0.0)))
-        progress.task = str(raw.get("task") or "")
+        progress.task = _text(raw.get("task") or "")
         progress.task_index = int(raw.get("task_index") or 0)
         progress.task_count = int(raw.get("task_count") or 0)
-        progress.message = str(raw.get("message") or "")
-    except (TypeError, ValueError):
+        progress.message = _text(raw.get("message") or "")
+    except (TypeError, ValueError, OverflowError):
         pass  # a malformed progress report is not worth failing a read over
 
 
@@ -684,14 +756,26 @@ def _apply_manifest(job: jobs_pb2.Job, manifest: Any) -> None:
         _set_error(job.error, "INTERNAL", "BAD_MANIFEST", f"the worker returned {type(manifest).__name__}, not a manifest")
         return
     if manifest.get("worker"):
-        job.worker = str(manifest["worker"])
+        job.worker = _text(manifest["worker"])
     first_task_error: common_pb2.ErrorDetail | None = None
-    for raw in manifest.get("results") or []:
+    room = MAX_SUMMARIES_BYTES
+    results = manifest.get("results")
+    for raw in (results if isinstance(results, list) else [])[: len(job.tasks)]:
         if not isinstance(raw, dict):
             continue
-        result = job.results.add(task=str(raw.get("task") or ""))
+        result = job.results.add(task=_text(raw.get("task") or "")[:64])
         summary = raw.get("summary")
-        result.summary_json = json.dumps(summary) if summary is not None else ""
+        encoded = json.dumps(summary) if summary is not None else ""
+        if len(encoded) > room:  # kept out of the record: it would make the job unreadable
+            _set_error(
+                result.error, "RESOURCE_EXHAUSTED", "SUMMARY_TOO_LARGE",
+                f"the task's summary is {len(encoded)} bytes of JSON; a job's summaries may hold "
+                f"{MAX_SUMMARIES_BYTES} bytes together",
+            )
+            first_task_error = first_task_error or result.error
+            continue
+        room -= len(encoded)
+        result.summary_json = encoded
         try:
             result.duration_seconds = float(raw.get("duration_seconds") or 0.0)
         except (TypeError, ValueError):

@@ -142,6 +142,11 @@ class Index:
     def remove(self, member: str, pipe: Any = None) -> None:
         (pipe or self.conn).zrem(self.key, member)
 
+    def members_of(self, ident: str) -> list[str]:
+        """The members of record `ident`, found by a scan (for a record whose create time cannot be read)."""
+        found = self.conn.zscan_iter(self.key, match=f"*:{ident}", count=1000)
+        return [(m.decode() if isinstance(m, bytes) else m) for m, _ in found]
+
     def after(self, token: str, count: int) -> list[str]:
         """Up to `count` members older than the token's (all from the newest when token is empty)."""
         top = "(" + self.decode_token(token) if token else "+"

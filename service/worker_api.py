@@ -7,7 +7,7 @@ from typing import Callable, Iterable, Iterator
 import grpc
 from kernelscope.v1 import jobs_pb2, worker_pb2, worker_pb2_grpc
 
-from service import artifacts, errors, uploads
+from service import artifacts, bounds, errors, uploads
 from service.auth import Authenticator
 from service.blobstore import BlobStore, check_sha256
 from service.config import Config
@@ -48,6 +48,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         self.auth.check_worker(context)
         header, chunks = uploads.split(request_iterator, "ArtifactHeader")
         name = artifacts.check_name(header.name)
+        bounds.check(header, "header.")
         if not header.job_id:
             raise errors.invalid_argument("JOB_ID_REQUIRED", "job_id is required")
         tenant = self.tenants.owner_of_job(header.job_id)
