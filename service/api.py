@@ -64,6 +64,7 @@ class KernelScopeServicer(kernelscope_pb2_grpc.KernelScopeServicer):
         header, chunks = uploads.split(request_iterator, "ModelHeader")
         bounds.check(header, "header.")
         model = models.check_header(header, self.config.max_upload_bytes)
+        tenant.registry.refs.check_room(header.sha256, header.size_bytes)
         with self.store.stage(
             chunks,
             limit=self.config.max_upload_bytes,
@@ -113,6 +114,7 @@ class KernelScopeServicer(kernelscope_pb2_grpc.KernelScopeServicer):
         uploads.check_size(header.size_bytes, self.config.max_dataset_bytes, "dataset")
         if len(header.name) > _MAX_NAME:
             raise invalid_argument("BAD_NAME", f"name is longer than {_MAX_NAME} characters")
+        registry.refs.check_room(header.sha256, header.size_bytes)
         with self.store.stage(
             chunks,
             limit=self.config.max_dataset_bytes,

@@ -22,6 +22,9 @@ defaults.py):
     KERNELSCOPE_MAX_DATASET_BYTES    largest dataset (file and decoded)   (1GiB)
     KERNELSCOPE_MAX_DATASET_SAMPLES  most samples in a dataset            (1000000)
     KERNELSCOPE_MAX_ARTIFACT_BYTES   largest artifact                     (512MiB)
+    KERNELSCOPE_TENANT_QUOTA_BYTES   bytes one tenant may store; 0: no limit (50GiB)
+    KERNELSCOPE_STORE_QUOTA_BYTES    bytes the whole store may hold; 0: no limit (500GiB)
+    KERNELSCOPE_JOB_TTL              seconds an ended job is kept; 0: until DeleteJob (2592000)
     KERNELSCOPE_CHUNK_BYTES          streamed chunk size                  (1MiB)
     KERNELSCOPE_MAX_WAIT_SECONDS     cap on WaitJob's timeout             (60)
     KERNELSCOPE_POLL_INTERVAL        seconds between job-state looks      (0.1)
@@ -92,6 +95,13 @@ class Config:
     max_artifact_bytes: int = field(
         default=defaults.MAX_ARTIFACT_BYTES, metadata=_env("KERNELSCOPE_MAX_ARTIFACT_BYTES", kind="bytes")
     )
+    tenant_quota_bytes: int = field(
+        default=defaults.TENANT_QUOTA_BYTES, metadata=_env("KERNELSCOPE_TENANT_QUOTA_BYTES", kind="bytes")
+    )
+    store_quota_bytes: int = field(
+        default=defaults.STORE_QUOTA_BYTES, metadata=_env("KERNELSCOPE_STORE_QUOTA_BYTES", kind="bytes")
+    )
+    job_ttl: int = field(default=defaults.JOB_TTL, metadata=_env("KERNELSCOPE_JOB_TTL"))
     chunk_bytes: int = field(default=defaults.CHUNK_BYTES, metadata=_env("KERNELSCOPE_CHUNK_BYTES", kind="bytes"))
     max_wait_seconds: float = field(default=defaults.MAX_WAIT_SECONDS, metadata=_env("KERNELSCOPE_MAX_WAIT_SECONDS"))
     poll_interval: float = field(default=defaults.POLL_INTERVAL, metadata=_env("KERNELSCOPE_POLL_INTERVAL"))
@@ -126,6 +136,9 @@ class Config:
                 raise ValueError(f"{name} must be positive seconds, got {getattr(self, name)}")
         if self.job_retries < 0:
             raise ValueError(f"job_retries must be >= 0, got {self.job_retries}")
+        for name in ("tenant_quota_bytes", "store_quota_bytes", "job_ttl"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0: no limit), got {getattr(self, name)}")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("TLS needs both KERNELSCOPE_TLS_CERT and KERNELSCOPE_TLS_KEY (or neither)")
         if not 0 <= self.metrics_port <= 65535:

@@ -49,6 +49,11 @@ MAX_DATASET_SAMPLES = 1_000_000
 MAX_JOBS_IN_FLIGHT = 100
 # Largest artifact a worker may write, bytes.
 MAX_ARTIFACT_BYTES = 512 * MiB
+# Bytes of models, datasets and artifacts one tenant may hold, and the whole store may hold; 0: no limit.
+# A tenant is charged once per distinct blob it uses (a re-upload of bytes it holds costs nothing; bytes
+# another tenant also holds are charged to both), the store once per blob on disk. Over: RESOURCE_EXHAUSTED.
+TENANT_QUOTA_BYTES = 50 * GiB
+STORE_QUOTA_BYTES = 500 * GiB
 # Page size of List* calls when the request leaves it 0, and the most a request may ask for.
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
@@ -70,6 +75,9 @@ FAILURE_TTL = 7 * 24 * 3600
 REQUEST_ID_TTL = 24 * 3600
 # Seconds the records of DescribeModel's internal jobs are kept (the description itself is cached forever).
 INTERNAL_JOB_TTL = 7 * 24 * 3600
+# Seconds an ended job is kept after its end; then it is deleted like DeleteJob does (record, RQ data,
+# artifacts, and the blobs no other record uses). 0: kept until DeleteJob.
+JOB_TTL = 30 * 24 * 3600
 # Longest WaitJob may block, seconds; a longer requested timeout is cut to this and the client loops.
 MAX_WAIT_SECONDS = 60.0
 # Seconds between two looks at a job's state in WaitJob / WatchJob.

@@ -14,6 +14,10 @@ Key layout (every record carries its tenant; blobs are shared across tenants, be
     ks:@job:{id}                      the tenant that owns job {id} (the Worker API finds jobs by id alone)
     ks:blob:{sha256}:refs             set of records using the blob; the blob is deleted with the last one
     ks:blob:{sha256}:lock             held while a blob is committed or released
+    ks:blob:{sha256}:size             bytes of a blob the quotas count (set while it is stored)
+    ks:{tenant}:held                  hash: sha256 -> how many of the tenant's records use that blob
+    ks:{tenant}:usage                 bytes of the distinct blobs the tenant uses (its quota's count)
+    ks:usage                          bytes of the distinct blobs stored (the store quota's count)
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import base64
 import binascii
 import json
 import re
+from dataclasses import dataclass
 from typing import Any, Callable, Generic, TypeVar
 
 import redis
@@ -66,6 +71,14 @@ class Keys:
     def inflight(self) -> str:
         return f"{self._p}inflight"
 
+    def held(self) -> str:
+        return f"{self._p}held"
+
+    def usage(self) -> str:
+        return f"{self._p}usage"
+
+    STORE_USAGE = "ks:usage"
+
     @staticmethod
     def job_owner(job_id: str) -> str:
         return f"ks:@job:{job_id}"
@@ -77,6 +90,10 @@ class Keys:
     @staticmethod
     def blob_lock(sha256: str) -> str:
         return f"ks:blob:{sha256}:lock"
+
+    @staticmethod
+    def blob_size(sha256: str) -> str:
+        return f"ks:blob:{sha256}:size"
 
 
 def job_tenant(conn: redis.Redis, job_id: str) -> str | None:
@@ -167,32 +184,135 @@ def page_size(requested: int) -> int:
     return min(requested or defaults.PAGE_SIZE, defaults.MAX_PAGE_SIZE)
 
 
-class BlobRefs:
-    """Which records use which blob, so a blob is deleted exactly when its last user goes.
+@dataclass(frozen=True)
+class Quotas:
+    """Bytes one tenant, and the whole store, may hold (0: no limit); see defaults.TENANT_QUOTA_BYTES."""
 
-    Commit (rename into place + add the reference) and release (drop the reference + delete the
-    file when none is left) run under a per-blob Redis lock, so a concurrent upload of the same
-    bytes can never lose its file to a concurrent delete.
+    tenant_bytes: int = 0
+    store_bytes: int = 0
+
+
+# Take `referrer`'s use of blob ARGV[2] (ARGV[3] bytes) for the tenant, charging the tenant when none of
+# its records used the blob yet and the store when the blob is not counted yet, unless that goes over
+# a quota (ARGV[4] tenant, ARGV[5] store; 0: none). KEYS: refs, size, held, tenant usage, store usage.
+# Returns {0, 0} when taken (or already held), {1, tenant usage} or {2, store usage} when refused.
+_TAKE = """
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return {0, 0} end
+local size = tonumber(ARGV[3])
+local tenant_charge, store_charge = 0, 0
+if redis.call('HEXISTS', KEYS[3], ARGV[2]) == 0 then tenant_charge = size end
+if redis.call('EXISTS', KEYS[2]) == 0 then store_charge = size end
+local tenant_used = tonumber(redis.call('GET', KEYS[4]) or '0')
+local store_used = tonumber(redis.call('GET', KEYS[5]) or '0')
+local tenant_limit, store_limit = tonumber(ARGV[4]), tonumber(ARGV[5])
+if tenant_charge > 0 and tenant_limit > 0 and tenant_used + tenant_charge > tenant_limit then return {1, tenant_used} end
+if store_charge > 0 and store_limit > 0 and store_used + store_charge > store_limit then return {2, store_used} end
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('HINCRBY', KEYS[3], ARGV[2], 1)
+if tenant_charge > 0 then redis.call('INCRBY', KEYS[4], tenant_charge) end
+if store_charge > 0 then
+  redis.call('SET', KEYS[2], size)
+  redis.call('INCRBY', KEYS[5], store_charge)
+end
+return {0, 0}
+"""
+# Drop `referrer`'s use of blob ARGV[2]: the tenant is credited when its last record using the blob goes,
+# the store when the last record of all does. Same KEYS as _TAKE. Returns 1 when no record uses the blob.
+# Blobs stored before quotas were counted have no size key and credit nothing.
+_DROP = """
+local size = tonumber(redis.call('GET', KEYS[2]) or '-1')
+if redis.call('SREM', KEYS[1], ARGV[1]) == 1 then
+  local left = redis.call('HINCRBY', KEYS[3], ARGV[2], -1)
+  if left <= 0 then
+    redis.call('HDEL', KEYS[3], ARGV[2])
+    if left == 0 and size >= 0 then redis.call('DECRBY', KEYS[4], size) end
+  end
+end
+if redis.call('SCARD', KEYS[1]) > 0 then return 0 end
+if size >= 0 then
+  redis.call('DECRBY', KEYS[5], size)
+  redis.call('DEL', KEYS[2])
+end
+return 1
+"""
+
+
+class BlobRefs:
+    """Which records use which blob, so a blob is deleted exactly when its last user goes, and what each
+    tenant and the whole store hold, so that quotas are counted once per distinct blob.
+
+    Commit (count the use + rename into place) and release (drop the use + delete the file when none is
+    left) run under a per-blob Redis lock, so a concurrent upload of the same bytes can never lose its
+    file to a concurrent delete. Counting and the quota check are one Lua script, so concurrent uploads
+    cannot together pass a quota that each alone would.
     """
 
-    def __init__(self, conn: redis.Redis, store: BlobStore) -> None:
+    def __init__(self, conn: redis.Redis, store: BlobStore, keys: Keys | None = None, quotas: Quotas = Quotas()) -> None:
         self.conn = conn
         self.store = store
+        self.keys = keys or Keys()
+        self.quotas = quotas
+        self._take = conn.register_script(_TAKE)
+        self._drop = conn.register_script(_DROP)
 
     def _lock(self, sha256: str) -> Any:
         return self.conn.lock(Keys.blob_lock(sha256), timeout=_BLOB_LOCK_SECONDS, blocking_timeout=_BLOB_LOCK_SECONDS)
 
+    def _keys(self, sha256: str) -> list[str]:
+        return [Keys.blob_refs(sha256), Keys.blob_size(sha256), self.keys.held(), self.keys.usage(), Keys.STORE_USAGE]
+
+    def usage(self) -> tuple[int, int]:
+        """(bytes the tenant holds, bytes the store holds) as the quotas count them."""
+        tenant, store = self.conn.mget([self.keys.usage(), Keys.STORE_USAGE])
+        return int(tenant or 0), int(store or 0)
+
+    def check_room(self, sha256: str, size: int) -> None:
+        """RESOURCE_EXHAUSTED now, before an upload's bytes arrive, when storing `size` new bytes would go
+        over a quota (commit checks again, atomically; this only spares the client a futile upload)."""
+        tenant_used, store_used = self.usage()
+        if not self.conn.hexists(self.keys.held(), sha256):
+            self._refuse_over(1, tenant_used, size)
+        if not self.conn.exists(Keys.blob_size(sha256)):
+            self._refuse_over(2, store_used, size)
+
+    def _refuse_over(self, which: int, used: int, size: int) -> None:
+        if which == 1 and self.quotas.tenant_bytes and used + size > self.quotas.tenant_bytes:
+            raise errors.resource_exhausted(
+                "TENANT_QUOTA",
+                f"tenant {self.keys.tenant!r} holds {used} bytes; {size} more would pass its quota of "
+                f"{self.quotas.tenant_bytes} bytes (KERNELSCOPE_TENANT_QUOTA_BYTES): delete models, datasets or jobs",
+            )
+        if which == 2 and self.quotas.store_bytes and used + size > self.quotas.store_bytes:
+            raise errors.resource_exhausted(
+                "STORE_QUOTA",
+                f"the service's store holds {used} bytes; {size} more would pass its quota of "
+                f"{self.quotas.store_bytes} bytes (KERNELSCOPE_STORE_QUOTA_BYTES)",
+            )
+
     def commit(self, staged: StagedBlob, referrer: str) -> None:
+        """Count `referrer`'s use of the staged blob and move it into place; RESOURCE_EXHAUSTED (TENANT_QUOTA,
+        STORE_QUOTA) when the tenant or the store would go over its quota, and then nothing is stored."""
         with self._lock(staged.sha256):
-            self.store.commit(staged)
-            self.conn.sadd(Keys.blob_refs(staged.sha256), referrer)
+            refused, used = self._take(
+                keys=self._keys(staged.sha256),
+                args=[referrer, staged.sha256, staged.size_bytes, self.quotas.tenant_bytes, self.quotas.store_bytes],
+            )
+            if refused:
+                self._refuse_over(int(refused), int(used), staged.size_bytes)
+            try:
+                self.store.commit(staged)
+            except BaseException:
+                self._release_locked(staged.sha256, referrer)
+                raise
 
     def release(self, sha256: str, referrer: str) -> bool:
         """Drop `referrer`'s use of the blob; True when that deleted the blob."""
         with self._lock(sha256):
-            self.conn.srem(Keys.blob_refs(sha256), referrer)
-            if self.conn.scard(Keys.blob_refs(sha256)) == 0:
-                return self.store.delete(sha256)
+            return self._release_locked(sha256, referrer)
+
+    def _release_locked(self, sha256: str, referrer: str) -> bool:
+        if int(self._drop(keys=self._keys(sha256), args=[referrer, sha256])):
+            return self.store.delete(sha256)
         return False
 
 
@@ -250,11 +370,13 @@ class _Records(Generic[M]):
 class Registry:
     """Models and datasets of one tenant."""
 
-    def __init__(self, conn: redis.Redis, store: BlobStore, tenant: str = defaults.TENANT) -> None:
+    def __init__(
+        self, conn: redis.Redis, store: BlobStore, tenant: str = defaults.TENANT, quotas: Quotas = Quotas()
+    ) -> None:
         self.conn = conn
         self.store = store
         self.keys = Keys(tenant)
-        self.refs = BlobRefs(conn, store)
+        self.refs = BlobRefs(conn, store, self.keys, quotas)
         self.models: _Records[models_pb2.Model] = _Records(conn, self.refs, self.keys, "model", models_pb2.Model)
         self.datasets: _Records[datasets_pb2.Dataset] = _Records(
             conn, self.refs, self.keys, "dataset", datasets_pb2.Dataset

@@ -17,7 +17,7 @@ from service.artifacts import ArtifactLog
 from service.blobstore import BlobStore
 from service.config import Config
 from service.jobs import JobManager
-from service.registry import Registry, job_tenant
+from service.registry import Quotas, Registry, job_tenant
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,8 @@ class Tenants:
             with self._lock:
                 tenant = self._tenants.get(name)
                 if tenant is None:
-                    registry = Registry(self.conn, self.store, name)
+                    quotas = Quotas(self.config.tenant_quota_bytes, self.config.store_quota_bytes)
+                    registry = Registry(self.conn, self.store, name, quotas)
                     artifacts = ArtifactLog(self.conn, registry.refs, registry.keys)
                     jobs = JobManager(self.conn, self.config, registry, artifacts, on_end=self.on_job_end)
                     tenant = self._tenants[name] = Tenant(name, registry, jobs)
