@@ -31,6 +31,9 @@ defaults.py):
     KERNELSCOPE_DESCRIBE_TIMEOUT     seconds DescribeModel waits          (120)
     KERNELSCOPE_HEALTH_INTERVAL      seconds between Redis health pings   (2)
     KERNELSCOPE_MAX_JOBS_IN_FLIGHT   jobs a tenant may have queued/running (100)
+    KERNELSCOPE_TENANT_MAX_RPCS      calls a tenant may have in flight    (16)
+    KERNELSCOPE_TENANT_MAX_STREAMS   streaming calls a tenant may have open (8)
+    KERNELSCOPE_UPLOAD_IDLE_TIMEOUT  seconds an upload may send nothing   (30)
     KERNELSCOPE_REAP_INTERVAL        seconds between looks for dead workers (1)
     KERNELSCOPE_WORKER_TIMEOUT       seconds of late heartbeats before a job is re-queued (15)
     KERNELSCOPE_JOB_RETRIES          times a job whose worker died is re-queued (2)
@@ -108,6 +111,11 @@ class Config:
     describe_timeout: float = field(default=defaults.DESCRIBE_TIMEOUT, metadata=_env("KERNELSCOPE_DESCRIBE_TIMEOUT"))
     health_interval: float = field(default=defaults.HEALTH_INTERVAL, metadata=_env("KERNELSCOPE_HEALTH_INTERVAL"))
     max_jobs_in_flight: int = field(default=defaults.MAX_JOBS_IN_FLIGHT, metadata=_env("KERNELSCOPE_MAX_JOBS_IN_FLIGHT"))
+    tenant_max_rpcs: int = field(default=defaults.TENANT_MAX_RPCS, metadata=_env("KERNELSCOPE_TENANT_MAX_RPCS"))
+    tenant_max_streams: int = field(default=defaults.TENANT_MAX_STREAMS, metadata=_env("KERNELSCOPE_TENANT_MAX_STREAMS"))
+    upload_idle_timeout: float = field(
+        default=defaults.UPLOAD_IDLE_TIMEOUT, metadata=_env("KERNELSCOPE_UPLOAD_IDLE_TIMEOUT")
+    )
     reap_interval: float = field(default=defaults.REAP_INTERVAL, metadata=_env("KERNELSCOPE_REAP_INTERVAL"))
     worker_timeout: float = field(default=defaults.WORKER_TIMEOUT, metadata=_env("KERNELSCOPE_WORKER_TIMEOUT"))
     job_retries: int = field(default=defaults.JOB_RETRIES, metadata=_env("KERNELSCOPE_JOB_RETRIES"))
@@ -127,11 +135,11 @@ class Config:
             )
         for name in ("max_workers", "max_upload_bytes", "max_dataset_bytes", "max_dataset_samples",
                      "max_artifact_bytes", "job_timeout", "request_id_ttl", "max_jobs_in_flight",
-                     "stream_window_bytes"):
+                     "stream_window_bytes", "tenant_max_rpcs", "tenant_max_streams"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("poll_interval", "health_interval", "max_wait_seconds", "describe_timeout",
-                     "reap_interval", "worker_timeout"):
+                     "reap_interval", "worker_timeout", "upload_idle_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive seconds, got {getattr(self, name)}")
         if self.job_retries < 0:

@@ -45,6 +45,15 @@ MAX_UPLOAD_BYTES = 2 * GiB
 MAX_DATASET_BYTES = 1 * GiB
 # Most samples a dataset may hold.
 MAX_DATASET_SAMPLES = 1_000_000
+# Most calls one tenant may have in flight at once (each holds one of the MAX_WORKERS RPC threads);
+# below MAX_WORKERS so that one tenant cannot take every thread. Over it: RESOURCE_EXHAUSTED.
+TENANT_MAX_RPCS = 16
+# Most streaming calls (uploads, WatchJob, ReadArtifact) one tenant may have open at once; they count
+# toward TENANT_MAX_RPCS too.
+TENANT_MAX_STREAMS = 8
+# Seconds an upload stream may go without a message (the header included) before the server ends it
+# with DEADLINE_EXCEEDED, so that an idle client cannot hold an RPC thread and a staging file forever.
+UPLOAD_IDLE_TIMEOUT = 30.0
 # Most jobs one tenant may have queued or running at once (DescribeModel's internal jobs count too).
 MAX_JOBS_IN_FLIGHT = 100
 # Largest artifact a worker may write, bytes.

@@ -1,5 +1,10 @@
 """Assembles the gRPC server: KernelScope, Worker, grpc.health.v1 (following Redis) and server reflection,
-with token auth, TLS when configured, the reaper of abandoned jobs and, on request, Prometheus metrics."""
+with token auth, TLS when configured, the reaper of abandoned jobs and, on request, Prometheus metrics.
+
+The server is gRPC's threaded one: each call holds an RPC thread until it ends. What keeps one tenant
+from taking them all is admission (per-tenant caps on calls and streams, below the thread count) and
+the idle timeout of upload streams.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from kernelscope.v1 import kernelscope_pb2, kernelscope_pb2_grpc, worker_pb2, wo
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from service.admission import Admission
 from service.api import KernelScopeServicer
 from service.auth import Authenticator
 from service.blobstore import BlobStore
@@ -26,7 +32,7 @@ from service.config import Config
 from service.errors import UndecodableRequests
 from service.reaper import Reaper
 from service.tenants import Tenants
-from service.uploads import CHUNK_TAG, ChunkViews
+from service.uploads import CHUNK_TAG, ChunkViews, IdleStreams
 from service.worker_api import WorkerServicer
 
 log = logging.getLogger(__name__)
@@ -83,11 +89,19 @@ def build_server(config: Config) -> tuple[grpc.Server, int]:
     metrics = _metrics(conn, config)
     on_upload = metrics.record_upload if metrics else None
     tenants = Tenants(conn, config, store, on_job_end=metrics.observe_job if metrics else None)
+    admission = Admission(f"/{KERNELSCOPE_SERVICE}/", auth.tenant, config.tenant_max_rpcs, config.tenant_max_streams)
+    if config.tenant_max_rpcs >= config.max_workers:
+        log.warning(
+            "KERNELSCOPE_TENANT_MAX_RPCS (%d) is not below KERNELSCOPE_MAX_WORKERS (%d): one tenant can take every RPC thread",
+            config.tenant_max_rpcs, config.max_workers,
+        )
+    idle = IdleStreams(config.upload_idle_timeout)
 
     server = grpc.server(
         ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="kernelscope-rpc"),
-        # Outermost first: UndecodableRequests wraps whatever deserializer ChunkViews put in place.
-        interceptors=(UndecodableRequests(KERNELSCOPE_PACKAGE), ChunkViews(upload_methods())),
+        # Outermost first: Admission refuses before anything runs; IdleStreams watches gRPC's own request
+        # iterator; UndecodableRequests wraps whatever deserializer ChunkViews put in place.
+        interceptors=(admission, idle, UndecodableRequests(KERNELSCOPE_PACKAGE), ChunkViews(upload_methods())),
         options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
@@ -128,6 +142,7 @@ def build_server(config: Config) -> tuple[grpc.Server, int]:
     ).start()
     stopped = threading.Event()
     threading.Thread(target=Reaper(conn, config).run, args=(stopped,), name="kernelscope-reaper", daemon=True).start()
+    threading.Thread(target=idle.run, args=(stopped,), name="kernelscope-idle-streams", daemon=True).start()
     threading.Thread(target=_on_termination, args=(server, stopped, endpoint), name="kernelscope-stop", daemon=True).start()
     return server, port
 

@@ -6,15 +6,25 @@ bytes. Parsing it would copy each MiB twice (into the parser's arena, then out i
 in a profile of a 1 GiB upload that was 1.2 s of the server's CPU, on a thread of its own that gRPC's
 receiving waits for.
 Anything else (the header, an odd but valid encoding) is parsed as usual.
+
+`IdleStreams` ends an upload that sends nothing for a while (the header included): with the threaded
+server every open stream holds an RPC thread, so a client that opens a stream and goes quiet would
+otherwise hold it, and a staging file, until it disconnects.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import grpc
+from grpc._cython import cygrpc
 
 from service import errors
+
+log = logging.getLogger(__name__)
 
 # Field 2, wire type 2 (length-delimited): `bytes chunk = 2` in every upload request message.
 CHUNK_TAG = (2 << 3) | 2
@@ -100,3 +110,89 @@ class ChunkViews(grpc.ServerInterceptor):
         if handler is None or deserializer is None or not handler.request_streaming:
             return handler
         return handler._replace(request_deserializer=deserializer)  # type: ignore[attr-defined]
+
+
+class IdleStreams(grpc.ServerInterceptor):
+    """Ends client-streaming calls that wait longer than `timeout` seconds for their next message.
+
+    Only the time the method spends waiting for the client counts (not the time it spends storing
+    what arrived). The client gets DEADLINE_EXCEEDED saying how long the stream was idle and which
+    setting says so; the method sees the call cancelled and cleans up as for a client that left.
+    One thread (`run`) watches every stream.
+    """
+
+    def __init__(self, timeout: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.timeout = timeout
+        self._clock = clock
+        self._lock = threading.Lock()
+        # One entry per stream whose method is waiting for a message: key -> (deadline, method, context).
+        self._waiting: dict[object, tuple[float, str, grpc.ServicerContext]] = {}
+
+    def watch(self, requests: Iterable[Any], method: str, context: grpc.ServicerContext) -> Iterator[Any]:
+        """`requests`, with each wait for the next message under the idle deadline."""
+        stream = iter(requests)
+        key = object()
+        while True:
+            with self._lock:
+                self._waiting[key] = (self._clock() + self.timeout, method, context)
+            try:
+                message = next(stream)
+            except StopIteration:
+                return
+            finally:
+                with self._lock:
+                    del self._waiting[key]
+            yield message
+
+    def end_idle(self) -> int:
+        """End every stream past its deadline now; returns how many."""
+        now = self._clock()
+        with self._lock:
+            expired = [(key, method, context) for key, (deadline, method, context) in self._waiting.items() if deadline <= now]
+            for key, _, _ in expired:
+                del self._waiting[key]
+        for _, method, context in expired:
+            log.info("ending %s: no message for %.0f s", method, self.timeout)
+            _end(
+                context,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"the upload sent nothing for {self.timeout:g} s, the most allowed (KERNELSCOPE_UPLOAD_IDLE_TIMEOUT); "
+                "nothing was stored: send it again",
+            )
+        return len(expired)
+
+    def run(self, stopped: threading.Event) -> None:
+        """Look for idle streams a few times per timeout until `stopped` is set."""
+        interval = min(1.0, self.timeout / 4)
+        while not stopped.wait(interval):
+            self.end_idle()
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        if handler is None or not handler.request_streaming:
+            return handler
+        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        kind = "stream_stream" if handler.response_streaming else "stream_unary"
+        behaviour = getattr(handler, kind)
+
+        def run(requests: Iterable[Any], context: grpc.ServicerContext) -> Any:
+            return behaviour(self.watch(requests, method, context), context)
+
+        return handler._replace(**{kind: run})  # type: ignore[attr-defined]
+
+
+def _end(context: grpc.ServicerContext, code: grpc.StatusCode, details: str) -> None:
+    """End a call from outside its handler thread, with a status the client sees.
+
+    The threaded server offers only `context.cancel()` for that, which the client reads as a bare
+    CANCELLED; the core call underneath takes a status (a server-side cancel sends it as the trailers).
+    """
+    call = getattr(getattr(context, "_rpc_event", None), "call", None)
+    if isinstance(call, cygrpc.Call):
+        call.cancel(code.value[0], details)
+    else:
+        context.cancel()
