@@ -24,12 +24,14 @@ import logging
 import os
 import signal
 import sys
-from typing import Any
+import time
+from typing import Any, Callable, TypeVar
 
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Queue, Worker
+from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from workers import defaults
@@ -40,6 +42,12 @@ PIPE_BYTES = 60_000  # below the pipe's buffer, so the write never blocks before
 
 # KERNELSCOPE_WORKER_HEARTBEAT: seconds between a busy worker's heartbeats (whole seconds, RQ uses alarm()).
 HEARTBEAT_SECONDS = 2
+# KERNELSCOPE_REDIS_PATIENCE: seconds a worker waits for Redis to come back before it gives up and quits.
+REDIS_PATIENCE_S = 300.0
+OUTAGE_BACKOFF_S = (0.1, 5.0)  # first and longest pause between tries while Redis is unreachable
+
+REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError)
+T = TypeVar("T")
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -111,20 +119,55 @@ def _preload() -> None:
             logging.getLogger(__name__).warning("could not preload %s: %s", module, exc)
 
 
+def through_outage(call: Callable[[], T], what: str, patience_s: float, logger: logging.Logger) -> T:
+    """`call()`, tried again (with backoff, logged) while Redis is unreachable, for up to `patience_s` seconds."""
+    deadline = time.monotonic() + patience_s
+    pause, longest = OUTAGE_BACKOFF_S
+    while True:
+        try:
+            return call()
+        except REDIS_ERRORS as exc:
+            if time.monotonic() + pause > deadline:
+                raise
+            logger.warning("%s: Redis unreachable, trying again in %.1f s: %s", what, pause, exc)
+        time.sleep(pause)
+        pause = min(pause * 2, longest)
+
+
+class PatientJob(Job):
+    """RQ's job whose status read waits through a Redis outage: the worker reads it when its horse exits, and
+    RQ quits the whole worker on a ConnectionError there."""
+
+    redis_patience_s = REDIS_PATIENCE_S
+
+    def get_status(self, refresh: bool = True) -> Any:
+        read = super().get_status
+        return through_outage(lambda: read(refresh), f"job {self.id}: status", self.redis_patience_s, logging.getLogger(__name__))
+
+
 class KernelScopeWorker(Worker):
-    """RQ's worker, made safe to stop and to kill.
+    """RQ's worker, made safe to stop and to kill, and to ride out a Redis restart.
 
     - The horse dies with its worker (PR_SET_PDEATHSIG), so a re-queued job never also finishes on an orphan.
     - A heartbeat that cannot reach Redis is skipped, not fatal: RQ would quit with the job running, and a Redis
       restart would take every busy worker down with it.
+    - Every other Redis write RQ makes around a job (its start, its result or failure, the worker's state) waits
+      for Redis to come back (up to `redis_patience_s`) instead of raising: a raise there loses the result in
+      the horse or quits the worker in the parent.
     - A SIGTERM or SIGINT that arrives while the worker registers itself (RQ installs its handlers only after
       registering, and orchestrators stop workers the moment they appear) stops it cleanly, with its death
       registered, instead of killing it with its registration left behind.
     """
 
+    redis_patience_s = REDIS_PATIENCE_S
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("job_class", PatientJob)
         super().__init__(*args, **kwargs)
         self.parent_pid = os.getpid()
+
+    def _patiently(self, call: Callable[[], T], what: str) -> T:
+        return through_outage(call, f"worker {self.name}: {what}", self.redis_patience_s, self.log)
 
     def bootstrap(self, *args: Any, **kwargs: Any) -> None:
         def stop_once_started(signum: int, frame: object) -> None:
@@ -141,8 +184,57 @@ class KernelScopeWorker(Worker):
     def maintain_heartbeats(self, *beat_args: Any, **beat_kwargs: Any) -> None:
         try:
             super().maintain_heartbeats(*beat_args, **beat_kwargs)
-        except (RedisConnectionError, RedisTimeoutError) as exc:
+        except REDIS_ERRORS as exc:
             self.log.warning("heartbeat skipped, Redis unreachable: %s", exc)
+
+    # The parent, between and after jobs.
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        if pipeline is not None:  # queued on a pipeline: nothing is sent yet
+            super().heartbeat(timeout, pipeline)
+            return
+        self._patiently(lambda: super(KernelScopeWorker, self).heartbeat(timeout), "heartbeat")
+
+    def set_state(self, state: str, pipeline: Any = None) -> None:
+        if pipeline is not None:
+            super().set_state(state, pipeline)
+            return
+        self._patiently(lambda: super(KernelScopeWorker, self).set_state(state), f"state {state}")
+
+    def check_for_suspension(self, burst: bool) -> None:
+        self._patiently(lambda: super(KernelScopeWorker, self).check_for_suspension(burst), "suspension check")
+
+    def run_maintenance_tasks(self) -> None:
+        try:
+            super().run_maintenance_tasks()
+        except REDIS_ERRORS as exc:  # cleaning registries can wait for the next round
+            self.log.warning("maintenance skipped, Redis unreachable: %s", exc)
+
+    # The horse: a job's start and its outcome. RQ writes each in one MULTI/EXEC, so a try that could not
+    # reach Redis changed nothing and is simply made again.
+    def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
+        self._patiently(
+            lambda: super(KernelScopeWorker, self).prepare_job_execution(job, remove_from_intermediate_queue),
+            f"job {job.id}: start",
+        )
+
+    def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
+        self._patiently(
+            lambda: super(KernelScopeWorker, self).handle_execution_ended(job, queue, heartbeat_ttl),
+            f"job {job.id}: end",
+        )
+
+    def handle_job_success(self, job: Job, queue: Queue, started_job_registry: Any, execution: Any) -> None:
+        self._patiently(
+            lambda: super(KernelScopeWorker, self).handle_job_success(job, queue, started_job_registry, execution),
+            f"job {job.id}: result",
+        )
+
+    def handle_job_failure(self, job: Job, queue: Queue, started_job_registry: Any = None, exc_string: str = "",
+                           execution: Any = None) -> None:
+        # RQ logs and drops a failure it could not write; wait for Redis first so that it is written.
+        self._patiently(self.connection.ping, f"job {job.id}: failure")
+        super().handle_job_failure(job, queue, started_job_registry=started_job_registry, exc_string=exc_string,
+                                   execution=execution)
 
 
 def main(argv: list[str] | None = None, secrets: dict[str, str] | None = None) -> int:
@@ -166,6 +258,9 @@ def main(argv: list[str] | None = None, secrets: dict[str, str] | None = None) -
         _preload()
 
     heartbeat = max(1, int(os.environ.get("KERNELSCOPE_WORKER_HEARTBEAT", HEARTBEAT_SECONDS)))
+    KernelScopeWorker.redis_patience_s = PatientJob.redis_patience_s = float(
+        os.environ.get("KERNELSCOPE_REDIS_PATIENCE", REDIS_PATIENCE_S)
+    )
     redis = Redis.from_url(args.redis_url)
     queue = Queue(args.queue, connection=redis, serializer=JSONSerializer)
     worker = KernelScopeWorker(

@@ -1,15 +1,24 @@
 """Progress of a running job, written to the RQ job's meta where the service reads it.
 
 Tasks report their own fraction; the reporter maps it onto the whole job and throttles writes to
-Redis so that a task may call it in its inner loop.
+Redis so that a task may call it in its inner loop. Progress is not data: a write that cannot reach
+Redis is dropped (the task carries on) and the next report after the outage says where the job is.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
 MIN_INTERVAL_S = 0.25  # at most this often to Redis, except at stage changes
+# After a write that could not reach Redis, reports are dropped unsent for this long (each try costs a connect).
+OUTAGE_RETRY_S = 1.0
+
+log = logging.getLogger(__name__)
 
 
 class JobProgress:
@@ -22,6 +31,8 @@ class JobProgress:
         self.task_index = 0
         self._stage = ""
         self._last_write = 0.0
+        self._retry_at = 0.0  # while Redis is unreachable: no write before this (monotonic) time
+        self.dropped = 0  # reports dropped in the current outage
         self.last: dict[str, Any] = {}
 
     def start_task(self, index: int, name: str) -> None:
@@ -63,8 +74,22 @@ class JobProgress:
     def _write(self) -> None:
         if self._job is None:
             return
+        now = time.monotonic()
+        if now < self._retry_at:
+            self.dropped += 1
+            return
         self._job.meta["progress"] = self.last
-        self._job.save_meta()
+        try:
+            self._job.save_meta()
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            if not self.dropped:
+                log.warning("progress dropped while Redis is unreachable (the job carries on): %s", exc)
+            self.dropped += 1
+            self._retry_at = now + OUTAGE_RETRY_S
+            return
+        if self.dropped:
+            log.warning("progress written again after %d dropped report(s)", self.dropped)
+            self.dropped, self._retry_at = 0, 0.0
 
 
 class PipeProgress(JobProgress):
