@@ -138,11 +138,15 @@ def parse_task(text: str) -> Any:
 def _up(args: argparse.Namespace) -> int:
     import logging
 
-    from deploy.stack import LocalStack
+    from deploy.stack import LocalStack, StackInUse
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     stack = LocalStack(workers=args.workers, port=args.port, data_dir=args.data_dir)
-    stack.start()
+    try:
+        stack.start()
+    except StackInUse as exc:  # the running stack is left as it is: not one of its files was opened
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print(f"kernelscope serving on {stack.target} with {args.workers} worker(s); logs in {stack.log_dir}; Ctrl-C stops", flush=True)
     stopping = False
 

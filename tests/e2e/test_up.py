@@ -1,4 +1,5 @@
-"""`kernelscope up` starts Redis, the server and workers; Ctrl-C (SIGINT) stops every one of them."""
+"""`kernelscope up` starts Redis, the server and workers; Ctrl-C (SIGINT) stops every one of them; a second
+`kernelscope up` over a running one (same port or same data directory) refuses, touching none of its files."""
 
 from __future__ import annotations
 
@@ -56,3 +57,55 @@ def test_up_serves_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def _up(port: int, home: Path, workers: int = 0) -> subprocess.Popen[bytes]:
+    env = dict(os.environ)
+    env.pop("REDIS_URL", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "sdk.cli", "up", "--port", str(port), "--workers", str(workers), "--data-dir", str(home)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _files(home: Path) -> dict[str, tuple[int, int, int]]:
+    """Every file of a stack's home: (inode, size, mtime). The Redis socket and the logs are what a second
+    stack used to replace."""
+    return {str(p.relative_to(home)): (p.stat().st_ino, p.stat().st_size, p.stat().st_mtime_ns)
+            for p in home.rglob("*") if not p.is_dir() and "appendonly" not in p.name}
+
+
+def test_a_second_up_over_a_running_stack_refuses_and_leaves_it_alone(tmp_path: Path) -> None:
+    port, home = free_port(), tmp_path / "home"
+    first = _up(port, home)
+    try:
+        wait_serving(f"127.0.0.1:{port}", 60, first, interval=0.2,
+                     detail=lambda: first.stderr.read().decode() if first.poll() is not None and first.stderr else "")
+        socket_path = home / "redis" / "redis.sock"
+        before = _files(home)
+        assert "redis/redis.sock" in before and "logs/server.log" in before, before
+
+        for what, second in (("port", _up(port, tmp_path / "other-home")), ("data directory", _up(free_port(), home))):
+            try:
+                out, err = second.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                second.kill()
+                second.communicate()
+                raise AssertionError(f"a second `up` on the same {what} kept running") from None
+            lines = err.decode().strip().splitlines()
+            assert second.returncode == 1 and len(lines) == 1, (second.returncode, err.decode())
+            assert lines[0].startswith("error: ") and what in lines[0] and "in use" in lines[0], lines
+            assert not out, out
+
+        assert _files(home) == before, "the second `up` touched the first stack's files"
+        assert not (tmp_path / "other-home" / "logs").exists() and not (tmp_path / "other-home" / "redis").exists()
+        wait_serving(f"127.0.0.1:{port}", 10, first)  # the first still serves
+        first.send_signal(signal.SIGINT)
+        assert first.wait(timeout=60) == 0
+        assert not socket_path.exists()
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
