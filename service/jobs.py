@@ -259,6 +259,8 @@ class JobManager:
             pipe.set(Keys.job_owner(job_id), self.keys.tenant, ex=ttl)
             if not internal:
                 self.index.add(record.index_member, pipe)
+                if self.config.job_ttl > 0:  # service/retention.py looks at it then, and again once it ended
+                    pipe.zadd(Keys.RETENTION, {job_id: time.time() + self.config.job_ttl})
             pipe.execute()
 
     # --- the in-flight limit ----------------------------------------------------------------
@@ -375,6 +377,9 @@ class JobManager:
             if job.state in TERMINAL:
                 record.outcome = json_format.MessageToDict(job, preserving_proto_field_name=True)
                 self.conn.set(self.keys.record("job", record.id), record.dumps(), xx=True, keepttl=True)
+                if not record.internal and self.config.job_ttl > 0:
+                    expires = job.end_time.ToNanoseconds() / 1e9 + self.config.job_ttl
+                    self.conn.zadd(Keys.RETENTION, {record.id: expires})
                 if self._release(record.id):
                     self._report_end(job)
         self._attach_artifacts(job)
@@ -573,6 +578,7 @@ class JobManager:
         with self.conn.pipeline() as pipe:
             pipe.delete(self.keys.record("job", job_id), Keys.job_owner(job_id))
             pipe.zrem(self.keys.inflight(), job_id)
+            pipe.zrem(Keys.RETENTION, job_id)
             for member in members:
                 self.index.remove(member, pipe)
             pipe.execute()

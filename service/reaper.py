@@ -32,6 +32,9 @@ its worker, which lives on; RQ does not retry it. The reaper queues such a job a
 with the signal named (jobs._apply_failure). GetJob runs the same check (requeue_killed_horse) before
 it reports a FAILED job, so no client sees a job fail that is about to run again.
 
+Each pass also runs retention (service/retention.py): jobs that ended config.job_ttl seconds ago are
+deleted with their artifacts, and blobs no other record uses with them.
+
 Each decision runs in a WATCH transaction on the job and its execution, so a heartbeat that lands
 meanwhile, or another service replica reaping at the same time, turns it into a no-op.
 """
@@ -179,6 +182,11 @@ class Reaper:
         self._judged_failures: set[tuple[bytes, float]] = set()
         # job id -> when this reaper first saw it in the intermediate list, unstarted (time.monotonic()).
         self._unstarted_since: dict[str, float] = {}
+        # Each pass also deletes the jobs that ended config.job_ttl ago. Imported here: retention imports
+        # tenants, which import jobs, which import this module.
+        from service.retention import Retention
+
+        self.retention = Retention(conn, config)
 
     def run(self, stop: threading.Event) -> None:
         resume_at = 0.0
@@ -187,6 +195,7 @@ class Reaper:
                 continue
             try:
                 self.reap()
+                self.retention.sweep()
             except redis.RedisError as exc:
                 # Redis away: workers could not beat either, so once it is back give them a full
                 # worker_timeout to beat again before any job counts as abandoned.

@@ -18,6 +18,7 @@ Key layout (every record carries its tenant; blobs are shared across tenants, be
     ks:{tenant}:held                  hash: sha256 -> how many of the tenant's records use that blob
     ks:{tenant}:usage                 bytes of the distinct blobs the tenant uses (its quota's count)
     ks:usage                          bytes of the distinct blobs stored (the store quota's count)
+    ks:retention                      sorted set: public job ids by when retention looks at them next
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ class Keys:
         return f"{self._p}usage"
 
     STORE_USAGE = "ks:usage"
+    RETENTION = "ks:retention"
 
     @staticmethod
     def job_owner(job_id: str) -> str:
