@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, TypeVar
@@ -37,6 +38,8 @@ from kernelscope.v1 import datasets_pb2, models_pb2
 
 from service import defaults, errors
 from service.blobstore import BlobStore, StagedBlob
+
+log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=Message)
 
@@ -355,9 +358,18 @@ class _Records(Generic[M]):
         return record
 
     def list(self, token: str, size: int) -> tuple[list[M], str]:
+        """One page; a record that does not parse is left out (and logged) rather than failing the page."""
         ids, next_token = self.index.page(token, page_size(size))
         raws = self.conn.mget([self.keys.record(self.kind, i) for i in ids]) if ids else []
-        return [from_json(raw, self.factory()) for raw in raws if raw], next_token
+        found = []
+        for ident, raw in zip(ids, raws):
+            if not raw:
+                continue
+            try:
+                found.append(from_json(raw, self.factory()))
+            except (ValueError, json_format.ParseError) as exc:
+                log.error("%s %s: its record cannot be read: %s", self.kind, ident, exc)
+        return found, next_token
 
     def delete(self, ident: str) -> M:
         record = self.get(ident)

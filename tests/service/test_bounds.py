@@ -127,3 +127,10 @@ def test_summaries_past_the_job_budget_are_kept_out_of_the_record(start_fake_ser
     assert len(kept) == 2 and len(refused) == 10, [(r.task, r.error.reason) for r in done.results]
     assert done.state == jobs_pb2.FAILED and done.error.reason == "SUMMARY_TOO_LARGE"
     assert [j.id for j in stub.ListJobs(jobs_pb2.ListJobsRequest(), timeout=60).jobs] == [job.id]
+
+
+def test_an_unreadable_model_record_is_left_out_of_list_models(kernelscope_stub, redis_conn) -> None:
+    models = [kernelscope_stub.UploadModel(model_messages(onnx_bytes(padding=i)), timeout=30) for i in range(3)]
+    redis_conn.set(Keys().record("model", models[1].id), b"{not json")
+    listed = kernelscope_stub.ListModels(models_pb2.ListModelsRequest(), timeout=30).models
+    assert sorted(m.id for m in listed) == sorted([models[0].id, models[2].id])
