@@ -18,10 +18,16 @@ timed in this same process, and the ratio of the two:
                waiting for all of them; the job function is a no-op (this measures the API and the
                queue, not torch). Every job must end SUCCEEDED, exactly once, with its own id.
                baseline: CreateJob latency of one client alone, against its p50 under the load.
+  fairness     two tenants; the abuser opens 100 UploadModel streams that send a header and then
+               nothing, the victim makes unary calls (GetModel, ListModels) one at a time: their p50
+               and p95 under the abuse, and how many of the abuser's streams were refused / held.
+               baseline: the victim's same calls with no abuse. Then the same abuse with the
+               per-tenant caps raised to 1000 (the server before them): how many victim calls
+               missed a 5 s deadline.
 
     python bench/service.py [--upload-mib 1024] [--latency-jobs 30] [--burst-jobs 40]
-                            [--clients 50] [--jobs-per-client 20] [--skip upload,latency,concurrency]
-                            [--work-dir DIR] [--no-tmpfs-upload]
+                            [--clients 50] [--jobs-per-client 20] [--fair-calls 200] [--idle-streams 100]
+                            [--skip upload,latency,concurrency,fairness] [--work-dir DIR] [--no-tmpfs-upload]
 """
 
 from __future__ import annotations
@@ -44,9 +50,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sdk.chunks import varint  # noqa: E402 - after the path is set
 
 MiB = 1 << 20
-# The stack's server: enough RPC threads for 50 watching clients plus the workers' calls, and room for
-# 1000 jobs of one tenant in flight (the defaults are 32 threads and 100 jobs).
-LOAD_SERVER_ENV = {"KERNELSCOPE_MAX_WORKERS": "128", "KERNELSCOPE_MAX_JOBS_IN_FLIGHT": "5000"}
+# The stack's server: enough RPC threads for 50 watching clients plus the workers' calls, room for 1000
+# jobs of one tenant in flight, and for that one tenant's 50 clients' calls (the defaults are 32 threads,
+# 100 jobs, 16 calls and 8 streams per tenant).
+LOAD_SERVER_ENV = {
+    "KERNELSCOPE_MAX_WORKERS": "128",
+    "KERNELSCOPE_MAX_JOBS_IN_FLIGHT": "5000",
+    "KERNELSCOPE_TENANT_MAX_RPCS": "120",
+    "KERNELSCOPE_TENANT_MAX_STREAMS": "120",
+}
 
 
 def noop_job(spec: dict[str, Any]) -> dict[str, Any]:
@@ -306,6 +318,112 @@ def bench_concurrency(work: Path, clients: int, per_client: int) -> dict[str, fl
     return figures
 
 
+# The issue's bar for the fairness part: another tenant's unary p95 while one tenant abuses.
+FAIR_P95_TARGET_S = 1.0
+# Deadline of the victim's calls when the caps are off (the old server): they queue behind the idle streams.
+STARVED_DEADLINE_S = 5.0
+_TOKENS = {"abuser": "bench-abuser-token", "victim": "bench-victim-token"}
+
+
+def _victim_latencies(stub: Any, metadata: Any, model_id: str, calls: int, deadline: float) -> tuple[list[float], int]:
+    """Latencies of `calls` unary calls made one at a time (GetModel and ListModels in turn), and how many failed."""
+    import grpc
+    from kernelscope.v1 import models_pb2
+
+    latencies, failed = [], 0
+    for i in range(calls):
+        started = time.perf_counter()
+        try:
+            if i % 2:
+                stub.GetModel(models_pb2.GetModelRequest(model_id=model_id), metadata=metadata, timeout=deadline)
+            else:
+                stub.ListModels(models_pb2.ListModelsRequest(), metadata=metadata, timeout=deadline)
+        except grpc.RpcError:
+            failed += 1
+        latencies.append(time.perf_counter() - started)
+    return latencies, failed
+
+
+def _abuse(work: Path, name: str, calls: int, streams: int, cap: int, deadline: float) -> dict[str, float]:
+    """One stack whose tenants may each open `cap` streams: the victim's calls alone, then under `streams`
+    idle uploads of the abuser (each call with `deadline` seconds)."""
+    import grpc
+    from kernelscope.v1 import kernelscope_pb2_grpc, models_pb2
+
+    from deploy.stack import LocalStack
+    from service import defaults
+
+    env = {"KERNELSCOPE_TOKENS": ",".join(f"{t}={k}" for t, k in _TOKENS.items()),
+           "KERNELSCOPE_TENANT_MAX_STREAMS": str(cap), "KERNELSCOPE_TENANT_MAX_RPCS": str(max(cap, defaults.TENANT_MAX_RPCS))}
+    victim_md = (("authorization", f"Bearer {_TOKENS['victim']}"),)
+    abuser_md = (("authorization", f"Bearer {_TOKENS['abuser']}"),)
+    head = b"\x08\x08\x12\x04test\x3a\x02\x0a\x00"
+    header = models_pb2.ModelHeader(name="idle", format=models_pb2.ONNX, size_bytes=len(head), sha256=hashlib.sha256(head).hexdigest())
+    header.input_spec.shape.extend([3, 4, 8, 8])
+    stop = threading.Event()
+
+    def idle() -> Any:
+        yield models_pb2.UploadModelRequest(header=header)
+        stop.wait()
+
+    with LocalStack(workers=0, data_dir=work / name, server_env=env) as stack:
+        victim_channel, abuser_channel = grpc.insecure_channel(stack.target), grpc.insecure_channel(stack.target)
+        stub, abuser = kernelscope_pb2_grpc.KernelScopeStub(victim_channel), kernelscope_pb2_grpc.KernelScopeStub(abuser_channel)
+        model = stub.UploadModel(iter([models_pb2.UploadModelRequest(header=header), models_pb2.UploadModelRequest(chunk=head)]),
+                                 metadata=victim_md, timeout=60)
+        _victim_latencies(stub, victim_md, model.id, 10, 30.0)  # warm
+        alone, _ = _victim_latencies(stub, victim_md, model.id, calls, 30.0)
+        ended = threading.Semaphore(0)
+        futures = [abuser.UploadModel.future(idle(), metadata=abuser_md, timeout=600) for _ in range(streams)]
+        for future in futures:
+            future.add_done_callback(lambda _: ended.release())
+        # The streams over the cap are refused at once; wait for those (at most 30 s), then time the victim.
+        settle = time.monotonic() + 30.0
+        for _ in range(max(0, streams - cap)):
+            if not ended.acquire(timeout=max(0.0, settle - time.monotonic())):
+                break
+        if streams <= cap:  # nothing to wait for: give the streams a moment to reach the server's threads
+            time.sleep(2.0)
+        refused = sum(f.done() for f in futures)
+        abused, failed = _victim_latencies(stub, victim_md, model.id, calls, deadline)
+        held = sum(not f.done() for f in futures)
+        stop.set()
+        for future in futures:
+            future.cancel()
+        victim_channel.close()
+        abuser_channel.close()
+    return {
+        "alone_p50_ms": _percentile(alone, 0.5) * 1000,
+        "alone_p95_ms": _percentile(alone, 0.95) * 1000,
+        "abused_p50_ms": _percentile(abused, 0.5) * 1000,
+        "abused_p95_ms": _percentile(abused, 0.95) * 1000,
+        "failed": failed,
+        "refused": refused,
+        "held": held,
+    }
+
+
+def bench_fairness(work: Path, calls: int, streams: int) -> dict[str, float]:
+    from service import defaults
+
+    figures = _abuse(work, "fair-stack", calls, streams, defaults.TENANT_MAX_STREAMS, 30.0)
+    starved = _abuse(work, "uncapped-stack", max(4, calls // 50), streams, 1000, STARVED_DEADLINE_S)
+    print(f"fairness: tenant 'abuser' opens {streams} UploadModel streams that send a header and then nothing; "
+          f"tenant 'victim' makes {calls} unary calls (GetModel / ListModels) one at a time:")
+    print(f"  with the per-tenant caps (defaults): {figures['refused']} of the abuser's streams refused "
+          f"RESOURCE_EXHAUSTED at once, {figures['held']} held open; {figures['failed']} victim calls failed")
+    _row("victim p50 under the abuse", f"{figures['abused_p50_ms']:.1f} ms", f"{figures['alone_p50_ms']:.1f} ms",
+         figures["abused_p50_ms"] / figures["alone_p50_ms"])
+    _row("victim p95 under the abuse", f"{figures['abused_p95_ms']:.1f} ms", f"{figures['alone_p95_ms']:.1f} ms",
+         figures["abused_p95_ms"] / figures["alone_p95_ms"])
+    met = figures["abused_p95_ms"] < FAIR_P95_TARGET_S * 1000 and not figures["failed"]
+    print(f"  target p95 < {FAIR_P95_TARGET_S:.0f} s under the abuse: {'met' if met else 'NOT met'}")
+    print(f"  with the caps raised to 1000 (the server before them): {starved['refused']} refused, {starved['held']} held; "
+          f"{starved['failed']} of {max(4, calls // 50)} victim calls missed their {STARVED_DEADLINE_S:.0f} s deadline "
+          f"(p50 {starved['abused_p50_ms']:.0f} ms)")
+    return {**figures, "uncapped_failed": starved["failed"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--upload-mib", type=int, default=1024)
@@ -313,7 +431,9 @@ def main() -> None:
     parser.add_argument("--burst-jobs", type=int, default=40)
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--jobs-per-client", type=int, default=20)
-    parser.add_argument("--skip", default="", help="comma-separated parts to skip: upload, latency, concurrency")
+    parser.add_argument("--fair-calls", type=int, default=200, help="the victim's unary calls in the fairness part")
+    parser.add_argument("--idle-streams", type=int, default=100, help="the abuser's idle upload streams")
+    parser.add_argument("--skip", default="", help="comma-separated parts to skip: upload, latency, concurrency, fairness")
     parser.add_argument("--work-dir", default=None, help="where the stacks and the upload file live (default: a temp dir)")
     parser.add_argument("--no-tmpfs-upload", dest="tmpfs_upload", action="store_false",
                         help="do not repeat the upload with the store on /dev/shm (the service without the disk)")
@@ -331,6 +451,8 @@ def main() -> None:
             bench_jobs(work, args.latency_jobs, args.burst_jobs)
         if "concurrency" not in skip:
             bench_concurrency(work, args.clients, args.jobs_per_client)
+        if "fairness" not in skip:
+            bench_fairness(work, args.fair_calls, args.idle_streams)
 
 
 if __name__ == "__main__":
