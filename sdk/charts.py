@@ -146,9 +146,30 @@ def bars(
 
 
 def empty(title: str, why: str) -> str:
-    """A placeholder figure that says why there is nothing to draw (never a blank chart)."""
-    return (
-        f'<svg class="chart empty" xmlns="http://www.w3.org/2000/svg" width="{_W}" height="60" viewBox="0 0 {_W} 60" role="img" aria-label="{escape(title)}">'
-        f'<text x="{_W / 2}" y="20" text-anchor="middle" class="chart-title">{escape(title)}</text>'
-        f'<text x="{_W / 2}" y="42" text-anchor="middle" class="chart-label">{escape(why)}</text></svg>'
-    )
+    """A sentence saying why there is nothing to draw, in place of the figure (never a blank chart)."""
+    lead = f"{escape(title)}: " if title else ""
+    return f'<p class="no-plot">{lead}nothing to plot ({escape(why)}).</p>'
+
+
+def direction_wheel(size: int = 132) -> str:
+    """The flow maps' colour legend: hue = direction of motion (0° right, 90° down, as on screen), brightness = speed.
+
+    Drawn as 24 wedges whose brightness ramps from the centre (still) to the rim (the layer's fastest), with the
+    four directions written outside the wheel, so it stays legible at any size the page is printed at.
+    """
+    width = size + 96  # room for the labels left and right of the wheel
+    cx, cy, r = width / 2, size / 2, size / 2 - 16
+    parts = [f'<svg class="chart wheel" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{size}" viewBox="0 0 {width} {size}" role="img" aria-label="direction legend: hue = direction, brightness = speed">']
+    parts.append('<defs><radialGradient id="wheel-dark"><stop offset="0" stop-color="#000" stop-opacity="1"/><stop offset="1" stop-color="#000" stop-opacity="0"/></radialGradient></defs>')
+    for k in range(24):
+        a0, a1 = math.radians(15 * k - 7.5), math.radians(15 * k + 7.5)
+        x0, y0, x1, y1 = cx + r * math.cos(a0), cy + r * math.sin(a0), cx + r * math.cos(a1), cy + r * math.sin(a1)
+        parts.append(f'<path d="M{cx:.1f},{cy:.1f} L{x0:.1f},{y0:.1f} A{r:.1f},{r:.1f} 0 0 1 {x1:.1f},{y1:.1f} Z" fill="hsl({15 * k},100%,50%)"/>')
+    parts.append(f'<circle cx="{cx}" cy="{cy}" r="{r:.1f}" fill="url(#wheel-dark)"/>')
+    labels = ((0, "0° right", "start", 6, 4), (90, "90° down", "middle", 0, 13), (180, "left 180°", "end", -6, 4), (270, "270° up", "middle", 0, -5))
+    for angle, text, anchor, dx, dy in labels:
+        x = cx + r * math.cos(math.radians(angle)) + dx
+        y = cy + r * math.sin(math.radians(angle)) + dy
+        parts.append(f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}" class="chart-label">{text}</text>')
+    parts.append("</svg>")
+    return "".join(parts)

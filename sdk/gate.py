@@ -106,6 +106,21 @@ class Policy:
     fail_on: str = "failure"
     could_not_run: str = "fail"
     source: Path | None = None
+    text: str = field(default="", repr=False)  # the TOML as written, for quoting a check's lines
+
+    def check_text(self, check: Check) -> str:
+        """The policy's own lines for `check` (its [[checks]] table), as written; "" when not known."""
+        if not self.text or not check.line:
+            return ""
+        lines = self.text.splitlines()[check.line - 1 :]
+        block = [lines[0]]
+        for line in lines[1:]:
+            if re.match(r"\s*\[", line):
+                break
+            block.append(line)
+        while block and (not block[-1].strip() or block[-1].lstrip().startswith("#")):
+            block.pop()  # blank lines and the next check's leading comment
+        return "\n".join(block)
 
     @property
     def tasks(self) -> list[str]:
@@ -163,7 +178,7 @@ class Policy:
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise PolicyError(f"{where}: check names must be unique; give these a distinct name: {', '.join(duplicates)}")
-        return cls(checks, task_options, dataset, fail_on, could_not_run, source)
+        return cls(checks, task_options, dataset, fail_on, could_not_run, source, text)
 
 
 @dataclass(frozen=True)
@@ -601,6 +616,8 @@ def _judge(
                 )
     if not reasons:
         reasons.append(f"{_fmt(value)} within {check.describe_bounds()}")
+    if base_value is None and baseline_values is not None and not metric.paired:
+        base_value = baseline_values.get(task, {}).get(key)  # shown beside the value, not judged
     return CheckResult(check, status, value, base_value, "; ".join(reasons))
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+from google.protobuf import json_format
 from kernelscope.v1 import jobs_pb2
 
 if TYPE_CHECKING:
@@ -95,6 +96,33 @@ class Result:
             raise RuntimeError("this result has no client to fetch artifacts with")
         return self._client.read_artifact(self.job.id, name)
 
+    def export_video(self, name: str, dest: str | Path) -> Path:
+        """Artifact `name` (an animated GIF, e.g. kernel_viz/conv1/ch003_video.gif) as an MP4 or WebM at `dest`
+        (the suffix picks the format); see sdk.video."""
+        from sdk.video import gif_to_video
+
+        if not name.lower().endswith(".gif"):
+            raise ValueError(f"{name} is not a video (kernel_viz's videos and flow maps are .gif artifacts)")
+        return gif_to_video(self.read_artifact(name), dest)
+
+    def export_videos(self, directory: str | Path, *, format: str = "mp4", only: str | None = None) -> list[Path]:
+        """Every GIF artifact (of task `only`) as `format` ("mp4" or "webm") under `directory`, paths as the artifacts'."""
+        paths = []
+        for artifact in self.artifacts:
+            if not artifact.name.lower().endswith(".gif") or (only and artifact.task != only):
+                continue
+            relative = artifact_path(artifact.name)
+            if relative is None:
+                raise ValueError(f"refusing artifact name {artifact.name!r}")
+            paths.append(self.export_video(artifact.name, Path(directory).joinpath(*relative.with_suffix(f".{format}").parts)))
+        return paths
+
+    def _repr_html_(self) -> str:
+        """What a notebook shows for a Result: the verdicts in plain words, warnings, each task's status and the headline metrics."""
+        from sdk.report import notebook_html
+
+        return notebook_html(self)
+
     def save_report(self, path: str | Path, description: Any = None) -> Path:
         """Write one self-contained HTML report of this job (images embedded) to `path`."""
         from sdk.report import write_report
@@ -105,7 +133,12 @@ class Result:
         return {
             "job_id": self.job.id,
             "model_id": self.job.model_id,
+            "model_name": self.job.model_name,
+            "input_spec": json_format.MessageToDict(self.job.input_spec, preserving_proto_field_name=True),
+            "architecture": self.job.architecture,
+            "warnings": list(self.job.warnings),
             "state": jobs_pb2.JobState.Name(self.job.state),
+            "error": None if not self.job.error.reason else json_format.MessageToDict(self.job.error, preserving_proto_field_name=True),
             "tasks": [
                 {
                     "task": t.task,

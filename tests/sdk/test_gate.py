@@ -524,6 +524,29 @@ def test_github_annotations_and_step_summary(failing_report: GateReport, tmp_pat
     assert "kernelscope gate: FAIL" in markdown and "| ❌ | restricted accuracy |" in markdown
 
 
+def test_the_gate_page_leads_with_the_verdict_and_labels_both_models(failing_report: GateReport, tmp_path: Path) -> None:
+    import re
+
+    failing_report.policy = policy(THRESHOLDS + RELATIVE, tmp_path)  # from a file: the page quotes its lines
+    failing_report.results = evaluate(failing_report.policy, failing_report.result, failing_report.baseline_result).results  # type: ignore[arg-type]
+    failing_report.write(html_path=tmp_path / "gate.html", github=False)
+    html = (tmp_path / "gate.html").read_text()
+    assert '<body data-images-checked="false" data-gate-status="fail">' in html
+    banner = re.search(r'<div class="gate-banner fail".*?</div>', html).group(0)  # type: ignore[union-attr]
+    assert "FAIL" in banner and "1 of 4 checks fail the gate" in banner and "candidate.pt2" in banner and "released.pt2" in banner
+    assert 'data-role="candidate"><h3>Candidate: candidate.pt2' in html and 'data-role="baseline"><h3>Baseline: released.pt2' in html
+    checks = html[html.index('data-section="gate-checks"') : html.index('data-section="gate-metrics"')]
+    assert "candidate (candidate.pt2)" in checks and "baseline (released.pt2)" in checks
+    row = re.search(r"<tr><td class=\"status-fail\">.*?</tr>", checks, re.S).group(0)  # type: ignore[union-attr]
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)
+    assert cells[1] == "restricted accuracy" and cells[3] == "0.5" and cells[4] == "0.88" and cells[5] == "-0.38 (-43.2 %)"
+    assert "gate.toml:2" in row and 'metric = &quot;class_filters.accuracy_restricted&quot;' in row and "min = 0.8" in row
+    assert "name = &quot;MIS&quot;" not in row, "only the check's own lines"
+    # then both jobs, each section labelled
+    assert "Candidate candidate.pt2: At a glance" in html and "Baseline released.pt2: At a glance" in html
+    assert 'id="candidate-task-class_filters"' in html and 'id="baseline-task-class_filters"' in html
+
+
 def test_annotation_escaping() -> None:
     from sdk.gate import _escape_data, _escape_property
 

@@ -48,11 +48,17 @@ class FakeClient:
         self.description = description
         self.broken = broken
         self.described: list[str] = []
+        self.record: models_pb2.Model | None = None
 
     def read_artifact(self, job_id: str, name: str) -> bytes:
         if name in self.broken:
             raise NotFound(f"artifact {name} of job {job_id} is gone", reason="ARTIFACT_NOT_FOUND")
         return self.files[name]
+
+    def get_model(self, model_id: str) -> models_pb2.Model:
+        if self.record is None:
+            raise NotFound(f"model {model_id} not found", reason="MODEL_NOT_FOUND")
+        return self.record
 
     def describe(self, model_id: str) -> models_pb2.ModelDescription:
         self.described.append(model_id)
@@ -110,7 +116,7 @@ def test_report_has_every_section_and_embeds_images_byte_for_byte(tmp_path: Path
     client = FakeClient(files, description())
     path = write_report([Result(job, client)], tmp_path / "report.html")  # type: ignore[arg-type]
     html = path.read_text()
-    assert [s[0] for s in sections(html)] == ["job", "model", "task-class_filters", "artifacts"]
+    assert [s[0] for s in sections(html)] == ["verdicts", "job", "model", "task-class_filters", "artifacts"]
     shown = images(html)
     for name in ("class_filters/heatmap.png", "class_filters/subset_sizes.png"):
         assert shown[name].startswith("data:image/png;base64,")
@@ -217,6 +223,10 @@ def test_cli_report_writes_the_page(tmp_path: Path, monkeypatch: pytest.MonkeyPa
             assert job_id == job.id
             return Result(job, fake)  # type: ignore[arg-type]
 
+        def get_job(self, job_id: str) -> Result:
+            assert job_id == job.id
+            return Result(job, fake)  # type: ignore[arg-type]
+
     monkeypatch.setattr(sdk.cli, "_client", lambda args, local=False: Session())
     out = tmp_path / "page.html"
     assert sdk.cli.main(["report", job.id, "-o", str(out)]) == 0
@@ -256,3 +266,171 @@ def test_a_report_after_a_download_reads_the_local_copies_and_refetches_a_tamper
     shown = images(html)
     assert base64.b64decode(shown["class_filters/heatmap.png"].split(",", 1)[1]) == files["class_filters/heatmap.png"]
     assert base64.b64decode(shown["class_filters/subset_sizes.png"].split(",", 1)[1]) == files["class_filters/subset_sizes.png"]
+
+
+# ---------------------------------------------------------------------- issue 16: verdicts, no empty plots, identity, legibility
+def kernel_viz_outcome(canvas: int = 5) -> tuple[dict[str, Any], dict[str, bytes]]:
+    from tests.sdk.test_gate import kernel_viz_summary
+
+    summary = kernel_viz_summary({"conv1": [3]})
+    summary["layers"][0]["canvas"] = [canvas, canvas, canvas]
+    files = {"kernel_viz/conv1/contact_sheet.png": png((9, 9, 9), 40)}
+    for c in range(4):
+        files[f"kernel_viz/conv1/ch{c:03d}_texture.png"] = png((50 * c, 90, 90), canvas)
+        files[f"kernel_viz/conv1/ch{c:03d}_video.gif"] = gif(3, canvas)
+        files[f"kernel_viz/conv1/ch{c:03d}_flow.gif"] = gif(2, canvas)
+    return summary, files
+
+
+def tconv_outcome() -> tuple[dict[str, Any], dict[str, bytes]]:
+    """An ordinary C3D's tconv_stats: 112 fitted filters over two layers, none below the threshold."""
+    from tests.sdk.test_gate import tconv_summary
+
+    summary = tconv_summary({"conv1": (0.61, 48, 0), "conv2": (0.7, 64, 2)})
+    summary["layers"][0]["residual"]["plain"]["min"] = 0.48
+    summary["layers"][1]["residual"]["plain"]["min"] = 0.52
+    summary["layers"][0]["artifacts"] = ["tconv_stats/conv1_residuals.png"]
+    return summary, {"tconv_stats/conv1_residuals.png": png((1, 2, 3)), "tconv_stats/tconv_stats.json": json.dumps(summary).encode()}
+
+
+def section(html: str, kind: str) -> str:
+    start = html.index(f'data-section="{kind}"')
+    end = html.find("<section ", start)
+    return html[start : end if end > 0 else len(html)]
+
+
+def test_the_page_leads_with_verdicts_in_plain_words(tmp_path: Path) -> None:
+    job, files = make_job({"kernel_viz": kernel_viz_outcome(), "tconv_stats": tconv_outcome(), "class_filters": class_filters_outcome()})
+    html = write_report([Result(job, FakeClient(files, description()))], tmp_path / "r.html").read_text()  # type: ignore[arg-type]
+    assert sections(html)[0][1] == "verdicts"
+    glance = section(html, "verdicts")
+    verdict = {t: text for t, text in re.findall(r'<li class="verdict \w+" data-task="(\w+)">.*?</strong>: (.*?)</li>', glance)}
+    assert verdict["tconv_stats"].startswith("0 of 110 fitted filters 3T-explainable (plain fit); best residual 0.48, threshold 0.2")
+    assert "2 all-zero filters" in verdict["tconv_stats"]
+    assert verdict["kernel_viz"].startswith("conv1: 3 of 4 channels live, 1 dead; 3 prefer motion, most often down ↓ (3 of 3)")
+    assert "accuracy 0.75 vs 0.9 for the full model (83.3 % retained)" in verdict["class_filters"]
+
+
+def test_tconv_on_an_ordinary_cnn_draws_no_empty_plot(tmp_path: Path) -> None:
+    job, files = make_job({"tconv_stats": tconv_outcome()})
+    html = write_report([Result(job, FakeClient(files, description()))], tmp_path / "r.html").read_text()  # type: ignore[arg-type]
+    tconv = section(html, "tconv_stats")
+    assert "<svg" not in tconv, "no chart is drawn from an empty direction histogram"
+    assert "near identity" not in tconv and "dominant direction" not in tconv, "no columns that could only hold dashes"
+    assert "0 of 48 fitted filters 3T-explainable; best residual 0.48, threshold 0.2." in tconv
+    assert "no scale, rotation or translation to plot" in tconv
+    assert "tconv_stats/conv1_residuals.png" in images(html), "the residuals figure is still shown"
+    # a layer with motion statistics gets its direction chart
+    summary, files = tconv_outcome()
+    summary["layers"][0]["filters_included"] = 3
+    summary["layers"][0]["direction_histogram"] = [1.0] + [0.0] * 11
+    job, files = make_job({"tconv_stats": (summary, files)})
+    html = write_report([Result(job, FakeClient(files, description()))], tmp_path / "r2.html").read_text()  # type: ignore[arg-type]
+    assert section(html, "tconv_stats").count("<svg") == 1 and "conv1: displacement direction" in html
+
+
+def test_the_page_names_the_model_and_the_input_spec_or_warns(tmp_path: Path) -> None:
+    job, files = make_job({"class_filters": class_filters_outcome()})
+    client = FakeClient(files, description())
+    client.record = models_pb2.Model(id="mdl_model", name="c3d_demo.pt2", sha256="ab" * 32, size_bytes=1234, format=models_pb2.TORCH_EXPORT)
+    job.model_name = "c3d_demo.pt2"
+    job.input_spec.value_max = 1.0  # recorded, without mean/std
+    html = write_report([Result(job, client)], tmp_path / "r.html").read_text()  # type: ignore[arg-type]
+    model = section(html, "model")
+    assert "c3d_demo.pt2" in model and "ab" * 32 in model and "TORCH_EXPORT" in model
+    assert "c3d_demo.pt2 (mdl_model)" in section(html, "job")
+    assert 'data-warning="no-input-spec"' in section(html, "verdicts") and "none given" in model
+    job.input_spec.mean.extend([0.5] * 3)
+    job.input_spec.std.extend([0.25] * 3)
+    html = write_report([Result(job, client)], tmp_path / "r2.html").read_text()  # type: ignore[arg-type]
+    assert "no-input-spec" not in html and "0.5, 0.5, 0.5" in section(html, "model")
+    # the service's own warnings, when the job carries them, are shown as written
+    job.warnings.append("no mean/std given: kernel_viz optimised raw [0, 1] clips")
+    html = write_report([Result(job, client)], tmp_path / "r3.html").read_text()  # type: ignore[arg-type]
+    assert "no mean/std given: kernel_viz optimised raw [0, 1] clips" in section(html, "verdicts")
+
+
+@pytest.mark.parametrize("canvas", [5, 40])
+def test_contact_sheets_are_upscaled_with_nearest_neighbour_and_captioned_per_channel(tmp_path: Path, canvas: int) -> None:
+    job, files = make_job({"kernel_viz": kernel_viz_outcome(canvas)})
+    html = write_report([Result(job, FakeClient(files, description()))], tmp_path / "r.html").read_text()  # type: ignore[arg-type]
+    viz = section(html, "kernel_viz")
+    size = int(re.search(r'class="sheet-grid" style="--px:(\d+)px"', viz).group(1))  # type: ignore[union-attr]
+    assert size >= 100 and size % canvas == 0, "an integer multiple of the canvas: every model pixel the same block"
+    assert "img.px{width:var(--px);height:var(--px);object-fit:contain;image-rendering:pixelated" in html
+    cells = re.findall(r'<figure class="cell" id="kv-conv1-(\d)"><div class="panels">(.*?)</div><figcaption>(.*?)</figcaption></figure>', viz)
+    assert [c[0] for c in cells] == ["0", "1", "2", "3"]
+    assert all(c[1].count('class="px"') == 3 for c in cells), "video, texture and flow of each channel"
+    assert cells[0][2] == "channel 0 · down ↓ 90° · 0.5 px/frame" and "dead" in cells[3][2]
+    wheel = re.search(r'<svg class="chart wheel".*?</svg>', viz).group(0)  # type: ignore[union-attr]
+    assert int(re.search(r'height="(\d+)"', wheel).group(1)) >= 120  # type: ignore[union-attr]
+    assert all(label in wheel for label in ("0° right", "90° down", "left 180°", "270° up"))
+
+
+def test_tables_are_not_scroll_boxes_and_columns_are_explained(tmp_path: Path) -> None:
+    job, files = make_job({"class_filters": class_filters_outcome(), "kernel_viz": kernel_viz_outcome()})
+    html = write_report([Result(job, FakeClient(files, description()))], tmp_path / "r.html").read_text()  # type: ignore[arg-type]
+    css = html[html.index("<style>") : html.index("</style>")]
+    rules: dict[str, str] = {}
+    for selector, body in re.findall(r"([^{}]+)\{([^{}]*)\}", css.split("@media print")[0]):
+        rules.setdefault(selector.strip(), body)
+    assert rules[".table-wrap"] == "overflow-x:auto", "tables grow with their rows: no scroll box"
+    assert "max-height" not in rules["table.data thead th"] and "@media print" in css
+    per_class = section(html, "class_filters")
+    legend = dict(re.findall(r"<dt>(.*?)</dt><dd>(.*?)</dd>", per_class))
+    assert "removed from the layer" in legend["drop: subset ablated"]
+    assert "Jaccard overlap |A ∩ B| / |A ∪ B|" in legend["bootstrap Jaccard"]
+    assert '<th scope="col" title="' in per_class
+
+
+def test_every_artifact_is_linked(tmp_path: Path) -> None:
+    job, files = make_job({"class_filters": class_filters_outcome()})
+    html = write_report([Result(job, FakeClient(files, description()))], tmp_path / "r.html").read_text()  # type: ignore[arg-type]
+    table = section(html, "artifacts")
+    links = dict((name, href) for href, name in re.findall(r'<a href="([^"]+)"[^>]*>([^<]+)</a>', table))
+    assert set(links) == set(files)
+    anchor = links["class_filters/heatmap.png"]
+    assert anchor.startswith("#art-") and f'id="{anchor[1:]}"' in html
+    npz = links["class_filters/matrices.npz"]
+    assert base64.b64decode(npz.split(",", 1)[1]) == files["class_filters/matrices.npz"] and 'download="matrices.npz"' in table
+    beside = write_report([Result(job, FakeClient(files, description()))], tmp_path / "b" / "r.html", embed=False)
+    links = dict((name, href) for href, name in re.findall(r'<a href="([^"]+)"[^>]*>([^<]+)</a>', section(beside.read_text(), "artifacts")))
+    assert (beside.parent / links["class_filters/matrices.npz"]).read_bytes() == files["class_filters/matrices.npz"]
+
+
+def test_a_result_renders_in_a_notebook() -> None:
+    job, files = make_job({"tconv_stats": tconv_outcome()})
+    client = FakeClient(files, description())
+    html = Result(job, client)._repr_html_()  # type: ignore[arg-type]
+    assert html.startswith('<div class="kernelscope-result">') and "0 of 110 fitted filters 3T-explainable" in html
+    assert "<img" not in html and client.described == [], "no images, no service calls"
+    style = html[html.index("<style>") + 7 : html.index("</style>")]
+    assert all(rule.startswith(".kernelscope-result") for rule in style.split("}") if rule), "styles scoped to the cell"
+
+
+@pytest.mark.parametrize("suffix, magic", [(".mp4", b"ftyp"), (".webm", b"\x1a\x45\xdf\xa3")])
+def test_videos_export_as_mp4_and_webm(tmp_path: Path, suffix: str, magic: bytes) -> None:
+    pytest.importorskip("imageio_ffmpeg", reason="imageio-ffmpeg ships the encoder (pip install imageio-ffmpeg)")
+    job, files = make_job({"kernel_viz": kernel_viz_outcome(canvas=5)})
+    result = Result(job, FakeClient(files, description()))  # type: ignore[arg-type]
+    paths = result.export_videos(tmp_path, format=suffix[1:])
+    assert len(paths) == 8 and all(p.suffix == suffix for p in paths)
+    data = paths[0].read_bytes()
+    assert magic in data[:64]
+    probe = subprocess_frames(paths[0])
+    assert probe["width"] == probe["height"] == 260 and probe["frames"] >= 3, probe  # 5 px × 52, nearest neighbour, looped
+    with pytest.raises(ValueError, match="not a video"):
+        result.export_video("kernel_viz/conv1/ch000_texture.png", tmp_path / "x.mp4")
+
+
+def subprocess_frames(path: Path) -> dict[str, int]:
+    """Width, height and decoded frame count of a video, read back with the same ffmpeg."""
+    import subprocess
+
+    from sdk.video import ffmpeg
+
+    done = subprocess.run([ffmpeg(), "-i", str(path), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], capture_output=True, timeout=120)
+    size = re.search(r", (\d+)x(\d+)", done.stderr.decode(errors="replace"))
+    assert size, done.stderr[-800:]
+    width, height = int(size.group(1)), int(size.group(2))
+    return {"width": width, "height": height, "frames": len(done.stdout) // (width * height * 3)}
