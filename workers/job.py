@@ -32,6 +32,11 @@ from workers.progress import JobProgress, PipeProgress
 
 log = logging.getLogger(__name__)
 
+# Status codes (by name) of an artifact upload the service refused for the job's own doing, and the
+# trailing metadata key of the service's reason (service/errors.py REASON_METADATA_KEY).
+_REFUSALS = ("RESOURCE_EXHAUSTED", "INVALID_ARGUMENT", "FAILED_PRECONDITION")
+_REASON_KEY = "kernelscope-reason"
+
 MEDIA_TYPES = {
     ".png": "image/png",
     ".gif": "image/gif",
@@ -112,11 +117,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         if state["results"]:
             connection = ServiceConnection.from_settings()
             try:
-                for index in sorted(state["results"]):
-                    result = state["results"][index]
-                    out_dir = scratch / f"task{index}"
-                    result["artifacts"] = _upload(connection, spec["job_id"], tasks[index]["name"], out_dir)
-                    manifest["results"].append(result)
+                manifest["results"] += upload_results(connection, spec["job_id"], tasks, state["results"], scratch)
             finally:
                 connection.close()
         progress.report("done", 1.0)
@@ -206,6 +207,35 @@ def _run_task(task: dict[str, Any], model: Any, dataset: Any, device: Any, out_d
         result["error"] = {"code": "INTERNAL", "reason": "TASK_CRASHED", "message": f"{type(exc).__name__}: {exc}"}
     result["duration_seconds"] = round(time.monotonic() - started, 3)
     return result
+
+
+def upload_results(
+    connection: ServiceConnection, job_id: str, tasks: list[dict[str, Any]], results: dict[int, dict[str, Any]], scratch: Path
+) -> list[dict[str, Any]]:
+    """The results in task order, each with the artifacts uploaded from scratch/task{index}.
+
+    An upload the service refuses for what the job asked of it (the tenant's storage quota, the artifact
+    count or size limits) becomes that task's error with the service's code and reason, not a crash of
+    the job; the artifacts stored before it stay listed with the job.
+    """
+    import grpc
+
+    done = []
+    for index in sorted(results):
+        result = results[index]
+        try:
+            result["artifacts"] = _upload(connection, job_id, tasks[index]["name"], scratch / f"task{index}")
+        except grpc.RpcError as exc:
+            code = getattr(exc.code(), "name", "")
+            if code not in _REFUSALS:
+                raise
+            reason = dict(exc.trailing_metadata() or ()).get(_REASON_KEY) or "ARTIFACT_REFUSED"
+            result["artifacts"] = []
+            result["error"] = result.get("error") or {
+                "code": code, "reason": reason, "message": f"the service refused an artifact: {exc.details()}"
+            }
+        done.append(result)
+    return done
 
 
 def _upload(connection: ServiceConnection, job_id: str, task: str, out_dir: Path) -> list[dict[str, Any]]:

@@ -118,3 +118,29 @@ def test_an_artifact_past_the_quota_is_refused_to_the_worker(start_server) -> No
     with rpc_error(CODE.RESOURCE_EXHAUSTED, "TENANT_QUOTA", contains=f"holds {len(onnx_bytes()) + 3_000} bytes"):
         write("t/b.bin", b"b" * 3_000)
     assert len(stored_files(server.config.data_dir)["blobs"]) == 2
+
+
+def test_the_worker_reports_an_artifact_past_the_quota_as_its_task_error(start_server, tmp_path) -> None:
+    """workers.job's upload step against a real server: the refusal becomes the task's error, not a crashed job."""
+    from workers.connection import ServiceConnection
+    from workers.job import upload_results
+
+    server = start_server(tenant_quota_bytes=5_000)
+    stub = server.stub()
+    model = stub.UploadModel(model_messages(onnx_bytes()), timeout=30)
+    tasks = [tasks_pb2.Task(name="tconv_stats"), tasks_pb2.Task(name="kernel_viz")]
+    job = stub.CreateJob(jobs_pb2.CreateJobRequest(model_id=model.id, tasks=tasks), timeout=30)
+    scratch = tmp_path / "work" / "scratch"
+    for index, fill in enumerate((b"a", b"b")):
+        (scratch / f"task{index}").mkdir(parents=True)
+        (scratch / f"task{index}" / "data.bin").write_bytes(fill * 3_000)
+    results = {i: {"task": t.name, "summary": {}, "error": None} for i, t in enumerate(tasks)}
+
+    connection = ServiceConnection(target=server.address, token=server.config.worker_token)
+    try:
+        done = upload_results(connection, job.id, [{"name": t.name} for t in tasks], results, scratch)
+    finally:
+        connection.close()
+    assert done[0]["error"] is None and [a["name"] for a in done[0]["artifacts"]] == ["data.bin"]
+    assert done[1]["artifacts"] == [] and done[1]["error"]["code"] == "RESOURCE_EXHAUSTED"
+    assert done[1]["error"]["reason"] == "TENANT_QUOTA" and "quota of 5000 bytes" in done[1]["error"]["message"]
