@@ -262,6 +262,8 @@ def main(argv: list[str] | None = None, secrets: dict[str, str] | None = None) -
         os.environ.get("KERNELSCOPE_REDIS_PATIENCE", REDIS_PATIENCE_S)
     )
     redis = Redis.from_url(args.redis_url)
+    # RQ's worker needs Redis to be built: one started (or restarted) during an outage waits for it.
+    through_outage(redis.ping, "start", KernelScopeWorker.redis_patience_s, logging.getLogger(__name__))
     queue = Queue(args.queue, connection=redis, serializer=JSONSerializer)
     worker = KernelScopeWorker(
         [queue], connection=redis, serializer=JSONSerializer, name=args.name, job_monitoring_interval=heartbeat
