@@ -184,3 +184,16 @@ def test_an_upload_that_sends_nothing_is_ended_after_the_idle_timeout_and_frees_
     # All three stream slots are free again, and an upload that keeps sending is not ended.
     models = [stub.UploadModel.future(model_messages(onnx_bytes(padding=n)), timeout=WAIT_S) for n in range(3)]
     assert all(isinstance(m.result(), models_pb2.Model) for m in models)
+
+
+def test_the_caps_and_the_idle_timeout_come_from_the_environment() -> None:
+    from service import Config
+
+    config = Config.from_env(
+        {"KERNELSCOPE_TENANT_MAX_RPCS": "5", "KERNELSCOPE_TENANT_MAX_STREAMS": "2", "KERNELSCOPE_UPLOAD_IDLE_TIMEOUT": "2.5"}
+    )
+    assert (config.tenant_max_rpcs, config.tenant_max_streams, config.upload_idle_timeout) == (5, 2, 2.5)
+    assert (Config().tenant_max_rpcs, Config().tenant_max_streams, Config().upload_idle_timeout) == (16, 8, 30.0)
+    for name in ("KERNELSCOPE_TENANT_MAX_RPCS", "KERNELSCOPE_TENANT_MAX_STREAMS", "KERNELSCOPE_UPLOAD_IDLE_TIMEOUT"):
+        with pytest.raises(ValueError, match="must be positive"):
+            Config.from_env({name: "0"})
