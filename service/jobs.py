@@ -334,6 +334,12 @@ class JobManager:
     def _readable(self, job_id: str, raw: bytes) -> jobs_pb2.Job:
         """The Job of a stored record, or a FAILED stub saying why it cannot be shown, so that one bad record
         (unparseable, or too large to send) never breaks GetJob or a ListJobs page; DeleteJob removes it."""
+        if len(raw) > _MAX_JOB_BYTES:  # not even parsed: that alone took seconds
+            return _stub(
+                job_id, "RECORD_TOO_LARGE",
+                f"the record of job {job_id} is {len(raw)} bytes, too large to send (the limit is {_MAX_JOB_BYTES}); "
+                "delete the job",
+            )
         try:
             job = self.view(JobRecord.loads(raw))
         except (ValueError, TypeError, KeyError, json_format.ParseError) as exc:
@@ -564,7 +570,7 @@ class JobManager:
             record: JobRecord | None = JobRecord.loads(raw)
         except ValueError:
             record = None
-        if record is not None:
+        if record is not None and record.outcome is None:  # an outcome is stored only once the job ended
             job = self.view(record)
             if job.state not in TERMINAL:
                 raise errors.failed_precondition(

@@ -85,12 +85,12 @@ def test_an_unreadable_job_record_shows_as_a_stub_in_get_and_list_and_can_be_del
 
 
 def test_a_list_page_stops_before_the_message_limit(fake_server, redis_conn) -> None:
-    """Ten ended jobs of 3 MB each (a record written before summaries were bounded) would make a 30 MB page."""
+    """Six ended jobs of 3 MB each (records written before summaries were bounded) made an 18 MB page."""
     stub = fake_server.stub()
     model = stub.UploadModel(model_messages(onnx_bytes()), timeout=30)
     request = jobs_pb2.CreateJobRequest(model_id=model.id, tasks=[tasks_pb2.Task(name="tconv_stats")])
     ids = []
-    for _ in range(10):
+    for _ in range(6):
         job = stub.CreateJob(request, timeout=30)
         key = Keys().record("job", job.id)
         record = json.loads(redis_conn.get(key))
@@ -134,3 +134,21 @@ def test_an_unreadable_model_record_is_left_out_of_list_models(kernelscope_stub,
     redis_conn.set(Keys().record("model", models[1].id), b"{not json")
     listed = kernelscope_stub.ListModels(models_pb2.ListModelsRequest(), timeout=30).models
     assert sorted(m.id for m in listed) == sorted([models[0].id, models[2].id])
+
+
+def test_a_record_too_large_to_send_shows_as_a_stub(fake_server, redis_conn) -> None:
+    """A 17 MB outcome (written before summaries were bounded) made GetJob and every ListJobs page fail."""
+    stub = fake_server.stub()
+    model = stub.UploadModel(model_messages(onnx_bytes()), timeout=30)
+    request = jobs_pb2.CreateJobRequest(model_id=model.id, tasks=[tasks_pb2.Task(name="tconv_stats")])
+    small, big = stub.CreateJob(request, timeout=30), stub.CreateJob(request, timeout=30)
+    key = Keys().record("job", big.id)
+    record = json.loads(redis_conn.get(key))
+    record["outcome"] = {"id": big.id, "state": "SUCCEEDED", "results": [{"task": "tconv_stats", "summary_json": "p" * 17_000_000}]}
+    redis_conn.set(key, json.dumps(record))
+
+    shown = stub.GetJob(jobs_pb2.GetJobRequest(job_id=big.id), timeout=60)
+    assert shown.state == jobs_pb2.FAILED and shown.error.reason == "RECORD_TOO_LARGE"
+    assert [j.id for j in stub.ListJobs(jobs_pb2.ListJobsRequest(), timeout=60).jobs] == [big.id, small.id]
+    stub.DeleteJob(jobs_pb2.DeleteJobRequest(job_id=big.id), timeout=60)
+    assert [j.id for j in stub.ListJobs(jobs_pb2.ListJobsRequest(), timeout=60).jobs] == [small.id]
