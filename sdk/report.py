@@ -186,7 +186,8 @@ class _Page:
         state = _state_name(result)
         record = _model_record(result)
         head = f"{label}: " if label else ""
-        self.sections.append(_Section(f"{prefix}verdicts", f"{head}At a glance", _verdict_list(verdicts(result)) + _job_warnings(result, record), "verdicts"))
+        inventory_spec = None if isinstance(description, str) else description.input_spec
+        self.sections.append(_Section(f"{prefix}verdicts", f"{head}At a glance", _verdict_list(verdicts(result)) + _job_warnings(result, record, inventory_spec), "verdicts"))
         self.sections.append(_Section(f"{prefix}job", f"{head}Job {result.id}", _job_overview(result, state, record), "job"))
         self.sections.append(_Section(f"{prefix}model", f"{head}Model", _model_section(result, description, record), "model"))
         for outcome in result.tasks:
@@ -512,7 +513,7 @@ _VERDICTS: dict[str, Callable[[dict[str, Any]], list[Verdict]]] = {
 def _verdict_list(found: list[Verdict]) -> str:
     marks = {"ok": "✔", "note": "•", "bad": "✖"}
     items = "".join(
-        f'<li class="verdict {v.level}" data-task="{escape(v.task)}"><span class="mark">{marks.get(v.level, "•")}</span> <strong>{escape(v.task)}</strong>: {escape(v.text)}</li>'
+        f'<li class="verdict {v.level}" data-level="{v.level}" data-task="{escape(v.task)}"><span class="mark">{marks.get(v.level, "•")}</span> <strong>{escape(v.task)}</strong>: {escape(v.text)}</li>'
         for v in found
     )
     return f'<ul class="verdicts">{items}</ul>' if items else '<p class="muted">No task results.</p>'
@@ -542,11 +543,13 @@ def _spec_used(result: "Result", record: Any) -> Any:
     return record.input_spec if record is not None else None
 
 
-def _job_warnings(result: "Result", record: Any) -> str:
-    """The job's own warnings (the service writes them: no normalisation given, ...), else the page's spec check."""
+def _job_warnings(result: "Result", record: Any, fallback: Any = None) -> str:
+    """The job's own warnings (the service writes them: no normalisation given, ...), else the page's spec check
+    on the spec used (`fallback`: the layer inventory's, for jobs that did not record theirs)."""
     if result.job.warnings:
         return "".join(f'<p class="warn" data-warning="job">{escape(w)}</p>' for w in result.job.warnings)
     spec = _spec_used(result, record)
+    spec = spec if spec is not None else fallback
     return _spec_warning(spec) if spec is not None else ""
 
 
@@ -593,7 +596,7 @@ def _model_section(result: "Result", description: Any, record: Any = None) -> st
                 ("std", ", ".join(f"{s:g}" for s in spec.std) or "none given"),
             ]
         )
-    out += _job_warnings(result, record) if (spec is not None or result.job.warnings) else ""
+    out += _job_warnings(result, record, spec)
     if isinstance(description, str):
         return out + f'<p class="muted">Layer inventory unavailable: {escape(description)}</p>'
     pairs = [
@@ -1097,7 +1100,7 @@ line.axis{stroke:#888}line.gridline{stroke:#e6e6e6}.pill{display:inline-block;pa
 th.explained{text-decoration:underline dotted;cursor:help}dl.legend{font-size:12px;color:var(--muted);margin:4px 0 10px;max-width:980px;display:grid;grid-template-columns:max-content 1fr;gap:2px 12px}
 dl.legend dt{font-weight:600;color:var(--fg)}dl.legend dd{margin:0}
 ul.verdicts{list-style:none;padding:0;margin:6px 0}li.verdict{padding:5px 10px;margin:4px 0;border-left:4px solid var(--ok);background:#f3f8f5;font-size:15px}
-li.verdict.note{border-color:#c9a227;background:#fbf8ec}li.verdict.bad{border-color:var(--bad);background:#fdf0ef}li.verdict .mark{font-weight:700}
+li.verdict.note{border-color:#c9a227;background:#fbf8ec}li.verdict.bad{border-color:var(--bad);background:#fdf0ef}li.verdict.ok,li.verdict.bad{color:var(--fg);font-weight:400}li.verdict .mark{font-weight:700}
 .warn{background:#fff6dd;border-left:4px solid #c9a227;padding:6px 10px;border-radius:4px}.no-plot{color:var(--muted);font-style:italic;margin:6px 0}
 p.verdict-line{font-weight:500;margin:4px 0}code{background:#f1f4f7;padding:0 3px;border-radius:3px;font-size:12px}
 .sheet-wrap{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start}.sheet-grid{display:flex;flex-wrap:wrap;gap:10px;flex:1 1 600px}
@@ -1108,7 +1111,7 @@ figure.cell figcaption{font-size:12px;color:var(--fg);max-width:calc(3 * var(--p
 figure.legend-wheel{margin:0}figure.legend-wheel figcaption{max-width:230px}
 .gate-banner{padding:14px 18px;border-radius:6px;font-size:18px;margin:12px 0}.gate-banner.pass{background:#e7f4ec;border:2px solid var(--ok)}
 .gate-banner.fail{background:#fdf0ef;border:2px solid var(--bad)}.gate-banner.warn{background:#fff6dd;border:2px solid #c9a227}
-.gate-banner strong{font-size:22px}.models{display:flex;flex-wrap:wrap;gap:16px}.models>div{border:1px solid var(--line);border-radius:6px;padding:8px 12px;min-width:320px}
+.gate-banner strong{font-size:22px}.models{display:flex;flex-wrap:wrap;gap:16px}.models>div{border:1px solid var(--line);border-radius:6px;padding:8px 12px;flex:1 1 420px;min-width:0}.models td{word-break:break-all}
 .models h3{margin:2px 0 6px}td.status-pass{color:var(--ok);font-weight:700}td.status-fail,td.status-error{color:var(--bad);font-weight:700}
 td.status-warn{color:#9a7a00;font-weight:700}td.status-skip{color:var(--muted)}pre.policy{max-height:none;margin:0;font-size:11px;white-space:pre-wrap}
 @media print{header nav{display:none}main{max-width:none;padding:0 8mm}.table-wrap{overflow:visible}table{page-break-inside:auto}tr{page-break-inside:avoid}

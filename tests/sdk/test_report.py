@@ -304,7 +304,7 @@ def test_the_page_leads_with_verdicts_in_plain_words(tmp_path: Path) -> None:
     html = write_report([Result(job, FakeClient(files, description()))], tmp_path / "r.html").read_text()  # type: ignore[arg-type]
     assert sections(html)[0][1] == "verdicts"
     glance = section(html, "verdicts")
-    verdict = {t: text for t, text in re.findall(r'<li class="verdict \w+" data-task="(\w+)">.*?</strong>: (.*?)</li>', glance)}
+    verdict = {t: text for t, text in re.findall(r'<li class="verdict \w+"[^>]*? data-task="(\w+)">.*?</strong>: (.*?)</li>', glance)}
     assert verdict["tconv_stats"].startswith("0 of 110 fitted filters 3T-explainable (plain fit); best residual 0.48, threshold 0.2")
     assert "2 all-zero filters" in verdict["tconv_stats"]
     assert verdict["kernel_viz"].startswith("conv1: 3 of 4 channels live, 1 dead; 3 prefer motion, most often down ↓ (3 of 3)")
