@@ -78,7 +78,6 @@ class LocalStack:
         self.server: subprocess.Popen[bytes] | None = None
         self.worker_processes: list[subprocess.Popen[bytes]] = []
         self.worker_restarts = 0
-        self._logs: list[IO[bytes]] = []
         self._lock: IO[str] | None = None
         self._lock_guard = threading.Lock()  # worker_processes, between the supervisor and the caller
         self._stopping = threading.Event()
@@ -206,11 +205,10 @@ class LocalStack:
         return env
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        logfile = open(self.log_dir / f"{name}.log", "ab")
-        self._logs.append(logfile)
         root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-        return subprocess.Popen(args, env=env, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True)
+        with open(self.log_dir / f"{name}.log", "ab") as logfile:  # the child keeps its own descriptor
+            return subprocess.Popen(args, env=env, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True)
 
     def _wait_ready(self) -> None:
         from deploy.probe import wait_serving
@@ -232,9 +230,6 @@ class LocalStack:
         if self.redis is not None:
             self.redis.stop()
             self.redis = None
-        for f in self._logs:
-            f.close()
-        self._logs = []
         if self._lock is not None:
             self._lock.close()  # releases the flock
             self._lock = None
