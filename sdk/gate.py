@@ -16,8 +16,15 @@ catalogue calls worse). Each check ends in one of
     skip   a baseline check without a baseline model
 
 `could_not_run = "fail"` (default) makes an error fail the gate: a gate that cannot look must not pass.
+A paired metric (tconv_stats.direction_agreement, kernel_viz.direction_agreement) compares the model
+with the baseline filter by filter, so `min` bounds it against the baseline (skip without one): a
+model whose kernels were time-reversed keeps its accuracy but scores −1.
+
+Regressions are compared in exact decimal arithmetic on the numbers as written (5 % worse passes
+max_regression = 0.05; 5.04 % fails), and messages show the digits that tell a value from its bound.
 Outputs: a JSON report, JUnit XML (task → testsuite, check → testcase, metrics as properties),
-GitHub workflow annotations and a Markdown step summary. examples/gate.toml documents every key.
+GitHub workflow annotations, a Markdown step summary and an HTML page (sdk.report.write_gate_page),
+each naming the models by file. examples/gate.toml documents every key.
 """
 
 from __future__ import annotations

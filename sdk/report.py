@@ -738,7 +738,7 @@ def _class_filters(outcome: "TaskOutcome", assets: _Assets) -> str:
             ("MIS, kNN, shuffled labels (nats)", g.get("mis_knn_nats_shuffled")),
             ("Ψ(0.5)", g.get("psi_0_5")),
             ("density", g.get("density")),
-            ("mean overlap between classes", g.get("mean_overlap")),
+            ("mean overlap between classes' subsets (Jaccard: 0 = disjoint, 1 = the same filters)", g.get("mean_overlap")),
             ("compute saving of the decomposed head", g.get("compute_saving")),
             ("class selectivity: mean / median", f"{fmt((g.get('selectivity') or {}).get('mean'))} / {fmt((g.get('selectivity') or {}).get('median'))}"),
         ]
