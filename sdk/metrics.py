@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 if TYPE_CHECKING:
@@ -171,6 +172,20 @@ def catalogue() -> list[Metric]:
 
 
 # ---------------------------------------------------------------------- helpers for extractors
+def _decimal(value: float) -> Decimal:
+    return Decimal(repr(float(value)))
+
+
+def _ratio(a: float, b: float) -> float:
+    """a / b on the numbers as written: 0.72 / 0.9 is 0.8, not binary's 0.7999999999999999 (which fails min = 0.8)."""
+    return float(_decimal(a) / _decimal(b))
+
+
+def _difference(a: float, b: float) -> float:
+    """a − b on the numbers as written: 0.9 − 0.85 is 0.05, not 0.050000000000000044."""
+    return float(_decimal(a) - _decimal(b))
+
+
 def _mean(values: Iterable[float | None]) -> float | None:
     data = [float(v) for v in values if v is not None and math.isfinite(float(v))]
     return sum(data) / len(data) if data else None
@@ -221,7 +236,7 @@ _metric("class_filters.accuracy_restricted", "Eval accuracy when each class logi
 @_metric("class_filters.accuracy_retained", "Restricted accuracy as a share of full accuracy.", "higher")
 def _accuracy_retained(s: Summary, _layer: str | None) -> float | None:
     full, restricted = s["global"]["accuracy_full"], s["global"]["accuracy_restricted"]
-    return None if full in (None, 0) or restricted is None else restricted / full
+    return None if full in (None, 0) or restricted is None else _ratio(restricted, full)
 
 
 _metric("class_filters.mis", "Mean information selectivity (bits, the task's mi_estimator: binned by default): mean over filters of the max over classes of MI.", "higher")(_global("mis"))
@@ -233,7 +248,7 @@ _metric("class_filters.mis_shuffled", "MIS of the same activations with shuffled
 @_metric("class_filters.mis_margin", "MIS minus its shuffled-label baseline (bits).", "higher")
 def _mis_margin(s: Summary, _layer: str | None) -> float | None:
     mis, base = s["global"]["mis"], s["global"]["mis_shuffled"]
-    return None if mis is None or base is None else mis - base
+    return None if mis is None or base is None else _difference(mis, base)
 
 
 _metric("class_filters.psi", "Badola's Psi(0.5): mean share of filters needed for half of a sample's activation L1 norm.", None)(_global("psi_0_5"))
@@ -251,7 +266,7 @@ def _min_recall_restricted(s: Summary, _layer: str | None) -> float | None:
 
 @_metric("class_filters.max_recall_loss", "Largest per-class recall lost by restricting to the fixed-k subset.", "lower")
 def _max_recall_loss(s: Summary, _layer: str | None) -> float | None:
-    losses = [c["recall_full"] - c["recall_restricted"] for c in _classes(s) if c.get("recall_full") is not None and c.get("recall_restricted") is not None]
+    losses = [_difference(c["recall_full"], c["recall_restricted"]) for c in _classes(s) if c.get("recall_full") is not None and c.get("recall_restricted") is not None]
     return max(losses) if losses else None
 
 

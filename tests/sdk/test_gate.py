@@ -402,6 +402,26 @@ def test_regressions_are_compared_exactly_not_through_binary_rounding(better: st
         assert "within 5%" in check.message, check.message
 
 
+def test_derived_metrics_are_exact_on_the_numbers_as_written() -> None:
+    """0.72 / 0.9 is 0.8 and 0.9 − 0.85 is 0.05: binary arithmetic would fail both at their bound."""
+    text = """
+[[checks]]
+name = "retained"
+metric = "class_filters.accuracy_retained"
+min = 0.8
+
+[[checks]]
+name = "recall loss"
+metric = "class_filters.max_recall_loss"
+max = 0.05
+"""
+    summary = class_filters_summary(accuracy_full=0.9, accuracy_restricted=0.72)
+    for c in summary["classes"]:
+        c["recall_full"], c["recall_restricted"] = 0.9, 0.85
+    report = evaluate(policy(text), make_result({"class_filters": summary}))
+    assert [(r.status, r.value) for r in report.results] == [(PASS, 0.8), (PASS, 0.05)], [r.message for r in report.results]
+
+
 def test_absolute_bound_messages_show_the_digits_that_differ() -> None:
     text = '[[checks]]\nname = "acc"\nmetric = "class_filters.accuracy_restricted"\nmin = 0.8\n'
     [check] = evaluate(policy(text), make_result({"class_filters": class_filters_summary(accuracy_restricted=0.79999)})).results
@@ -662,3 +682,55 @@ def test_class_filters_checks_need_a_dataset_before_anything_runs(tmp_path: Path
         run_gate(None, "model.pt2", policy(THRESHOLDS))  # type: ignore[arg-type]
     with pytest.raises(PolicyError, match="does not exist"):
         run_gate(None, "model.pt2", policy(THRESHOLDS), dataset=tmp_path / "missing.npz")  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------- model options as policy keys (issue 16)
+
+MODEL_KEYS = '''
+input_spec = { mean = [0.5, 0.5, 0.5], std = [0.25, 0.25, 0.25], value_max = 1.0 }
+architecture = "c3d_small"
+[[checks]]
+metric = "tconv_stats.zero_filters"
+max = 0
+'''
+
+
+def test_input_spec_architecture_and_format_are_policy_keys() -> None:
+    parsed = policy(MODEL_KEYS)
+    assert parsed.model_options == {"input_spec": {"mean": [0.5] * 3, "std": [0.25] * 3, "value_max": 1.0}, "architecture": "c3d_small"}
+    with pytest.raises(PolicyError, match="input_spec has no key 'means'; its keys: shape, dtype"):
+        policy(MODEL_KEYS.replace("mean =", "means ="))
+    with pytest.raises(PolicyError, match="input_spec.std is a list of numbers"):
+        policy(MODEL_KEYS.replace("std = [0.25, 0.25, 0.25]", 'std = "0.25"'))
+    with pytest.raises(PolicyError, match="architecture is a name"):
+        policy(MODEL_KEYS.replace('"c3d_small"', "3"))
+
+
+def test_the_policys_model_options_reach_both_uploads_and_the_command_line_overrides_them(tmp_path: Path) -> None:
+    """run_gate hands the policy's input_spec/architecture to every analyze call; a non-empty CLI value wins."""
+    from sdk.gate import run_gate
+
+    calls: list[dict[str, Any]] = []
+
+    class Submitted(Exception):
+        pass
+
+    class RecordingClient:
+        def analyze(self, model: Any, **kwargs: Any) -> Any:
+            calls.append({"model": model, **kwargs})
+            raise Submitted  # what the options were is all this test needs
+
+    with pytest.raises(Submitted):
+        run_gate(RecordingClient(), "model.pt2", policy(MODEL_KEYS), format=None, architecture="")  # type: ignore[arg-type]
+    assert calls[-1]["input_spec"]["std"] == [0.25] * 3 and calls[-1]["architecture"] == "c3d_small" and "format" not in calls[-1]
+    with pytest.raises(Submitted):
+        run_gate(RecordingClient(), "model.pt2", policy(MODEL_KEYS), input_spec={"mean": [0.0] * 3}, architecture="r3d_18")  # type: ignore[arg-type]
+    assert calls[-1]["input_spec"] == {"mean": [0.0] * 3} and calls[-1]["architecture"] == "r3d_18"
+
+
+def test_a_missing_policy_dataset_says_to_pass_dataset(tmp_path: Path) -> None:
+    from sdk.gate import run_gate
+
+    loaded = policy('dataset = "clips.npz"\n' + THRESHOLDS, tmp_path)
+    with pytest.raises(PolicyError, match=r"clips.npz \(from the policy's dataset key .*\) does not exist: pass --dataset CLIPS.npz"):
+        run_gate(None, "model.pt2", loaded)  # type: ignore[arg-type]
