@@ -74,9 +74,14 @@ class Retention:
             try:
                 if self._look(job_id, now):
                     deleted.append(job_id)
-            except errors.ServiceError as exc:
-                log.warning("retention: job %s: %s", job_id, exc.message)
+            except errors.ServiceError as exc:  # deleted meanwhile (NOT_FOUND), by DeleteJob or another replica
+                log.info("retention: job %s: %s", job_id, exc.message)
                 unschedule(self.conn, job_id)
+            except redis.RedisError:
+                raise
+            except Exception:  # noqa: BLE001 - one job that cannot be handled must not hold up the others
+                log.exception("retention: job %s could not be handled; trying again later", job_id)
+                schedule(self.conn, job_id, now + _RECHECK_SECONDS)
         if deleted:
             log.info("retention: deleted %d job(s) ended more than %d s ago", len(deleted), self.config.job_ttl)
         return deleted
