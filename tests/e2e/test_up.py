@@ -109,3 +109,43 @@ def test_a_second_up_over_a_running_stack_refuses_and_leaves_it_alone(tmp_path: 
         if first.poll() is None:
             first.kill()
             first.wait()
+
+
+def _workers(pid: int) -> set[int]:
+    """The `python -m workers` processes under `up` (not their horses)."""
+    found = set()
+    for child in _children(pid):
+        try:
+            argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"workers" in argv and b"--name" in argv:
+            found.add(child)
+    return found
+
+
+def test_up_restarts_a_worker_that_dies_and_says_so(tmp_path: Path) -> None:
+    port = free_port()
+    up = _up(port, tmp_path / "home", workers=1)
+    try:
+        wait_serving(f"127.0.0.1:{port}", 60, up, interval=0.2)
+        deadline = time.monotonic() + 60
+        while not (workers := _workers(up.pid)):
+            assert time.monotonic() < deadline, "no worker started"
+            time.sleep(0.2)
+        (victim,) = workers
+        os.killpg(victim, signal.SIGKILL)  # the OOM killer's way
+        deadline = time.monotonic() + 60
+        while not (workers := _workers(up.pid) - {victim}):
+            assert time.monotonic() < deadline, "the dead worker was not replaced"
+            time.sleep(0.2)
+        up.send_signal(signal.SIGINT)
+        _, err = up.communicate(timeout=60)
+        assert up.returncode == 0
+        log = err.decode()
+        assert f"worker0 (pid {victim}) exited with SIGKILL" in log and "restarting it in 1.0 s" in log, log
+        assert f"worker0 restarted (pid {workers.pop()})" in log, log
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
