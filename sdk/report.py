@@ -435,9 +435,15 @@ def _kernel_viz_verdicts(s: dict[str, Any]) -> list[Verdict]:
         text = f"{layer.get('name')}: {len(live)} of {len(channels)} channels live" + (f", {len(dead)} dead" if dead else "")
         if moving:
             sectors = [compass(float(c["direction_deg"])) for c in moving]
-            top = max(_COMPASS, key=sectors.count)
+            most = max(sectors.count(d) for d in _COMPASS)
+            tied = [d for d in _COMPASS if sectors.count(d) == most]
             speed = metrics._mean(c.get("speed_px_per_frame") for c in moving)
-            text += f"; {len(moving)} prefer motion, most often {top} ({sectors.count(top)} of {len(moving)})"
+            if len(tied) == 1:
+                text += f"; {len(moving)} prefer motion, most often {tied[0]} ({most} of {len(moving)})"
+            elif len(tied) <= 3:
+                text += f"; {len(moving)} prefer motion, as often {' as '.join(tied)} ({most} each)"
+            else:
+                text += f"; {len(moving)} prefer motion, in {len(set(sectors))} different directions"
             text += f", mean speed {fmt(speed, 2)} px/frame" if speed is not None else ""
         elif live:
             text += "; none prefers a significant motion (static or noise-like patterns)"

@@ -434,3 +434,19 @@ def subprocess_frames(path: Path) -> dict[str, int]:
     assert size, done.stderr[-800:]
     width, height = int(size.group(1)), int(size.group(2))
     return {"width": width, "height": height, "frames": len(done.stdout) // (width * height * 3)}
+
+
+def test_kernel_viz_verdict_does_not_pick_one_of_tied_directions() -> None:
+    from sdk.report import verdicts
+
+    def channel(i: int, angle: float | None) -> dict[str, Any]:
+        return {"index": i, "dead": False, "direction_deg": angle, "speed_px_per_frame": None if angle is None else 1.0}
+
+    def verdict(angles: list[float | None]) -> str:
+        job, _ = make_job({"kernel_viz": ({"layers": [{"name": "c", "channels": [channel(i, a) for i, a in enumerate(angles)]}]}, {})})
+        return verdicts(Result(job, FakeClient({})))[0].text  # type: ignore[arg-type]
+
+    assert "as often down-right ↘ as left ← (1 each)" in verdict([180.0, 45.0, None])
+    assert "in 8 different directions" in verdict([45.0 * i for i in range(8)])
+    assert "most often up ↑ (2 of 3)" in verdict([270.0, 268.0, 0.0])
+    assert verdict([None, None]).endswith("none prefers a significant motion (static or noise-like patterns)")
