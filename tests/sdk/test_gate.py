@@ -645,6 +645,9 @@ def _run_gate(args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str
 def test_gate_passes_a_healthy_model(c3d_models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     code, out, err = _run_gate([str(c3d_models["healthy"])], tmp_path, capsys, monkeypatch)
     assert code == 0, err[-3000:]
+    # progress for the CI log while the job runs: submitted, its stages, its end, named by the model's file
+    progress = [line for line in err.splitlines() if line.startswith("gate: model healthy.safetensors: ")]
+    assert "submitted" in progress[0] and any("running kernel_viz" in line for line in progress) and progress[-1].endswith("succeeded"), progress
     report = json.loads((tmp_path / "gate.json").read_text())
     assert [c["status"] for c in report["checks"]] == ["pass", "skip"]
     assert report["metrics"]["kernel_viz"]["kernel_viz.dead_kernels"] == 0
