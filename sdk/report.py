@@ -480,15 +480,19 @@ def _tconv_verdicts(s: dict[str, Any]) -> list[Verdict]:
             angle = layer.get("dominant_direction_deg")
             text = f"{layer.get('name')}: 3TConv layer, {layer.get('filters')} filters read"
             if angle is not None:
-                text += f"; dominant motion {compass(float(angle))} ({fmt(layer.get('dominant_direction_share'), 2)} of filters)"
+                text += f"; dominant motion {compass(float(angle))} ({_percent(layer.get('dominant_direction_share'))} of filters)"
             if layer.get("near_identity_share") is not None:
-                text += f"; {fmt(layer.get('near_identity_share'), 2)} near identity"
+                text += f"; {_percent(layer.get('near_identity_share'))} near identity"
             out.append(Verdict("tconv_stats", "ok", text))
     skipped = [layer for layer in layers if layer.get("analysed") is False]
     if skipped:
         kinds = sorted({str(layer.get("kind")) for layer in skipped})
         out.append(Verdict("tconv_stats", "note", f"{len(skipped)} layer(s) listed but not analysed ({', '.join(kinds)}): {', '.join(str(x.get('name')) for x in skipped)}"))
     return out or [Verdict("tconv_stats", "note", "no layer analysed")]
+
+
+def _percent(share: Any) -> str:
+    return "—" if share is None else f"{fmt(100 * float(share), 3)} %"
 
 
 def _class_filters_verdicts(s: dict[str, Any]) -> list[Verdict]:

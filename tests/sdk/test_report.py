@@ -450,3 +450,20 @@ def test_kernel_viz_verdict_does_not_pick_one_of_tied_directions() -> None:
     assert "in 8 different directions" in verdict([45.0 * i for i in range(8)])
     assert "most often up ↑ (2 of 3)" in verdict([270.0, 268.0, 0.0])
     assert verdict([None, None]).endswith("none prefers a significant motion (static or noise-like patterns)")
+
+
+def test_tconv_verdicts_for_3tconv_and_unanalysed_layers() -> None:
+    from sdk.report import verdicts
+
+    summary, _ = tconv_outcome()
+    tconv = {**summary["layers"][0], "name": "block.t", "kind": "TConv3d", "layer_kind": "TConv3d", "filters": 16, "filters_included": 16,
+             "dominant_direction_deg": 88.0, "dominant_direction_share": 0.4, "near_identity_share": 0.125}
+    skipped = {"name": "block.temporal", "kind": "temporal_only", "layer_kind": "Conv3d", "analysed": False, "filters": 8, "filters_included": 0,
+               "kernel_shape": [8, 8, 3, 1, 1], "stride_px_model": None, "artifacts": [], "note": "1x1 spatial kernel"}
+    summary["layers"] = [tconv, skipped]
+    job, _ = make_job({"tconv_stats": (summary, {})})
+    found = [v.text for v in verdicts(Result(job, FakeClient({})))]  # type: ignore[arg-type]
+    assert found == [
+        "block.t: 3TConv layer, 16 filters read; dominant motion down ↓ (40 % of filters); 12.5 % near identity",
+        "1 layer(s) listed but not analysed (temporal_only): block.temporal",
+    ]
