@@ -236,7 +236,6 @@ def test_time_reversed_kernels_keep_accuracy_and_fail_the_motion_check(gate_run)
     for role, name in (("model", "reversed.pt2"), ("baseline", "forward.pt2")):
         mine = [line for line in lines if line.startswith(f"gate: {role} {name}: ")]
         assert "submitted" in mine[0] and mine[-1].endswith("succeeded"), mine
-        assert any(": running" in line for line in mine), mine
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (tests/run.sh installs Debian's chromium package)")
