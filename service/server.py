@@ -95,13 +95,14 @@ def build_server(config: Config) -> tuple[grpc.Server, int]:
             "KERNELSCOPE_TENANT_MAX_RPCS (%d) is not below KERNELSCOPE_MAX_WORKERS (%d): one tenant can take every RPC thread",
             config.tenant_max_rpcs, config.max_workers,
         )
-    idle = IdleStreams(config.upload_idle_timeout)
+    upload_streams = upload_methods()
+    idle = IdleStreams(config.upload_idle_timeout, upload_streams)
 
     server = grpc.server(
         ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="kernelscope-rpc"),
         # Outermost first: Admission refuses before anything runs; IdleStreams watches gRPC's own request
         # iterator; UndecodableRequests wraps whatever deserializer ChunkViews put in place.
-        interceptors=(admission, idle, UndecodableRequests(KERNELSCOPE_PACKAGE), ChunkViews(upload_methods())),
+        interceptors=(admission, idle, UndecodableRequests(KERNELSCOPE_PACKAGE), ChunkViews(upload_streams)),
         options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),

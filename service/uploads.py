@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Collection, Iterable, Iterator, Mapping
 
 import grpc
 from grpc._cython import cygrpc
@@ -113,7 +113,8 @@ class ChunkViews(grpc.ServerInterceptor):
 
 
 class IdleStreams(grpc.ServerInterceptor):
-    """Ends client-streaming calls that wait longer than `timeout` seconds for their next message.
+    """Ends upload calls (the full method names in `methods`) that wait longer than `timeout` seconds for
+    their next message.
 
     Only the time the method spends waiting for the client counts (not the time it spends storing
     what arrived). The client gets DEADLINE_EXCEEDED saying how long the stream was idle and which
@@ -121,8 +122,9 @@ class IdleStreams(grpc.ServerInterceptor):
     One thread (`run`) watches every stream.
     """
 
-    def __init__(self, timeout: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, timeout: float, methods: Collection[str], clock: Callable[[], float] = time.monotonic) -> None:
         self.timeout = timeout
+        self._methods = frozenset(methods)
         self._clock = clock
         self._lock = threading.Lock()
         # One entry per stream whose method is waiting for a message: key -> (deadline, method, context).
@@ -152,7 +154,7 @@ class IdleStreams(grpc.ServerInterceptor):
             for key, _, _ in expired:
                 del self._waiting[key]
         for _, method, context in expired:
-            log.info("ending %s: no message for %.0f s", method, self.timeout)
+            log.info("ending %s: no message for %g s", method, self.timeout)
             _end(
                 context,
                 grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -173,9 +175,9 @@ class IdleStreams(grpc.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         handler = continuation(handler_call_details)
-        if handler is None or not handler.request_streaming:
-            return handler
         method: str = handler_call_details.method  # type: ignore[attr-defined]
+        if handler is None or not handler.request_streaming or method not in self._methods:
+            return handler
         kind = "stream_stream" if handler.response_streaming else "stream_unary"
         behaviour = getattr(handler, kind)
 

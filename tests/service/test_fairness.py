@@ -167,6 +167,7 @@ def test_an_upload_that_sends_nothing_is_ended_after_the_idle_timeout_and_frees_
         stub.UploadModel.future(idle_upload(stop, model_header()), timeout=WAIT_S),
         stub.UploadModel.future(idle_upload(stop, None), timeout=WAIT_S),  # not even a header
         stub.UploadDataset.future(idle_upload(stop, dataset_header), timeout=WAIT_S),
+        server.worker_stub().WriteArtifact.future(idle_upload(stop, None), metadata=server.worker_metadata, timeout=WAIT_S),
     ]
     try:
         for call in calls:
