@@ -236,6 +236,7 @@ class _Assets:
         self.failed: dict[str, str] = {}
         self.anchors: dict[str, str] = {}  # artifact name -> id of the element that first shows it
         self.files: dict[str, str] = {}  # artifact name -> its file beside the page (embed=False)
+        self.inlined = 0  # bytes of non-image artifacts embedded as download links
 
     def names(self, task: str, pattern: str = r".*") -> list[str]:
         """Artifact names of `task` matching `pattern` (a regex on the whole name), in name order."""
@@ -671,6 +672,7 @@ def _raw_summary(outcome: "TaskOutcome") -> str:
 
 
 _LINK_INLINE_BYTES = 512 * 1024  # embedded pages carry non-image artifacts up to this size as download links
+_LINK_INLINE_TOTAL = 8 * 1024 * 1024  # ... and no more than this in all, so a job of many files keeps a mailable page
 
 
 def _artifact_table(result: "Result", assets: _Assets, prefix: str = "") -> str:
@@ -699,7 +701,8 @@ def _artifact_link(artifact: Any, assets: _Assets) -> str:
     relative = artifact_path(artifact.name)
     if relative is None:
         return f"{name} <span class=\"muted small\">(refused: leaves the job's folder)</span>"
-    if not assets.embed or artifact.size_bytes <= _LINK_INLINE_BYTES:
+    inline = artifact.size_bytes <= _LINK_INLINE_BYTES and assets.inlined + artifact.size_bytes <= _LINK_INLINE_TOTAL
+    if not assets.embed or inline:
         try:
             data = assets.result.read_artifact(artifact.name)
         except Exception as exc:  # noqa: BLE001 - listed as unavailable, with why
@@ -708,6 +711,7 @@ def _artifact_link(artifact: Any, assets: _Assets) -> str:
         if not assets.embed:
             return f'<a href="{escape(assets.write_beside(artifact.name, relative, data))}">{name}</a>'
         media = artifact.media_type or "application/octet-stream"
+        assets.inlined += len(data)
         href = f"data:{media};base64,{base64.b64encode(data).decode('ascii')}"
         return f'<a href="{escape(href)}" download="{escape(relative.name)}">{name}</a>'
     return f'{name} <span class="muted small">({fmt(artifact.size_bytes / 1e6, 3)} MB: <code>kernelscope download</code>)</span>'

@@ -467,3 +467,15 @@ def test_tconv_verdicts_for_3tconv_and_unanalysed_layers() -> None:
         "block.t: 3TConv layer, 16 filters read; dominant motion down ↓ (40 % of filters); 12.5 % near identity",
         "1 layer(s) listed but not analysed (temporal_only): block.temporal",
     ]
+
+
+def test_embedded_download_links_stop_at_a_total_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sdk.report
+
+    monkeypatch.setattr(sdk.report, "_LINK_INLINE_TOTAL", 150)
+    blobs = {f"class_filters/part{i}.npz": bytes([i]) * 60 for i in range(4)}
+    job, files = make_job({"class_filters": (class_filters_summary(), blobs)})
+    html = write_report([Result(job, FakeClient(files, description()))], tmp_path / "r.html").read_text()  # type: ignore[arg-type]
+    table = section(html, "artifacts")
+    assert table.count('href="data:') == 2, "two of 60 bytes fit in 150; the rest name the command"
+    assert table.count("kernelscope download</code>") == 2
