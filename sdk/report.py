@@ -714,7 +714,8 @@ def _artifact_link(artifact: Any, assets: _Assets) -> str:
         assets.inlined += len(data)
         href = f"data:{media};base64,{base64.b64encode(data).decode('ascii')}"
         return f'<a href="{escape(href)}" download="{escape(relative.name)}">{name}</a>'
-    return f'{name} <span class="muted small">({fmt(artifact.size_bytes / 1e6, 3)} MB: <code>kernelscope download</code>)</span>'
+    size = f"{fmt(artifact.size_bytes / 1e6, 3)} MB" if artifact.size_bytes >= 1e6 else f"{fmt(artifact.size_bytes / 1e3, 3)} kB"
+    return f'{name} <span class="muted small">({size}, not embedded: <code>kernelscope download</code>)</span>'
 
 
 def _state_name(result: "Result") -> str:
