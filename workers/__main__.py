@@ -8,6 +8,10 @@ While a job runs, the worker beats every KERNELSCOPE_WORKER_HEARTBEAT seconds (R
 that the service's reaper re-queues the job within seconds if this worker dies; and the work-horse is
 killed with its worker (PR_SET_PDEATHSIG), so that a re-queued job never also finishes on an orphan.
 
+A Redis restart is ridden out: progress that cannot be written is dropped (workers/progress.py), and every
+other write around a job, and the worker's own bookkeeping, waits for Redis to come back, for up to
+KERNELSCOPE_REDIS_PATIENCE seconds (300), before the worker gives up and quits.
+
 Secrets: the first thing `python -m workers` does is re-exec itself with the worker token (and every other
 secret-looking variable, and a Redis URL that carries a password) removed from the environment, handing them
 to the new image over an inherited pipe that it reads once. os.environ.pop cannot do this: /proc/<pid>/environ
