@@ -62,16 +62,7 @@ DEVICE_ENV = "KERNELSCOPE_TEST_DEVICE"
 
 # Cells that do not give their planted answer yet, each with the first line of what it says today. Strict: a cell
 # that starts passing fails the run until it is taken off this list, so the list only ever shrinks.
-_S3D_SUBSETS = (
-    "S3D's 1x1x1-conv head: class_filters' fixed-k subsets miss one of 5 planted features for 3 of 4 clas"
-    "ses (e.g. [3, 15, 29, 111] for [3, 15, 29, 104, 111]); accuracy 1.0"
-)
-KNOWN_FAILURES: dict[tuple[str, str, str], str] = {
-    ("s3d", "onnx_dynamo", "class_filters"): _S3D_SUBSETS,
-    ("s3d", "onnx_legacy", "class_filters"): _S3D_SUBSETS,
-    ("s3d", "pt2_dynamic", "class_filters"): _S3D_SUBSETS,
-    ("s3d", "pt2_batch1", "class_filters"): _S3D_SUBSETS,
-}
+KNOWN_FAILURES: dict[tuple[str, str, str], str] = {}
 
 
 def _marks(arch: str, fmt: str, task: str) -> list[pytest.MarkDecorator]:
