@@ -179,6 +179,7 @@ def test_a_horse_that_dies_while_redis_is_down_is_recorded_once_it_is_back_and_i
     release.touch()  # should the job be run again (a killed horse may be retried), it ends at once
     wait_state(stub, job.id, TERMINAL, DONE_TIMEOUT_S)  # failed, or retried: not left running forever
     assert parent.poll() is None, "the worker quit"
+    assert all(p.poll() is None for p in cluster.workers.values()), "the idle worker quit"
     assert "unhandled exception" not in (cluster.logs / f"worker-{worker}.log").read_text(errors="replace")
     follow = create(stub, "succeed")  # and it still takes work
     assert wait_state(stub, follow.id, TERMINAL, DONE_TIMEOUT_S).state == jobs_pb2.SUCCEEDED
