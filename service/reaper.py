@@ -190,17 +190,22 @@ class Reaper:
 
     def run(self, stop: threading.Event) -> None:
         resume_at = 0.0
+        outage = False
         while not stop.wait(self.config.reap_interval):
             if time.monotonic() < resume_at:
                 continue
             try:
+                if outage:  # Redis answers only now: the workers get a full worker_timeout from here
+                    self.conn.ping()
+                    outage, resume_at = False, time.monotonic() + self.config.worker_timeout
+                    continue
                 self.reap()
                 self.retention.sweep()
             except redis.RedisError as exc:
-                # Redis away: workers could not beat either, so once it is back give them a full
-                # worker_timeout to beat again before any job counts as abandoned.
+                # Redis away: workers could not beat either (their keys may even expire), so the wait
+                # before any job counts as abandoned starts when Redis is back, not when it went.
                 log.debug("reaper: Redis unavailable: %s", exc)
-                resume_at = time.monotonic() + self.config.worker_timeout
+                outage, resume_at = True, time.monotonic() + self.config.reap_interval
             except Exception:  # noqa: BLE001 - the reaper must outlive any one bad job
                 log.exception("reaper: unexpected error")
 

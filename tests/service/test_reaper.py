@@ -210,3 +210,62 @@ def test_the_reaper_thread_runs_with_the_server(start_server, redis_conn) -> Non
     while any(t.name == "kernelscope-reaper" for t in threading.enumerate()):
         assert time.monotonic() < deadline, "the reaper outlived its server"
         time.sleep(0.05)
+
+
+class _RedisAway:
+    """A connection whose ping fails until `back` is set (the reaper pings it to learn that Redis is back)."""
+
+    def __init__(self, back: threading.Event) -> None:
+        self.back = back
+
+    def ping(self) -> bool:
+        import redis
+
+        if not self.back.is_set():
+            raise redis.ConnectionError("Redis is away")
+        return True
+
+
+def test_after_an_outage_the_reaper_waits_a_worker_timeout_from_when_redis_is_back(redis_conn) -> None:
+    """Workers can only beat again once Redis answers (their keys may have expired meanwhile): judging them
+    sooner than worker_timeout after that moment fails jobs that are still running, e.g. after a 60 s outage."""
+    import dataclasses
+
+    import redis
+
+    from service.config import Config
+
+    timeout_s, outage_s = 2.0, 3.0
+    config = dataclasses.replace(Config(), reap_interval=0.05, worker_timeout=timeout_s)
+    reaper = Reaper(redis_conn, config)
+    back, judged, stop = threading.Event(), threading.Event(), threading.Event()
+    times: dict[str, float] = {}
+
+    def reap() -> list[Any]:
+        if not back.is_set():
+            times.setdefault("away", time.monotonic())
+            raise redis.ConnectionError("Redis is away")
+        times["judged"] = time.monotonic()
+        judged.set()
+        return []
+
+    reaper.conn = _RedisAway(back)  # type: ignore[assignment]
+    reaper.reap = reap  # type: ignore[method-assign]
+    reaper.retention.sweep = lambda: None  # type: ignore[method-assign]
+    thread = threading.Thread(target=reaper.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while "away" not in times and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert "away" in times, "the reaper never ran"
+        time.sleep(outage_s)  # the outage itself: longer than worker_timeout, as a 60 s outage is than 15 s
+        back.set()
+        back_at = time.monotonic()
+        assert judged.wait(60), "the reaper never judged the workers after Redis came back"
+        assert times["judged"] - back_at >= timeout_s - 0.05, (
+            f"judged {times['judged'] - back_at:.2f} s after Redis came back; workers get {timeout_s} s to beat"
+        )
+    finally:
+        stop.set()
+        thread.join(10)
