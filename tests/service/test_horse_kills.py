@@ -1,7 +1,8 @@
 """A work-horse killed by a signal, on real processes (tests/service/cluster.py): the worker lives on and fails
 the job; the service runs it again once, with a note on the job, and a second kill fails it with the signal
 named. The horse runs the fake worker's "until=<path>" mode: it waits for the test to release it, so each
-kill lands while the job runs, however slow the machine."""
+kill lands while the job runs, however slow the machine. The last test checks, in-process as test_reaper.py does,
+that a retry after a lost worker is noted on the job the same way."""
 
 from __future__ import annotations
 
@@ -144,3 +145,21 @@ def test_the_failure_names_the_signal_from_rqs_failure_line(number: int, code: s
     other = jobs_pb2.Job()
     _apply_failure(other, "Work-horse terminated unexpectedly; waitpid returned None; ")  # killed for its timeout
     assert other.error.reason == "WORKER_FAILED"
+
+
+def test_a_job_queued_again_after_its_worker_was_lost_says_so_too(start_server, redis_conn) -> None:
+    from service.reaper import Reaper
+    from tests.service.helpers import upload_model
+    from tests.service.test_reaper import take
+
+    server = start_server(job_retries=1, worker_timeout=2.0, reap_interval=1000.0)  # the test reaps by hand
+    stub = server.stub()
+    request = jobs_pb2.CreateJobRequest(model_id=upload_model(stub, onnx_bytes()).id, tasks=[tasks_pb2.Task(name="tconv_stats")])
+    job = stub.CreateJob(request, timeout=10)
+    worker, _ = take(server, redis_conn, "ghost")
+    worker.register_death()
+    [reaped] = Reaper(redis_conn, server.config).reap()
+    assert reaped.requeued
+    seen = stub.GetJob(jobs_pb2.GetJobRequest(job_id=job.id), timeout=10)
+    assert seen.state == jobs_pb2.QUEUED
+    assert list(seen.warnings) == ["the worker running this job (ghost) stopped responding; queued again (retry 1 of 1)"]
