@@ -30,7 +30,8 @@ from deploy.stack import free_port
 from tests.service import fake_worker
 
 ROOT = Path(__file__).resolve().parents[2]
-START_TIMEOUT_S = 60.0
+START_TIMEOUT_S = 180.0  # a process starting on a loaded machine (load 16 on 2 cores) needs a minute or more
+STOP_TIMEOUT_S = 120.0  # a process that has not exited by then is stuck, not slow (a loaded machine takes seconds)
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
@@ -111,7 +112,7 @@ class Cluster:
     def kill_server(self, sig: int = signal.SIGKILL) -> None:
         assert self.server is not None
         self.server.send_signal(sig)
-        self.server.wait(30)
+        self.server.wait(STOP_TIMEOUT_S)
         self.server = None
 
     def wait_serving(self, timeout: float = START_TIMEOUT_S) -> None:
@@ -160,7 +161,7 @@ class Cluster:
     def kill_worker(self, name: str, sig: int = signal.SIGKILL) -> None:
         process = self.workers.pop(name)
         process.send_signal(sig)
-        process.wait(30)
+        process.wait(STOP_TIMEOUT_S)
 
     # --- all --------------------------------------------------------------------------------
 
