@@ -11,7 +11,6 @@ few seconds each. Nothing is downloaded.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -98,14 +97,13 @@ def main() -> int:
 
 
 def _print_highlights(c3d, tconv) -> None:  # noqa: ANN001 - sdk.Result
-    """A few numbers a person would look for first; the report has the rest."""
-    summaries = {"c3d": c3d.summaries, "tconv": tconv.summaries}
-    print("\nhighlights (full summaries in each job.json):")
-    print(json.dumps({k: {t: _head(s) for t, s in v.items()} for k, v in summaries.items()}, indent=1)[:4000])
+    """The findings a person would look for first, per model and task; the reports and job.json have the rest."""
+    from sdk import findings
 
-
-def _head(summary: dict) -> dict:
-    return {k: v for k, v in summary.items() if isinstance(v, (int, float, str)) or (isinstance(v, dict) and len(json.dumps(v)) < 300)}
+    print("\nfindings (full summaries in each job.json):")
+    for label, result in (("c3d", c3d), ("tconv", tconv)):
+        print(f" {label}:")
+        print("\n".join(findings.lines(result)))
 
 
 if __name__ == "__main__":

@@ -36,6 +36,9 @@ UPLOAD_MIN_TIMEOUT_S = 60.0  # an upload's deadline: this plus size at UPLOAD_SL
 UPLOAD_SLOWEST_BPS = 5e6
 WAIT_SLICE_S = 30.0  # one WatchJob stream lasts at most this long before the client reconnects
 RETRY_SECONDS = 60.0  # how long UNAVAILABLE is retried before it is raised
+# A client that has never reached its service gives up this soon: nothing listening is a setup mistake to say at
+# once, not an outage to ride out (a service that answered once is retried for retry_seconds).
+FIRST_CONTACT_SECONDS = 5.0
 # How long describe waits on DescribeModel (a cached or quick description) before it waits on a describe job instead.
 DESCRIBE_QUICK_S = 10.0
 MODEL_ID_PREFIX, MODEL_ID_HASH_CHARS = "mdl_", 24  # the service names a model after its bytes
@@ -62,6 +65,7 @@ class Client:
         self._stub = self._transport.stub()
         self.timeout = timeout
         self.retry_seconds = retry_seconds
+        self._reached = False  # whether the service ever answered (anything but UNAVAILABLE)
         self._on_close: list[Callable[[], None]] = []
 
     # ------------------------------------------------------------------ lifecycle
@@ -237,6 +241,7 @@ class Client:
 
         model_options go to upload_model: example_input (torch modules), input_spec, format, name, architecture.
         """
+        tasks = task_specs.to_tasks(tasks)  # a misspelled option is refused before anything is uploaded
         model_id = self._model_id(model, progress=progress, **model_options)
         dataset_id = ""
         if dataset is not None:
@@ -338,16 +343,35 @@ class Client:
         return self._retry(lambda: method(request, timeout=timeout or self.timeout, metadata=self._md()))
 
     def _retry(self, call: Callable[[], T]) -> T:
-        """Run `call`, retrying UNAVAILABLE with jittered exponential backoff for up to retry_seconds."""
+        """Run `call`, retrying UNAVAILABLE with jittered exponential backoff for up to retry_seconds
+        (FIRST_CONTACT_SECONDS while the service has never answered: then the error says how to start one)."""
         started, delay = time.monotonic(), 0.1
         while True:
             try:
-                return call()
+                value = call()
+                self._reached = True
+                return value
             except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() - started > self.retry_seconds:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                    self._reached = True
+                    raise from_rpc_error(exc) from None
+                waited = time.monotonic() - started
+                if not self._reached and waited > min(FIRST_CONTACT_SECONDS, self.retry_seconds):
+                    raise self._no_service(exc) from None
+                if waited > self.retry_seconds:
                     raise from_rpc_error(exc) from None
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 2.0)
+
+    def _no_service(self, exc: grpc.RpcError) -> Unavailable:
+        """The first contact failed: say where we looked and the three ways to have a service."""
+        detail = (exc.details() if hasattr(exc, "details") else "") or "no answer"
+        return Unavailable(
+            f"no kernelscope service answers at {self.target} ({detail.splitlines()[0][:160]}); start one with "
+            "`kernelscope up` (or set KERNELSCOPE_TARGET / --target), or run without one: `--local` on the command "
+            "line, `sdk.Client.local()` in Python",
+            reason="NO_SERVICE",
+        )
 
     @staticmethod
     def _paged(fetch: Callable[[str], Any], field: str) -> list[Any]:

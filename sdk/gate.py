@@ -58,7 +58,9 @@ PASS, WARN, FAIL, ERROR, SKIP = "pass", "warn", "fail", "error", "skip"
 _ABSOLUTE_BOUNDS = ("max", "min", "warn_max", "warn_min")
 _RELATIVE_BOUNDS = ("max_regression", "warn_regression")
 _CHECK_KEYS = ("metric", "name", "layer", *_ABSOLUTE_BOUNDS, *_RELATIVE_BOUNDS)
-_POLICY_KEYS = ("version", "fail_on", "could_not_run", "dataset", "tasks", "checks")
+_POLICY_KEYS = ("version", "fail_on", "could_not_run", "dataset", "input_spec", "architecture", "format", "tasks", "checks")
+# Keys of the policy's input_spec table (common.proto's InputSpec).
+_INPUT_SPEC_KEYS = ("shape", "dtype", "value_min", "value_max", "mean", "std")
 
 
 class PolicyError(KernelscopeError):
@@ -114,6 +116,8 @@ class Policy:
     could_not_run: str = "fail"
     source: Path | None = None
     text: str = field(default="", repr=False)  # the TOML as written, for quoting a check's lines
+    # How both models are uploaded (input_spec, architecture, format); the command line's options override them.
+    model_options: Mapping[str, Any] = field(default_factory=dict)
 
     def check_text(self, check: Check) -> str:
         """The policy's own lines for `check` (its [[checks]] table), as written; "" when not known."""
@@ -174,6 +178,7 @@ class Policy:
             if not isinstance(dataset, str) or not dataset:
                 raise PolicyError(f'{where}: dataset is a path to an .npz (dataset = "clips.npz")')
             dataset = Path(dataset) if source is None else (source.parent / dataset)
+        model_options = _model_options(raw, where)
         raw_checks = raw.get("checks")
         if not isinstance(raw_checks, list) or not raw_checks:
             raise PolicyError(f"{where}: no checks; add at least one [[checks]] table with a metric and a bound")
@@ -185,7 +190,31 @@ class Policy:
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise PolicyError(f"{where}: check names must be unique; give these a distinct name: {', '.join(duplicates)}")
-        return cls(checks, task_options, dataset, fail_on, could_not_run, source, text)
+        return cls(checks, task_options, dataset, fail_on, could_not_run, source, text, model_options=model_options)
+
+
+def _model_options(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """The policy's input_spec table and architecture / format strings, as Client.analyze takes them."""
+    options: dict[str, Any] = {}
+    spec = raw.get("input_spec")
+    if spec is not None:
+        example = "input_spec = { mean = [0.5, 0.5, 0.5], std = [0.25, 0.25, 0.25] }"
+        if not isinstance(spec, dict):
+            raise PolicyError(f"{where}: input_spec is a table, e.g. {example}")
+        unknown = [k for k in spec if k not in _INPUT_SPEC_KEYS]
+        if unknown:
+            raise PolicyError(f"{where}: input_spec has no key {unknown[0]!r}; its keys: {', '.join(_INPUT_SPEC_KEYS)}")
+        for key in ("shape", "mean", "std"):
+            if key in spec and not (isinstance(spec[key], list) and all(isinstance(v, (int, float)) for v in spec[key])):
+                raise PolicyError(f"{where}: input_spec.{key} is a list of numbers, e.g. {example}")
+        options["input_spec"] = dict(spec)
+    for key in ("architecture", "format"):
+        value = raw.get(key)
+        if value is not None:
+            if not isinstance(value, str) or not value:
+                raise PolicyError(f'{where}: {key} is a name, e.g. {key} = "{"c3d_small" if key == "architecture" else "onnx"}"')
+            options[key] = value
+    return options
 
 
 @dataclass(frozen=True)
@@ -477,12 +506,17 @@ def run_gate(
     While they run, one line per change of task or stage (and every 10 % or 30 s) goes to `log`
     (default stderr), so a CI log shows the gate working rather than minutes of silence.
     """
+    model_options = {**policy.model_options, **{k: v for k, v in model_options.items() if v}}
     dataset = dataset if dataset is not None else policy.dataset
     if "class_filters" in policy.tasks and dataset is None:
-        raise PolicyError("the policy checks class_filters, which needs a labelled dataset: pass --dataset or set dataset = \"x.npz\" in the policy")
+        raise PolicyError("the policy checks class_filters, which needs a labelled dataset: pass --dataset CLIPS.npz or set dataset = \"x.npz\" in the policy")
     if dataset is not None and isinstance(dataset, (str, Path)) and not str(dataset).startswith("ds_"):
         if not Path(dataset).is_file():
-            raise PolicyError(f"dataset {dataset} does not exist")
+            given = "--dataset" if dataset != policy.dataset else f"the policy's dataset key ({policy.source or 'policy'})"
+            raise PolicyError(
+                f"dataset {dataset} (from {given}) does not exist: pass --dataset CLIPS.npz, an .npz of x (N, C, T, H, W), "
+                "y and optional class_names (the README shows how to make the demo's)"
+            )
         dataset = client.upload_dataset(str(dataset)).id
     tasks = policy.task_specs() + list(extra_tasks)
     labels = [model_label(model)] + ([model_label(baseline)] if baseline is not None else [])

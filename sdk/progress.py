@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, Iterable, Iterator, Sized, TypeVar
 
@@ -22,11 +23,21 @@ class _Bar:
         if enabled:
             from tqdm import tqdm
 
-            self._bar = tqdm(**options)
+            self._bar = tqdm(**{**_size(), **options})
 
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
+
+
+def _size() -> dict[str, int]:
+    """tqdm's ncols/nrows where the terminal reports no size (a fresh pseudo-terminal, some container ttys): there
+    tqdm would take 0 columns and -1 rows, draw nothing, and the bar would silently not show."""
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {} if size.columns > 0 and size.lines > 0 else {"ncols": size.columns or 100, "nrows": size.lines or 24}
 
 
 class UploadBar(_Bar):

@@ -17,6 +17,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from kernelscope.v1 import tasks_pb2
+from sdk.errors import InvalidArgument
 
 OPTIONS_BY_TASK: dict[str, type[Message]] = {
     "kernel_viz": tasks_pb2.KernelVizOptions,
@@ -25,6 +26,40 @@ OPTIONS_BY_TASK: dict[str, type[Message]] = {
     "describe": tasks_pb2.DescribeOptions,
 }
 TASK_NAMES: tuple[str, ...] = ("kernel_viz", "tconv_stats", "class_filters")
+# Each task's options and what an unset one means (the proto documents the same defaults; a test holds them equal),
+# for `kernelscope analyze --help` and for the error that names a misspelled option.
+OPTION_DEFAULTS: dict[str, dict[str, str]] = {
+    "kernel_viz": {
+        "layers": "every convolution layer",
+        "channels": "all channels",
+        "steps": "256",
+        "seed": "0",
+        "objective": "NEURON (or CHANNEL)",
+        "canvas": "receptive field plus jitter margin",
+        "tv_weight": "0.1",
+    },
+    "tconv_stats": {
+        "layers": "every 3D convolution",
+        "fit_conv3d": "true",
+        "residual_threshold": "0.2",
+        "restarts": "4",
+        "fit_steps": "200",
+        "seed": "0",
+        "identity_tolerance": "0.05",
+    },
+    "class_filters": {
+        "layer": "the input of the last Linear layer",
+        "k": "5",
+        "mass_coverage": "0.9",
+        "accuracy_retention": "0.99",
+        "ranking": "contribution (or frequency)",
+        "mi_estimator": "binned (or knn)",
+        "bootstrap": "20",
+        "seed": "0",
+        "fit_fraction": "0.7",
+    },
+    "describe": {},
+}
 
 TaskSpec = Any
 
@@ -65,6 +100,27 @@ def _with_options(name: str, options: Any) -> tasks_pb2.Task:
         return task  # the service names the valid tasks
     if isinstance(options, Message):
         getattr(task, name).CopyFrom(options)
-    else:
-        json_format.ParseDict(dict(options or {}), getattr(task, name))
+        return task
+    if not isinstance(options, Mapping):
+        raise InvalidArgument(f"options of task {name!r} must be an object of option: value, got {options!r}", reason="BAD_OPTIONS")
+    valid = cls.DESCRIPTOR.fields_by_name
+    unknown = [key for key in options if key not in valid]
+    if unknown:
+        raise InvalidArgument(
+            f"task {name!r} has no option {unknown[0]!r}; its options: {', '.join(valid) or 'none'}", reason="UNKNOWN_OPTION"
+        )
+    try:
+        json_format.ParseDict(dict(options), getattr(task, name))
+    except json_format.ParseError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InvalidArgument(f"options of task {name!r}: {first}", reason="BAD_OPTIONS") from None
     return task
+
+
+def help_text() -> str:
+    """Every task with its options and their defaults, for --help."""
+    lines = ["tasks and their options (unset means the default shown):"]
+    for name, options in OPTION_DEFAULTS.items():
+        lines.append(f"  {name}" + (":" if options else " (no options)"))
+        lines.extend(f"    {option:<20} {default}" for option, default in options.items())
+    return "\n".join(lines)

@@ -1,0 +1,87 @@
+"""`kernelscope analyze` on a terminal (a pseudo-terminal): the progress bars show, and Ctrl-C while it waits asks
+the service to cancel the job, says so, and leaves the job CANCELLED rather than running on unseen."""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import select
+import signal
+import sys
+import time
+from pathlib import Path
+
+import sdk
+
+SHORT_ID = re.compile(rb"(job_[0-9a-f]{8})")
+
+
+def _read_until(fd: int, pattern: re.Pattern[bytes], seen: bytearray, timeout: float) -> re.Match[bytes] | None:
+    """Read the terminal into `seen` until `pattern` matches it (or `timeout` s pass, or the child closes it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        match = pattern.search(seen)
+        if match:
+            return match
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                return pattern.search(seen)
+            if not chunk:
+                return pattern.search(seen)
+            seen.extend(chunk)
+    return pattern.search(seen)
+
+
+def _exit_status(pid: int, fd: int, seen: bytearray, timeout: float) -> int | None:
+    """The child's exit code once it ends (None after `timeout` s), reading the terminal meanwhile: a child whose
+    last output nobody reads waits in its tty's close for it to drain."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            try:
+                seen.extend(os.read(fd, 4096))
+            except OSError:  # EIO: the child closed its end; it is exiting
+                time.sleep(0.1)
+    return None
+
+
+def test_progress_bar_on_a_terminal_and_ctrl_c_cancels_the_job(stack, client: sdk.Client, c3d_pt2: Path) -> None:  # noqa: ANN001
+    argv = [
+        sys.executable, "-m", "sdk.cli", "--target", stack.target, "analyze", str(c3d_pt2),
+        '--task=kernel_viz:{"layers": ["conv2"], "steps": 5000}', "--input-spec", '{"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}',
+    ]
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the CLI, with the pty as its controlling terminal
+        os.execv(sys.executable, argv)
+    seen = bytearray()
+    code: int | None = None
+    try:
+        # The job's bar: its short id and a percentage, redrawn in place on the terminal.
+        bar = _read_until(fd, re.compile(rb"job_[0-9a-f]{8} [^\r\n]*\d+%"), seen, timeout=240)
+        assert bar is not None, seen.decode(errors="replace")
+        short_id = SHORT_ID.search(bar.group(0)).group(1).decode()  # type: ignore[union-attr]
+        os.write(fd, b"\x03")  # Ctrl-C, as typed: the terminal sends SIGINT to the foreground process
+        said = _read_until(fd, re.compile(rb"job (job_[0-9a-f]{32}): (CANCELLED|RUNNING|QUEUED)"), seen, timeout=120)
+        code = _exit_status(pid, fd, seen, timeout=60)
+    finally:
+        if code is None and _exit_status(pid, fd, seen, timeout=0.5) is None:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(fd)
+    text = seen.decode(errors="replace")
+    assert said is not None, text
+    job_id = said.group(1).decode()
+    assert job_id.startswith(short_id)
+    assert f"interrupted: asking the service to cancel job {job_id}" in text and "Traceback" not in text, text
+    assert code == 130, text
+    for _ in client.watch_job(job_id, deadline=time.monotonic() + 120):  # a running job stops at the worker's next check
+        pass
+    assert client.get_job(job_id).state == "CANCELLED", text
