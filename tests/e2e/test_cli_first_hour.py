@@ -187,3 +187,22 @@ def test_gate_policy_input_spec_reaches_the_job(stack, c3d_pt2: Path, tmp_path: 
     jobs = json.loads(_cli(stack, "jobs", "list", "--json").stdout)
     newest = max(jobs, key=lambda j: j["create_time"])
     assert newest["input_spec"]["mean"] == [0.5] * 3 and not newest.get("warnings")
+
+
+def test_architecture_given_after_a_first_upload_without_it_takes_effect(stack, tmp_path: Path) -> None:  # noqa: ANN001
+    """Weights alone cannot run kernel_viz; naming the architecture on a second upload of the same file must make it
+    runnable (the service kept the first record's empty architecture, so it kept failing)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from workers.samples.models import C3DSmall
+
+    torch.manual_seed(7)
+    weights = tmp_path / "weights.safetensors"
+    save_file(C3DSmall().state_dict(), weights)
+    bare = _cli(stack, "analyze", str(weights), CHEAP_VIZ, "--no-progress")
+    assert bare.returncode == 2 and "architecture" in _one_line_error(bare)
+    named = _cli(stack, "analyze", str(weights), CHEAP_VIZ, "--architecture", "c3d_small", "--input-spec", SPEC, "--json", "--no-progress")
+    assert named.returncode == 0, (named.stdout, named.stderr)
+    result = json.loads(named.stdout)
+    assert result["architecture"] == "c3d_small" and result["state"] == "SUCCEEDED"
