@@ -23,6 +23,13 @@ RETRY_SECONDS = 60.0  # how long a call answered UNAVAILABLE is retried
 
 T = TypeVar("T")
 
+# gRPC's core (as grpcio builds it) restarts its event-engine threads in every forked child of a process that has
+# used gRPC. The horse uses gRPC, then forks the model process, which closes every descriptor it inherited
+# (workers/sandbox.py): those threads then met closed epoll and event fds and aborted it ("Check failed:
+# wakeup_fd_->Wakeup().ok()", MODEL_PROCESS_SIGABRT), a few jobs in a hundred on a loaded machine. No child of a
+# worker uses gRPC, so none needs the threads. Set here, on import, before this process first initialises gRPC.
+os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "0"
+
 _settings: dict[str, str] = {}
 
 

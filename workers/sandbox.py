@@ -44,6 +44,7 @@ from __future__ import annotations
 import ctypes
 import errno as errno_mod
 import fnmatch
+import gc
 import json
 import logging
 import os
@@ -417,6 +418,10 @@ def run_in_sandbox(
     started = time.monotonic()
     pid = os.fork()
     if pid == 0:  # the model process: never returns
+        # Nothing inherited from the horse is ever collected here: it used gRPC (fetching the inputs), whose
+        # channel objects can outlive close() in reference cycles, and freeing one wakes gRPC's poller through
+        # an eventfd that _confine closes; the collection after that aborted the process (SIGABRT).
+        gc.freeze()
         code = 0
         try:
             os.close(read_fd)

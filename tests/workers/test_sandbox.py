@@ -364,3 +364,68 @@ def test_artifacts_are_uploaded_without_following_links(tmp_path: Path) -> None:
 
     job._upload(Connection(), "j", "t", out)  # type: ignore[arg-type]
     assert sent == [("plot.png", b"png")]
+
+
+# A horse that has used gRPC, with a stream still open (as a channel's slow shutdown leaves it on a loaded machine)
+# and the channel in uncollected garbage, forks the model process, which collects garbage and counts its threads.
+GRPC_THEN_MODEL_PROCESS = textwrap.dedent(
+    """
+    import gc, json, os, sys, tempfile, time
+    from pathlib import Path
+    from workers import connection, sandbox  # what the horse imports before it first uses gRPC
+    from workers.errors import TaskError
+    import grpc
+
+    gc.disable()  # the garbage below is still there when the horse forks
+    channel = grpc.insecure_channel(sys.argv[1])
+    stream = channel.unary_stream("/probe.Probe/Stream")(b"")
+    next(stream)
+    garbage = [channel, stream]
+    garbage.append(garbage)
+    del channel, stream, garbage
+    scratch = Path(tempfile.mkdtemp()) / "scratch"
+    scratch.mkdir()
+
+    def model_code(pipe):
+        time.sleep(0.5)  # any gRPC thread here now meets the descriptors _confine closed
+        gc.collect()
+        return len(os.listdir("/proc/self/task"))
+
+    try:
+        threads, _ = sandbox.run_in_sandbox(model_code, sandbox.Policy(scratch=scratch))
+        print(json.dumps({"threads": threads}))
+    except TaskError as exc:
+        print(json.dumps({"error": exc.reason}))
+    """
+)
+
+
+@pytest.fixture()
+def streaming_server() -> Iterator[str]:
+    from concurrent import futures
+
+    import grpc
+
+    def stream(request: bytes, context: Any) -> Iterator[bytes]:
+        for _ in range(1000):
+            yield b"x" * 65536
+
+    handler = grpc.method_handlers_generic_handler("probe.Probe", {"Stream": grpc.unary_stream_rpc_method_handler(stream)})
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield f"127.0.0.1:{port}"
+    server.stop(0)
+
+
+def test_the_model_process_gets_nothing_running_of_the_horses_grpc(streaming_server: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRPC_")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    done = subprocess.run([sys.executable, "-c", GRPC_THEN_MODEL_PROCESS, streaming_server], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=180, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # Before: gRPC's threads restarted in the model process (6 threads), or it died of SIGABRT on their closed fds.
+    assert json.loads(done.stdout.splitlines()[-1]) == {"threads": 1}, done.stderr[-3000:]
+    # and its garbage collection freed the horse's channel, whose gRPC calls then wrote to a closed eventfd.
+    assert "Bad file descriptor" not in done.stderr, done.stderr[-3000:]
