@@ -276,10 +276,8 @@ def _analyze(args: argparse.Namespace) -> int:
         if args.no_wait:
             print(job.id)
             return 0
-        try:
-            result = job.wait(timeout=args.timeout, progress=False if args.no_progress else None, raise_on_error=False)
-        except KeyboardInterrupt:
-            _cancel_on_interrupt(client, job)
+        result = _wait_or_cancel(client, job, args.timeout, False if args.no_progress else None)
+        if result is None:
             return 130
         if out is None and args.local:
             out = LOCAL_RESULTS_DIR / result.id  # the embedded stack and its files go when this command ends
@@ -293,6 +291,34 @@ def _analyze(args: argparse.Namespace) -> int:
         else:
             _print_result(result)
         return 0 if result.ok else 1
+
+
+def _wait_or_cancel(client: Any, job: Any, timeout: float | None, progress: bool | None) -> Any:
+    """The job's Result, or None after Ctrl-C (the job then cancelled on the service).
+
+    The wait runs in a thread and Ctrl-C lands in this one's join: a KeyboardInterrupt raised inside gRPC's own
+    wait for a stream message left the channel unable to close (the process hung at exit, 1 run in 5)."""
+    import threading
+
+    outcome: dict[str, Any] = {}
+
+    def wait() -> None:
+        try:
+            outcome["result"] = job.wait(timeout=timeout, progress=progress, raise_on_error=False)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            outcome["error"] = exc
+
+    waiter = threading.Thread(target=wait, name="kernelscope-wait", daemon=True)
+    try:
+        waiter.start()  # inside: start() itself waits for the thread, and Ctrl-C may come then
+        while waiter.is_alive():
+            waiter.join(0.2)
+    except KeyboardInterrupt:
+        _cancel_on_interrupt(client, job)
+        return None
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 def _cancel_on_interrupt(client: Any, job: Any) -> None:

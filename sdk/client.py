@@ -297,8 +297,9 @@ class Client:
             if remaining is not None and remaining <= 0:
                 raise DeadlineExceeded(f"job {job_id} did not finish in time")
             slice_s = WAIT_SLICE_S if remaining is None else min(WAIT_SLICE_S, remaining)
+            stream = self._stub.WatchJob(jobs_pb2.WatchJobRequest(job_id=job_id), timeout=slice_s, metadata=self._md())
             try:
-                for job in self._stub.WatchJob(jobs_pb2.WatchJobRequest(job_id=job_id), timeout=slice_s, metadata=self._md()):
+                for job in stream:
                     outage_started = None
                     yield job
                     if job.state in TERMINAL:
@@ -312,6 +313,10 @@ class Client:
                 if time.monotonic() - outage_started > self.retry_seconds:
                     raise from_rpc_error(exc) from None
                 time.sleep(0.5)
+            finally:
+                # Left early (Ctrl-C in the caller, a closed generator): end the stream now, not at interpreter exit.
+                if hasattr(stream, "cancel"):
+                    stream.cancel()
 
     # ------------------------------------------------------------------ artifacts
     def read_artifact(self, job_id: str, name: str) -> bytes:

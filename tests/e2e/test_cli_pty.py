@@ -60,6 +60,7 @@ def test_progress_bar_on_a_terminal_and_ctrl_c_cancels_the_job(stack, client: sd
     ]
     pid, fd = pty.fork()
     if pid == 0:  # the child: the CLI, with the pty as its controlling terminal
+        os.environ["PYTHONFAULTHANDLER"] = "1"  # SIGABRT (below, only if it hangs) prints every thread's stack
         os.execv(sys.executable, argv)
     seen = bytearray()
     code: int | None = None
@@ -73,8 +74,10 @@ def test_progress_bar_on_a_terminal_and_ctrl_c_cancels_the_job(stack, client: sd
         code = _exit_status(pid, fd, seen, timeout=60)
     finally:
         if code is None and _exit_status(pid, fd, seen, timeout=0.5) is None:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+            os.kill(pid, signal.SIGABRT)  # a hang: its stacks go to the terminal, into `seen` for the message
+            if _exit_status(pid, fd, seen, timeout=10) is None:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
         os.close(fd)
     text = seen.decode(errors="replace")
     assert said is not None, text
