@@ -455,8 +455,10 @@ def _jobs(args: argparse.Namespace) -> int:
         job = _cancel(client, job_id, wait_s=CANCEL_WAIT_S)
         if args.json:
             print(json_format.MessageToJson(job.proto, preserving_proto_field_name=True))
-        elif job.done:
+        elif job.state == "CANCELLED":
             print(f"job {job.id}: {job.state}")
+        elif job.done:
+            print(f"job {job.id}: {job.state} (it ended before the cancel; nothing was cancelled)")
         else:
             print(f"job {job.id}: {job.state}, cancel requested (the worker stops it at its next check)")
         return 0

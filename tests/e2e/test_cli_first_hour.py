@@ -130,6 +130,11 @@ def test_short_job_ids_are_accepted_and_cancel_prints_the_state_after_cancelling
     cancelled = _cli(stack, "jobs", "cancel", short)
     assert cancelled.returncode == 0, cancelled.stderr
     assert cancelled.stdout.strip() == f"job {job_id}: CANCELLED", cancelled.stdout
+    again = _cli(stack, "jobs", "cancel", job_id)
+    assert again.returncode == 0 and again.stdout.strip() == f"job {job_id}: CANCELLED", again.stdout
+    done = json.loads(_cli(stack, "analyze", str(c3d_pt2), CHEAP_TCONV, "--json", "--no-progress").stdout)["job_id"]
+    late = _cli(stack, "jobs", "cancel", done)
+    assert late.returncode == 0 and late.stdout.strip() == f"job {done}: SUCCEEDED (it ended before the cancel; nothing was cancelled)"
 
 
 def test_jobs_show_into_a_closed_pipe_is_quiet(stack, c3d_pt2: Path) -> None:  # noqa: ANN001
