@@ -24,7 +24,7 @@ from google.protobuf import duration_pb2
 
 from kernelscope.v1 import datasets_pb2, jobs_pb2, models_pb2
 from sdk import chunks, model_source, tasks as task_specs
-from sdk.errors import Unavailable, from_rpc_error
+from sdk.errors import InvalidArgument, Unavailable, from_rpc_error
 from sdk.job import TERMINAL, Job
 from sdk.progress import UploadBar
 from sdk.result import Result
@@ -335,10 +335,15 @@ class Client:
 
     # ------------------------------------------------------------------ plumbing
     def _model_id(self, model: Any, **options: Any) -> str:
-        if isinstance(model, str) and model.startswith("mdl_") and not os.path.exists(model):
-            return model
-        if isinstance(model, models_pb2.Model):
-            return model.id
+        if isinstance(model, models_pb2.Model) or (isinstance(model, str) and model.startswith("mdl_") and not os.path.exists(model)):
+            ident = model.id if isinstance(model, models_pb2.Model) else model
+            given = sorted(k for k in ("input_spec", "name", "architecture", "format", "example_input") if options.get(k))
+            if given:  # a record's metadata is fixed: these would be silently ignored
+                raise InvalidArgument(
+                    f"{', '.join(given)} cannot change model {ident}: a model record never changes; upload the file "
+                    "again with them (a new record over the same bytes)", reason="MODEL_ID_WITH_OPTIONS",
+                )
+            return ident
         return self.upload_model(model, **options).id
 
     def _md(self) -> tuple[tuple[str, str], ...]:

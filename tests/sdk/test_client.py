@@ -145,3 +145,14 @@ def test_a_failed_job_raises_job_failed_with_the_partial_result() -> None:
     with pytest.raises(sdk.JobFailed) as raised:
         sdk.Job(failed, client).wait(progress=False)
     assert raised.value.reason == "UNKNOWN_LAYER" and raised.value.result["tconv_stats"] == {"layers": []}
+
+
+def test_options_with_a_model_id_are_refused_not_ignored() -> None:
+    """An id names a record whose input spec, name and architecture are fixed; options given with it would be
+    silently dropped, so they are an error before any call."""
+    client, stub = _client({})
+    with pytest.raises(sdk.InvalidArgument, match="input_spec cannot change model mdl_abc") as refused:
+        client.analyze("mdl_abc", tasks=["kernel_viz"], input_spec={"mean": [0.5], "std": [0.25]})
+    assert refused.value.reason == "MODEL_ID_WITH_OPTIONS" and stub.calls == []
+    with pytest.raises(sdk.InvalidArgument, match="architecture cannot change"):
+        client.describe(models_pb2.Model(id="mdl_abc"), architecture="c3d_small")
