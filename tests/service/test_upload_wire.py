@@ -108,9 +108,9 @@ def test_sdk_uploads_reach_the_store_through_the_fast_path(kernelscope_server, m
     monkeypatch.setattr(uploads, "chunk_view", counting)
     data = onnx_bytes(padding=int(2.5 * sdk_chunks.CHUNK_BYTES))
     with sdk.Client(kernelscope_server.address) as client:
-        model = client.upload_model(data, format="onnx", input_spec={"shape": [3, 4, 8, 8]})
-        # the same bytes as protobuf-built messages (any other client) are stored identically
-        assert upload_model(kernelscope_server.stub(), data).id == model.id
+        model = client.upload_model(data, format="onnx", input_spec={"shape": [3, 4, 8, 8]}, name="m")
+        # the same bytes and header as protobuf-built messages (any other client) are the same record
+        assert upload_model(kernelscope_server.stub(), data, name="m").id == model.id
     assert decoded[:3] == [sdk_chunks.CHUNK_BYTES, sdk_chunks.CHUNK_BYTES, len(data) - 2 * sdk_chunks.CHUNK_BYTES]
     assert model.sha256 == sha256(data) and model.size_bytes == len(data)
     blobs = stored_files(kernelscope_server.config.data_dir)["blobs"]
