@@ -102,6 +102,6 @@ def test_upload_progress_reaches_the_whole_size_through_a_real_server(kernelscop
     data = onnx_bytes(padding=3 * chunks.CHUNK_BYTES)
     with sdk.Client(kernelscope_server.address) as client:
         model = client.upload_model(data, format="onnx", name="bar-test.onnx", progress=True)
-        assert client.upload_model(data, format="onnx", progress=True).id == model.id  # known bytes: no bar
+        assert client.upload_model(data, format="onnx", name="bar-test.onnx", progress=True).id == model.id  # known: no bar
     err = capsys.readouterr().err
     assert err.count("upload bar-test.onnx") >= 1 and "100%" in err and "3.00M/3.00M" in err, err[-300:]

@@ -115,13 +115,14 @@ def test_a_tenant_sees_only_its_own_models_datasets_jobs_and_artifacts(two_tenan
     assert not bob.ListDatasets(datasets_pb2.ListDatasetsRequest(), timeout=5).datasets
     assert not bob.ListJobs(jobs_pb2.ListJobsRequest(), timeout=5).jobs
 
-    # The same bytes and the same request_id make Bob his own model and job; deleting Alice's keeps Bob's blob.
-    bobs_model = bob.UploadModel(model_messages(data, name="bob's copy"), timeout=10)
-    assert bobs_model.id == model.id and bobs_model.name == "bob's copy"
+    # The same bytes and header and the same request_id make Bob his own model and job (the same id, his record);
+    # deleting Alice's keeps Bob's record and blob.
+    bobs_model = bob.UploadModel(model_messages(data), timeout=10)
+    assert bobs_model.id == model.id and bobs_model.create_time != model.create_time
     bobs_job = tconv_job(bob, bobs_model.id, request_id="same-request")
     assert bobs_job.id != job.id
     alice.DeleteModel(models_pb2.DeleteModelRequest(model_id=model.id), timeout=5)
-    assert bob.GetModel(models_pb2.GetModelRequest(model_id=model.id), timeout=5).name == "bob's copy"
+    assert bob.GetModel(models_pb2.GetModelRequest(model_id=model.id), timeout=5) == bobs_model
     assert (two_tenants.config.data_dir / "blobs" / model.sha256[:2] / model.sha256).read_bytes() == data
     assert [j.id for j in alice.ListJobs(jobs_pb2.ListJobsRequest(), timeout=5).jobs] == [job.id]
 
