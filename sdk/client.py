@@ -4,8 +4,9 @@
     result = client.analyze("model.pt2", tasks=["tconv_stats", {"kernel_viz": {"steps": 64}}])
     result.download("out/")
 
-Every call has a deadline; only UNAVAILABLE is retried (with backoff, for up to `retry_seconds`), and
-CreateJob carries a request_id so that a retried submission never creates a second job.
+Every call has a deadline; only UNAVAILABLE and the service's "too busy for this tenant" refusals
+(RESOURCE_EXHAUSTED TOO_MANY_CALLS / TOO_MANY_STREAMS) are retried, with jittered backoff for up to
+`retry_seconds`; CreateJob carries a request_id so that a retried submission never creates a second job.
 """
 
 from __future__ import annotations
@@ -35,7 +36,10 @@ CALL_TIMEOUT_S = 30.0  # deadline of a unary call
 UPLOAD_MIN_TIMEOUT_S = 60.0  # an upload's deadline: this plus size at UPLOAD_SLOWEST_BPS
 UPLOAD_SLOWEST_BPS = 5e6
 WAIT_SLICE_S = 30.0  # one WatchJob stream lasts at most this long before the client reconnects
-RETRY_SECONDS = 60.0  # how long UNAVAILABLE is retried before it is raised
+RETRY_SECONDS = 60.0  # how long UNAVAILABLE (or a busy refusal) is retried before it is raised
+# RESOURCE_EXHAUSTED reasons that mean "too many of this tenant's calls at once" (service/admission.py): they clear
+# when another call ends, so they are waited out. Quotas (TENANT_QUOTA, STORE_QUOTA) and size limits never clear.
+BUSY_REASONS = frozenset({"TOO_MANY_CALLS", "TOO_MANY_STREAMS"})
 # A client that has never reached its service gives up this soon: nothing listening is a setup mistake to say at
 # once, not an outage to ride out (a service that answered once is retried for retry_seconds).
 FIRST_CONTACT_SECONDS = 5.0
@@ -288,10 +292,11 @@ class Client:
         return self._unary(self._stub.WaitJob, request, timeout=timeout + self.timeout)
 
     def watch_job(self, job_id: str, deadline: float | None = None) -> Iterator[jobs_pb2.Job]:
-        """Yield the job at each change until it ends; reconnects across UNAVAILABLE and stream time-outs."""
+        """Yield the job at each change until it ends; reconnects across stream time-outs, and across UNAVAILABLE
+        and busy refusals (see BUSY_REASONS) with jittered backoff for up to retry_seconds."""
         from sdk.errors import DeadlineExceeded
 
-        outage_started: float | None = None
+        backoff = _Backoff(self.retry_seconds)
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
@@ -300,19 +305,15 @@ class Client:
             stream = self._stub.WatchJob(jobs_pb2.WatchJobRequest(job_id=job_id), timeout=slice_s, metadata=self._md())
             try:
                 for job in stream:
-                    outage_started = None
+                    backoff.reset()
                     yield job
                     if job.state in TERMINAL:
                         return
             except grpc.RpcError as exc:
                 if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                     continue
-                if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                if not _transient(exc) or not backoff.sleep():
                     raise from_rpc_error(exc) from None
-                outage_started = outage_started or time.monotonic()
-                if time.monotonic() - outage_started > self.retry_seconds:
-                    raise from_rpc_error(exc) from None
-                time.sleep(0.5)
             finally:
                 # Left early (Ctrl-C in the caller, a closed generator): end the stream now, not at interpreter exit.
                 if hasattr(stream, "cancel"):
@@ -353,25 +354,25 @@ class Client:
         return self._retry(lambda: method(request, timeout=timeout or self.timeout, metadata=self._md()))
 
     def _retry(self, call: Callable[[], T]) -> T:
-        """Run `call`, retrying UNAVAILABLE with jittered exponential backoff for up to retry_seconds
-        (FIRST_CONTACT_SECONDS while the service has never answered: then the error says how to start one)."""
-        started, delay = time.monotonic(), 0.1
+        """Run `call`, retrying UNAVAILABLE and busy refusals (BUSY_REASONS) with jittered exponential backoff for
+        up to retry_seconds (FIRST_CONTACT_SECONDS while the service has never answered: then the error says how to
+        start one)."""
+        backoff = _Backoff(self.retry_seconds)
         while True:
             try:
                 value = call()
                 self._reached = True
                 return value
             except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.UNAVAILABLE:
-                    self._reached = True
+                unavailable = exc.code() == grpc.StatusCode.UNAVAILABLE
+                if not unavailable:
+                    self._reached = True  # it answered, if only to say it is busy
+                if not _transient(exc):
                     raise from_rpc_error(exc) from None
-                waited = time.monotonic() - started
-                if not self._reached and waited > min(FIRST_CONTACT_SECONDS, self.retry_seconds):
+                if unavailable and not self._reached and backoff.waited() > min(FIRST_CONTACT_SECONDS, self.retry_seconds):
                     raise self._no_service(exc) from None
-                if waited > self.retry_seconds:
+                if not backoff.sleep():
                     raise from_rpc_error(exc) from None
-                time.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 2.0)
 
     def _no_service(self, exc: grpc.RpcError) -> Unavailable:
         """The first contact failed: say where we looked and the three ways to have a service."""
@@ -395,6 +396,42 @@ class Client:
 
 
 __all__ = ["Client", "Unavailable", "model_id"]
+
+
+def _transient(exc: grpc.RpcError) -> bool:
+    """Whether waiting may clear this error: the service unreachable, or this tenant over its call caps."""
+    code = exc.code()
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return True
+    return code == grpc.StatusCode.RESOURCE_EXHAUSTED and from_rpc_error(exc).reason in BUSY_REASONS
+
+
+class _Backoff:
+    """Jittered exponential sleeps (0.1 s doubling to 2 s) within a budget of `seconds` since the first failure.
+
+    Many threads refused at once must not come back at once, hence the jitter.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.reset()
+
+    def reset(self) -> None:
+        self._started: float | None = None
+        self._delay = 0.1
+
+    def waited(self) -> float:
+        return 0.0 if self._started is None else time.monotonic() - self._started
+
+    def sleep(self) -> bool:
+        """Sleep before the next try; False (no sleep) once the budget is spent."""
+        if self._started is None:
+            self._started = time.monotonic()
+        if self.waited() >= self.seconds:  # retry_seconds=0: never retried
+            return False
+        time.sleep(self._delay * (0.5 + random.random()))
+        self._delay = min(self._delay * 2, 2.0)
+        return True
 
 
 def model_id(header: models_pb2.ModelHeader) -> str:
