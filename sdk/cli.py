@@ -22,9 +22,11 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from google.protobuf import json_format
+
+T = TypeVar("T")
 
 # Where `analyze --local` keeps results when no --out is given: the embedded stack's files go with it.
 LOCAL_RESULTS_DIR = Path("kernelscope-results")
@@ -163,7 +165,7 @@ def _parser() -> argparse.ArgumentParser:
     gate.add_argument("--fail-on", choices=["failure", "warning"], default=None, help="also fail the gate on warnings (default: the policy's fail_on)")
     gate.add_argument("--json", dest="json_path", default=None, metavar="PATH", help="write the JSON report here")
     gate.add_argument("--junit", dest="junit_path", default=None, metavar="PATH", help="write JUnit XML here")
-    gate.add_argument("--report", dest="report_path", default=None, metavar="HTML", help="write the HTML report of the model's (and the baseline's) job here")
+    gate.add_argument("--report", dest="report_path", default=None, metavar="HTML", help="write the gate's HTML page here: the verdict, candidate vs baseline, then both jobs' reports")
     gate.add_argument("--github", action=argparse.BooleanOptionalAction, default=None, help="print GitHub annotations and the step summary (default: when GITHUB_ACTIONS=true)")
     _model_options(gate, both=True)
     gate.add_argument("--timeout", type=float, default=None, help="seconds to wait for each job")
@@ -294,31 +296,52 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def _wait_or_cancel(client: Any, job: Any, timeout: float | None, progress: bool | None) -> Any:
-    """The job's Result, or None after Ctrl-C (the job then cancelled on the service).
+    """The job's Result, or None after Ctrl-C (the job then cancelled on the service)."""
+    done, result = _run_or_cancel(client, lambda: job.wait(timeout=timeout, progress=progress, raise_on_error=False), [job])
+    return result if done else None
 
-    The wait runs in a thread and Ctrl-C lands in this one's join: a KeyboardInterrupt raised inside gRPC's own
+
+def _run_or_cancel(client: Any, work: Callable[[], T], jobs: list[Any] | None = None) -> tuple[bool, T | None]:
+    """(True, work()) or, after Ctrl-C, (False, None) with every job of `jobs` and every job `client` created
+    meanwhile cancelled on the service (each said so): a job left behind would run on unseen.
+
+    `work` runs in a thread and Ctrl-C lands in this one's join: a KeyboardInterrupt raised inside gRPC's own
     wait for a stream message left the channel unable to close (the process hung at exit, 1 run in 5)."""
     import threading
 
+    started = list(jobs or [])
+    create = client.create_job
+
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        job = create(*args, **kwargs)
+        started.append(job)
+        return job
+
+    client.create_job = recorded  # this instance only: describe and run_gate create theirs inside the SDK
     outcome: dict[str, Any] = {}
 
-    def wait() -> None:
+    def run() -> None:
         try:
-            outcome["result"] = job.wait(timeout=timeout, progress=progress, raise_on_error=False)
+            outcome["value"] = work()
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
             outcome["error"] = exc
 
-    waiter = threading.Thread(target=wait, name="kernelscope-wait", daemon=True)
+    waiter = threading.Thread(target=run, name="kernelscope-wait", daemon=True)
     try:
         waiter.start()  # inside: start() itself waits for the thread, and Ctrl-C may come then
         while waiter.is_alive():
             waiter.join(0.2)
     except KeyboardInterrupt:
-        _cancel_on_interrupt(client, job)
-        return None
+        if not started:
+            print("\ninterrupted before any job was submitted", file=sys.stderr, flush=True)
+        for job in started:
+            _cancel_on_interrupt(client, job)
+        return False, None
+    finally:
+        client.create_job = create
     if "error" in outcome:
         raise outcome["error"]
-    return outcome["result"]
+    return True, outcome["value"]
 
 
 def _cancel_on_interrupt(client: Any, job: Any) -> None:
@@ -383,7 +406,9 @@ def _floats(values: Any) -> str:
 
 def _describe(args: argparse.Namespace) -> int:
     with _client(args, local=args.local) as client:
-        description = client.describe(args.model, **_upload_options(args))
+        done, description = _run_or_cancel(client, lambda: client.describe(args.model, **_upload_options(args)))
+    if not done:
+        return 130
     if args.json:
         print(json_format.MessageToJson(description, preserving_proto_field_name=True))
         return 0
@@ -508,16 +533,19 @@ def _gate(args: argparse.Namespace) -> int:
         policy = Policy.load(args.policy)
         options = _upload_options(args)
         with _client(args, local=args.local) as client:
-            report, result, base = run_gate(
+            done, gated = _run_or_cancel(client, lambda: run_gate(
                 client, args.model, policy, baseline=args.baseline, dataset=args.dataset, timeout=args.timeout,
                 extra_tasks=["describe"] if args.report_path else [], **options
+            ))
+            if not done or gated is None:
+                return 130
+            report = gated[0]
+            print(report.to_text(args.fail_on), flush=True)  # the verdict is the command's output: stdout
+            # Inside the client's life: the HTML page reads the jobs' artifacts from the service.
+            report.write(
+                json_path=args.json_path, junit_path=args.junit_path, html_path=args.report_path,
+                github=args.github, fail_on=args.fail_on,
             )
-            if args.report_path:
-                from sdk.report import write_report
-
-                write_report([r for r in (result, base) if r is not None], Path(args.report_path))
-        print(report.to_text(args.fail_on), file=sys.stderr)
-        report.write(json_path=args.json_path, junit_path=args.junit_path, github=args.github, fail_on=args.fail_on)
         return report.exit_code(args.fail_on)
     except (KernelscopeError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)

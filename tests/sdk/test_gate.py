@@ -672,9 +672,14 @@ def test_gate_catches_planted_dead_kernels_against_the_baseline(c3d_models: dict
     annotations = [line for line in out.splitlines() if line.startswith("::error")]
     assert len(annotations) == 1 and "no new dead kernels" in annotations[0]
     assert "kernelscope gate: FAIL" in (tmp_path / "summary.md").read_text()
-    # the report holds both jobs, each with its layer inventory (a describe task in the same job)
+    # the verdict table is the command's output (stdout), not a log line
+    assert "gate: FAIL" in out and "no new dead kernels" in out and "gate: FAIL" not in err
+    # the gate's own page: the verdict first, then both jobs labelled, each with its layer inventory (a describe
+    # task in the same job)
     html = page.read_text()
-    assert html.count('data-section="kernel_viz"') == 2 and 'id="job2-model"' in html
+    assert 'data-gate-status="fail"' in html and html.index('id="gate-checks"') < html.index('id="candidate-model"')
+    assert html.count('data-section="kernel_viz"') == 2 and 'id="candidate-model"' in html and 'id="baseline-model"' in html
+    assert "Candidate dead.safetensors" in html and "Baseline healthy.safetensors" in html
     assert "Layer inventory unavailable" not in html and html.count("dead kernels") >= 2
 
 
