@@ -293,10 +293,12 @@ class Client:
 
     def watch_job(self, job_id: str, deadline: float | None = None) -> Iterator[jobs_pb2.Job]:
         """Yield the job at each change until it ends; reconnects across stream time-outs, and across UNAVAILABLE
-        and busy refusals (see BUSY_REASONS) with jittered backoff for up to retry_seconds."""
+        and busy refusals (see BUSY_REASONS) with jittered backoff for up to retry_seconds. While the stream is
+        refused as busy the job is polled (GetJob, at most every 2 s), so a wait outlasts a busy tenant's long jobs."""
         from sdk.errors import DeadlineExceeded
 
         backoff = _Backoff(self.retry_seconds)
+        last: jobs_pb2.Job | None = None
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
@@ -306,6 +308,7 @@ class Client:
             try:
                 for job in stream:
                     backoff.reset()
+                    last = job
                     yield job
                     if job.state in TERMINAL:
                         return
@@ -314,6 +317,16 @@ class Client:
                     continue
                 if not _transient(exc) or not backoff.sleep():
                     raise from_rpc_error(exc) from None
+                if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    # Busy, not down: the tenant's streams may stay taken for as long as its jobs run (the local
+                    # stack runs everyone as one tenant), so poll the job meanwhile; an answer renews the budget.
+                    polled = self._unary(self._stub.GetJob, jobs_pb2.GetJobRequest(job_id=job_id))
+                    backoff.answered()
+                    if polled != last:
+                        last = polled
+                        yield polled
+                    if polled.state in TERMINAL:
+                        return
             finally:
                 # Left early (Ctrl-C in the caller, a closed generator): end the stream now, not at interpreter exit.
                 if hasattr(stream, "cancel"):
@@ -419,6 +432,10 @@ class _Backoff:
     def reset(self) -> None:
         self._started: float | None = None
         self._delay = 0.1
+
+    def answered(self) -> None:
+        """The service answered another call: the budget starts afresh, the delay keeps growing."""
+        self._started = None
 
     def waited(self) -> float:
         return 0.0 if self._started is None else time.monotonic() - self._started

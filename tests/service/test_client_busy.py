@@ -5,6 +5,7 @@ cap must still see every job end. Quota refusals never clear by waiting and are 
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -40,13 +41,18 @@ class Refusals:
 
         monkeypatch.setattr(Admission, "acquire", counted)
 
-    def wait(self, count: int) -> int:
+    def wait(self, count: int, timeout: float = WAIT_S) -> int:
         with self._cond:
-            self._cond.wait_for(lambda: len(self.reasons) >= count, WAIT_S)
+            self._cond.wait_for(lambda: len(self.reasons) >= count, timeout)
             return len(self.reasons)
 
 
-def test_more_client_waits_than_the_tenants_stream_cap_all_complete(start_fake_server: Any, run_jobs: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("retry_seconds", [WAIT_S, 1.0], ids=["jobs-end-within-the-retry-budget", "jobs-outlast-the-retry-budget"])
+def test_more_client_waits_than_the_tenants_stream_cap_all_complete(
+    start_fake_server: Any, run_jobs: Any, monkeypatch: pytest.MonkeyPatch, retry_seconds: float
+) -> None:
+    """With retry_seconds=1 the jobs are held (no worker runs) 5 s past it: the refused waits poll the job meanwhile
+    instead of giving up, as a script's waits must while the tenant's other jobs run for minutes."""
     refusals = Refusals(monkeypatch)
     server = start_fake_server(tenant_max_streams=MAX_STREAMS, tenant_max_rpcs=MAX_RPCS, max_wait_seconds=60.0)
     stub = server.stub()
@@ -60,7 +66,7 @@ def test_more_client_waits_than_the_tenants_stream_cap_all_complete(start_fake_s
 
     def wait(job_id: str) -> None:
         try:
-            with sdk.Client(server.address, retry_seconds=WAIT_S) as client:
+            with sdk.Client(server.address, retry_seconds=retry_seconds) as client:
                 states[job_id] = client.get_job(job_id).wait(timeout=WAIT_S, progress=False).job.state
         except BaseException as exc:  # noqa: BLE001 - reported by the assertions below
             errors[job_id] = exc
@@ -71,6 +77,10 @@ def test_more_client_waits_than_the_tenants_stream_cap_all_complete(start_fake_s
     # No job can end before run_jobs: the first MAX_STREAMS watches hold every stream slot, so the others are refused.
     assert refusals.wait(WAITERS - MAX_STREAMS) >= WAITERS - MAX_STREAMS, "the waits were never over the cap"
     assert set(refusals.reasons) <= {"TOO_MANY_CALLS", "TOO_MANY_STREAMS"}
+    if retry_seconds < WAIT_S:  # the budget is time: let it run out while every stream slot stays taken
+        held_until = time.monotonic() + 5 * retry_seconds
+        while not errors and time.monotonic() < held_until:
+            refusals.wait(len(refusals.reasons) + 1, timeout=0.2)
     run_jobs()
     for thread in threads:
         thread.join(WAIT_S)
