@@ -71,6 +71,7 @@ def stop(process: subprocess.Popen[bytes]) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2 * START_TIMEOUT_S)  # its own bounds, not the suite's 300 s, say what was late
 def test_the_manifests_start_a_service_that_serves_health_metrics_and_tokens_and_a_worker_it_sees(
     redis_url: str, redis_conn: Any, tmp_path: Path
 ) -> None:
