@@ -409,6 +409,10 @@ def run_in_sandbox(
 ) -> tuple[Any, SandboxLayers]:
     """Fork a model process, confine it, run target(channel) there; return (what it returned, its layers).
 
+    Fork from a process that has not run multi-threaded torch ops, or with torch set to one thread: libgomp's
+    thread pool does not survive fork(), and a child asking it for threads waits forever (the worker's horses
+    are forked from a parent that never computes, so their model processes keep every thread).
+
     target's return value must be JSON. A TaskError it raises (or an allocation failure) comes back as the same
     TaskError here; a crash of the process as a TaskError naming how it died. Messages it sends with
     channel.send(kind, ...) reach on_message in the caller while it runs, as does {"kind": "layers", "layers": ...}

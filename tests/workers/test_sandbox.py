@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+import torch
 
 from workers import sandbox
 from workers.errors import TaskError
@@ -429,3 +430,21 @@ def test_the_model_process_gets_nothing_running_of_the_horses_grpc(streaming_ser
     assert json.loads(done.stdout.splitlines()[-1]) == {"threads": 1}, done.stderr[-3000:]
     # and its garbage collection freed the horse's channel, whose gRPC calls then wrote to a closed eventfd.
     assert "Bad file descriptor" not in done.stderr, done.stderr[-3000:]
+
+
+def _conv_in_model_process(channel: Any) -> str:
+    torch.nn.functional.conv3d(torch.randn(2, 8, 16, 64, 64), torch.randn(8, 8, 3, 3, 3))
+    return "ran"
+
+
+def test_a_model_process_forked_after_parallel_torch_work_runs(place: dict[str, Path]) -> None:
+    """libgomp's thread pool does not survive fork(): with the pool made by a 2-thread op in this process, a
+    model process that asked for 2 threads hung in gomp_team_barrier_wait_end. The worker tests' autouse
+    one-thread fixture (tests/workers/conftest.py) is what keeps the forked child off the parent's pool."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.nn.functional.conv3d(torch.randn(2, 8, 16, 64, 64), torch.randn(8, 8, 3, 3, 3))  # the pool now exists
+    finally:
+        torch.set_num_threads(threads)
+    assert sandbox.run_in_sandbox(_conv_in_model_process, _policy(place))[0] == "ran"
