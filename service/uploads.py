@@ -143,7 +143,7 @@ class IdleStreams(grpc.ServerInterceptor):
                 return
             finally:
                 with self._lock:
-                    del self._waiting[key]
+                    self._waiting.pop(key, None)  # end_idle may have taken it out already
             yield message
 
     def end_idle(self) -> int:
