@@ -441,6 +441,8 @@ class JobManager:
             job.state = jobs_pb2.QUEUED
         elif status == JobStatus.STARTED:
             job.state = jobs_pb2.RUNNING
+            if record.cancel_requested:
+                self._stop_cancelled(record.id)
         elif status == JobStatus.FINISHED:
             _apply_manifest(job, rq_job.return_value(refresh=True))
         elif status in _CANCELLED or (status == JobStatus.FAILED and record.cancel_requested):
@@ -556,6 +558,15 @@ class JobManager:
         else:
             _cancel_quietly(rq_job)
         return self.get(job_id)
+
+    def _stop_cancelled(self, job_id: str) -> None:
+        """A cancel that met the job while a worker was taking it off the queue cancelled the queued copy, and
+        the worker runs it anyway: each look at it running tells the worker to stop it (at most every 2 s)."""
+        if self.conn.set(self.keys.record("stop", job_id), 1, nx=True, ex=2):
+            try:
+                send_stop_job_command(self.conn, job_id, serializer=JSONSerializer)
+            except InvalidJobOperation:
+                pass
 
     def delete(self, job_id: str) -> None:
         """Remove an ended job: its record, RQ's data, its artifacts and the blobs nothing else uses.

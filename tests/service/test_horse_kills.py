@@ -163,3 +163,23 @@ def test_a_job_queued_again_after_its_worker_was_lost_says_so_too(start_server, 
     seen = stub.GetJob(jobs_pb2.GetJobRequest(job_id=job.id), timeout=10)
     assert seen.state == jobs_pb2.QUEUED
     assert list(seen.warnings) == ["the worker running this job (ghost) stopped responding; queued again (retry 1 of 1)"]
+
+
+def test_a_cancel_that_met_the_job_while_a_worker_took_it_still_stops_it(cluster: Cluster, tmp_path: Path) -> None:
+    """Ctrl-C on `kernelscope gate` cancelled a job the worker was just taking off the queue: the service
+    cancelled the queued copy, the worker ran it anyway, and it stayed RUNNING. The state that race leaves is
+    staged here (the record asks for a cancel, the job runs); looking at the job must stop it."""
+    import json
+
+    from service.registry import Keys
+
+    job = held_job(cluster, tmp_path / "never")
+    horse(cluster, job.id, kills=0)
+    conn = cluster.redis_client()
+    key = Keys().record("job", job.id)
+    record = json.loads(conn.get(key))
+    record["cancel_requested"] = True
+    conn.set(key, json.dumps(record), xx=True, keepttl=True)
+
+    final = wait_done(cluster, job.id)
+    assert final.state == jobs_pb2.CANCELLED, final.error
