@@ -375,6 +375,22 @@ def _agreement(pairs: Iterable[tuple[tuple[float, float], tuple[float, float]]])
     return dot / norms if norms > 0 else None
 
 
+Motions = Callable[[dict[str, Any]], dict[int, tuple[float, float]]]
+
+
+def _layer_agreement(s: Summary, base: Summary, layer: str | None, mine: Motions, theirs: Motions) -> float | None:
+    """_agreement over the filters of every chosen layer that the baseline has too (matched by layer name and index)."""
+    base_layers = {str(b.get("name")): b for b in _layer_list(base)}
+    pairs = []
+    for entry in _pick_layers(s, layer):
+        other = base_layers.get(str(entry.get("name")))
+        if other is None:
+            continue
+        a, b = mine(entry), theirs(other)
+        pairs += [(a[i], b[i]) for i in a.keys() & b.keys()]
+    return _agreement(pairs)
+
+
 def _tconv_motion(block: dict[str, Any], threshold: float) -> dict[int, tuple[float, float]]:
     """Filter index -> net displacement (Σ tx, Σ ty over steps, layer pixels) of the filters the 3T model explains."""
     params = block.get("filter_params") or {}
@@ -400,15 +416,7 @@ def _tconv_motion(block: dict[str, Any], threshold: float) -> dict[int, tuple[fl
 def _tconv_direction_agreement(s: Summary, base: Summary, layer: str | None) -> float | None:
     threshold = float((s.get("options") or {}).get("residual_threshold", 0.2))
     base_threshold = float((base.get("options") or {}).get("residual_threshold", 0.2))
-    base_layers = {str(b.get("name")): b for b in _layer_list(base)}
-    pairs = []
-    for entry in _pick_layers(s, layer):
-        other = base_layers.get(str(entry.get("name")))
-        if other is None:
-            continue
-        mine, theirs = _tconv_motion(entry, threshold), _tconv_motion(other, base_threshold)
-        pairs += [(mine[i], theirs[i]) for i in mine.keys() & theirs.keys()]
-    return _agreement(pairs)
+    return _layer_agreement(s, base, layer, lambda e: _tconv_motion(e, threshold), lambda e: _tconv_motion(e, base_threshold))
 
 
 # ---------------------------------------------------------------------- kernel_viz
@@ -487,12 +495,4 @@ def _kernel_viz_direction_agreement(s: Summary, base: Summary, layer: str | None
             out[int(c["index"])] = (speed * math.cos(math.radians(angle)), speed * math.sin(math.radians(angle)))
         return out
 
-    base_layers = {str(b.get("name")): b for b in _layer_list(base)}
-    pairs = []
-    for entry in _pick_layers(s, layer):
-        other = base_layers.get(str(entry.get("name")))
-        if other is None:
-            continue
-        mine, theirs = motion(entry), motion(other)
-        pairs += [(mine[i], theirs[i]) for i in mine.keys() & theirs.keys()]
-    return _agreement(pairs)
+    return _layer_agreement(s, base, layer, motion, motion)
