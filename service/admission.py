@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import grpc
 
-from service.errors import ServiceError, abort, resource_exhausted
+from service.errors import ServiceError, abort, handler_kind, resource_exhausted
 
 # tenant_of(context): the calling tenant, or a ServiceError for a caller without a valid token.
 TenantOf = Callable[[grpc.ServicerContext], str]
@@ -97,7 +97,7 @@ class Admission(grpc.ServerInterceptor):
         if handler is None or not method.startswith(self._prefix):
             return handler
         streaming = bool(handler.request_streaming or handler.response_streaming)
-        kind = ("stream_" if handler.request_streaming else "unary_") + ("stream" if handler.response_streaming else "unary")
+        kind = handler_kind(handler)
         behaviour = getattr(handler, kind)
 
         def admit(context: grpc.ServicerContext) -> Callable[[], None]:

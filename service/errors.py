@@ -136,6 +136,11 @@ class Undecodable:
         )
 
 
+def handler_kind(handler: grpc.RpcMethodHandler) -> str:
+    """The handler's behaviour attribute ("unary_unary", "stream_unary", ...), which an interceptor wraps."""
+    return ("stream_" if handler.request_streaming else "unary_") + ("stream" if handler.response_streaming else "unary")
+
+
 class UndecodableRequests(grpc.ServerInterceptor):
     """Answers requests that do not parse with INVALID_ARGUMENT (BAD_MESSAGE), not gRPC's INTERNAL.
 
@@ -165,7 +170,7 @@ class UndecodableRequests(grpc.ServerInterceptor):
             except Exception as exc:  # noqa: BLE001 - whatever the parser raises, the bytes are bad
                 return Undecodable(method, exc)
 
-        kind = ("stream_" if handler.request_streaming else "unary_") + ("stream" if handler.response_streaming else "unary")
+        kind = handler_kind(handler)
         behaviour = getattr(handler, kind)
         if handler.request_streaming:
 

@@ -178,7 +178,7 @@ class IdleStreams(grpc.ServerInterceptor):
         method: str = handler_call_details.method  # type: ignore[attr-defined]
         if handler is None or not handler.request_streaming or method not in self._methods:
             return handler
-        kind = "stream_stream" if handler.response_streaming else "stream_unary"
+        kind = errors.handler_kind(handler)
         behaviour = getattr(handler, kind)
 
         def run(requests: Iterable[Any], context: grpc.ServicerContext) -> Any:
