@@ -19,11 +19,11 @@ import logging
 import time
 
 import redis
-from kernelscope.v1 import jobs_pb2
 
 from service import errors
 from service.blobstore import BlobStore
 from service.config import Config
+from service.jobs import TERMINAL
 from service.registry import Keys, job_tenant
 from service.tenants import Tenants
 
@@ -34,8 +34,6 @@ _BACKFILLED_KEY = "ks:retention:backfilled"
 _BATCH = 100
 # Seconds before a due job that has not ended is looked at again (it is also rescheduled when it ends).
 _RECHECK_SECONDS = 3600.0
-
-_TERMINAL = frozenset({jobs_pb2.SUCCEEDED, jobs_pb2.FAILED, jobs_pb2.CANCELLED})
 
 
 def schedule(conn: redis.Redis, job_id: str, at: float) -> None:
@@ -93,7 +91,7 @@ class Retention:
             unschedule(self.conn, job_id)  # deleted meanwhile
             return False
         job = jobs.get(job_id)
-        if job.state not in _TERMINAL:
+        if job.state not in TERMINAL:
             schedule(self.conn, job_id, now + min(float(self.config.job_ttl), _RECHECK_SECONDS))
             return False
         ended = job.end_time.ToNanoseconds() / 1e9 if job.HasField("end_time") else now
