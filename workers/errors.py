@@ -18,6 +18,15 @@ import re
 import sys
 
 
+class JobCancelled(Exception):
+    """The job's RQ status reads CANCELED while this worker runs it: the horse stops.
+
+    A cancel that reaches a job in the moment a worker takes it off the queue cancels the queued copy after
+    the worker started it, so RQ's stop command is never sent and the service already shows CANCELLED; the
+    job would run on, holding the worker, until it ended. The horse reads its status at each progress write.
+    """
+
+
 class TaskError(Exception):
     """An error a user can act on. `code` is a gRPC status code name, `reason` an UPPER_SNAKE id."""
 

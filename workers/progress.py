@@ -3,6 +3,7 @@
 Tasks report their own fraction; the reporter maps it onto the whole job and throttles writes to
 Redis so that a task may call it in its inner loop. Progress is not data: a write that cannot reach
 Redis is dropped (the task carries on) and the next report after the outage says where the job is.
+Each write also reads the job's status: a job cancelled while it runs stops there (workers.errors.JobCancelled).
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from rq.job import JobStatus
+
+from workers.errors import JobCancelled
 
 MIN_INTERVAL_S = 0.25  # at most this often to Redis, except at stage changes
 # After a write that could not reach Redis, reports are dropped unsent for this long (each try costs a connect).
@@ -81,6 +85,7 @@ class JobProgress:
         self._job.meta["progress"] = self.last
         try:
             self._job.save_meta()
+            cancelled = self._job.get_status(refresh=True) == JobStatus.CANCELED
         except (RedisConnectionError, RedisTimeoutError) as exc:
             if not self.dropped:
                 log.warning("progress dropped while Redis is unreachable (the job carries on): %s", exc)
@@ -90,6 +95,8 @@ class JobProgress:
         if self.dropped:
             log.warning("progress written again after %d dropped report(s)", self.dropped)
             self.dropped, self._retry_at = 0, 0.0
+        if cancelled:
+            raise JobCancelled(f"job {self._job.id} was cancelled while it ran")
 
 
 class PipeProgress(JobProgress):

@@ -183,3 +183,37 @@ def test_a_cancel_that_met_the_job_while_a_worker_took_it_still_stops_it(cluster
 
     final = wait_done(cluster, job.id)
     assert final.state == jobs_pb2.CANCELLED, final.error
+
+
+def test_a_job_cancelled_as_a_worker_took_it_stops_and_frees_the_worker(cluster: Cluster, tmp_path: Path) -> None:
+    """The other order of the same race: the worker started the job, then the service's cancel of the queued copy
+    marked it CANCELED and took it out of RQ's registries, so no stop command is ever sent and the service shows
+    CANCELLED at once. The job ran on (a `kernelscope gate` job of 5000 steps held the e2e stack's one worker for
+    minutes). Staged here with the cancel the service makes; the horse must stop at its next progress write."""
+    import json
+
+    from service.registry import Keys
+
+    stub = cluster.stub()
+    model = stub.UploadModel(model_messages(onnx_bytes(padding=next(_padding)), name=f"fake:progress={tmp_path / 'never'}"), timeout=30)
+    job = stub.CreateJob(jobs_pb2.CreateJobRequest(model_id=model.id, tasks=[tasks_pb2.Task(name="tconv_stats")]), timeout=10)
+    deadline = time.monotonic() + WAIT_S
+    while (rq_job(cluster, job.id).meta.get("progress") or {}).get("stage") != "progressing":
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.05)
+    worker = cluster.workers[rq_job(cluster, job.id).worker_name]
+    [running] = psutil.Process(worker.pid).children()
+    conn = cluster.redis_client()
+    key = Keys().record("job", job.id)
+    record = json.loads(conn.get(key))
+    record["cancel_requested"] = True
+    conn.set(key, json.dumps(record), xx=True, keepttl=True)
+    rq_job(cluster, job.id).cancel()
+    assert get(cluster, job.id).state == jobs_pb2.CANCELLED
+
+    running.wait(WAIT_S)  # the horse reports every 20 ms for up to 120 s: it stops at once, or the test fails here
+    after = stub.CreateJob(
+        jobs_pb2.CreateJobRequest(model_id=stub.UploadModel(model_messages(onnx_bytes(padding=next(_padding))), timeout=30).id,
+                                  tasks=[tasks_pb2.Task(name="tconv_stats")]), timeout=10)
+    assert wait_done(cluster, after.id).state == jobs_pb2.SUCCEEDED
+    assert get(cluster, job.id).state == jobs_pb2.CANCELLED
