@@ -19,6 +19,7 @@ worker's parent process imports it once; the dispatch mode the trace runs under 
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
 import sys
 import tempfile
@@ -45,16 +46,16 @@ from workers.samples.zoo.export import FORMATS, export_model  # noqa: E402
 FULL_SHAPE = (3, 16, 112, 112)
 
 
-def load(path: Path, header: dict[str, Any], name: str) -> LoadedModel:
+def load(path: Path, header: dict[str, Any], name: str, device: torch.device) -> LoadedModel:
     """The export as the worker loads an SDK upload of it (format from the content; .onnx + .data as one bundle)."""
     source = prepare(path, input_spec=header)
     declared = models_pb2.ModelFormat.Name(source.format)
     if source.data is None:
         assert source.path is not None
-        return load_model(source.path, declared, header, name=name)
+        return load_model(source.path, declared, header, name=name, device=device)
     upload = path.with_name(path.name + ".upload")
     upload.write_bytes(source.data)
-    return load_model(upload, declared, header, name=name)
+    return load_model(upload, declared, header, name=name, device=device)
 
 
 def per_layer_probe(model: LoadedModel, device: torch.device) -> dict[str, tuple[list[int], list[int]]]:
@@ -141,11 +142,12 @@ def main() -> None:
             for fmt in args.formats.split(","):
                 try:
                     if fmt == "module":
-                        model = LoadedModel.from_module(net, entry.input_spec, name=name)
+                        # describe moves the module to the device: a copy, so that `net` is exported from the CPU
+                        model = LoadedModel.from_module(copy.deepcopy(net), entry.input_spec, name=name)
                     else:
                         path = Path(tmp) / f"{name}.{fmt}{'.onnx' if fmt.startswith('onnx') else '.pt2'}"
                         export_model(net, fmt, path, example(name, 1))
-                        model = load(path, entry.header, name)
+                        model = load(path, entry.header, name, device)
                 except Exception as exc:  # noqa: BLE001 - a refusal is a row of the table
                     print(f"{name:14s} {fmt:12s} {'-':>6s} {'refused':>10s}  {str(exc).splitlines()[0][:90]}")
                     continue
@@ -175,7 +177,7 @@ def full(device: torch.device, with_baseline: bool) -> None:
         for fmt in ("onnx_legacy", "pt2_dynamic"):
             path = Path(tmp) / f"r3d_18_full.{fmt}{'.onnx' if fmt.startswith('onnx') else '.pt2'}"
             export_model(net, fmt, path, x)
-            model = load(path, header, "r3d_18_full")
+            model = load(path, header, "r3d_18_full", device)
             seconds, summary = timed_describe(model, device)
             print(f"full-size r3d_18 {fmt}: describe {seconds:.2f} s ({len(summary['layers'])} layers)", flush=True)
             if with_baseline and fmt == "onnx_legacy":

@@ -63,7 +63,7 @@ def export(model: nn.Module, spec: InputSpec, fmt: str, folder: Path) -> Path:
 def stage1(path: Path, fmt: str, spec: InputSpec, layer: str, steps: int, device: str = "cpu") -> tuple[float, float, tuple[int, ...], bool, int]:
     """(plan seconds, stage-1 seconds, canvas, whether the wrapper embeds the canvas, channels) as the task runs it."""
     header = {"value_min": spec.value_min, "value_max": spec.value_max, "mean": list(spec.mean), "std": list(spec.std)}
-    model = load_model(path, "ONNX" if fmt == "onnx" else "TORCH_EXPORT", header)
+    model = load_model(path, "ONNX" if fmt == "onnx" else "TORCH_EXPORT", header, device=device)
     started = time.perf_counter()
     target = LayerTarget(model, layer, torch.device(device))
     plan = plan_canvas(target)

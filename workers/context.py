@@ -18,6 +18,18 @@ def _no_progress(stage: str, fraction: float) -> None:
     return None
 
 
+def full_float32() -> None:
+    """Turn TensorFloat-32 off for CUDA convolutions and matmuls, process-wide.
+
+    PyTorch lets cuDNN convolutions run in TF32 by default (10-bit mantissa, relative error ~1e-3). The
+    analyses measure: class_filters checks that the head is an exact affine map of its pooled input (to
+    1e-4), and the 3T fit's residuals are compared across runs. On a GPU they must give the CPU's figures
+    to float32 rounding, so a task on CUDA computes in full float32.
+    """
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+
 @dataclass
 class TaskContext:
     """options: the task's options message as JSON (proto field names; unset fields absent).
@@ -32,6 +44,10 @@ class TaskContext:
     dataset: Dataset | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     progress: ProgressFn = _no_progress
+
+    def __post_init__(self) -> None:
+        if torch.device(self.device).type == "cuda":
+            full_float32()
 
     def option(self, name: str, default: Any) -> Any:
         """The option's value, or `default` when the caller left it unset (or empty)."""

@@ -152,15 +152,16 @@ def _model_process(spec: dict[str, Any], inputs: tuple[Path, Path | None], scrat
     progress = PipeProgress(channel, len(tasks))
     progress.report("loading model", 0.0)
     model_spec = spec["model"]
+    device = _device()
     model = loader.load_model(
         model_path,
         model_spec["format"],
         model_spec.get("input_spec") or {},
         architecture=model_spec.get("architecture", ""),
         name=model_spec.get("name", ""),
+        device=device,
     )
     dataset = Dataset.from_npz(dataset_path.read_bytes()) if dataset_path is not None else None
-    device = _device()
     channel.send("loaded")
     for index, task in enumerate(tasks):
         progress.start_task(index, task["name"])

@@ -82,11 +82,15 @@ def load_model(
     input_spec: dict[str, Any] | None = None,
     architecture: str = "",
     name: str = "",
+    device: torch.device | str | None = None,
 ) -> LoadedModel:
     """Load the model file at `path`, uploaded as `format` (the proto ModelFormat name).
 
     `input_spec` is the upload header's InputSpec as a dict (proto field names); the shape is filled
     from the file when the format records it (torch.export, ONNX) or from the architecture.
+    `device`: where the analyses will run it. A torch.export graph names the device of every tensor it
+    creates (device=cpu for a CPU export: `torch.linspace(..., device=x.device)` is recorded as cpu), so
+    its program is moved there as a whole; other formats are moved by the analyses with `.to(device)`.
     """
     path = Path(path)
     fmt = _format_name(format)
@@ -102,7 +106,10 @@ def load_model(
         "STATE_DICT": _load_state_dict,
         "SAFETENSORS": _load_safetensors,
     }
-    model = loaders[fmt](path, header, architecture)
+    if fmt == "TORCH_EXPORT":
+        model = _load_torch_export(path, header, architecture, device=device)
+    else:
+        model = loaders[fmt](path, header, architecture)
     model.name = name
     model.format = fmt
     return model
@@ -354,7 +361,7 @@ _GUARD_NAMES = _SYMPY_NAMES | frozenset("L args size stride storage_offset math 
 _SYMBOL = re.compile(r"^[a-z]{1,4}\d+$")
 
 
-def _load_torch_export(path: Path, header: dict[str, Any], architecture: str) -> LoadedModel:
+def _load_torch_export(path: Path, header: dict[str, Any], architecture: str, device: torch.device | str | None = None) -> LoadedModel:
     listing = check_archive(path, "a torch.export archive")
     _scan_pt2(path, listing)
     try:
@@ -373,6 +380,13 @@ def _load_torch_export(path: Path, header: dict[str, Any], architecture: str) ->
     from workers.model import Shapes
 
     shapes = export_graph.generalise(program)  # any batch (verified) and the layers any canvas reaches
+    if device is not None and torch.device(device).type != "cpu":
+        from torch.export.passes import move_to_device_pass
+
+        try:
+            program = move_to_device_pass(program, torch.device(device))
+        except Exception as exc:  # noqa: BLE001
+            raise ModelRejected(f"the program could not be moved to {device}: {_first_line(exc)}", reason="UNREADABLE") from exc
     try:
         module = torch.export.unflatten(program)
     except Exception as exc:  # noqa: BLE001

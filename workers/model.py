@@ -198,6 +198,8 @@ class LoadedModel:
         takes = self._canvases.get(key)
         if takes is None and self.shapes.free_layers is not None:
             takes = layer in self.shapes.free_layers
+        if takes is None and x.device.type != "cpu":
+            takes = self._canvases[key] = _takes_on_cpu(module, target, layer, x[:1])
         if takes is not False:
             try:
                 out = self._batched(lambda xb: _exit_at(module, target, layer, xb), x)
@@ -332,6 +334,28 @@ class LoadedModel:
         grid = _Grid(step=tuple(step), start=tuple(start), units=units)
         self._grids[layer] = grid
         return grid
+
+
+def _takes_on_cpu(module: nn.Module, target: nn.Module, layer: str, x: torch.Tensor) -> bool:
+    """Whether the network runs as far as `layer` on x's canvas, tried with one sample on the CPU.
+
+    Why not on x's device: a canvas the graph cannot take may fail as an out-of-range index (a gather or
+    index_select whose indices were computed at the export's size, as SlowFast's pathway split is). The CPU
+    raises an IndexError; CUDA raises a device-side assert, which poisons the process's CUDA context for
+    every later call of the job.
+    """
+    device = x.device
+    module.to("cpu")
+    try:
+        with torch.no_grad():
+            _exit_at(module, target, layer, x.detach().cpu())
+    except TaskError:
+        raise
+    except Exception:  # noqa: BLE001 - an operator refused the canvas
+        return False
+    finally:
+        module.to(device)
+    return True
 
 
 def _exit_at(module: nn.Module, target: nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:

@@ -110,7 +110,7 @@ class ZooSession:
                 if fmt not in bundle.exports:
                     raise RuntimeError(f"export failed: {bundle.errors.get(fmt, '?')}")
                 path, declared = _uploaded(bundle.exports[fmt].path, ZOO[arch].header)
-                self.loaded[key] = load_model(path, declared, ZOO[arch].header, name=arch)
+                self.loaded[key] = load_model(path, declared, ZOO[arch].header, name=arch, device=_device())
             except Exception as exc:  # noqa: BLE001 - every cell of this export reports it
                 self.loaded[key] = exc
             self.load_seconds[key] = time.perf_counter() - started
@@ -121,6 +121,12 @@ class ZooSession:
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _device() -> torch.device:
+    import torch
+
+    return torch.device(os.environ.get(DEVICE_ENV, "cpu"))
 
 
 def _uploaded(path: Path, header: dict[str, Any]) -> tuple[Path, str]:
@@ -165,9 +171,7 @@ def test_zoo_cell(arch: str, fmt: str, task: str, zoo_session: ZooSession, tmp_p
 
 
 def _run(task: str, model: LoadedModel, out_dir: Path, options: dict[str, Any], dataset: Dataset | None = None) -> dict[str, Any]:
-    import torch
-
-    device = torch.device(os.environ.get(DEVICE_ENV, "cpu"))
+    device = _device()
     return tasks.get(task)(TaskContext(model=model, options=options, out_dir=out_dir, dataset=dataset, device=device))
 
 

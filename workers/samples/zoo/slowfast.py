@@ -40,7 +40,7 @@ class PackPathway(nn.Module):
 
     def forward(self, frames: torch.Tensor) -> list[torch.Tensor]:
         fast_pathway = frames
-        index = torch.linspace(0, frames.shape[2] - 1, frames.shape[2] // self.slowfast_alpha).long()
+        index = torch.linspace(0, frames.shape[2] - 1, frames.shape[2] // self.slowfast_alpha, device=frames.device).long()
         slow_pathway = torch.index_select(frames, 2, index)
         return [slow_pathway, fast_pathway]
 
