@@ -71,6 +71,9 @@ _SIZE_FREE = frozenset(
 _VIEWS = frozenset({"view", "reshape", "_unsafe_view", "view_copy"})
 _CREATE = frozenset({"zeros", "ones", "full", "empty", "arange", "linspace", "scalar_tensor", "rand", "randn", "eye"})
 _EXPAND = frozenset({"expand", "expand_copy"})
+# Operators that read a tensor at indices held in another tensor: on CUDA, an index past the end is a
+# device-side assert, which poisons the process's CUDA context instead of raising.
+_INDEXING = frozenset({"index_select", "index", "gather", "take", "take_along_dim", "embedding", "index_put", "scatter", "scatter_add"})
 
 
 @dataclass(frozen=True)
@@ -428,22 +431,28 @@ def _is_weight(node: fx.Node) -> bool:
 # ---------------------------------------------------------------- canvases
 
 def _free_layers(graph: fx.Graph) -> frozenset[str]:
-    """Module paths whose every node depends on the input through size-free operators only.
+    """Module paths whose every node depends on the input through size-free operators only, and that no
+    indexing operator runs before.
 
-    Only a layer's ancestors decide its output; an operator elsewhere that refuses a canvas makes the
-    run fail (and the wrapper embed the canvas), it cannot change the layer's numbers.
+    Only a layer's ancestors decide its output; an operator elsewhere that refuses a canvas makes the run fail
+    (and the wrapper embed the canvas), it cannot change the layer's numbers. But an index computed at the
+    export's size (SlowFast's slow pathway: index_select of frames 0 and 7, run before the fast pathway's
+    layers) fails on a shorter canvas as a CUDA device-side assert, which no wrapper can catch: layers that
+    run after one are embedded from the start.
     """
     tainted: set[fx.Node] = set()
     seen: set[str] = set()
     bad: set[str] = set()
+    indexed = False
     for node in graph.nodes:
         if node.op == "call_function" and (not _size_free(node) or any(a in tainted for a in node.all_input_nodes)):
             tainted.add(node)
         if node.op != "call_function":
             continue
+        indexed = indexed or (_packet(node) in _INDEXING and node in tainted)
         for path in _module_paths(node):
             seen.add(path)
-            if node in tainted:
+            if node in tainted or indexed:
                 bad.add(path)
     return frozenset(seen - bad)
 

@@ -92,3 +92,28 @@ def test_a_canvas_trial_on_the_cpu_tells_a_canvas_the_graph_cannot_index() -> No
     assert not _takes_on_cpu(module, conv, "conv", torch.rand(1, 3, 5, 6, 6))  # index 7 of 5 frames
     out = model.forward_to("conv", torch.rand(2, 3, 5, 6, 6))  # the wrapper embeds what the network refuses
     assert out.shape[0] == 2
+
+
+class _TwoPathways(nn.Module):
+    """SlowFast's order of work: the slow pathway's frame index runs first, the fast pathway's conv after it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.slow = nn.Conv3d(3, 4, kernel_size=(1, 3, 3), padding=(0, 1, 1))
+        self.fast = nn.Conv3d(3, 4, kernel_size=(3, 3, 3), padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        index = torch.linspace(0, x.shape[2] - 1, x.shape[2] // 4).long()
+        slow = self.slow(torch.index_select(x, 2, index))
+        return slow.mean(dim=(2, 3, 4)) + self.fast(x).mean(dim=(2, 3, 4))
+
+
+def test_a_layer_that_runs_after_an_index_computed_at_the_export_size_takes_its_canvas_embedded(tmp_path: Path) -> None:
+    # The fast conv's own inputs are size-free, but a shorter canvas would first index frame 7 of fewer: on CUDA a
+    # device-side assert (the zoo's SlowFast .pt2 on an H200), not an exception the wrapper could fall back from.
+    torch.export.save(torch.export.export(_TwoPathways().eval(), (torch.rand(1, 3, 8, 6, 6),)), tmp_path / "m.pt2")
+    model = load_model(tmp_path / "m.pt2", "TORCH_EXPORT", {})
+    assert model.shapes.free_layers is not None
+    assert "fast" not in model.shapes.free_layers
+    assert model.placement("fast", (5, 6, 6)) is not None  # embedded in the full input, never run at T = 5
+    assert model.forward_to("fast", torch.rand(2, 3, 5, 6, 6)).shape[0] == 2
