@@ -23,10 +23,12 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 import grpc
 from google.protobuf import duration_pb2
 
+from kernelscope import ids
+from kernelscope.states import TERMINAL
 from kernelscope.v1 import datasets_pb2, jobs_pb2, models_pb2
 from sdk import chunks, model_source, tasks as task_specs
 from sdk.errors import InvalidArgument, Unavailable, from_rpc_error
-from sdk.job import TERMINAL, Job
+from sdk.job import Job
 from sdk.progress import UploadBar
 from sdk.result import Result
 from sdk.transport import GrpcTransport, Transport
@@ -45,7 +47,6 @@ BUSY_REASONS = frozenset({"TOO_MANY_CALLS", "TOO_MANY_STREAMS"})
 FIRST_CONTACT_SECONDS = 5.0
 # How long describe waits on DescribeModel (a cached or quick description) before it waits on a describe job instead.
 DESCRIBE_QUICK_S = 10.0
-MODEL_ID_PREFIX, MODEL_ID_HASH_CHARS = "mdl_", 24  # the service names a model after its bytes
 
 T = TypeVar("T")
 
@@ -249,7 +250,7 @@ class Client:
         model_id = self._model_id(model, progress=progress, **model_options)
         dataset_id = ""
         if dataset is not None:
-            if isinstance(dataset, str) and dataset.startswith("ds_"):
+            if isinstance(dataset, str) and ids.is_dataset_id(dataset):
                 dataset_id = dataset
             elif isinstance(dataset, tuple):
                 dataset_id = self.upload_dataset(*dataset, progress=progress).id
@@ -451,14 +452,7 @@ class _Backoff:
         return True
 
 
-def model_id(header: models_pb2.ModelHeader) -> str:
-    """The id the service gives an upload with this header: a hash of the whole header (as service/models.py)."""
-    import hashlib
-
-    canonical = models_pb2.ModelHeader()
-    canonical.CopyFrom(header)
-    canonical.input_spec.SetInParent()  # an absent and an empty spec are the same spec
-    return MODEL_ID_PREFIX + hashlib.sha256(canonical.SerializeToString(deterministic=True)).hexdigest()[:MODEL_ID_HASH_CHARS]
+model_id = ids.model_id  # the id the service gives an upload with this header
 
 
 def _description(model_id: str, summary: dict[str, Any]) -> models_pb2.ModelDescription:

@@ -43,6 +43,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, TextIO
 
+from kernelscope import catalogue, ids
 from sdk import metrics
 from sdk.errors import KernelscopeError
 from sdk.tasks import TASK_NAMES
@@ -508,9 +509,10 @@ def run_gate(
     """
     model_options = {**policy.model_options, **{k: v for k, v in model_options.items() if v}}
     dataset = dataset if dataset is not None else policy.dataset
-    if "class_filters" in policy.tasks and dataset is None:
-        raise PolicyError("the policy checks class_filters, which needs a labelled dataset: pass --dataset CLIPS.npz or set dataset = \"x.npz\" in the policy")
-    if dataset is not None and isinstance(dataset, (str, Path)) and not str(dataset).startswith("ds_"):
+    needing = [t for t in policy.tasks if t in catalogue.NEEDS_DATASET]
+    if needing and dataset is None:
+        raise PolicyError(f"the policy checks {', '.join(needing)}, which needs a labelled dataset: pass --dataset CLIPS.npz or set dataset = \"x.npz\" in the policy")
+    if dataset is not None and isinstance(dataset, (str, Path)) and not ids.is_dataset_id(str(dataset)):
         if not Path(dataset).is_file():
             given = "--dataset" if dataset != policy.dataset else f"the policy's dataset key ({policy.source or 'policy'})"
             raise PolicyError(
@@ -534,7 +536,7 @@ def run_gate(
 
 def model_label(model: Any) -> str:
     """What a user calls a model given to run_gate: a file's name, a model id as is, a module's class name."""
-    if isinstance(model, Path) or (isinstance(model, str) and not model.startswith("mdl_")):
+    if isinstance(model, Path) or (isinstance(model, str) and not ids.is_model_id(model)):
         return Path(model).name
     if isinstance(model, str):
         return ""  # an id: the model record's name, asked of the service afterwards

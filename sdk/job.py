@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+from kernelscope.states import TERMINAL
 from kernelscope.v1 import jobs_pb2
 from sdk.errors import JobFailed
 from sdk.progress import ProgressBar
@@ -12,8 +13,6 @@ from sdk.result import Result
 
 if TYPE_CHECKING:
     from sdk.client import Client
-
-TERMINAL = (jobs_pb2.SUCCEEDED, jobs_pb2.FAILED, jobs_pb2.CANCELLED)
 
 
 class Job:

@@ -22,6 +22,7 @@ from html import escape
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
+from kernelscope import catalogue
 from sdk import charts, metrics
 from sdk.result import artifact_path
 
@@ -31,12 +32,7 @@ if TYPE_CHECKING:
     from sdk.result import Result, TaskOutcome
 
 IMAGE_TYPES = {".png": "image/png", ".gif": "image/gif", ".svg": "image/svg+xml", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
-TASK_TITLES = {
-    "kernel_viz": "Texture and motion of 3D kernels (kernel_viz)",
-    "tconv_stats": "Temporal transformations (tconv_stats)",
-    "class_filters": "Class-specific filter subsets (class_filters)",
-    "describe": "Layer inventory (describe)",
-}
+TASK_TITLES = {name: entry.title for name, entry in catalogue.TASKS.items()}
 
 
 def write_report(results: "list[Result] | Result", path: Path | str, description: "models_pb2.ModelDescription | None" = None, *, embed: bool = True) -> Path:

@@ -16,16 +16,13 @@ from typing import Any, Iterable, Mapping
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from kernelscope import catalogue
 from kernelscope.v1 import tasks_pb2
 from sdk.errors import InvalidArgument
 
-OPTIONS_BY_TASK: dict[str, type[Message]] = {
-    "kernel_viz": tasks_pb2.KernelVizOptions,
-    "tconv_stats": tasks_pb2.TConvStatsOptions,
-    "class_filters": tasks_pb2.ClassFiltersOptions,
-    "describe": tasks_pb2.DescribeOptions,
-}
-TASK_NAMES: tuple[str, ...] = ("kernel_viz", "tconv_stats", "class_filters")
+OPTIONS_BY_TASK: dict[str, type[Message]] = {name: entry.options for name, entry in catalogue.TASKS.items()}
+# The analyses (every task but describe), from the task catalogue.
+TASK_NAMES: tuple[str, ...] = catalogue.ANALYSES
 # Each task's options and what an unset one means (the proto documents the same defaults; a test holds them equal),
 # for `kernelscope analyze --help` and for the error that names a misspelled option.
 OPTION_DEFAULTS: dict[str, dict[str, str]] = {

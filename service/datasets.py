@@ -13,6 +13,8 @@ from typing import Sequence
 
 import numpy as np
 
+from kernelscope import ids
+
 from service import errors
 
 # Elements checked for finiteness at a time, so the check needs no second full-size array.
@@ -37,7 +39,7 @@ class DatasetFacts:
 
 def dataset_id(sha256: str) -> str:
     """Same bytes, same dataset."""
-    return "ds_" + sha256[:24]
+    return ids.dataset_id(sha256)
 
 
 def _bad(message: str, reason: str = "BAD_DATASET") -> errors.ServiceError:

@@ -16,13 +16,14 @@ import json
 import logging
 import signal
 import time
-import uuid
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterator
 
 import grpc
 import redis
 from google.protobuf import json_format, timestamp_pb2
+from kernelscope import ids
+from kernelscope.states import TERMINAL
 from kernelscope.v1 import common_pb2, datasets_pb2, jobs_pb2, models_pb2, tasks_pb2
 from rq import Queue
 from rq.command import send_stop_job_command
@@ -40,7 +41,6 @@ from service.registry import Index, Keys, Registry, page_size
 
 log = logging.getLogger(__name__)
 
-TERMINAL = frozenset({jobs_pb2.SUCCEEDED, jobs_pb2.FAILED, jobs_pb2.CANCELLED})
 _WAITING = frozenset({
     JobStatus.CREATED, JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED,
     JobStatus.READY_TO_ENQUEUE, JobStatus.RATE_LIMITED,
@@ -79,8 +79,7 @@ _CLAIM_GRACE_SECONDS = 60.0
 IsActive = Callable[[], bool]
 
 
-def new_job_id() -> str:
-    return "job_" + uuid.uuid4().hex
+new_job_id = ids.new_job_id
 
 
 @dataclass

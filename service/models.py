@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 
+from kernelscope import ids
 from kernelscope.v1 import common_pb2, models_pb2
 
 from service import errors, uploads
@@ -19,13 +19,10 @@ def model_id(header: models_pb2.ModelHeader) -> str:
     """Same bytes and same metadata, same model; anything else is another record over the same blob.
 
     A record never changes, so a re-upload with another input spec, name or architecture can neither be
-    ignored nor rewrite what earlier jobs ran with. The id hashes the whole header (deterministic encoding);
-    sdk/client.py derives it the same way to skip re-sending bytes the service already holds.
+    ignored nor rewrite what earlier jobs ran with. The scheme is kernelscope.ids', which the SDK applies too
+    to skip re-sending bytes the service already holds.
     """
-    canonical = models_pb2.ModelHeader()
-    canonical.CopyFrom(header)
-    canonical.input_spec.SetInParent()  # an absent and an empty spec are the same spec
-    return "mdl_" + hashlib.sha256(canonical.SerializeToString(deterministic=True)).hexdigest()[:24]
+    return ids.model_id(header)
 
 
 def is_runnable(model: models_pb2.Model) -> bool:

@@ -19,11 +19,11 @@ import logging
 import time
 
 import redis
+from kernelscope.states import TERMINAL
 
 from service import errors
 from service.blobstore import BlobStore
 from service.config import Config
-from service.jobs import TERMINAL
 from service.registry import Keys, job_tenant
 from service.tenants import Tenants
 

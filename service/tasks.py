@@ -1,6 +1,6 @@
 """The task names the service accepts, what each needs, and how a Task message becomes the worker's spec.
 
-The list mirrors workers/tasks.py (the service cannot import it: that would import torch).
+The facts are the task catalogue's (kernelscope.catalogue, read from tasks.proto's Task oneof).
 """
 
 from __future__ import annotations
@@ -8,16 +8,17 @@ from __future__ import annotations
 from typing import Any
 
 from google.protobuf import json_format
+from kernelscope import catalogue
 from kernelscope.v1 import tasks_pb2
 
 from service import errors
 
 # Valid task names; each is also the name of the Task oneof field that carries its options.
-TASK_NAMES: tuple[str, ...] = ("kernel_viz", "tconv_stats", "class_filters", "describe")
+TASK_NAMES: tuple[str, ...] = catalogue.NAMES
 # Tasks that read a labelled dataset.
-NEEDS_DATASET = frozenset({"class_filters"})
+NEEDS_DATASET = catalogue.NEEDS_DATASET
 # Tasks that need activations or gradients, so a runnable module rather than weights alone.
-NEEDS_RUNNABLE_MODEL = frozenset({"kernel_viz", "class_filters"})
+NEEDS_RUNNABLE_MODEL = catalogue.NEEDS_MODULE
 
 _VALID = ", ".join(TASK_NAMES)
 

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
-CHUNK_BYTES = 1 << 20  # 1 MiB per streamed message
+from sdk import chunks
+
 RPC_TIMEOUT_S = 600.0  # upper bound for one blob transfer
 RETRY_SECONDS = 60.0  # how long a call answered UNAVAILABLE is retried
 
@@ -124,8 +125,8 @@ class ServiceConnection:
 
         def messages() -> Iterator[worker_pb2.WriteArtifactRequest]:
             yield worker_pb2.WriteArtifactRequest(header=header)
-            for start in range(0, len(data), CHUNK_BYTES):
-                yield worker_pb2.WriteArtifactRequest(chunk=data[start : start + CHUNK_BYTES])
+            for piece in chunks.pieces(data):
+                yield worker_pb2.WriteArtifactRequest(chunk=bytes(piece))
 
         artifact = self._retry(lambda: self._stub.WriteArtifact(messages(), metadata=self._metadata, timeout=RPC_TIMEOUT_S))
         return {

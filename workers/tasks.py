@@ -11,6 +11,7 @@ import importlib
 from typing import Any, Callable
 
 import numpy as np
+from kernelscope import catalogue
 
 from workers.context import TaskContext
 from workers.errors import BadOptions
@@ -26,7 +27,7 @@ _PROVIDERS: dict[str, str] = {
 }
 _REGISTRY: dict[str, TaskFn] = {}
 
-NAMES: tuple[str, ...] = tuple(_PROVIDERS)
+NAMES: tuple[str, ...] = catalogue.NAMES
 
 
 def register(name: str) -> Callable[[TaskFn], TaskFn]:
@@ -41,7 +42,7 @@ def register(name: str) -> Callable[[TaskFn], TaskFn]:
 
 def get(name: str) -> TaskFn:
     """The function for task `name`; INVALID_ARGUMENT listing the valid names for an unknown one."""
-    if name not in _PROVIDERS:
+    if name not in NAMES:
         raise BadOptions(f"unknown task {name!r}; valid tasks: {', '.join(NAMES)}", reason="UNKNOWN_TASK")
     if name not in _REGISTRY:
         importlib.import_module(_PROVIDERS[name])

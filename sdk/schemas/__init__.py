@@ -16,8 +16,10 @@ import json
 from importlib import resources
 from typing import Any
 
-# Current schema version of each task's summary.
-VERSIONS: dict[str, int] = {"kernel_viz": 1, "tconv_stats": 1, "class_filters": 1, "describe": 1}
+from kernelscope import catalogue
+
+# Current schema version of each task's summary (the task catalogue's).
+VERSIONS: dict[str, int] = {name: entry.schema_version for name, entry in catalogue.TASKS.items()}
 
 
 def load(task: str, version: int | None = None) -> dict[str, Any]:

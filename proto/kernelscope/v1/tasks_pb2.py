@@ -22,25 +22,36 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1akernelscope/v1/tasks.proto\x12\x0ekernelscope.v1\"\xa4\x02\n\x10KernelVizOptions\x12\x0e\n\x06layers\x18\x01 \x03(\t\x12\x10\n\x08\x63hannels\x18\x02 \x03(\x05\x12\x12\n\x05steps\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x11\n\x04seed\x18\x04 \x01(\x03H\x01\x88\x01\x01\x12=\n\tobjective\x18\x05 \x01(\x0e\x32*.kernelscope.v1.KernelVizOptions.Objective\x12\x0e\n\x06\x63\x61nvas\x18\x06 \x03(\x05\x12\x16\n\ttv_weight\x18\x07 \x01(\x02H\x02\x88\x01\x01\"?\n\tObjective\x12\x19\n\x15OBJECTIVE_UNSPECIFIED\x10\x00\x12\n\n\x06NEURON\x10\x01\x12\x0b\n\x07\x43HANNEL\x10\x02\x42\x08\n\x06_stepsB\x07\n\x05_seedB\x0c\n\n_tv_weight\"\xa1\x02\n\x11TConvStatsOptions\x12\x0e\n\x06layers\x18\x01 \x03(\t\x12\x17\n\nfit_conv3d\x18\x02 \x01(\x08H\x00\x88\x01\x01\x12\x1f\n\x12residual_threshold\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\x15\n\x08restarts\x18\x04 \x01(\x05H\x02\x88\x01\x01\x12\x16\n\tfit_steps\x18\x05 \x01(\x05H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x06 \x01(\x03H\x04\x88\x01\x01\x12\x1f\n\x12identity_tolerance\x18\x07 \x01(\x02H\x05\x88\x01\x01\x42\r\n\x0b_fit_conv3dB\x15\n\x13_residual_thresholdB\x0b\n\t_restartsB\x0c\n\n_fit_stepsB\x07\n\x05_seedB\x15\n\x13_identity_tolerance\"\xb5\x02\n\x13\x43lassFiltersOptions\x12\r\n\x05layer\x18\x01 \x01(\t\x12\x0e\n\x01k\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x1a\n\rmass_coverage\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\x1f\n\x12\x61\x63\x63uracy_retention\x18\x04 \x01(\x02H\x02\x88\x01\x01\x12\x0f\n\x07ranking\x18\x05 \x01(\t\x12\x14\n\x0cmi_estimator\x18\x06 \x01(\t\x12\x16\n\tbootstrap\x18\x07 \x01(\x05H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x08 \x01(\x03H\x04\x88\x01\x01\x12\x19\n\x0c\x66it_fraction\x18\t \x01(\x02H\x05\x88\x01\x01\x42\x04\n\x02_kB\x10\n\x0e_mass_coverageB\x15\n\x13_accuracy_retentionB\x0c\n\n_bootstrapB\x07\n\x05_seedB\x0f\n\r_fit_fraction\"\x11\n\x0f\x44\x65scribeOptions\"\x84\x02\n\x04Task\x12\x0c\n\x04name\x18\n \x01(\t\x12\x36\n\nkernel_viz\x18\x01 \x01(\x0b\x32 .kernelscope.v1.KernelVizOptionsH\x00\x12\x38\n\x0btconv_stats\x18\x02 \x01(\x0b\x32!.kernelscope.v1.TConvStatsOptionsH\x00\x12<\n\rclass_filters\x18\x03 \x01(\x0b\x32#.kernelscope.v1.ClassFiltersOptionsH\x00\x12\x33\n\x08\x64\x65scribe\x18\x04 \x01(\x0b\x32\x1f.kernelscope.v1.DescribeOptionsH\x00\x42\t\n\x07optionsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1akernelscope/v1/tasks.proto\x12\x0ekernelscope.v1\x1a google/protobuf/descriptor.proto\"\xa4\x02\n\x10KernelVizOptions\x12\x0e\n\x06layers\x18\x01 \x03(\t\x12\x10\n\x08\x63hannels\x18\x02 \x03(\x05\x12\x12\n\x05steps\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x11\n\x04seed\x18\x04 \x01(\x03H\x01\x88\x01\x01\x12=\n\tobjective\x18\x05 \x01(\x0e\x32*.kernelscope.v1.KernelVizOptions.Objective\x12\x0e\n\x06\x63\x61nvas\x18\x06 \x03(\x05\x12\x16\n\ttv_weight\x18\x07 \x01(\x02H\x02\x88\x01\x01\"?\n\tObjective\x12\x19\n\x15OBJECTIVE_UNSPECIFIED\x10\x00\x12\n\n\x06NEURON\x10\x01\x12\x0b\n\x07\x43HANNEL\x10\x02\x42\x08\n\x06_stepsB\x07\n\x05_seedB\x0c\n\n_tv_weight\"\xa1\x02\n\x11TConvStatsOptions\x12\x0e\n\x06layers\x18\x01 \x03(\t\x12\x17\n\nfit_conv3d\x18\x02 \x01(\x08H\x00\x88\x01\x01\x12\x1f\n\x12residual_threshold\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\x15\n\x08restarts\x18\x04 \x01(\x05H\x02\x88\x01\x01\x12\x16\n\tfit_steps\x18\x05 \x01(\x05H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x06 \x01(\x03H\x04\x88\x01\x01\x12\x1f\n\x12identity_tolerance\x18\x07 \x01(\x02H\x05\x88\x01\x01\x42\r\n\x0b_fit_conv3dB\x15\n\x13_residual_thresholdB\x0b\n\t_restartsB\x0c\n\n_fit_stepsB\x07\n\x05_seedB\x15\n\x13_identity_tolerance\"\xb5\x02\n\x13\x43lassFiltersOptions\x12\r\n\x05layer\x18\x01 \x01(\t\x12\x0e\n\x01k\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x1a\n\rmass_coverage\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\x1f\n\x12\x61\x63\x63uracy_retention\x18\x04 \x01(\x02H\x02\x88\x01\x01\x12\x0f\n\x07ranking\x18\x05 \x01(\t\x12\x14\n\x0cmi_estimator\x18\x06 \x01(\t\x12\x16\n\tbootstrap\x18\x07 \x01(\x05H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x08 \x01(\x03H\x04\x88\x01\x01\x12\x19\n\x0c\x66it_fraction\x18\t \x01(\x02H\x05\x88\x01\x01\x42\x04\n\x02_kB\x10\n\x0e_mass_coverageB\x15\n\x13_accuracy_retentionB\x0c\n\n_bootstrapB\x07\n\x05_seedB\x0f\n\r_fit_fraction\"\x11\n\x0f\x44\x65scribeOptions\"p\n\x08TaskInfo\x12\r\n\x05title\x18\x01 \x01(\t\x12\x15\n\rneeds_dataset\x18\x02 \x01(\x08\x12\x14\n\x0cneeds_module\x18\x03 \x01(\x08\x12\x16\n\x0eschema_version\x18\x04 \x01(\x05\x12\x10\n\x08\x61nalysis\x18\x05 \x01(\x08\"\xd2\x03\n\x04Task\x12\x0c\n\x04name\x18\n \x01(\t\x12q\n\nkernel_viz\x18\x01 \x01(\x0b\x32 .kernelscope.v1.KernelVizOptionsB9\xca\xa5\x19\x35\n-Texture and motion of 3D kernels (kernel_viz)\x18\x01 \x01(\x01H\x00\x12j\n\x0btconv_stats\x18\x02 \x01(\x0b\x32!.kernelscope.v1.TConvStatsOptionsB0\xca\xa5\x19,\n&Temporal transformations (tconv_stats) \x01(\x01H\x00\x12y\n\rclass_filters\x18\x03 \x01(\x0b\x32#.kernelscope.v1.ClassFiltersOptionsB;\xca\xa5\x19\x37\n-Class-specific filter subsets (class_filters)\x10\x01\x18\x01 \x01(\x01H\x00\x12W\n\x08\x64\x65scribe\x18\x04 \x01(\x0b\x32\x1f.kernelscope.v1.DescribeOptionsB\"\xca\xa5\x19\x1e\n\x1aLayer inventory (describe) \x01H\x00\x42\t\n\x07options:G\n\x04task\x12\x1d.google.protobuf.FieldOptions\x18\xd9\x94\x03 \x01(\x0b\x32\x18.kernelscope.v1.TaskInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kernelscope.v1.tasks_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_KERNELVIZOPTIONS']._serialized_start=47
-  _globals['_KERNELVIZOPTIONS']._serialized_end=339
-  _globals['_KERNELVIZOPTIONS_OBJECTIVE']._serialized_start=243
-  _globals['_KERNELVIZOPTIONS_OBJECTIVE']._serialized_end=306
-  _globals['_TCONVSTATSOPTIONS']._serialized_start=342
-  _globals['_TCONVSTATSOPTIONS']._serialized_end=631
-  _globals['_CLASSFILTERSOPTIONS']._serialized_start=634
-  _globals['_CLASSFILTERSOPTIONS']._serialized_end=943
-  _globals['_DESCRIBEOPTIONS']._serialized_start=945
-  _globals['_DESCRIBEOPTIONS']._serialized_end=962
-  _globals['_TASK']._serialized_start=965
-  _globals['_TASK']._serialized_end=1225
+  _globals['_TASK'].fields_by_name['kernel_viz']._loaded_options = None
+  _globals['_TASK'].fields_by_name['kernel_viz']._serialized_options = b'\312\245\0315\n-Texture and motion of 3D kernels (kernel_viz)\030\001 \001(\001'
+  _globals['_TASK'].fields_by_name['tconv_stats']._loaded_options = None
+  _globals['_TASK'].fields_by_name['tconv_stats']._serialized_options = b'\312\245\031,\n&Temporal transformations (tconv_stats) \001(\001'
+  _globals['_TASK'].fields_by_name['class_filters']._loaded_options = None
+  _globals['_TASK'].fields_by_name['class_filters']._serialized_options = b'\312\245\0317\n-Class-specific filter subsets (class_filters)\020\001\030\001 \001(\001'
+  _globals['_TASK'].fields_by_name['describe']._loaded_options = None
+  _globals['_TASK'].fields_by_name['describe']._serialized_options = b'\312\245\031\036\n\032Layer inventory (describe) \001'
+  _globals['_KERNELVIZOPTIONS']._serialized_start=81
+  _globals['_KERNELVIZOPTIONS']._serialized_end=373
+  _globals['_KERNELVIZOPTIONS_OBJECTIVE']._serialized_start=277
+  _globals['_KERNELVIZOPTIONS_OBJECTIVE']._serialized_end=340
+  _globals['_TCONVSTATSOPTIONS']._serialized_start=376
+  _globals['_TCONVSTATSOPTIONS']._serialized_end=665
+  _globals['_CLASSFILTERSOPTIONS']._serialized_start=668
+  _globals['_CLASSFILTERSOPTIONS']._serialized_end=977
+  _globals['_DESCRIBEOPTIONS']._serialized_start=979
+  _globals['_DESCRIBEOPTIONS']._serialized_end=996
+  _globals['_TASKINFO']._serialized_start=998
+  _globals['_TASKINFO']._serialized_end=1110
+  _globals['_TASK']._serialized_start=1113
+  _globals['_TASK']._serialized_end=1579
 # @@protoc_insertion_point(module_scope)

@@ -1,3 +1,4 @@
+from google.protobuf import descriptor_pb2 as _descriptor_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -6,6 +7,8 @@ from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+TASK_FIELD_NUMBER: _ClassVar[int]
+task: _descriptor.FieldDescriptor
 
 class KernelVizOptions(_message.Message):
     __slots__ = ("layers", "channels", "steps", "seed", "objective", "canvas", "tv_weight")
@@ -76,6 +79,20 @@ class ClassFiltersOptions(_message.Message):
 class DescribeOptions(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class TaskInfo(_message.Message):
+    __slots__ = ("title", "needs_dataset", "needs_module", "schema_version", "analysis")
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    NEEDS_DATASET_FIELD_NUMBER: _ClassVar[int]
+    NEEDS_MODULE_FIELD_NUMBER: _ClassVar[int]
+    SCHEMA_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ANALYSIS_FIELD_NUMBER: _ClassVar[int]
+    title: str
+    needs_dataset: bool
+    needs_module: bool
+    schema_version: int
+    analysis: bool
+    def __init__(self, title: _Optional[str] = ..., needs_dataset: _Optional[bool] = ..., needs_module: _Optional[bool] = ..., schema_version: _Optional[int] = ..., analysis: _Optional[bool] = ...) -> None: ...
 
 class Task(_message.Message):
     __slots__ = ("name", "kernel_viz", "tconv_stats", "class_filters", "describe")

@@ -1,0 +1,81 @@
+"""The task catalogue (kernelscope.catalogue) is read from tasks.proto's Task oneof, and every layer that keeps
+a registry of its own per task covers exactly the catalogue's tasks. A task added to the proto without its
+TaskInfo, or without one of the files the README's "Adding a task" list names, fails here."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from kernelscope import catalogue
+from kernelscope.v1 import tasks_pb2
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_catalogue_is_the_task_oneof_with_its_task_info() -> None:
+    fields = tasks_pb2.Task.DESCRIPTOR.oneofs_by_name["options"].fields
+    assert catalogue.NAMES == tuple(f.name for f in fields)
+    for field in fields:
+        entry = catalogue.TASKS[field.name]
+        assert field.GetOptions().HasExtension(tasks_pb2.task), f"Task.{field.name} has no (task) option"
+        assert entry.options.DESCRIPTOR is field.message_type
+        assert entry.title and entry.schema_version >= 1
+    # Each oneof field in the .proto source carries the option (the import would fail otherwise, but say where).
+    source = (ROOT / "proto" / "kernelscope" / "v1" / "tasks.proto").read_text()
+    oneof = re.search(r"oneof options \{(.*?)\n  \}", source, re.S)
+    assert oneof is not None
+    declared = re.findall(r"^\s+\w+ (\w+) = \d+ \[\(task\) = \{", oneof.group(1), re.M)
+    assert tuple(declared) == catalogue.NAMES
+
+
+def test_the_service_reads_the_catalogue() -> None:
+    from service import tasks
+
+    assert tasks.TASK_NAMES == catalogue.NAMES
+    assert tasks.NEEDS_DATASET == catalogue.NEEDS_DATASET == {"class_filters"}
+    assert tasks.NEEDS_RUNNABLE_MODEL == catalogue.NEEDS_MODULE == {"kernel_viz", "class_filters"}
+
+
+def test_the_workers_implement_every_task_and_no_other() -> None:
+    from workers import tasks
+
+    assert tasks.NAMES == catalogue.NAMES
+    assert set(tasks._PROVIDERS) == set(catalogue.NAMES)
+    for name in catalogue.NAMES:
+        assert callable(tasks.get(name))
+
+
+@pytest.mark.parametrize("name", catalogue.NAMES)
+def test_the_sdk_has_a_schema_and_options_for_every_task(name: str) -> None:
+    from sdk import schemas, tasks
+
+    entry = catalogue.TASKS[name]
+    assert schemas.VERSIONS[name] == entry.schema_version
+    assert schemas.load(name)["$id"].endswith(f"/{name}/v{entry.schema_version}.json")
+    assert tasks.OPTIONS_BY_TASK[name] is entry.options
+    if entry.analysis:
+        assert set(tasks.OPTION_DEFAULTS[name]) <= {f.name for f in entry.options.DESCRIPTOR.fields}
+
+
+@pytest.mark.parametrize("name", catalogue.ANALYSES)
+def test_every_analysis_has_its_report_section_findings_and_gate_metrics(name: str) -> None:
+    from sdk import findings, metrics, report
+
+    assert report.TASK_TITLES[name] == catalogue.TASKS[name].title
+    assert name in report._RENDERERS and name in report._VERDICTS
+    assert name in findings._READERS and name in findings._WRITERS
+    assert metrics.names(name), f"no gate metric reads {name}"
+
+
+def test_the_readme_lists_the_files_a_new_task_touches() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### Adding a task", 1)[1].split("\n## ", 1)[0]
+    listed = re.findall(r"`([\w/.<>-]+)`", section)
+    for path in ("proto/kernelscope/v1/tasks.proto", "workers/tasks.py", "sdk/schemas/<name>.v1.json", "sdk/tasks.py",
+                 "sdk/report.py", "sdk/findings.py", "sdk/metrics.py"):
+        assert path in listed, f"README's 'Adding a task' does not list {path}"
+    for name in catalogue.ANALYSES:  # and each listed file does hold every analysis today
+        for path in ("workers/tasks.py", "sdk/tasks.py", "sdk/report.py", "sdk/findings.py"):
+            assert f'"{name}"' in (ROOT / path).read_text(), f"{path} has nothing for {name}"
