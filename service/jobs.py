@@ -23,7 +23,7 @@ import grpc
 import redis
 from google.protobuf import json_format, timestamp_pb2
 from kernelscope import ids
-from kernelscope.states import TERMINAL
+from kernelscope.states import CANCEL_FIELD, TERMINAL
 from kernelscope.v1 import common_pb2, datasets_pb2, jobs_pb2, models_pb2, tasks_pb2
 from rq import Queue
 from rq.command import send_stop_job_command
@@ -549,6 +549,7 @@ class JobManager:
             rq_job = RQJob.fetch(job_id, connection=self.conn, serializer=JSONSerializer)
         except NoSuchJobError:
             return self.get(job_id)
+        self.conn.hset(rq_job.key, CANCEL_FIELD, 1)  # read by the horse: see kernelscope.states
         if rq_job.get_status() == JobStatus.STARTED:
             try:
                 send_stop_job_command(self.conn, job_id, serializer=JSONSerializer)

@@ -19,11 +19,12 @@ import sys
 
 
 class JobCancelled(Exception):
-    """The job's RQ status reads CANCELED while this worker runs it: the horse stops.
+    """The service cancelled the job while this worker runs it: the horse stops.
 
-    A cancel that reaches a job in the moment a worker takes it off the queue cancels the queued copy after
-    the worker started it, so RQ's stop command is never sent and the service already shows CANCELLED; the
-    job would run on, holding the worker, until it ended. The horse reads its status at each progress write.
+    A cancel that reaches a job in the moment a worker takes it off the queue cancels the queued copy (before or
+    after the worker marks it started), so RQ's stop command is never sent and the service already shows
+    CANCELLED; the job would run on, holding the worker, until it ended. The horse reads the service's cancel
+    flag (kernelscope.states.CANCEL_FIELD) at each progress write.
     """
 
 

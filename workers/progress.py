@@ -3,7 +3,8 @@
 Tasks report their own fraction; the reporter maps it onto the whole job and throttles writes to
 Redis so that a task may call it in its inner loop. Progress is not data: a write that cannot reach
 Redis is dropped (the task carries on) and the next report after the outage says where the job is.
-Each write also reads the job's status: a job cancelled while it runs stops there (workers.errors.JobCancelled).
+Each write also reads whether the job was cancelled (kernelscope.states.CANCEL_FIELD, or RQ's CANCELED status): a
+job cancelled while it runs stops there (workers.errors.JobCancelled).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from kernelscope.states import CANCEL_FIELD
 from rq.job import JobStatus
 
 from workers.errors import JobCancelled
@@ -85,7 +87,8 @@ class JobProgress:
         self._job.meta["progress"] = self.last
         try:
             self._job.save_meta()
-            cancelled = self._job.get_status(refresh=True) == JobStatus.CANCELED
+            status, flag = self._job.connection.hmget(self._job.key, "status", CANCEL_FIELD)
+            cancelled = bool(flag) or status == JobStatus.CANCELED.value.encode()
         except (RedisConnectionError, RedisTimeoutError) as exc:
             if not self.dropped:
                 log.warning("progress dropped while Redis is unreachable (the job carries on): %s", exc)

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 from google.protobuf import duration_pb2
+from kernelscope.states import CANCEL_FIELD
 from kernelscope.v1 import jobs_pb2, models_pb2, tasks_pb2
 from rq import Queue
 from rq.job import Job as RQJob
@@ -194,6 +195,8 @@ def test_cancelling_a_queued_job(kernelscope_server, kernelscope_stub, model, re
     assert cancelled.end_time.ToNanoseconds() >= job.create_time.ToNanoseconds()
     assert kernelscope_stub.GetJob(jobs_pb2.GetJobRequest(job_id=job.id)).state == jobs_pb2.CANCELLED
     assert queue_of(kernelscope_server, redis_conn).count == 0
+    # A worker that took it off the queue that very moment reads this at its first progress write, and stops.
+    assert redis_conn.hget(f"rq:job:{job.id}", CANCEL_FIELD) == b"1"
     with rpc_error(CODE.FAILED_PRECONDITION, "JOB_TERMINAL", contains="CANCELLED"):
         kernelscope_stub.CancelJob(jobs_pb2.CancelJobRequest(job_id=job.id))
     kernelscope_stub.DeleteJob(jobs_pb2.DeleteJobRequest(job_id=job.id))
