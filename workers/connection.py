@@ -28,8 +28,8 @@ T = TypeVar("T")
 # used gRPC. The horse uses gRPC, then forks the model process, which closes every descriptor it inherited
 # (workers/sandbox.py): those threads then met closed epoll and event fds and aborted it ("Check failed:
 # wakeup_fd_->Wakeup().ok()", MODEL_PROCESS_SIGABRT), a few jobs in a hundred on a loaded machine. No child of a
-# worker uses gRPC, so none needs the threads. Set here, on import, before this process first initialises gRPC.
-os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "0"
+# worker uses gRPC, so none needs the threads: workers/__init__.py sets GRPC_ENABLE_FORK_SUPPORT=0 before grpc
+# is first imported (this module's `from sdk import chunks` imports it).
 
 _settings: dict[str, str] = {}
 

@@ -401,6 +401,37 @@ GRPC_THEN_MODEL_PROCESS = textwrap.dedent(
 )
 
 
+_GRPC_IMPORT_PROBE = textwrap.dedent(
+    """
+    import json, os, sys
+
+    seen = []
+
+    class Probe:
+        def find_spec(self, name, path=None, target=None):
+            if name == "grpc" and not seen:
+                seen.append(os.environ.get("GRPC_ENABLE_FORK_SUPPORT"))
+            return None
+
+    sys.meta_path.insert(0, Probe())
+    from workers import connection, job, sandbox  # the horse's imports, in the order a job makes them
+    import grpc  # imported by now or here
+    print(json.dumps(seen))
+    """
+)
+
+
+def test_grpc_is_first_imported_with_fork_support_off() -> None:
+    """grpcio reads GRPC_ENABLE_FORK_SUPPORT when first imported. workers/connection.py once set it after its own
+    `from sdk import chunks` had imported grpc, and the model process died of SIGABRT again on a loaded machine
+    (the test below, which needs the load to fail). Checked here without the load."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRPC_")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    done = subprocess.run([sys.executable, "-c", _GRPC_IMPORT_PROBE], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.splitlines()[-1]) == ["0"]
+
+
 @pytest.fixture()
 def streaming_server() -> Iterator[str]:
     from concurrent import futures
