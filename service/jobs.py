@@ -22,9 +22,9 @@ from typing import Any, Callable, Iterator
 import grpc
 import redis
 from google.protobuf import json_format, timestamp_pb2
-from kernelscope import ids
+from kernelscope import contract, ids
 from kernelscope.states import CANCEL_FIELD, TERMINAL
-from kernelscope.v1 import common_pb2, datasets_pb2, jobs_pb2, models_pb2, tasks_pb2
+from kernelscope.v1 import common_pb2, datasets_pb2, jobs_pb2, models_pb2, tasks_pb2, worker_pb2
 from rq import Queue
 from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
@@ -424,8 +424,10 @@ class JobManager:
             _now(job.end_time)
             return job
         status = rq_job.get_status(refresh=False)
-        if status == JobStatus.FAILED and not record.cancel_requested and requeue_killed_horse(self.conn, record.id):
-            rq_job = RQJob.fetch(record.id, connection=self.conn, serializer=JSONSerializer)  # queued again
+        if status == JobStatus.FAILED and not record.cancel_requested and (
+            requeue_killed_horse(self.conn, record.id) or rq_job.get_status(refresh=True) != JobStatus.FAILED
+        ):  # queued again, here or by another reader (the reaper) in the same moment
+            rq_job = RQJob.fetch(record.id, connection=self.conn, serializer=JSONSerializer)
             status = rq_job.get_status(refresh=False)
         meta = rq_job.meta or {}
         notes = meta.get(NOTES_META)
@@ -678,23 +680,11 @@ class JobManager:
 def job_spec(
     job_id: str, model: models_pb2.Model, dataset: datasets_pb2.Dataset | None, job_tasks: list[tasks_pb2.Task]
 ) -> dict[str, Any]:
-    """What the worker's job function receives (plain JSON)."""
-    return {
-        "job_id": job_id,
-        "model": {
-            "id": model.id,
-            "name": model.name,
-            "format": models_pb2.ModelFormat.Name(model.format),
-            "sha256": model.sha256,
-            "size_bytes": int(model.size_bytes),
-            "input_spec": input_spec_dict(model.input_spec),
-            "architecture": model.architecture,
-        },
-        "dataset": None
-        if dataset is None
-        else {"id": dataset.id, "name": dataset.name, "sha256": dataset.sha256, "size_bytes": int(dataset.size_bytes)},
-        "tasks": [tasks.spec(t) for t in job_tasks],
-    }
+    """What the worker's job function receives: a JobSpec as JSON (kernelscope.contract)."""
+    spec = worker_pb2.JobSpec(job_id=job_id, model=model, tasks=job_tasks)
+    if dataset is not None:
+        spec.dataset.CopyFrom(dataset)
+    return contract.to_json(spec)
 
 
 def job_warnings(model: models_pb2.Model, job_tasks: list[tasks_pb2.Task]) -> list[str]:
@@ -708,17 +698,6 @@ def job_warnings(model: models_pb2.Model, job_tasks: list[tasks_pb2.Task]) -> li
         "without normalisation; if it was trained on normalised inputs, upload it with an input spec "
         '(--input-spec \'{"mean": [...], "std": [...]}\' or input_spec=...)'
     ]
-
-
-def input_spec_dict(spec: common_pb2.InputSpec) -> dict[str, Any]:
-    return {
-        "shape": [int(s) for s in spec.shape],
-        "dtype": spec.dtype,
-        "value_min": float(spec.value_min),
-        "value_max": float(spec.value_max),
-        "mean": [float(v) for v in spec.mean],
-        "std": [float(v) for v in spec.std],
-    }
 
 
 def _timestamp(text: str) -> timestamp_pb2.Timestamp:
@@ -755,9 +734,8 @@ def _set_error(detail: common_pb2.ErrorDetail, code: str, reason: str, message: 
     detail.code, detail.reason, detail.message = _text(code)[:64], _text(reason)[:64], _text(message)
 
 
-def _error_from(detail: common_pb2.ErrorDetail, raw: Any) -> None:
-    raw = raw if isinstance(raw, dict) else {"message": str(raw)}
-    _set_error(detail, str(raw.get("code") or "UNKNOWN"), str(raw.get("reason") or "TASK_FAILED"), str(raw.get("message") or ""))
+def _error_from(detail: common_pb2.ErrorDetail, raw: common_pb2.ErrorDetail) -> None:
+    _set_error(detail, raw.code or "UNKNOWN", raw.reason or "TASK_FAILED", raw.message)
 
 
 def _set_progress(progress: jobs_pb2.Progress, raw: dict[str, Any]) -> None:
@@ -772,23 +750,21 @@ def _set_progress(progress: jobs_pb2.Progress, raw: dict[str, Any]) -> None:
         pass  # a malformed progress report is not worth failing a read over
 
 
-def _apply_manifest(job: jobs_pb2.Job, manifest: Any) -> None:
+def _apply_manifest(job: jobs_pb2.Job, raw: Any) -> None:
     """SUCCEEDED when neither the manifest nor any task reports an error, else FAILED with the first error."""
-    if not isinstance(manifest, dict):
+    try:
+        manifest = contract.manifest_from_json(raw)
+    except contract.BadManifest as exc:
         job.state = jobs_pb2.FAILED
-        _set_error(job.error, "INTERNAL", "BAD_MANIFEST", f"the worker returned {type(manifest).__name__}, not a manifest")
+        _set_error(job.error, "INTERNAL", "BAD_MANIFEST", str(exc))
         return
-    if manifest.get("worker"):
-        job.worker = _text(manifest["worker"])
+    if manifest.worker:
+        job.worker = _text(manifest.worker)
     first_task_error: common_pb2.ErrorDetail | None = None
     room = MAX_SUMMARIES_BYTES
-    results = manifest.get("results")
-    for raw in (results if isinstance(results, list) else [])[: len(job.tasks)]:
-        if not isinstance(raw, dict):
-            continue
-        result = job.results.add(task=_text(raw.get("task") or "")[:64])
-        summary = raw.get("summary")
-        encoded = json.dumps(summary) if summary is not None else ""
+    for reported in manifest.results[: len(job.tasks)]:
+        result = job.results.add(task=_text(reported.task)[:64])
+        encoded = reported.summary_json
         if len(encoded) > room:  # kept out of the record: it would make the job unreadable
             _set_error(
                 result.error, "RESOURCE_EXHAUSTED", "SUMMARY_TOO_LARGE",
@@ -799,16 +775,13 @@ def _apply_manifest(job: jobs_pb2.Job, manifest: Any) -> None:
             continue
         room -= len(encoded)
         result.summary_json = encoded
-        try:
-            result.duration_seconds = float(raw.get("duration_seconds") or 0.0)
-        except (TypeError, ValueError):
-            pass
-        if raw.get("error"):
-            _error_from(result.error, raw["error"])
+        result.duration_seconds = reported.duration_seconds
+        if reported.HasField("error"):
+            _error_from(result.error, reported.error)
             first_task_error = first_task_error or result.error
-    if manifest.get("error"):
+    if manifest.HasField("error"):
         job.state = jobs_pb2.FAILED
-        _error_from(job.error, manifest["error"])
+        _error_from(job.error, manifest.error)
     elif first_task_error is not None:
         job.state = jobs_pb2.FAILED
         job.error.CopyFrom(first_task_error)

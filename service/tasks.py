@@ -1,13 +1,10 @@
-"""The task names the service accepts, what each needs, and how a Task message becomes the worker's spec.
+"""The task names the service accepts, what each needs, and the checks that normalise a Task message.
 
 The facts are the task catalogue's (kernelscope.catalogue, read from tasks.proto's Task oneof).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from google.protobuf import json_format
 from kernelscope import catalogue
 from kernelscope.v1 import tasks_pb2
 
@@ -45,8 +42,3 @@ def normalize(task: tasks_pb2.Task, index: int) -> tasks_pb2.Task:
         getattr(out, out.name).SetInParent()
     return out
 
-
-def spec(task: tasks_pb2.Task) -> dict[str, Any]:
-    """{"name", "options"} as the worker reads it: options as JSON with proto field names, unset fields absent."""
-    options = getattr(task, task.name)
-    return {"name": task.name, "options": json_format.MessageToDict(options, preserving_proto_field_name=True)}

@@ -4,14 +4,16 @@ It runs in RQ's forked work-horse. The horse fetches the model (and dataset) thr
 (verified against their hashes), then forks a sandboxed model process (workers/sandbox.py: no secrets, no
 network, only its scratch directory writable, resource limits) which loads the model, runs each task
 through the registry and sends the results back over a pipe; the horse, which alone holds the worker
-token, uploads each task's artifacts and returns a small JSON manifest (with a `sandbox` field naming
-the layers that were active). Errors a user caused are recorded in the manifest with their gRPC
+token, uploads each task's artifacts and returns a JobManifest (worker.proto, as JSON through
+kernelscope.contract, with a `sandbox` field naming the layers that were active) for the JobSpec it was
+given. Errors a user caused are recorded in the manifest with their gRPC
 code and reason (google.longrunning semantics: execution errors live inside the job); only a bug or a
 crash of the horse itself makes the RQ job fail.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import mimetypes
 import os
@@ -23,6 +25,9 @@ import time
 import traceback
 from pathlib import Path
 from typing import Any
+
+from kernelscope import contract
+from kernelscope.v1 import jobs_pb2, tasks_pb2, worker_pb2
 
 from workers import defaults
 from workers.cache import BlobCache
@@ -49,7 +54,7 @@ MEDIA_TYPES = {
 
 
 def run(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run every task of the job described by `spec`; return the manifest the service reads.
+    """Run every task of the job described by `spec` (a JobSpec as JSON); return its JobManifest as JSON.
 
     The horse (this process) keeps the service connection and the worker token; the model is loaded and the
     tasks run in a sandboxed model process (workers/sandbox.py), which hands back summaries and progress over
@@ -61,22 +66,20 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     from workers import sandbox
 
     rq_job = rq.get_current_job()
-    tasks = spec.get("tasks") or []
+    job = contract.spec_from_json(spec)
+    tasks = list(job.tasks)
     progress = JobProgress(rq_job, len(tasks))
-    manifest: dict[str, Any] = {"results": [], "error": None, "worker": socket.gethostname()}
+    manifest = worker_pb2.JobManifest(worker=socket.gethostname())
     progress.report("loading model", 0.0)
-    work_dir = Path(tempfile.mkdtemp(prefix=f"ks-{spec.get('job_id', 'job')}-"))
+    work_dir = Path(tempfile.mkdtemp(prefix=f"ks-{job.job_id or 'job'}-"))
     try:
         connection = ServiceConnection.from_settings()
         try:
-            inputs = _fetch_inputs(spec, connection)
+            inputs = _fetch_inputs(job, connection)
         except grpc.RpcError as exc:  # the blob vanished (model deleted after the job was queued) or the service is gone
-            manifest["error"] = {
-                "code": exc.code().name if exc.code() else "UNAVAILABLE",
-                "reason": "INPUT_UNAVAILABLE",
-                "message": f"could not fetch the job's model or dataset: {exc.details()}",
-            }
-            return manifest
+            code = exc.code().name if exc.code() else "UNAVAILABLE"
+            manifest.error.CopyFrom(contract.error(code, "INPUT_UNAVAILABLE", f"could not fetch the job's model or dataset: {exc.details()}"))
+            return contract.to_json(manifest)
         finally:
             connection.close()  # no gRPC channel across the fork; uploads open a fresh one
         scratch = work_dir / "scratch"
@@ -93,44 +96,44 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
                 progress.publish(message["progress"])
                 state["index"] = int(message["progress"].get("task_index") or 0)
             elif kind == "layers":
-                manifest["sandbox"] = message["layers"]
+                manifest.sandbox.CopyFrom(worker_pb2.SandboxLayers(**message["layers"]))
             elif kind == "loaded":
                 state["loaded"] = True
             elif kind == "task" and isinstance(message.get("result"), dict):
                 index = int(message.get("index", -1))
                 if 0 <= index < len(tasks):
-                    state["results"][index] = _clean_result(message["result"], tasks[index]["name"])
+                    state["results"][index] = _clean_result(message["result"], tasks[index].name)
 
         try:
-            sandbox.run_in_sandbox(lambda channel: _model_process(spec, inputs, scratch, channel), policy, on_message)
+            sandbox.run_in_sandbox(lambda channel: _model_process(job, inputs, scratch, channel), policy, on_message)
         except TaskError as exc:
             if not state["loaded"]:
-                manifest["error"] = exc.to_dict()
+                manifest.error.CopyFrom(contract.error(**exc.to_dict()))
             else:  # the process died in a task: that task carries the error, the ones after it did not run
                 for index in range(len(state["results"]), len(tasks)):
                     error = exc.to_dict() if index == state["index"] else {
-                        "code": "ABORTED", "reason": "NOT_RUN", "message": f"not run: the model process died in task {tasks[state['index']]['name']}"}
-                    state["results"][index] = {"task": tasks[index]["name"], "summary": None, "error": error}
+                        "code": "ABORTED", "reason": "NOT_RUN", "message": f"not run: the model process died in task {tasks[state['index']].name}"}
+                    state["results"][index] = {"task": tasks[index].name, "summary": None, "error": error}
         except sandbox.ModelProcessCrash as exc:  # a bug outside the tasks (in the loader): the RQ job fails, as before
             log.error("the model process crashed:\n%s", exc.trace)
             raise RuntimeError(f"the model process crashed: {exc}") from None
         if state["results"]:
             connection = ServiceConnection.from_settings()
             try:
-                manifest["results"] += upload_results(connection, spec["job_id"], tasks, state["results"], scratch)
+                manifest.results.extend(upload_results(connection, job.job_id, tasks, state["results"], scratch))
             finally:
                 connection.close()
         progress.report("done", 1.0)
-        return manifest
+        return contract.to_json(manifest)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
 
 
-def _fetch_inputs(spec: dict[str, Any], connection: ServiceConnection) -> tuple[Path, Path | None]:
+def _fetch_inputs(job: worker_pb2.JobSpec, connection: ServiceConnection) -> tuple[Path, Path | None]:
     """The model and dataset files, fetched or reused from the cache and verified against their hashes."""
     cache = BlobCache()
-    model_path = cache.fetch(spec["model"]["sha256"], connection)
-    dataset_path = cache.fetch(spec["dataset"]["sha256"], connection) if spec.get("dataset") else None
+    model_path = cache.fetch(job.model.sha256, connection)
+    dataset_path = cache.fetch(job.dataset.sha256, connection) if job.HasField("dataset") else None
     return model_path, dataset_path
 
 
@@ -142,29 +145,29 @@ def _clean_result(raw: dict[str, Any], name: str) -> dict[str, Any]:
     return result
 
 
-def _model_process(spec: dict[str, Any], inputs: tuple[Path, Path | None], scratch: Path, channel: Any) -> None:
+def _model_process(job: worker_pb2.JobSpec, inputs: tuple[Path, Path | None], scratch: Path, channel: Any) -> None:
     """Inside the sandbox: load the model (and dataset), run every task, send each result to the horse."""
+    from kernelscope.v1 import models_pb2
     from workers import loader
     from workers.dataset import Dataset
 
-    tasks = spec.get("tasks") or []
+    tasks = list(job.tasks)
     model_path, dataset_path = inputs
     progress = PipeProgress(channel, len(tasks))
     progress.report("loading model", 0.0)
-    model_spec = spec["model"]
     device = _device()
     model = loader.load_model(
         model_path,
-        model_spec["format"],
-        model_spec.get("input_spec") or {},
-        architecture=model_spec.get("architecture", ""),
-        name=model_spec.get("name", ""),
+        models_pb2.ModelFormat.Name(job.model.format),
+        contract.input_spec_dict(job.model.input_spec),
+        architecture=job.model.architecture,
+        name=job.model.name,
         device=device,
     )
     dataset = Dataset.from_npz(dataset_path.read_bytes()) if dataset_path is not None else None
     channel.send("loaded")
     for index, task in enumerate(tasks):
-        progress.start_task(index, task["name"])
+        progress.start_task(index, task.name)
         out_dir = scratch / f"task{index}"
         out_dir.mkdir()
         result = _run_task(task, model, dataset, device, out_dir, progress)
@@ -180,17 +183,17 @@ def _device() -> Any:
     return torch.device(wanted)
 
 
-def _run_task(task: dict[str, Any], model: Any, dataset: Any, device: Any, out_dir: Path, progress: JobProgress) -> dict[str, Any]:
+def _run_task(task: tasks_pb2.Task, model: Any, dataset: Any, device: Any, out_dir: Path, progress: JobProgress) -> dict[str, Any]:
     from workers import tasks as registry
     from workers.context import TaskContext
 
     started = time.monotonic()
-    result: dict[str, Any] = {"task": task["name"], "summary": None, "error": None}
+    result: dict[str, Any] = {"task": task.name, "summary": None, "error": None}
     try:
-        fn = registry.get(task["name"])
+        fn = registry.get(task.name)
         ctx = TaskContext(
             model=model,
-            options=task.get("options") or {},
+            options=contract.task_options(task),
             out_dir=out_dir,
             dataset=dataset,
             device=device,
@@ -204,16 +207,17 @@ def _run_task(task: dict[str, Any], model: Any, dataset: Any, device: Any, out_d
             result["error"] = oom.to_dict()
             result["duration_seconds"] = round(time.monotonic() - started, 3)
             return result
-        log.error("task %s crashed:\n%s", task["name"], traceback.format_exc())
+        log.error("task %s crashed:\n%s", task.name, traceback.format_exc())
         result["error"] = {"code": "INTERNAL", "reason": "TASK_CRASHED", "message": f"{type(exc).__name__}: {exc}"}
     result["duration_seconds"] = round(time.monotonic() - started, 3)
     return result
 
 
 def upload_results(
-    connection: ServiceConnection, job_id: str, tasks: list[dict[str, Any]], results: dict[int, dict[str, Any]], scratch: Path
-) -> list[dict[str, Any]]:
-    """The results in task order, each with the artifacts uploaded from scratch/task{index}.
+    connection: ServiceConnection, job_id: str, tasks: list[tasks_pb2.Task], results: dict[int, dict[str, Any]], scratch: Path
+) -> list[jobs_pb2.TaskResult]:
+    """The results in task order as the manifest's TaskResults, each with the artifacts uploaded from
+    scratch/task{index}.
 
     An upload the service refuses for what the job asked of it (the tenant's storage quota, the artifact
     count or size limits) becomes that task's error with the service's code and reason, not a crash of
@@ -225,18 +229,32 @@ def upload_results(
     for index in sorted(results):
         result = results[index]
         try:
-            result["artifacts"] = _upload(connection, job_id, tasks[index]["name"], scratch / f"task{index}")
+            artifacts = _upload(connection, job_id, tasks[index].name, scratch / f"task{index}")
         except grpc.RpcError as exc:
             code = getattr(exc.code(), "name", "")
             if code not in _REFUSALS:
                 raise
             reason = dict(exc.trailing_metadata() or ()).get(_REASON_KEY) or "ARTIFACT_REFUSED"
-            result["artifacts"] = []
+            artifacts = []
             result["error"] = result.get("error") or {
                 "code": code, "reason": reason, "message": f"the service refused an artifact: {exc.details()}"
             }
-        done.append(result)
+        done.append(task_result(result, artifacts))
     return done
+
+
+def task_result(result: dict[str, Any], artifacts: list[dict[str, Any]]) -> jobs_pb2.TaskResult:
+    """A result from the model process (plain JSON data) as the manifest's TaskResult."""
+    out = jobs_pb2.TaskResult(task=str(result["task"]), artifacts=[jobs_pb2.Artifact(**a) for a in artifacts])
+    if result.get("summary") is not None:
+        out.summary_json = json.dumps(result["summary"])
+    if isinstance(result.get("duration_seconds"), (int, float)):
+        out.duration_seconds = float(result["duration_seconds"])
+    error = result.get("error")
+    if error:
+        raw = error if isinstance(error, dict) else {"message": str(error)}
+        out.error.CopyFrom(contract.error(str(raw.get("code") or "UNKNOWN"), str(raw.get("reason") or "TASK_FAILED"), str(raw.get("message") or "")))
+    return out
 
 
 def _upload(connection: ServiceConnection, job_id: str, task: str, out_dir: Path) -> list[dict[str, Any]]:

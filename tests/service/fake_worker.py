@@ -1,7 +1,8 @@
 """A torch-free stand-in for workers.job.run, enqueued by tests through config.job_function.
 
 It behaves like the real worker at the service boundary: progress in job.meta, artifacts through
-Worker.WriteArtifact, a manifest as the return value ("worker": "fake-worker@<RQ worker name>").
+Worker.WriteArtifact, a JobManifest as the return value ("worker": "fake-worker@<RQ worker name>"), built and
+read with the same code (kernelscope.contract, workers.job.task_result).
 FAKE_WORKER_MODE picks the outcome for every job; a model named "fake:<mode>" picks it for its jobs
 alone (the fault tests mix modes on one worker). "sleep=<s>" pauses that long, then succeeds; "until=<path>"
 waits (at most UNTIL_LIMIT_S) for the file <path> to exist, then succeeds (a test kills the horse meanwhile).
@@ -18,6 +19,10 @@ import os
 import time
 from typing import Any
 
+from kernelscope import contract
+from kernelscope.v1 import worker_pb2
+
+from workers.job import task_result
 from workers.progress import JobProgress
 
 MODE_ENV = "FAKE_WORKER_MODE"
@@ -67,37 +72,38 @@ def _write_artifact(job_id: str, task: str, name: str, data: bytes) -> None:
                 time.sleep(0.2)
 
 
-def run(spec: dict[str, Any]) -> dict[str, Any]:
+def run(raw_spec: dict[str, Any]) -> dict[str, Any]:
+    """A JobSpec (as JSON) in, a JobManifest (as JSON) out, through kernelscope.contract as the real worker does."""
     import rq
 
     job = rq.get_current_job()
+    spec = contract.spec_from_json(raw_spec)
     mode = os.environ.get(MODE_ENV, "succeed")
-    model_name = str(spec["model"].get("name") or "")
-    if model_name.startswith("fake:"):
-        mode = model_name[len("fake:"):]
-    tasks = spec["tasks"]
+    if spec.model.name.startswith("fake:"):
+        mode = spec.model.name[len("fake:"):]
+    tasks = list(spec.tasks)
     if mode == "raise":
         raise RuntimeError("the fake worker crashed on purpose")
     if mode == "sleep":
         time.sleep(5)
     if mode.startswith("progress="):
         reporter = JobProgress(job, len(tasks))
-        reporter.start_task(0, tasks[0]["name"])
+        reporter.start_task(0, tasks[0].name)
         deadline = time.monotonic() + PROGRESS_LIMIT_S
         while not os.path.exists(mode.split("=", 1)[1]) and time.monotonic() < deadline:
             reporter.report("progressing", 0.5 * (1 - (deadline - time.monotonic()) / PROGRESS_LIMIT_S))
             time.sleep(0.02)
     if mode.startswith("sleep="):
-        _progress(job, stage="sleeping", fraction=0.1, task=tasks[0]["name"], task_index=0, task_count=len(tasks))
+        _progress(job, stage="sleeping", fraction=0.1, task=tasks[0].name, task_index=0, task_count=len(tasks))
         time.sleep(float(mode.split("=", 1)[1]))
     if mode.startswith("until="):
-        _progress(job, stage="waiting", fraction=0.1, task=tasks[0]["name"], task_index=0, task_count=len(tasks))
+        _progress(job, stage="waiting", fraction=0.1, task=tasks[0].name, task_index=0, task_count=len(tasks))
         deadline = time.monotonic() + UNTIL_LIMIT_S
         while not os.path.exists(mode.split("=", 1)[1]) and time.monotonic() < deadline:
             time.sleep(0.05)
     results = []
     for index, task in enumerate(tasks):
-        name = task["name"]
+        name = task.name
         _progress(job, stage="working", fraction=(index + 0.5) / len(tasks), task=name, task_index=index,
                   task_count=len(tasks), message=f"half of {name}")
         time.sleep(0.3)  # long enough for a watcher polling every 20 ms to see it
@@ -112,12 +118,14 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             error = {"code": "FAILED_PRECONDITION", "reason": "UNKNOWN_LAYER", "message": "no layer named 'nope'"}
             results.append({"task": name, "summary": None, "artifacts": [], "error": error, "duration_seconds": 0.3})
             continue
-        summary = {"task": name, "options": task["options"], "model": spec["model"], "dataset": spec["dataset"]}
+        dataset = contract.to_json(spec.dataset) if spec.HasField("dataset") else None
+        summary = {"task": name, "options": contract.task_options(task), "model": contract.to_json(spec.model), "dataset": dataset}
         if mode.startswith("summary_bytes="):
             summary["padding"] = "p" * int(mode.split("=", 1)[1])
-        _write_artifact(spec["job_id"], name, f"{name}/summary.json", json.dumps(summary).encode())
-        _write_artifact(spec["job_id"], name, f"{name}/big.bin", bytes(range(256)) * 12_000)
+        _write_artifact(spec.job_id, name, f"{name}/summary.json", json.dumps(summary).encode())
+        _write_artifact(spec.job_id, name, f"{name}/big.bin", bytes(range(256)) * 12_000)
         if mode == "write_then_raise":
             raise RuntimeError("the fake worker crashed after writing artifacts")
         results.append({"task": name, "summary": summary, "artifacts": [], "error": None, "duration_seconds": 0.3})
-    return {"results": results, "error": None, "worker": f"fake-worker@{job.worker_name or ''}"}
+    manifest = worker_pb2.JobManifest(results=[task_result(r, []) for r in results], worker=f"fake-worker@{job.worker_name or ''}")
+    return contract.to_json(manifest)

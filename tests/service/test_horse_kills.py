@@ -227,3 +227,33 @@ def test_a_job_cancelled_as_a_worker_took_it_stops_and_frees_the_worker(cluster:
                                   tasks=[tasks_pb2.Task(name="tconv_stats")]), timeout=10)
     assert wait_done(cluster, after.id).state == jobs_pb2.SUCCEEDED
     assert get(cluster, job.id).state == jobs_pb2.CANCELLED
+
+
+def test_a_reader_that_loses_the_requeue_race_to_the_reaper_does_not_show_failed(start_server, redis_conn, monkeypatch) -> None:
+    """GetJob and the reaper both try to queue a killed horse's job again; the one whose transaction loses (WATCH)
+    used to show the job's stale FAILED. Seen on a loaded machine, where the reaper (every 0.25 s) and a polling
+    client meet often: the client read FAILED right after one kill."""
+    from rq import Queue
+    from rq.job import Job as RQJob
+    from service import jobs as service_jobs
+    from service.reaper import requeue_killed_horse
+    from tests.service.helpers import upload_model
+    from tests.service.test_reaper import take
+
+    server = start_server(reap_interval=1000.0)  # no reaper thread: the race is staged below
+    stub = server.stub()
+    request = jobs_pb2.CreateJobRequest(model_id=upload_model(stub, onnx_bytes()).id, tasks=[tasks_pb2.Task(name="tconv_stats")])
+    job = stub.CreateJob(request, timeout=10)
+    worker, _ = take(server, redis_conn, "w")
+    queue = Queue(server.config.queue_name, connection=redis_conn, serializer=JSONSerializer)
+    rq = RQJob.fetch(job.id, connection=redis_conn, serializer=JSONSerializer)
+    worker.handle_job_failure(rq, queue, exc_string=f"Work-horse terminated unexpectedly; waitpid returned 9 (signal {signal.SIGKILL}); ")
+
+    def reaper_got_there_first(conn: Any, job_id: str) -> None:
+        assert requeue_killed_horse(conn, job_id) is not None  # the other reader's transaction wins
+        return None  # this reader's loses (redis.WatchError)
+
+    monkeypatch.setattr(service_jobs, "requeue_killed_horse", reaper_got_there_first)
+    seen = stub.GetJob(jobs_pb2.GetJobRequest(job_id=job.id), timeout=10)
+    assert seen.state == jobs_pb2.QUEUED, seen.error
+    assert "ran again (retry 1 of 1)" in seen.warnings[0]

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 from google.protobuf import duration_pb2
+from kernelscope import contract
 from kernelscope.states import CANCEL_FIELD
 from kernelscope.v1 import jobs_pb2, models_pb2, tasks_pb2
 from rq import Queue
@@ -140,21 +141,20 @@ def test_the_enqueued_spec_is_the_worker_contract(kernelscope_server, kernelscop
     assert rq_job.origin == kernelscope_server.config.queue_name
     assert rq_job.timeout == kernelscope_server.config.job_timeout and rq_job.result_ttl == -1
     assert rq_job.failure_ttl == kernelscope_server.config.failure_ttl
-    (spec,) = rq_job.args
-    assert spec == {
-        "job_id": job.id,
-        "model": {
-            "id": model.id, "name": "c3d", "format": "ONNX", "sha256": model.sha256, "size_bytes": model.size_bytes,
-            "input_spec": {"shape": [3, 8, 32, 32], "dtype": "", "value_min": 0.0, "value_max": 0.0, "mean": [], "std": []},
-            "architecture": "",
-        },
-        "dataset": {"id": dataset.id, "name": "test-set", "sha256": dataset.sha256, "size_bytes": dataset.size_bytes},
-        "tasks": [
-            {"name": "tconv_stats", "options": {"layers": ["conv1"], "restarts": 2, "fit_conv3d": False}},
-            {"name": "kernel_viz", "options": {}},
-            {"name": "class_filters", "options": {"k": 3}},
-        ],
-    }
+    (raw,) = rq_job.args
+    spec = contract.spec_from_json(raw)  # a JobSpec as JSON (worker.proto), read as the worker reads it
+    assert spec.job_id == job.id
+    assert (spec.model.id, spec.model.name, spec.model.format, spec.model.sha256, spec.model.size_bytes, spec.model.architecture) == (
+        model.id, "c3d", models_pb2.ONNX, model.sha256, model.size_bytes, "")
+    assert contract.input_spec_dict(spec.model.input_spec) == {
+        "shape": [3, 8, 32, 32], "dtype": "", "value_min": 0.0, "value_max": 0.0, "mean": [], "std": []}
+    assert (spec.dataset.id, spec.dataset.name, spec.dataset.sha256, spec.dataset.size_bytes) == (
+        dataset.id, "test-set", dataset.sha256, dataset.size_bytes)
+    assert [(t.name, contract.task_options(t)) for t in spec.tasks] == [
+        ("tconv_stats", {"layers": ["conv1"], "restarts": 2, "fit_conv3d": False}),
+        ("kernel_viz", {}),
+        ("class_filters", {"k": 3}),
+    ]
 
 
 # --- request_id -------------------------------------------------------------------------------

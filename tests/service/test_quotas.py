@@ -138,9 +138,9 @@ def test_the_worker_reports_an_artifact_past_the_quota_as_its_task_error(start_s
 
     connection = ServiceConnection(target=server.address, token=server.config.worker_token)
     try:
-        done = upload_results(connection, job.id, [{"name": t.name} for t in tasks], results, scratch)
+        done = upload_results(connection, job.id, tasks, results, scratch)
     finally:
         connection.close()
-    assert done[0]["error"] is None and [a["name"] for a in done[0]["artifacts"]] == ["data.bin"]
-    assert done[1]["artifacts"] == [] and done[1]["error"]["code"] == "RESOURCE_EXHAUSTED"
-    assert done[1]["error"]["reason"] == "TENANT_QUOTA" and "quota of 5000 bytes" in done[1]["error"]["message"]
+    assert not done[0].HasField("error") and [a.name for a in done[0].artifacts] == ["data.bin"]
+    assert list(done[1].artifacts) == [] and done[1].error.code == "RESOURCE_EXHAUSTED"
+    assert done[1].error.reason == "TENANT_QUOTA" and "quota of 5000 bytes" in done[1].error.message

@@ -12,7 +12,7 @@ import pickle
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import onnx
@@ -736,7 +736,9 @@ def test_a_model_outgrowing_the_job_memory_limit_is_resource_exhausted(tmp_path:
 
         model = load_model({str(path)!r}, "TORCH_EXPORT", {{}})
         out = Path({str(tmp_path / "out")!r}); out.mkdir()
-        result = job._run_task({{"name": "forward_probe"}}, model, None, torch.device("cpu"), out, Progress())
+        from kernelscope.v1 import tasks_pb2
+        probe = tasks_pb2.Task(name="describe", describe=tasks_pb2.DescribeOptions())  # run as forward_probe (above)
+        result = job._run_task(probe, model, None, torch.device("cpu"), out, Progress())
         print(json.dumps(result["error"]))
         """
     )
@@ -867,28 +869,35 @@ def service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> _FakeService:
 _WEIGHT_TASK = {"name": "tconv_stats", "options": {"layers": ["0"], "restarts": 0, "fit_steps": 5}}
 
 
-def _job(sha: str, fmt: str, tasks: list[dict]) -> dict:
+def _job(sha: str, fmt: str, tasks: list[dict]) -> Any:
+    """workers.job.run on the JobSpec the service would send; its JobManifest (kernelscope.contract both ways)."""
+    from google.protobuf import json_format
+    from kernelscope import contract
+    from kernelscope.v1 import common_pb2, models_pb2, tasks_pb2, worker_pb2
     from workers import job
 
-    return job.run({"job_id": "j" + sha[:8], "model": {"sha256": sha, "format": fmt, "input_spec": {"shape": [3, 4, 8, 8]}}, "tasks": tasks})
+    model = models_pb2.Model(sha256=sha, format=models_pb2.ModelFormat.Value(fmt), input_spec=common_pb2.InputSpec(shape=[3, 4, 8, 8]))
+    typed = [json_format.ParseDict({"name": t["name"], t["name"]: t["options"]}, tasks_pb2.Task()) for t in tasks]
+    spec = worker_pb2.JobSpec(job_id="j" + sha[:8], model=model, tasks=typed)
+    return contract.manifest_from_json(job.run(contract.to_json(spec)))
 
 
 def test_hostile_torchscript_in_a_job_cannot_read_or_smash_files(tmp_path: Path, good: dict[str, Path], service: _FakeService) -> None:
     from workers.cache import BlobCache
 
     tenant_b = service.add(good["pt2"].read_bytes())
-    assert _job(tenant_b, "TORCH_EXPORT", [_WEIGHT_TASK])["error"] is None  # tenant B's model is now in the shared cache
+    assert not _job(tenant_b, "TORCH_EXPORT", [_WEIGHT_TASK]).HasField("error")  # tenant B's model is now in the shared cache
     victim = BlobCache().path(tenant_b)
     secret = tmp_path / "secret.txt"
     secret.write_text("the worker's secret!!!")
     thief = tmp_path / "thief.pt"
     torch.jit.script(_Thief(str(secret), str(victim))).save(str(thief))
     manifest = _job(service.add(thief.read_bytes()), "TORCHSCRIPT", [_WEIGHT_TASK, {"name": "kernel_viz", "options": {"layers": ["conv1"], "channels": [0], "steps": 2}}])
-    assert "116, 104, 101" not in json.dumps(manifest) and "stolen" not in json.dumps(manifest)  # b"the" as the tensor prints
+    assert "116, 104, 101" not in str(manifest) and "stolen" not in str(manifest)  # b"the" as the tensor prints
     assert victim.read_bytes() == good["pt2"].read_bytes()  # before the sandbox: "AAAA" at its start
-    assert manifest["sandbox"]["landlock"] and manifest["sandbox"]["network"] == "no-sockets"
+    assert manifest.sandbox.landlock and manifest.sandbox.network == "no-sockets"
     again = _job(tenant_b, "TORCH_EXPORT", [_WEIGHT_TASK])  # tenant B's next job
-    assert again["error"] is None and again["results"][0]["error"] is None, again
+    assert not again.HasField("error") and not again.results[0].HasField("error"), again
 
 
 def test_a_cache_entry_corrupted_in_place_is_refetched_by_the_next_job(
@@ -900,14 +909,14 @@ def test_a_cache_entry_corrupted_in_place_is_refetched_by_the_next_job(
     from workers.cache import BlobCache
 
     sha = service.add(good["pt2"].read_bytes())
-    assert _job(sha, "TORCH_EXPORT", [_WEIGHT_TASK])["results"][0]["error"] is None
+    assert not _job(sha, "TORCH_EXPORT", [_WEIGHT_TASK]).results[0].HasField("error")
     cached = BlobCache().path(sha)
     os.chmod(cached, 0o644)
     with open(cached, "r+b") as f:  # what the from_file payload did to another tenant's entry before the fix
         f.write(b"AAAA")
     with caplog.at_level(logging.WARNING, logger="workers.cache"):
         manifest = _job(sha, "TORCH_EXPORT", [_WEIGHT_TASK])
-    assert manifest["error"] is None and manifest["results"][0]["error"] is None, manifest
+    assert not manifest.HasField("error") and not manifest.results[0].HasField("error"), manifest
     assert service.fetches == [sha, sha]
     assert any("corrupt" in r.getMessage() for r in caplog.records)
 
@@ -927,6 +936,6 @@ def test_a_model_outgrowing_memory_in_a_job_is_resource_exhausted(tmp_path: Path
     hog = tmp_path / "hog.pt2"
     torch.export.save(torch.export.export(_Hog(), (torch.zeros(1, 3, 4, 8, 8),)), hog)
     manifest = _job(service.add(hog.read_bytes()), "TORCH_EXPORT", [{"name": "kernel_viz", "options": {"layers": ["conv1"], "channels": [0], "steps": 2}}])
-    errors = [manifest["error"]] + [r["error"] for r in manifest["results"]]
-    found = [e for e in errors if e]
-    assert found and (found[0]["code"], found[0]["reason"]) == ("RESOURCE_EXHAUSTED", "MEMORY_LIMIT"), manifest
+    errors = [manifest.error] + [r.error for r in manifest.results]
+    found = [e for e in errors if e.code]
+    assert found and (found[0].code, found[0].reason) == ("RESOURCE_EXHAUSTED", "MEMORY_LIMIT"), manifest

@@ -22,24 +22,34 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from kernelscope.v1 import common_pb2 as kernelscope_dot_v1_dot_common__pb2
+from kernelscope.v1 import datasets_pb2 as kernelscope_dot_v1_dot_datasets__pb2
 from kernelscope.v1 import jobs_pb2 as kernelscope_dot_v1_dot_jobs__pb2
+from kernelscope.v1 import models_pb2 as kernelscope_dot_v1_dot_models__pb2
+from kernelscope.v1 import tasks_pb2 as kernelscope_dot_v1_dot_tasks__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bkernelscope/v1/worker.proto\x12\x0ekernelscope.v1\x1a\x19kernelscope/v1/jobs.proto\"\"\n\x10\x46\x65tchBlobRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\"\x19\n\tBlobChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"t\n\x0e\x41rtifactHeader\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nmedia_type\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x03\x12\x0e\n\x06sha256\x18\x05 \x01(\t\x12\x0c\n\x04task\x18\x06 \x01(\t\"d\n\x14WriteArtifactRequest\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32\x1e.kernelscope.v1.ArtifactHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload2\xa7\x01\n\x06Worker\x12J\n\tFetchBlob\x12 .kernelscope.v1.FetchBlobRequest\x1a\x19.kernelscope.v1.BlobChunk0\x01\x12Q\n\rWriteArtifact\x12$.kernelscope.v1.WriteArtifactRequest\x1a\x18.kernelscope.v1.Artifact(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bkernelscope/v1/worker.proto\x12\x0ekernelscope.v1\x1a\x1bkernelscope/v1/common.proto\x1a\x1dkernelscope/v1/datasets.proto\x1a\x19kernelscope/v1/jobs.proto\x1a\x1bkernelscope/v1/models.proto\x1a\x1akernelscope/v1/tasks.proto\"\"\n\x10\x46\x65tchBlobRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\"\x19\n\tBlobChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"t\n\x0e\x41rtifactHeader\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nmedia_type\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x03\x12\x0e\n\x06sha256\x18\x05 \x01(\t\x12\x0c\n\x04task\x18\x06 \x01(\t\"d\n\x14WriteArtifactRequest\x12\x30\n\x06header\x18\x01 \x01(\x0b\x32\x1e.kernelscope.v1.ArtifactHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"\x8e\x01\n\x07JobSpec\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12$\n\x05model\x18\x02 \x01(\x0b\x32\x15.kernelscope.v1.Model\x12(\n\x07\x64\x61taset\x18\x03 \x01(\x0b\x32\x17.kernelscope.v1.Dataset\x12#\n\x05tasks\x18\x04 \x03(\x0b\x32\x14.kernelscope.v1.Task\"\xb0\x01\n\rSandboxLayers\x12\x14\n\x0clandlock_abi\x18\x01 \x01(\x05\x12\x10\n\x08landlock\x18\x02 \x01(\x08\x12\x0f\n\x07network\x18\x03 \x01(\t\x12\x0f\n\x07seccomp\x18\x04 \x01(\x08\x12\x14\n\x0cno_new_privs\x18\x05 \x01(\x08\x12\x0f\n\x07rlimits\x18\x06 \x03(\t\x12\x1c\n\x14\x65nvironment_scrubbed\x18\x07 \x01(\x08\x12\x10\n\x08warnings\x18\x08 \x03(\t\"\xa6\x01\n\x0bJobManifest\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.kernelscope.v1.TaskResult\x12*\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x1b.kernelscope.v1.ErrorDetail\x12\x0e\n\x06worker\x18\x03 \x01(\t\x12.\n\x07sandbox\x18\x04 \x01(\x0b\x32\x1d.kernelscope.v1.SandboxLayers2\xa7\x01\n\x06Worker\x12J\n\tFetchBlob\x12 .kernelscope.v1.FetchBlobRequest\x1a\x19.kernelscope.v1.BlobChunk0\x01\x12Q\n\rWriteArtifact\x12$.kernelscope.v1.WriteArtifactRequest\x1a\x18.kernelscope.v1.Artifact(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kernelscope.v1.worker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FETCHBLOBREQUEST']._serialized_start=74
-  _globals['_FETCHBLOBREQUEST']._serialized_end=108
-  _globals['_BLOBCHUNK']._serialized_start=110
-  _globals['_BLOBCHUNK']._serialized_end=135
-  _globals['_ARTIFACTHEADER']._serialized_start=137
-  _globals['_ARTIFACTHEADER']._serialized_end=253
-  _globals['_WRITEARTIFACTREQUEST']._serialized_start=255
-  _globals['_WRITEARTIFACTREQUEST']._serialized_end=355
-  _globals['_WORKER']._serialized_start=358
-  _globals['_WORKER']._serialized_end=525
+  _globals['_FETCHBLOBREQUEST']._serialized_start=191
+  _globals['_FETCHBLOBREQUEST']._serialized_end=225
+  _globals['_BLOBCHUNK']._serialized_start=227
+  _globals['_BLOBCHUNK']._serialized_end=252
+  _globals['_ARTIFACTHEADER']._serialized_start=254
+  _globals['_ARTIFACTHEADER']._serialized_end=370
+  _globals['_WRITEARTIFACTREQUEST']._serialized_start=372
+  _globals['_WRITEARTIFACTREQUEST']._serialized_end=472
+  _globals['_JOBSPEC']._serialized_start=475
+  _globals['_JOBSPEC']._serialized_end=617
+  _globals['_SANDBOXLAYERS']._serialized_start=620
+  _globals['_SANDBOXLAYERS']._serialized_end=796
+  _globals['_JOBMANIFEST']._serialized_start=799
+  _globals['_JOBMANIFEST']._serialized_end=965
+  _globals['_WORKER']._serialized_start=968
+  _globals['_WORKER']._serialized_end=1135
 # @@protoc_insertion_point(module_scope)
