@@ -66,6 +66,19 @@ def horse(cluster: Cluster, job_id: str, kills: int) -> psutil.Process:
         time.sleep(0.05)
 
 
+def record_cancel(cluster: Cluster, job_id: str) -> None:
+    """The service's record of the job asks for a cancel, as CancelJob leaves it."""
+    import json
+
+    from service.registry import Keys
+
+    conn = cluster.redis_client()
+    key = Keys().record("job", job_id)
+    record = json.loads(conn.get(key))
+    record["cancel_requested"] = True
+    conn.set(key, json.dumps(record), xx=True, keepttl=True)
+
+
 def kill(process: psutil.Process) -> None:
     process.send_signal(signal.SIGKILL)
     process.wait(WAIT_S)
@@ -169,17 +182,9 @@ def test_a_cancel_that_met_the_job_while_a_worker_took_it_still_stops_it(cluster
     """Ctrl-C on `kernelscope gate` cancelled a job the worker was just taking off the queue: the service
     cancelled the queued copy, the worker ran it anyway, and it stayed RUNNING. The state that race leaves is
     staged here (the record asks for a cancel, the job runs); looking at the job must stop it."""
-    import json
-
-    from service.registry import Keys
-
     job = held_job(cluster, tmp_path / "never")
     horse(cluster, job.id, kills=0)
-    conn = cluster.redis_client()
-    key = Keys().record("job", job.id)
-    record = json.loads(conn.get(key))
-    record["cancel_requested"] = True
-    conn.set(key, json.dumps(record), xx=True, keepttl=True)
+    record_cancel(cluster, job.id)
 
     final = wait_done(cluster, job.id)
     assert final.state == jobs_pb2.CANCELLED, final.error
@@ -193,11 +198,8 @@ def test_a_job_cancelled_as_a_worker_took_it_stops_and_frees_the_worker(cluster:
     was created). Either way no stop command is sent and the service shows CANCELLED at once, and the job ran on
     (a 5000-step kernel_viz held the e2e stack's one worker for minutes). Staged here as the service's cancel
     leaves it; the horse must stop at its next progress write."""
-    import json
-
     from kernelscope.states import CANCEL_FIELD
     from rq.job import JobStatus
-    from service.registry import Keys
 
     stub = cluster.stub()
     model = stub.UploadModel(model_messages(onnx_bytes(padding=next(_padding)), name=f"fake:progress={tmp_path / 'never'}"), timeout=30)
@@ -209,10 +211,7 @@ def test_a_job_cancelled_as_a_worker_took_it_stops_and_frees_the_worker(cluster:
     worker = cluster.workers[rq_job(cluster, job.id).worker_name]
     [running] = psutil.Process(worker.pid).children()
     conn = cluster.redis_client()
-    key = Keys().record("job", job.id)
-    record = json.loads(conn.get(key))
-    record["cancel_requested"] = True
-    conn.set(key, json.dumps(record), xx=True, keepttl=True)
+    record_cancel(cluster, job.id)
     queued_copy = rq_job(cluster, job.id)
     conn.hset(queued_copy.key, CANCEL_FIELD, 1)  # what the service's cancel writes, whatever the job's state
     queued_copy.cancel()
