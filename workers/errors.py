@@ -86,3 +86,10 @@ def memory_error(exc: BaseException) -> ResourceExhausted | None:
             reason="MEMORY_LIMIT",
         )
     return None
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's first line (its type when it says nothing), at most 300 characters: for refusals that quote
+    a library's error without its traceback or its pages of detail."""
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]

@@ -1,6 +1,6 @@
 """A model as the analyses see it, whatever file format it came from.
 
-Loaders (workers/loader.py) produce a LoadedModel; tasks consume it. A model always has its
+Loaders (workers/loader/) produce a LoadedModel; tasks consume it. A model always has its
 weights (`state_dict`); it has a runnable `module` when its format allows activations and
 gradients (torch.export, ONNX through the interpreter, TorchScript with a module tree).
 

@@ -567,7 +567,7 @@ def test_the_loaded_graph_is_checked_inside_subgraphs_too() -> None:
     """What runs is checked as well as the file: a call in a higher-order op's body is found."""
     from torch import fx
 
-    from workers.loader import _check_graph
+    from workers.loader.torch_export import _check_graph
 
     body = fx.Graph()
     x = body.placeholder("x")
