@@ -4,6 +4,8 @@ RQ holds the queue and the live state (status, progress in job.meta, the worker'
 return value). The service keeps its own record per job (request, tenant, times, cancel flag and,
 once the job ended, its outcome) so that a job stays readable after RQ's data expires. The job
 function is enqueued by dotted path (config.job_function): the service never imports the worker.
+The record is service/job_record.py; how RQ's state and the worker's manifest become a Job is
+service/job_state.py.
 
 Each tenant may have at most config.max_jobs_in_flight jobs queued or running: a set of its job ids
 is claimed atomically at creation and released when the service first sees the job ended (or, when
@@ -14,9 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import time
-from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterator
 
 import grpc
@@ -32,11 +32,12 @@ from rq.job import Job as RQJob
 from rq.job import JobStatus
 from rq.serializers import JSONSerializer
 
-from service import datasets, errors, models, tasks
-from service.reaper import HORSE_KILLS_META, NOTES_META, WORKER_LOST_MARK, horse_kill_words, horse_signal, requeue_killed_horse
+from service import datasets, errors, job_state, models, tasks
+from service.reaper import HORSE_KILLS_META, NOTES_META, requeue_killed_horse
 from service.artifacts import ArtifactLog
 from service.blobstore import StagedBlob
 from service.config import Config
+from service.job_record import JobRecord
 from service.registry import Index, Keys, Registry, page_size
 
 log = logging.getLogger(__name__)
@@ -50,10 +51,6 @@ _MAX_TASKS = 32
 _MAX_REQUEST_ID = 128
 # Records ListJobs reads per call at most while filtering by state; it then returns a partial page.
 _MAX_SCAN = 2000
-# What a job's stored outcome may hold, so that every record stays readable (the gRPC message limit is
-# 16 MiB): its tasks' summaries together, and each text the worker reports (error messages, progress).
-MAX_SUMMARIES_BYTES = 4 * 1024 * 1024
-MAX_TEXT_CHARS = 4096
 # Bytes of Jobs one ListJobs page holds at most; the page ends early (with a token) rather than grow past it.
 _PAGE_BYTES = 4 * 1024 * 1024
 # A Job bigger than this (only records written before the bounds above can be) is shown as a stub saying so.
@@ -80,45 +77,6 @@ IsActive = Callable[[], bool]
 
 
 new_job_id = ids.new_job_id
-
-
-@dataclass
-class JobRecord:
-    """The service's own record of a job (JSON under ks:{tenant}:job:{id})."""
-
-    id: str
-    tenant: str
-    model_id: str
-    dataset_id: str
-    tasks: list[dict[str, Any]]
-    request_id: str
-    create_time: str
-    internal: bool = False
-    cancel_requested: bool = False
-    cancel_time: str = ""
-    # The Job (as JSON, without artifacts) once it ended; RQ is not consulted after that.
-    outcome: dict[str, Any] | None = None
-    # The model as the job ran it, and what the user should know about that (Job.warnings).
-    model_name: str = ""
-    input_spec: dict[str, Any] | None = None
-    architecture: str = ""
-    warnings: list[str] | None = None
-
-    def dumps(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def loads(cls, raw: str | bytes) -> "JobRecord":
-        """The record; ValueError when the stored JSON is not one."""
-        try:
-            data = json.loads(raw)
-            return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
-        except (TypeError, AttributeError) as exc:
-            raise ValueError(f"not a job record: {exc}") from None
-
-    @property
-    def index_member(self) -> str:
-        return Index.member(_timestamp(self.create_time).ToMicroseconds(), self.id)
 
 
 class JobManager:
@@ -420,7 +378,7 @@ class JobManager:
             rq_job = RQJob.fetch(record.id, connection=self.conn, serializer=JSONSerializer)
         except NoSuchJobError:
             job.state = jobs_pb2.FAILED
-            _set_error(job.error, "FAILED_PRECONDITION", "JOB_LOST", "the queue no longer holds this job (its data expired or was deleted)")
+            job_state.set_error(job.error, "FAILED_PRECONDITION", "JOB_LOST", "the queue no longer holds this job (its data expired or was deleted)")
             _now(job.end_time)
             return job
         status = rq_job.get_status(refresh=False)
@@ -434,7 +392,7 @@ class JobManager:
         job.warnings.extend(str(n) for n in (notes if isinstance(notes, list) else []))
         progress = meta.get("progress")
         if isinstance(progress, dict):
-            _set_progress(job.progress, progress)
+            job_state.set_progress(job.progress, progress)
         if rq_job.started_at:
             job.start_time.FromDatetime(rq_job.started_at)
         job.worker = rq_job.worker_name or ""
@@ -445,19 +403,19 @@ class JobManager:
             if record.cancel_requested:
                 self._stop_cancelled(record.id)
         elif status == JobStatus.FINISHED:
-            _apply_manifest(job, rq_job.return_value(refresh=True))
+            job_state.apply_manifest(job, rq_job.return_value(refresh=True))
         elif status in _CANCELLED or (status == JobStatus.FAILED and record.cancel_requested):
             job.state = jobs_pb2.CANCELLED
-            _set_error(job.error, "CANCELLED", "JOB_CANCELLED", "the job was cancelled on request")
+            job_state.set_error(job.error, "CANCELLED", "JOB_CANCELLED", "the job was cancelled on request")
         elif status == JobStatus.FAILED:
             job.state = jobs_pb2.FAILED
             result = rq_job.latest_result()
-            _apply_failure(job, (result.exc_string if result else "") or "", _int(meta.get(HORSE_KILLS_META)))
+            job_state.apply_failure(job, (result.exc_string if result else "") or "", _int(meta.get(HORSE_KILLS_META)))
             if result and result.worker_name:
                 job.worker = result.worker_name
         else:
             job.state = jobs_pb2.FAILED
-            _set_error(job.error, "UNKNOWN", "UNKNOWN_JOB_STATUS", f"the queue reports status {status!r}")
+            job_state.set_error(job.error, "UNKNOWN", "UNKNOWN_JOB_STATUS", f"the queue reports status {status!r}")
         if job.state in TERMINAL:
             if rq_job.ended_at:
                 job.end_time.FromDatetime(rq_job.ended_at)
@@ -720,107 +678,8 @@ def _cancel_quietly(rq_job: RQJob) -> None:
 def _stub(job_id: str, reason: str, message: str) -> jobs_pb2.Job:
     """What GetJob and ListJobs show for a record they cannot show as it is."""
     job = jobs_pb2.Job(id=job_id, state=jobs_pb2.FAILED)
-    _set_error(job.error, "INTERNAL", reason, message)
+    job_state.set_error(job.error, "INTERNAL", reason, message)
     return job
-
-
-def _text(value: Any) -> str:
-    """A worker-reported text as stored: at most MAX_TEXT_CHARS characters."""
-    text = str(value)
-    return text if len(text) <= MAX_TEXT_CHARS else text[: MAX_TEXT_CHARS - 1] + "…"
-
-
-def _set_error(detail: common_pb2.ErrorDetail, code: str, reason: str, message: str) -> None:
-    detail.code, detail.reason, detail.message = _text(code)[:64], _text(reason)[:64], _text(message)
-
-
-def _error_from(detail: common_pb2.ErrorDetail, raw: common_pb2.ErrorDetail) -> None:
-    _set_error(detail, raw.code or "UNKNOWN", raw.reason or "TASK_FAILED", raw.message)
-
-
-def _set_progress(progress: jobs_pb2.Progress, raw: dict[str, Any]) -> None:
-    try:
-        progress.stage = _text(raw.get("stage") or "")
-        progress.fraction = min(1.0, max(0.0, float(raw.get("fraction") or 0.0)))
-        progress.task = _text(raw.get("task") or "")
-        progress.task_index = int(raw.get("task_index") or 0)
-        progress.task_count = int(raw.get("task_count") or 0)
-        progress.message = _text(raw.get("message") or "")
-    except (TypeError, ValueError, OverflowError):
-        pass  # a malformed progress report is not worth failing a read over
-
-
-def _apply_manifest(job: jobs_pb2.Job, raw: Any) -> None:
-    """SUCCEEDED when neither the manifest nor any task reports an error, else FAILED with the first error."""
-    try:
-        manifest = contract.manifest_from_json(raw)
-    except contract.BadManifest as exc:
-        job.state = jobs_pb2.FAILED
-        _set_error(job.error, "INTERNAL", "BAD_MANIFEST", str(exc))
-        return
-    if manifest.worker:
-        job.worker = _text(manifest.worker)
-    first_task_error: common_pb2.ErrorDetail | None = None
-    room = MAX_SUMMARIES_BYTES
-    for reported in manifest.results[: len(job.tasks)]:
-        result = job.results.add(task=_text(reported.task)[:64])
-        encoded = reported.summary_json
-        if len(encoded) > room:  # kept out of the record: it would make the job unreadable
-            _set_error(
-                result.error, "RESOURCE_EXHAUSTED", "SUMMARY_TOO_LARGE",
-                f"the task's summary is {len(encoded)} bytes of JSON; a job's summaries may hold "
-                f"{MAX_SUMMARIES_BYTES} bytes together",
-            )
-            first_task_error = first_task_error or result.error
-            continue
-        room -= len(encoded)
-        result.summary_json = encoded
-        result.duration_seconds = reported.duration_seconds
-        if reported.HasField("error"):
-            _error_from(result.error, reported.error)
-            first_task_error = first_task_error or result.error
-    if manifest.HasField("error"):
-        job.state = jobs_pb2.FAILED
-        _error_from(job.error, manifest.error)
-    elif first_task_error is not None:
-        job.state = jobs_pb2.FAILED
-        job.error.CopyFrom(first_task_error)
-    else:
-        job.state = jobs_pb2.SUCCEEDED
-        job.progress.fraction = 1.0
-
-
-def _apply_failure(job: jobs_pb2.Job, exc_string: str, horse_retries: int = 0) -> None:
-    """A job whose function raised (or was killed): WORKER_FAILED with the exception's last line, JOB_TIMEOUT,
-    WORKER_LOST when its worker died once too often (UNAVAILABLE: submitting it again may well work), or
-    WORK_HORSE_KILLED when a signal killed its work-horse after `horse_retries` runs again."""
-    lines = [line for line in exc_string.strip().splitlines() if line.strip()]
-    last = lines[-1].strip() if lines else "the worker failed without an exception"
-    if "JobTimeoutException" in exc_string:
-        _set_error(job.error, "DEADLINE_EXCEEDED", "JOB_TIMEOUT", f"the job ran past its timeout: {last}")
-    elif (number := horse_signal(exc_string)) is not None:
-        _horse_killed(job, number, horse_retries)
-    elif WORKER_LOST_MARK in exc_string or "AbandonedJobError" in exc_string:
-        message = last.split(WORKER_LOST_MARK, 1)[-1].strip(" :") if WORKER_LOST_MARK in last else (
-            "the worker running this job stopped responding and the job was given up"
-        )
-        _set_error(job.error, "UNAVAILABLE", "WORKER_LOST", message)
-    else:
-        _set_error(job.error, "INTERNAL", "WORKER_FAILED", last)
-
-
-def _horse_killed(job: jobs_pb2.Job, number: int, retries: int) -> None:
-    """SIGKILL is most often the out-of-memory killer, on the job's model: RESOURCE_EXHAUSTED; a stop from
-    outside (SIGTERM, SIGINT, ...) is UNAVAILABLE; a crash (SIGSEGV, SIGABRT, ...) of the horse is INTERNAL."""
-    runs = f"; it ran {retries + 1} times and was killed each time" if retries else ""
-    message = f"work-horse {horse_kill_words(number)}{runs}"
-    if number == signal.SIGKILL:
-        message += "; if the model needs much memory, use a smaller input, batch or model"
-        _set_error(job.error, "RESOURCE_EXHAUSTED", "WORK_HORSE_KILLED", message)
-    elif number in (signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGILL, signal.SIGFPE):
-        _set_error(job.error, "INTERNAL", "WORK_HORSE_CRASHED", message)
-    else:
-        _set_error(job.error, "UNAVAILABLE", "WORK_HORSE_KILLED", message)
 
 
 def _int(value: Any) -> int:

@@ -29,7 +29,7 @@ worker could beat meanwhile (workers/__main__.py keeps busy workers alive throug
 A job whose work-horse was killed by a signal (SIGKILL is the out-of-memory killer's way) is failed by
 its worker, which lives on; RQ does not retry it. The reaper queues such a job again, once
 (HORSE_RETRIES), with a note saying so (NOTES_META, shown in Job.warnings); a second kill fails it for good
-with the signal named (jobs._apply_failure). GetJob runs the same check (requeue_killed_horse) before
+with the signal named (job_state.apply_failure). GetJob runs the same check (requeue_killed_horse) before
 it reports a FAILED job, so no client sees a job fail that is about to run again.
 
 Each pass also runs retention (service/retention.py): jobs that ended config.job_ttl seconds ago are
@@ -67,7 +67,7 @@ from service.registry import Keys, job_tenant
 
 log = logging.getLogger(__name__)
 
-# Starts the failure line the service recognises as a lost worker (jobs._apply_failure).
+# Starts the failure line the service recognises as a lost worker (job_state.apply_failure).
 WORKER_LOST_MARK = "kernelscope.WorkerLost"
 # job.meta key counting how often the job's worker died under it.
 LOSSES_META = "kernelscope_worker_losses"

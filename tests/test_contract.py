@@ -52,8 +52,8 @@ def test_a_manifest_round_trips_and_a_broken_one_is_named() -> None:
 
 
 def test_the_service_shows_a_broken_manifest_as_bad_manifest() -> None:
-    from service.jobs import _apply_manifest
+    from service.job_state import apply_manifest
 
     job = jobs_pb2.Job(tasks=[tasks_pb2.Task(name="describe")])
-    _apply_manifest(job, {"results": [{"task": 7, "summary_json": {"not": "text"}}]})
+    apply_manifest(job, {"results": [{"task": 7, "summary_json": {"not": "text"}}]})
     assert job.state == jobs_pb2.FAILED and (job.error.code, job.error.reason) == ("INTERNAL", "BAD_MANIFEST")

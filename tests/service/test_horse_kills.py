@@ -149,14 +149,14 @@ def test_a_horse_killed_twice_fails_the_job_naming_the_signal(cluster: Cluster, 
     ],
 )
 def test_the_failure_names_the_signal_from_rqs_failure_line(number: int, code: str, reason: str, words: str) -> None:
-    from service.jobs import _apply_failure
+    from service.job_state import apply_failure
 
     job = jobs_pb2.Job()
-    _apply_failure(job, f"Work-horse terminated unexpectedly; waitpid returned {number} (signal {number}); ")
+    apply_failure(job, f"Work-horse terminated unexpectedly; waitpid returned {number} (signal {number}); ")
     assert (job.error.code, job.error.reason) == (code, reason)
     assert job.error.message.startswith(f"work-horse {words}")
     other = jobs_pb2.Job()
-    _apply_failure(other, "Work-horse terminated unexpectedly; waitpid returned None; ")  # killed for its timeout
+    apply_failure(other, "Work-horse terminated unexpectedly; waitpid returned None; ")  # killed for its timeout
     assert other.error.reason == "WORKER_FAILED"
 
 
