@@ -155,3 +155,31 @@ def test_channel_objective_is_the_mean_and_neuron_the_centre() -> None:
     assert Objective.parse(None) is Objective.NEURON
     assert Objective.parse("OBJECTIVE_UNSPECIFIED") is Objective.NEURON
     assert Objective.parse("channel") is Objective.CHANNEL
+
+
+class _PixelVideo(nn.Module):
+    """A pixel-space parameterisation (Lucent's `param.pixel_image` in 3D): one logit per value."""
+
+    made = 0
+
+    def __init__(self, channels: int, size: Any, value_range: tuple[float, float], generators: Any, device: torch.device) -> None:
+        super().__init__()
+        _PixelVideo.made += 1
+        self.lo, self.hi = value_range
+        self.logits = nn.Parameter(torch.stack([0.01 * torch.randn((channels, *size), generator=g) for g in generators]).to(device))
+
+    def forward(self) -> torch.Tensor:
+        return self.lo + (self.hi - self.lo) * torch.sigmoid(self.logits)
+
+
+def test_the_renderer_takes_its_parameterization_as_an_argument() -> None:
+    target = _target(TwoConvs(), "conv2")
+    plan = plan_canvas(target)
+    before = _PixelVideo.made
+    start = render(target, [0, 1], plan.size, parameterization=_PixelVideo, steps=0, jitter=Jitter(plan.jitter))
+    done = render(target, [0, 1], plan.size, parameterization=_PixelVideo, steps=40, jitter=Jitter(plan.jitter))
+    assert _PixelVideo.made == before + 2  # one module per chunk, from the argument
+    assert done.videos.shape == (2, 3, *plan.size)
+    assert all(d > s + 0.1 for d, s in zip(done.activations, start.activations)), (start.activations, done.activations)
+    fourier = render(target, [0, 1], plan.size, steps=40, jitter=Jitter(plan.jitter))
+    assert not torch.allclose(fourier.videos, done.videos)  # the default is still FourierVideo

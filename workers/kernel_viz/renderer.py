@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
+from torch import nn
 
 from workers.kernel_viz import defaults, transforms
 from workers.kernel_viz.objective import Objective, channel_activations
@@ -31,6 +32,10 @@ from workers.kernel_viz.target import LayerTarget, Size3
 from workers.kernel_viz.transforms import Jitter
 
 ProgressFn = Callable[[float], None]
+# Lucent's param_f: (channels, (T, H, W), value range, one generator per video, device) -> a module whose forward()
+# gives the B videos and whose one parameter has the videos on its first axis (each video's gradient is
+# normalised over its own slice). FourierVideo is the default; a pixel-space video is the obvious other.
+Parameterization = Callable[[int, Sequence[int], tuple[float, float], Sequence[torch.Generator], torch.device], nn.Module]
 
 
 @dataclass
@@ -86,15 +91,21 @@ def render(
     size: Size3,
     *,
     objective: Objective = Objective.NEURON,
+    parameterization: Parameterization = FourierVideo,
+    jitter: Jitter = Jitter(),
     steps: int = defaults.STEPS,
     seed: int = 0,
-    jitter: Jitter = Jitter(),
     learning_rate: float = defaults.LEARNING_RATE,
     jitter_share: float = defaults.JITTER_SHARE,
     chunk: int | None = None,
     progress: ProgressFn | None = None,
 ) -> Rendering:
-    """The optimal video of each channel in `channels` on canvases of `size` (T, H, W), chunked to the memory budget."""
+    """The optimal video of each channel in `channels` on canvases of `size` (T, H, W), chunked to the memory budget.
+
+    As Lucent's render_vis(objective_f, param_f, transforms): the objective (what a video should drive), the
+    parameterization (how a video is made from its parameters) and the transforms (`jitter`, applied for the
+    first `jitter_share` of the steps) are arguments.
+    """
     started = time.perf_counter()
     channels = [int(c) for c in channels]
     chunk = chunk or chunk_size(target, size, len(channels))
@@ -110,7 +121,7 @@ def render(
                     progress((done + fraction * width) / len(channels))
 
             video, reached, grad = _render_chunk(
-                target, part, size, objective, steps, seed, jitter, jitter_share, learning_rate, report
+                target, part, size, objective, parameterization, steps, seed, jitter, jitter_share, learning_rate, report
             )
             videos.append(video)
             activations += reached
@@ -129,6 +140,7 @@ def _render_chunk(
     channels: list[int],
     size: Size3,
     objective: Objective,
+    parameterization: Parameterization,
     steps: int,
     seed: int,
     jitter: Jitter,
@@ -138,12 +150,12 @@ def _render_chunk(
 ) -> tuple[torch.Tensor, list[float], list[float]]:
     device = torch.device(target.device)
     generators = [channel_generator(seed, c) for c in channels]
-    video = FourierVideo(target.channels, size, target.value_range, generators, device=device)
+    video = parameterization(target.channels, size, target.value_range, generators, device)
     # Drawn after the initial spectrum, from the same per-channel generator: (B, steps, 4).
     schedule = torch.stack([jitter.draw(steps, g) for g in generators]).to(device)
     jittered = int(round(steps * jitter_share)) if not jitter.is_identity else 0
     index = torch.tensor(channels, device=device)
-    spectrum = video.spectrum
+    [spectrum] = list(video.parameters())  # (B, ...): one slice per video
     velocity = torch.zeros_like(spectrum)
     max_grad = torch.zeros(len(channels), device=device)
     every = max(1, steps // 20)
