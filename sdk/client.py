@@ -350,7 +350,7 @@ class Client:
 
     # ------------------------------------------------------------------ plumbing
     def _model_id(self, model: Any, **options: Any) -> str:
-        if isinstance(model, models_pb2.Model) or (isinstance(model, str) and model.startswith("mdl_") and not os.path.exists(model)):
+        if isinstance(model, models_pb2.Model) or (isinstance(model, str) and ids.is_model_id(model) and not os.path.exists(model)):
             ident = model.id if isinstance(model, models_pb2.Model) else model
             given = sorted(k for k in ("input_spec", "name", "architecture", "format", "example_input") if options.get(k))
             if given:  # a record's metadata is fixed: these would be silently ignored
