@@ -8,20 +8,9 @@ import pytest
 import torch
 
 
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """One torch thread, as on the shared CI cores; the previous count is restored for other tests.
-
-    Opt in per module with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(autouse=True)
-def _one_torch_thread_when_forking() -> Iterator[None]:
-    """Every worker test runs with one torch thread, restored afterwards.
+def one_thread() -> Iterator[None]:
+    """Every worker test runs with one torch thread (as on the shared CI cores), restored afterwards.
 
     Many of these tests fork a sandboxed model process from the pytest process itself, which has run
     multi-threaded torch ops in earlier tests (the e2e fixtures build models in process). libgomp's thread

@@ -31,7 +31,6 @@ from workers.model import LoadedModel
 from workers.samples.zoo.resnet3d import ResNetBasicHead
 from workers.tasks import get
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 WIDTH, PER_CLASS = 24, 4
 MAP = (2, 2, 2)  # (T, H, W) of the feature maps the heads pool

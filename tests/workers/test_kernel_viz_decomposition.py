@@ -13,8 +13,6 @@ from workers.kernel_viz.decomposition import decompose, displacement, global_tra
 from workers.kernel_viz.motion import direction_selectivity, motion_dependence, structure_weights, summarise
 from workers.samples.motion import drifting_grating, translating_texture
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def _texture(seed: int, size: int = 32) -> np.ndarray:
     """Smooth random colour texture (C, H, W) in [0, 1], periodic so translating_texture wraps cleanly."""

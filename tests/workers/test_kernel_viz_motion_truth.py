@@ -24,7 +24,6 @@ from workers.kernel_viz.decomposition import decompose, hann_window
 from workers.kernel_viz.motion import gain_threshold, structure_weights, summarise
 from workers.samples.motion import random_texture, translating_texture
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 SPEC = InputSpec(shape=(3, 16, 32, 32), value_min=0.0, value_max=1.0, mean=(0.5,) * 3, std=(0.25,) * 3)
 # (direction in degrees, speed in px/frame) of each planted kernel: every quadrant, 0.5 to 3 px/frame.

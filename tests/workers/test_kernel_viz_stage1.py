@@ -18,7 +18,6 @@ from workers.kernel_viz.target import LayerTarget
 from workers.kernel_viz.transforms import Jitter
 from workers.model import LoadedModel
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 SPEC = InputSpec(shape=(3, 8, 24, 24), value_min=0.0, value_max=1.0, mean=(0.5,) * 3, std=(0.25,) * 3)
 

@@ -18,7 +18,6 @@ from workers.errors import BadOptions, ModelUnusable
 from workers.input_spec import InputSpec
 from workers.model import LoadedModel
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 SPEC = InputSpec(shape=(3, 8, 24, 24), value_min=0.0, value_max=1.0, mean=(0.5,) * 3, std=(0.25,) * 3)
 # (direction in degrees, speed in px/frame) of each planted kernel; a last kernel is all zeros (dead).

@@ -29,7 +29,6 @@ from workers.model import LoadedModel
 from workers.samples.models import export_pt2
 from workers.tasks import get
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 SPEC = InputSpec(shape=(3, 8, 24, 24), value_min=0.0, value_max=1.0, mean=(0.45,) * 3, std=(0.25,) * 3)
 HEADER = {"value_min": 0.0, "value_max": 1.0, "mean": list(SPEC.mean), "std": list(SPEC.std)}

@@ -31,8 +31,6 @@ from workers.samples.models import (
     train_c3d,
 )
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def _direction_error_deg(a: float, b: float) -> float:
     return abs((a - b + 180.0) % 360.0 - 180.0)

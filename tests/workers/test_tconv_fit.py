@@ -14,11 +14,6 @@ from workers.tconv.fit import _evaluate, _slices
 from workers.tconv.layer import affine_matrix, build_kernel
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-
-
 def _planted(seed: int, c_out: int, c_in: int, k_t: int, k: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """A kernel made by the 3T construction itself, with moderate random transforms per filter and step."""
     g = torch.Generator().manual_seed(seed)

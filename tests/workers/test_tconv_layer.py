@@ -14,11 +14,6 @@ from workers.tconv.parameters import ThreeTParams
 from workers.tconv.statistics import layer_statistics
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-
-
 def _centroid(image: torch.Tensor) -> tuple[float, float]:
     """(x, y) = (column, row) centre of mass of a non-negative 2D image."""
     rows, cols = torch.meshgrid(torch.arange(image.shape[0], dtype=image.dtype), torch.arange(image.shape[1], dtype=image.dtype), indexing="ij")

@@ -24,11 +24,6 @@ SCHEMA = Path(__file__).resolve().parents[2] / "sdk" / "schemas" / "tconv_stats.
 SPEC = InputSpec(shape=(3, 6, 16, 16))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-
-
 def _run(model: LoadedModel, tmp_path: Path, **options: Any) -> dict[str, Any]:
     return get("tconv_stats")(TaskContext(model=model, options=options, out_dir=tmp_path))
 

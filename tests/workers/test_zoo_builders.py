@@ -12,8 +12,6 @@ from torch import nn
 from workers.samples import zoo
 from workers.samples.zoo import c3d, resnet3d, s3d, slowfast, transformers, video_resnet, x3d
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 def _mvit_v2_s() -> nn.Module:
     """torchvision's mvit_v2_s block table (16 blocks) on the zoo's MViT classes."""

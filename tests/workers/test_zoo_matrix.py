@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
+import torch
 
 from kernelscope.v1 import models_pb2
 from sdk.model_source import prepare
@@ -46,7 +47,6 @@ from workers.samples.zoo import ZOO, names
 from workers.samples.zoo.export import FORMATS, PlantedExports, export_planted
 from workers.samples.zoo.planted import GRATING_DIRECTION_DEG
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 TASKS = ("describe", "kernel_viz", "tconv_stats", "class_filters")
 # Architectures whose exports or tasks take longest; CI runs them in the slow set.
@@ -124,8 +124,6 @@ class ZooSession:
 
 
 def _device() -> torch.device:
-    import torch
-
     return torch.device(os.environ.get(DEVICE_ENV, "cpu"))
 
 
