@@ -11,6 +11,7 @@ from typing import Callable, Iterable, Iterator
 import grpc
 from google.protobuf import empty_pb2
 from google.protobuf.message import Message
+from kernelscope import ids
 from kernelscope.v1 import datasets_pb2, jobs_pb2, kernelscope_pb2_grpc, models_pb2
 
 from service import bounds, datasets, defaults, formats, models, uploads
@@ -122,7 +123,7 @@ class KernelScopeServicer(kernelscope_pb2_grpc.KernelScopeServicer):
             expected_sha256=header.sha256,
             what="dataset",
         ) as staged:
-            ident = datasets.dataset_id(staged.sha256)
+            ident = ids.dataset_id(staged.sha256)
             existing = registry.datasets.find(ident)
             if existing is not None:  # same verified bytes: already validated once
                 stored = registry.datasets.add(existing, staged)

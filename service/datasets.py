@@ -13,8 +13,6 @@ from typing import Sequence
 
 import numpy as np
 
-from kernelscope import ids
-
 from service import errors
 
 # Elements checked for finiteness at a time, so the check needs no second full-size array.
@@ -35,11 +33,6 @@ class DatasetFacts:
     num_classes: int
     class_names: list[str]
     sample_shape: list[int]
-
-
-def dataset_id(sha256: str) -> str:
-    """Same bytes, same dataset."""
-    return ids.dataset_id(sha256)
 
 
 def _bad(message: str, reason: str = "BAD_DATASET") -> errors.ServiceError:

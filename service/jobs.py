@@ -76,9 +76,6 @@ _CLAIM_GRACE_SECONDS = 60.0
 IsActive = Callable[[], bool]
 
 
-new_job_id = ids.new_job_id
-
-
 class JobManager:
     """Every job operation of the API, for one tenant. `on_end(seconds, state)` hears of each ended job once."""
 
@@ -107,7 +104,7 @@ class JobManager:
         model, dataset, job_tasks = self._validate(request)
         rid = request.request_id
         for _ in range(3):
-            job_id = new_job_id()
+            job_id = ids.new_job_id()
             if rid and not self.conn.set(self.keys.request(rid), job_id, nx=True, ex=self.config.request_id_ttl):
                 existing = self.conn.get(self.keys.request(rid))
                 if existing is None:
@@ -614,7 +611,7 @@ class JobManager:
     def _describe_job(self, model: models_pb2.Model) -> str:
         key = self.keys.describing(model.id)
         for _ in range(3):
-            job_id = new_job_id()
+            job_id = ids.new_job_id()
             ttl = int(self.config.describe_timeout + self.config.job_timeout)
             if self.conn.set(key, job_id, nx=True, ex=ttl):
                 try:

@@ -15,16 +15,6 @@ WEIGHTS_ONLY_FORMATS = frozenset({models_pb2.STATE_DICT, models_pb2.SAFETENSORS}
 _MAX_NAME = 255
 
 
-def model_id(header: models_pb2.ModelHeader) -> str:
-    """Same bytes and same metadata, same model; anything else is another record over the same blob.
-
-    A record never changes, so a re-upload with another input spec, name or architecture can neither be
-    ignored nor rewrite what earlier jobs ran with. The scheme is kernelscope.ids', which the SDK applies too
-    to skip re-sending bytes the service already holds.
-    """
-    return ids.model_id(header)
-
-
 def is_runnable(model: models_pb2.Model) -> bool:
     """Whether a worker can build a module for activations and gradients from this model."""
     return model.format not in WEIGHTS_ONLY_FORMATS or bool(model.architecture)
@@ -43,7 +33,7 @@ def check_header(header: models_pb2.ModelHeader, max_bytes: int) -> models_pb2.M
         raise errors.invalid_argument("BAD_ARCHITECTURE", f"architecture is longer than {_MAX_NAME} characters")
     check_input_spec(header.input_spec)
     return models_pb2.Model(
-        id=model_id(header),
+        id=ids.model_id(header),
         name=header.name,
         format=header.format,
         size_bytes=header.size_bytes,

@@ -21,7 +21,9 @@ HASH_CHARS = 24  # hex digits of sha256 kept in a model or dataset id
 def model_id(header: models_pb2.ModelHeader) -> str:
     """The id of an upload with this header: a hash of the whole header, in deterministic encoding.
 
-    An absent and an empty input spec are the same spec.
+    Same bytes and same metadata, same model; anything else is another record over the same blob. A record
+    never changes, so a re-upload with another input spec, name or architecture can neither be ignored nor
+    rewrite what earlier jobs ran with. An absent and an empty input spec are the same spec.
     """
     canonical = models_pb2.ModelHeader()
     canonical.CopyFrom(header)
