@@ -115,7 +115,8 @@ def sampling_matrix(scale: Tensor, rotate: Tensor, translate_x: Tensor, translat
 
 class _Taps(NamedTuple):
     """One warp per row as bilinear taps: output pixel p reads source pixels index[b, p, :] (P = a zero
-    pixel outside the slice) with weight[b, p, :]; slope (B, 4, P, 4): d weight / d [log s, r, tx, ty]."""
+    pixel outside the slice) with weight[b, p, :]; slope (B, P, 4, 4): d weight[b, p, q] / d [log s, r, tx, ty][k]
+    at [b, p, k, q]."""
 
     index: Tensor
     weight: Tensor
@@ -136,7 +137,7 @@ class _Taps(NamedTuple):
     def derivative(self, values: Tensor) -> Tensor:
         """(B, P, 4, c): d(G @ values)/d[log s, r, tx, ty] for values (B, P, c) held fixed."""
         assert self.slope is not None
-        return torch.einsum("bkpq,bpqc->bpkc", self.slope, self.gather(values))
+        return torch.einsum("bpkq,bpqc->bpkc", self.slope, self.gather(values))
 
 
 def _taps(phi_step: Tensor, k_h: int, k_w: int, derivative: bool) -> _Taps:
@@ -167,9 +168,9 @@ def _taps(phi_step: Tensor, k_h: int, k_w: int, derivative: bool) -> _Taps:
     if not derivative:
         return _Taps(index, wx * wy, None)
     sc, ss = (s * c).expand_as(qx), (s * sn).expand_as(qx)
-    du = torch.stack([qx, -qy, sc, -ss], dim=1) * half_w  # (B, 4, P): d u / d[log s, r, tx, ty]
-    dv = torch.stack([qy, qx, ss, sc], dim=1) * half_h
-    slope = (wy * grid.sign_x)[:, None] * du[..., None] + (wx * grid.sign_y)[:, None] * dv[..., None]
+    du = torch.stack([qx, -qy, sc, -ss], dim=-1) * half_w  # (B, P, 4): d u / d[log s, r, tx, ty]
+    dv = torch.stack([qy, qx, ss, sc], dim=-1) * half_h
+    slope = (wy * grid.sign_x)[:, :, None] * du[..., None] + (wx * grid.sign_y)[:, :, None] * dv[..., None]
     return _Taps(index, wx * wy, slope)
 
 
@@ -214,18 +215,47 @@ def _slices(phi: Tensor, k_t: int, k_h: int, k_w: int, derivative: bool) -> tupl
     return torch.cat(mats, dim=1), taps, warps
 
 
+class _Projection(NamedTuple):
+    """Variable projection at some transforms, kept so that the Jacobian can follow for any subset of rows."""
+
+    cost: Tensor
+    base: Tensor
+    rest: Tensor
+    taps: list[_Taps]
+    warps: list[Tensor]
+    gains: Tensor | None
+    f_rest: Tensor
+    chol: Tensor
+    res_first: Tensor
+    res_later: Tensor
+
+    def pick(self, index: Tensor) -> "_Projection":
+        taps = [_Taps(t.index[index], t.weight[index], None if t.slope is None else t.slope[index]) for t in self.taps]
+        gains = None if self.gains is None else self.gains[index]
+        return self._replace(
+            cost=self.cost[index], base=self.base[index], rest=self.rest[index], taps=taps,
+            warps=[w[index] for w in self.warps], gains=gains, f_rest=self.f_rest[index], chol=self.chol[index],
+            res_first=self.res_first[index], res_later=self.res_later[index],
+        )
+
+
 def _evaluate(phi: Tensor, target: Tensor, k_t: int, k_h: int, k_w: int, gain: bool, jacobian: bool) -> _Evaluation:
+    """The cost and K at transforms phi (B, n) for targets (B, k_t, P, r); with JᵀJ and Jᵀr when `jacobian`."""
+    projection = _project(phi, target, k_t, k_h, k_w, gain, slopes=jacobian)
+    if not jacobian:
+        return _Evaluation(projection.cost, projection.base)
+    return _jacobian(projection, phi.shape[1], k_t)
+
+
+def _project(phi: Tensor, target: Tensor, k_t: int, k_h: int, k_w: int, gain: bool, slopes: bool) -> _Projection:
     """Variable projection at transforms phi (B, n) for targets (B, k_t, P, r).
 
     phi rows = [log s, r, tx, ty] for steps 1..k_t−1, then (gain variant) g_0..g_{k_t−1}; F_t = g_t S_t.
-    K = (FᵀF)⁻¹FᵀW; the cost is the exact ‖F K − W‖². Kaufman's Jacobian J_j = P_⊥ ∂F_j K: with
-    X_j = ∂F_j K, JᵀJ = XᵀX − (FᵀX)ᵀ(FᵀF)⁻¹(FᵀX) and Jᵀr = Xᵀ(F K − W) (the residual is orthogonal to
-    F's range). ∂F_j K is built slice by slice: a step's derivative stencil on the previous slice, carried
-    through the later warps. K's columns are first rotated onto its row space, so at most P columns remain.
+    K = (FᵀF)⁻¹FᵀW; the cost is the exact ‖F K − W‖². `slopes` keeps the warps' derivatives for _jacobian.
     """
     b, t_len, p, r = target.shape
     steps = t_len - 1
-    rest, taps, warps = _slices(phi, k_t, k_h, k_w, jacobian)  # slices 1.. (B, steps·P, P)
+    rest, taps, warps = _slices(phi, k_t, k_h, k_w, slopes)  # slices 1.. (B, steps·P, P)
     gains = phi[:, 4 * steps :] if gain else None
     if gains is not None:
         f_rest = rest * gains[:, 1:].repeat_interleave(p, dim=1)[:, :, None]
@@ -244,8 +274,22 @@ def _evaluate(phi: Tensor, target: Tensor, k_t: int, k_h: int, k_w: int, gain: b
     res_later = f_rest @ base - later
     cost = res_first.pow(2).sum((1, 2)) + res_later.pow(2).sum((1, 2))
     cost = torch.where(info == 0, cost, torch.inf)
-    if not jacobian:
-        return _Evaluation(cost, base)
+    return _Projection(cost, base, rest, taps, warps, gains, f_rest, chol, res_first, res_later)
+
+
+def _jacobian(projection: _Projection, n: int, k_t: int) -> _Evaluation:
+    """JᵀJ (B, n, n) and Jᵀr (B, n) at a projection made with slopes.
+
+    Kaufman's Jacobian J_j = P_⊥ ∂F_j K: with X_j = ∂F_j K, JᵀJ = XᵀX − (FᵀX)ᵀ(FᵀF)⁻¹(FᵀX) and
+    Jᵀr = Xᵀ(F K − W) (the residual is orthogonal to F's range). ∂F_j K is built slice by slice: a step's
+    derivative stencil on the previous slice, carried through the later warps. K's columns are first
+    rotated onto its row space, so at most P columns remain.
+    """
+    cost, base, rest, taps, warps, gains, f_rest, chol, res_first, res_later = projection
+    b, p, r = base.shape
+    t_len, steps = k_t, k_t - 1
+    dtype, device = base.dtype, base.device
+    g0 = gains[:, :1, None] if gains is not None else None
     if r > p:  # K = R₁ᵀQ₁ᵀ: work with R₁ᵀ (P columns) and the residual's part along Q₁ (inner products unchanged)
         q1, r1 = torch.linalg.qr(base.transpose(1, 2))
         columns, res_first, res_later = r1.transpose(1, 2), res_first @ q1, res_later @ q1
@@ -254,25 +298,24 @@ def _evaluate(phi: Tensor, target: Tensor, k_t: int, k_h: int, k_w: int, gain: b
     c = columns.shape[-1]
     images = (rest @ columns).reshape(b, steps, p, c)  # S_t K for t ≥ 1
     res_later = res_later.reshape(b, steps, p * c)
-    n = 4 * steps + (t_len if gain else 0)
-    jtj = phi.new_zeros((b, n, n))
-    jtr = phi.new_zeros((b, n))
-    projected = phi.new_zeros((b, p, n, c))  # FᵀX
+    jtj = base.new_zeros((b, n, n))
+    jtr = base.new_zeros((b, n))
+    projected = base.new_zeros((b, p, n, c))  # FᵀX
     if gains is not None:  # slice 0 = g_0·K: only the g_0 column reaches it
         g0_col = 4 * steps
         jtj[:, g0_col, g0_col] = columns.pow(2).sum((1, 2))
         jtr[:, g0_col] = (columns * res_first).sum((1, 2))
         projected[:, :, g0_col] = g0 * columns
-    carried = phi.new_zeros((b, p, 0, c))  # d(S_t K)/d(motion of steps ≤ t), pixel-major (B, P, 4t, c)
+    carried = base.new_zeros((b, p, 0, c))  # d(S_t K)/d(motion of steps ≤ t), pixel-major (B, P, 4t, c)
     for t in range(1, t_len):
         if carried.shape[2]:
             carried = (warps[t - 1] @ carried.reshape(b, p, -1)).reshape(b, p, -1, c)
         fresh = taps[t - 1].derivative(images[:, t - 2] if t > 1 else columns)  # dG_t · S_{t−1} K
         carried = torch.cat([carried, fresh], dim=2)
-        cols, index = carried, torch.arange(4 * t, device=phi.device)
+        cols, index = carried, torch.arange(4 * t, device=device)
         if gains is not None:  # X for slice t: g_t · d(S_t K), and the g_t column S_t K
             cols = torch.cat([carried * gains[:, t, None, None, None], images[:, t - 1, :, None]], dim=2)
-            index = torch.cat([index, torch.tensor([4 * steps + t], device=phi.device)])
+            index = torch.cat([index, torch.tensor([4 * steps + t], device=device)])
         k = cols.shape[2]
         flat = cols.transpose(1, 2).reshape(b, k, p * c)
         block = flat @ flat.transpose(1, 2)
@@ -316,12 +359,14 @@ def _start(phi: Tensor, target: Tensor, k_t: int, k_h: int, k_w: int, gain: bool
 
 def _levenberg_marquardt(
     rows: _Rows, target: Tensor, k_t: int, k_h: int, k_w: int, gain: bool, steps: int,
-    progress: ProgressFn | None = None,
+    progress: ProgressFn | None = None, final_jacobians: bool = True,
 ) -> tuple[_Rows, int]:
     """Batched variable-projection LM from `rows` (each row one start of one filter, targets (rows, k_t, P, r)).
     Each iteration evaluates the trial point with its Jacobian in one pass (a rejected trial keeps the old
     Jacobian, only λ changes). A row stops once converged (_STALL, _WINDOW), at a stationary point (_FLAT),
     when λ exceeds _LAMBDA_MAX, or at an exact fit; the working set shrinks to the rows still running.
+    `final_jacobians=False` (a caller that keeps only transforms and costs) leaves JᵀJ, Jᵀr of the rows where
+    they stopped stale instead of building them: with many rows that skips each row's last Jacobian.
 
     Returns (the rows where they ended, iterations run)."""
     out = _Rows(*(t.clone() for t in rows))
@@ -342,12 +387,16 @@ def _levenberg_marquardt(
         delta, _info = torch.linalg.solve_ex(jtj + damping, -jtr[..., None])
         trial = phi + delta[..., 0]
         if idx.numel() >= _TWO_PASS_ROWS:  # many rows: the work is in the Jacobians, build them where accepted only
-            ev = _evaluate(trial, a_target, k_t, k_h, k_w, gain, jacobian=False)
+            ev = _project(trial, a_target, k_t, k_h, k_w, gain, slopes=True)
             better = (ev.cost < cost) & torch.isfinite(ev.cost)
-            moved = torch.nonzero(better).flatten()
+            needed = better
+            if not final_jacobians:  # a row that stops here never uses the Jacobian at its end point
+                ending = _converged(it, steps, lam, better, cost, ev.cost, a_norm, ring)
+                needed = better & ~ending
+            moved = torch.nonzero(needed).flatten()
             jtj, jtr = jtj.clone(), jtr.clone()
             if moved.numel():
-                at = _evaluate(trial[moved], a_target[moved], k_t, k_h, k_w, gain, jacobian=True)
+                at = _jacobian(ev.pick(moved), n, k_t)
                 assert at.jtj is not None and at.jtr is not None
                 jtj[moved], jtr[moved] = at.jtj, at.jtr
         else:  # few rows: each operation's fixed cost dominates, one pass with the Jacobian
@@ -356,7 +405,6 @@ def _levenberg_marquardt(
             better = (ev.cost < cost) & torch.isfinite(ev.cost)
             jtj = torch.where(better[:, None, None], ev.jtj, jtj)
             jtr = torch.where(better[:, None], ev.jtr, jtr)
-        gained = torch.where(better, cost - ev.cost, torch.zeros_like(cost))
         live = _Rows(
             torch.where(better[:, None], trial, phi),
             torch.where(better, ev.cost, cost),
@@ -364,12 +412,10 @@ def _levenberg_marquardt(
             jtj,
             jtr,
         )
+        done = _converged(it, steps, lam, better, cost, ev.cost, a_norm, ring)
+        done |= live.jtr.abs().amax(1) <= _FLAT * a_norm  # a stationary point, e.g. content moved out of the window
         cost = live.cost
         ring = torch.cat([ring[-_WINDOW:], cost[None]])
-        done = (live.lam >= _LAMBDA_MAX) | (cost <= _EXACT * a_norm) | (better & (gained <= _STALL * a_norm))
-        done |= live.jtr.abs().amax(1) <= _FLAT * a_norm  # a stationary point, e.g. content moved out of the window
-        if ring.shape[0] > _WINDOW:
-            done |= (ring[0] - cost) <= _WINDOW_DROP * cost
         if progress is not None:
             progress((it + 1) / steps)
         if bool(done.any()):
@@ -381,6 +427,22 @@ def _levenberg_marquardt(
     for whole, part in zip(out, live):
         whole[idx] = part
     return out, iterations
+
+
+def _converged(
+    it: int, steps: int, lam: Tensor, better: Tensor, cost: Tensor, trial_cost: Tensor, norm2: Tensor, ring: Tensor
+) -> Tensor:
+    """Rows that stop after iteration `it` (before the stationary-point test, which needs the new Jᵀr): the last
+    iteration, λ past _LAMBDA_MAX, an exact fit, a stalled accepted step, or too little drop over _WINDOW."""
+    new_cost = torch.where(better, trial_cost, cost)
+    new_lam = torch.where(better, lam / _LAMBDA_DOWN, lam * _LAMBDA_UP).clamp_min(1e-12)
+    gained = torch.where(better, cost - trial_cost, torch.zeros_like(cost))
+    done = (new_lam >= _LAMBDA_MAX) | (new_cost <= _EXACT * norm2) | (better & (gained <= _STALL * norm2))
+    if ring.shape[0] + 1 > _WINDOW:
+        done |= (ring[-_WINDOW] - new_cost) <= _WINDOW_DROP * new_cost
+    if it + 1 >= steps:
+        done = torch.ones_like(done)
+    return done
 
 
 def _registration_start(target: Tensor, k_t: int, k_h: int, k_w: int, generator: torch.Generator) -> Tensor:
@@ -412,7 +474,9 @@ def _registration_start(target: Tensor, k_t: int, k_h: int, k_w: int, generator:
     rows = filters * (k_t - 1)
     # LM iterations: k_t − 1 (2 for a 3-frame kernel): the joint fit refines the rest.
     budget = max(1, k_t - 1)
-    refined, _ = _levenberg_marquardt(_start(start, pairs, 2, k_h, k_w, False), pairs, 2, k_h, k_w, False, budget)
+    refined, _ = _levenberg_marquardt(
+        _start(start, pairs, 2, k_h, k_w, False), pairs, 2, k_h, k_w, False, budget, final_jacobians=False
+    )
     pick = refined.cost.reshape(_REGISTRATION_CANDIDATES, rows).argmin(0) * rows + torch.arange(rows, device=device)
     return refined.phi[pick].reshape(filters, 4 * (k_t - 1))
 
@@ -574,7 +638,7 @@ def _fit(
         else:  # no screening: every start runs to the end, the best is kept afterwards
             target = target.repeat(starts, 1, 1, 1)
             state = _start(phi0, target, k_t, k_h, k_w, gain)
-        state, _ = _levenberg_marquardt(state, target, k_t, k_h, k_w, gain, steps - done, report)
+        state, _ = _levenberg_marquardt(state, target, k_t, k_h, k_w, gain, steps - done, report, final_jacobians=False)
         final = _evaluate(state.phi, target, k_t, k_h, k_w, gain, jacobian=False)
         phi, cost, base = state.phi, final.cost, final.base
         if phi.shape[0] != filters:
