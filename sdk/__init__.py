@@ -28,6 +28,7 @@ from sdk.errors import (
 from sdk.job import Job
 from sdk.result import Artifact, Result, TaskOutcome
 from sdk.tasks import TASK_NAMES
+from sdk.transport import GrpcTransport, MockTransport, Transport
 
 __all__ = [
     "Client",
@@ -36,6 +37,9 @@ __all__ = [
     "TaskOutcome",
     "Artifact",
     "TASK_NAMES",
+    "Transport",
+    "GrpcTransport",
+    "MockTransport",
     "KernelscopeError",
     "ApiError",
     "InvalidArgument",

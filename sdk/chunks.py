@@ -9,7 +9,7 @@ datasets, artifacts all declare `bytes chunk = 2`).
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from google.protobuf.message import Message
 
@@ -38,6 +38,15 @@ def serialize(request: Message | bytes) -> bytes:
     if isinstance(request, bytes):
         return request
     return request.SerializeToString()
+
+
+def requests(header: Message, pieces: Iterable[bytes | memoryview], encoded: bool) -> Iterator[Message | bytes]:
+    """An upload's requests: `header`, then one request of its type per piece (`chunk = piece`), `encode`d by
+    hand when the stub takes `encoded` chunks; the pieces are read only as the requests are asked for."""
+    yield header
+    request_type = type(header)
+    for piece in pieces:
+        yield encode(piece) if encoded else request_type(chunk=bytes(piece))
 
 
 def pieces(data: bytes | memoryview, size: int = CHUNK_BYTES) -> Iterator[memoryview]:

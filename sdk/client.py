@@ -13,21 +13,20 @@ from __future__ import annotations
 
 import io
 import os
-import random
 import sys
 import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
-import grpc
 from google.protobuf import duration_pb2
 
 from kernelscope import ids
+from kernelscope.backoff import Backoff
 from kernelscope.states import TERMINAL
 from kernelscope.v1 import datasets_pb2, jobs_pb2, models_pb2
 from sdk import chunks, model_source, tasks as task_specs
-from sdk.errors import InvalidArgument, Unavailable, from_rpc_error
+from sdk.errors import ApiError, DeadlineExceeded, InvalidArgument, ResourceExhausted, Unavailable
 from sdk.job import Job
 from sdk.progress import UploadBar
 from sdk.result import Result
@@ -67,7 +66,6 @@ class Client:
         self.target = target or os.environ.get("KERNELSCOPE_TARGET") or DEFAULT_TARGET
         token = token if token is not None else os.environ.get("KERNELSCOPE_TOKEN")
         self._transport = transport or GrpcTransport(self.target, token, root_certificates)
-        self._stub = self._transport.stub()
         self.timeout = timeout
         self.retry_seconds = retry_seconds
         self._reached = False  # whether the service ever answered (anything but UNAVAILABLE)
@@ -108,34 +106,26 @@ class Client:
         if known is not None:
             return known
         header = models_pb2.UploadModelRequest(header=source.header())
-        return self._upload(self._stub.UploadModel, header, source.chunks, source.size, source.name, progress)
+        return self._upload("UploadModel", header, source.chunks, source.size, source.name, progress)
 
     def _upload(
         self,
-        method: Callable[..., T],
+        method: str,
         header: Any,
         pieces: Callable[[], Iterable[bytes | memoryview]],
         size: int,
         name: str,
         progress: bool | None,
-    ) -> T:
-        """Stream `header`, then `pieces()` as chunk requests of the header's type, through `method`.
+    ) -> Any:
+        """Stream `header`, then `pieces()` as chunk requests of the header's type, through the transport's `method`.
 
         Retried on UNAVAILABLE (each attempt reads the pieces afresh and restarts the bar); the deadline grows
-        with `size`. Chunks go pre-encoded when the stub takes them (sdk.transport's), else as messages.
+        with `size`.
         """
-        request_type = type(header)
-        encoded = getattr(self._stub, "takes_encoded_chunks", False) is True  # a flag, not any attribute a fake makes up
         bar = UploadBar(size, name, progress)
-
-        def messages() -> Iterator[Any]:
-            yield header
-            for piece in bar.track(pieces()):
-                yield chunks.encode(piece) if encoded else request_type(chunk=bytes(piece))
-
         timeout = UPLOAD_MIN_TIMEOUT_S + size / UPLOAD_SLOWEST_BPS
         try:
-            return self._retry(lambda: method(messages(), timeout=timeout, metadata=self._md()))
+            return self._retry(lambda: self._transport.upload(method, header, bar.track(pieces()), timeout))
         finally:
             bar.close()
 
@@ -157,13 +147,13 @@ class Client:
         return model if same else None
 
     def get_model(self, model_id: str) -> models_pb2.Model:
-        return self._unary(self._stub.GetModel, models_pb2.GetModelRequest(model_id=model_id))
+        return self._unary("GetModel", models_pb2.GetModelRequest(model_id=model_id))
 
     def list_models(self, page_size: int = 50) -> list[models_pb2.Model]:
-        return self._paged(lambda token: self._unary(self._stub.ListModels, models_pb2.ListModelsRequest(page_size=page_size, page_token=token)), "models")
+        return self._paged(lambda token: self._unary("ListModels", models_pb2.ListModelsRequest(page_size=page_size, page_token=token)), "models")
 
     def delete_model(self, model_id: str) -> None:
-        self._unary(self._stub.DeleteModel, models_pb2.DeleteModelRequest(model_id=model_id))
+        self._unary("DeleteModel", models_pb2.DeleteModelRequest(model_id=model_id))
 
     def describe(
         self, model: Any, *, progress: bool | None = None, timeout: float | None = None, **options: Any
@@ -175,11 +165,9 @@ class Client:
         (`progress`: a bar, None: only on a terminal; `timeout`: None waits as long as it runs), never cut off by a
         fixed deadline while a worker is busy with it.
         """
-        from sdk.errors import DeadlineExceeded
-
         model_id = self._model_id(model, progress=progress, **options)
         try:
-            return self._unary(self._stub.DescribeModel, models_pb2.DescribeModelRequest(model_id=model_id), timeout=DESCRIBE_QUICK_S)
+            return self._unary("DescribeModel", models_pb2.DescribeModelRequest(model_id=model_id), timeout=DESCRIBE_QUICK_S)
         except DeadlineExceeded:
             pass
         job = self.create_job(model_id, ["describe"])
@@ -218,13 +206,13 @@ class Client:
 
         header = datasets_pb2.DatasetHeader(name=name, size_bytes=len(payload), sha256=hashlib.sha256(payload).hexdigest())
         request = datasets_pb2.UploadDatasetRequest(header=header)
-        return self._upload(self._stub.UploadDataset, request, lambda: chunks.pieces(payload), len(payload), name, progress)
+        return self._upload("UploadDataset", request, lambda: chunks.pieces(payload), len(payload), name, progress)
 
     def get_dataset(self, dataset_id: str) -> datasets_pb2.Dataset:
-        return self._unary(self._stub.GetDataset, datasets_pb2.GetDatasetRequest(dataset_id=dataset_id))
+        return self._unary("GetDataset", datasets_pb2.GetDatasetRequest(dataset_id=dataset_id))
 
     def delete_dataset(self, dataset_id: str) -> None:
-        self._unary(self._stub.DeleteDataset, datasets_pb2.DeleteDatasetRequest(dataset_id=dataset_id))
+        self._unary("DeleteDataset", datasets_pb2.DeleteDatasetRequest(dataset_id=dataset_id))
 
     # ------------------------------------------------------------------ jobs
     def analyze(
@@ -268,44 +256,42 @@ class Client:
             tasks=task_specs.to_tasks(tasks),
             request_id=request_id or uuid.uuid4().hex,
         )
-        return Job(self._unary(self._stub.CreateJob, request), self)
+        return Job(self._unary("CreateJob", request), self)
 
     def get_job(self, job_id: str) -> Job:
-        return Job(self._unary(self._stub.GetJob, jobs_pb2.GetJobRequest(job_id=job_id)), self)
+        return Job(self._unary("GetJob", jobs_pb2.GetJobRequest(job_id=job_id)), self)
 
     def list_jobs(self, state: str | None = None, page_size: int = 50) -> list[Job]:
         state_value = jobs_pb2.JobState.Value(state.upper()) if state else 0
         protos = self._paged(
-            lambda token: self._unary(self._stub.ListJobs, jobs_pb2.ListJobsRequest(page_size=page_size, page_token=token, state=state_value)),
+            lambda token: self._unary("ListJobs", jobs_pb2.ListJobsRequest(page_size=page_size, page_token=token, state=state_value)),
             "jobs",
         )
         return [Job(p, self) for p in protos]
 
     def cancel_job(self, job_id: str) -> Job:
-        return Job(self._unary(self._stub.CancelJob, jobs_pb2.CancelJobRequest(job_id=job_id)), self)
+        return Job(self._unary("CancelJob", jobs_pb2.CancelJobRequest(job_id=job_id)), self)
 
     def delete_job(self, job_id: str) -> None:
-        self._unary(self._stub.DeleteJob, jobs_pb2.DeleteJobRequest(job_id=job_id))
+        self._unary("DeleteJob", jobs_pb2.DeleteJobRequest(job_id=job_id))
 
     def wait_job(self, job_id: str, timeout: float = WAIT_SLICE_S) -> jobs_pb2.Job:
         """One WaitJob call: the job when it ends or after `timeout` seconds, whichever is first."""
         request = jobs_pb2.WaitJobRequest(job_id=job_id, timeout=duration_pb2.Duration(seconds=int(timeout)))
-        return self._unary(self._stub.WaitJob, request, timeout=timeout + self.timeout)
+        return self._unary("WaitJob", request, timeout=timeout + self.timeout)
 
     def watch_job(self, job_id: str, deadline: float | None = None) -> Iterator[jobs_pb2.Job]:
         """Yield the job at each change until it ends; reconnects across stream time-outs, and across UNAVAILABLE
         and busy refusals (see BUSY_REASONS) with jittered backoff for up to retry_seconds. While the stream is
         refused as busy the job is polled (GetJob, at most every 2 s), so a wait outlasts a busy tenant's long jobs."""
-        from sdk.errors import DeadlineExceeded
-
-        backoff = _Backoff(self.retry_seconds)
+        backoff = Backoff(self.retry_seconds)
         last: jobs_pb2.Job | None = None
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise DeadlineExceeded(f"job {job_id} did not finish in time")
             slice_s = WAIT_SLICE_S if remaining is None else min(WAIT_SLICE_S, remaining)
-            stream = self._stub.WatchJob(jobs_pb2.WatchJobRequest(job_id=job_id), timeout=slice_s, metadata=self._md())
+            stream = self._transport.stream("WatchJob", jobs_pb2.WatchJobRequest(job_id=job_id), slice_s)
             try:
                 for job in stream:
                     backoff.reset()
@@ -313,15 +299,15 @@ class Client:
                     yield job
                     if job.state in TERMINAL:
                         return
-            except grpc.RpcError as exc:
-                if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                    continue
+            except DeadlineExceeded:
+                continue
+            except ApiError as exc:
                 if not _transient(exc) or not backoff.sleep():
-                    raise from_rpc_error(exc) from None
-                if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    raise
+                if isinstance(exc, ResourceExhausted):
                     # Busy, not down: the tenant's streams may stay taken for as long as its jobs run (the local
                     # stack runs everyone as one tenant), so poll the job meanwhile; an answer renews the budget.
-                    polled = self._unary(self._stub.GetJob, jobs_pb2.GetJobRequest(job_id=job_id))
+                    polled = self._unary("GetJob", jobs_pb2.GetJobRequest(job_id=job_id))
                     backoff.answered()
                     if polled != last:
                         last = polled
@@ -329,14 +315,12 @@ class Client:
                     if polled.state in TERMINAL:
                         return
             finally:
-                # Left early (Ctrl-C in the caller, a closed generator): end the stream now, not at interpreter exit.
-                if hasattr(stream, "cancel"):
-                    stream.cancel()
+                stream.close()  # left early (Ctrl-C in the caller, a closed generator): the transport ends the call now
 
     # ------------------------------------------------------------------ artifacts
     def read_artifact(self, job_id: str, name: str) -> bytes:
         request = jobs_pb2.ReadArtifactRequest(job_id=job_id, name=name)
-        return self._retry(lambda: b"".join(c.data for c in self._stub.ReadArtifact(request, timeout=UPLOAD_MIN_TIMEOUT_S * 5, metadata=self._md())))
+        return self._retry(lambda: b"".join(c.data for c in self._transport.stream("ReadArtifact", request, UPLOAD_MIN_TIMEOUT_S * 5)))
 
     def download_artifact(self, job_id: str, name: str, dest: Path) -> Path:
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -361,36 +345,33 @@ class Client:
             return ident
         return self.upload_model(model, **options).id
 
-    def _md(self) -> tuple[tuple[str, str], ...]:
-        return self._transport.metadata()
-
-    def _unary(self, method: Callable[..., T], request: Any, timeout: float | None = None) -> T:
-        return self._retry(lambda: method(request, timeout=timeout or self.timeout, metadata=self._md()))
+    def _unary(self, method: str, request: Any, timeout: float | None = None) -> Any:
+        return self._retry(lambda: self._transport.unary(method, request, timeout or self.timeout))
 
     def _retry(self, call: Callable[[], T]) -> T:
-        """Run `call`, retrying UNAVAILABLE and busy refusals (BUSY_REASONS) with jittered exponential backoff for
+        """Run `call`, retrying UNAVAILABLE and busy refusals (BUSY_REASONS) with kernelscope.backoff's pauses for
         up to retry_seconds (FIRST_CONTACT_SECONDS while the service has never answered: then the error says how to
         start one)."""
-        backoff = _Backoff(self.retry_seconds)
+        backoff = Backoff(self.retry_seconds)
         while True:
             try:
                 value = call()
                 self._reached = True
                 return value
-            except grpc.RpcError as exc:
-                unavailable = exc.code() == grpc.StatusCode.UNAVAILABLE
+            except ApiError as exc:
+                unavailable = isinstance(exc, Unavailable)
                 if not unavailable:
                     self._reached = True  # it answered, if only to say it is busy
                 if not _transient(exc):
-                    raise from_rpc_error(exc) from None
+                    raise
                 if unavailable and not self._reached and backoff.waited() > min(FIRST_CONTACT_SECONDS, self.retry_seconds):
                     raise self._no_service(exc) from None
                 if not backoff.sleep():
-                    raise from_rpc_error(exc) from None
+                    raise
 
-    def _no_service(self, exc: grpc.RpcError) -> Unavailable:
+    def _no_service(self, exc: Unavailable) -> Unavailable:
         """The first contact failed: say where we looked and the three ways to have a service."""
-        detail = (exc.details() if hasattr(exc, "details") else "") or "no answer"
+        detail = exc.message or "no answer"
         return Unavailable(
             f"no kernelscope service answers at {self.target} ({detail.splitlines()[0][:160]}); start one with "
             "`kernelscope up` (or set KERNELSCOPE_TARGET / --target), or run without one: `--local` on the command "
@@ -412,44 +393,9 @@ class Client:
 __all__ = ["Client", "Unavailable", "model_id"]
 
 
-def _transient(exc: grpc.RpcError) -> bool:
+def _transient(exc: ApiError) -> bool:
     """Whether waiting may clear this error: the service unreachable, or this tenant over its call caps."""
-    code = exc.code()
-    if code == grpc.StatusCode.UNAVAILABLE:
-        return True
-    return code == grpc.StatusCode.RESOURCE_EXHAUSTED and from_rpc_error(exc).reason in BUSY_REASONS
-
-
-class _Backoff:
-    """Jittered exponential sleeps (0.1 s doubling to 2 s) within a budget of `seconds` since the first failure.
-
-    Many threads refused at once must not come back at once, hence the jitter.
-    """
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.reset()
-
-    def reset(self) -> None:
-        self._started: float | None = None
-        self._delay = 0.1
-
-    def answered(self) -> None:
-        """The service answered another call: the budget starts afresh, the delay keeps growing."""
-        self._started = None
-
-    def waited(self) -> float:
-        return 0.0 if self._started is None else time.monotonic() - self._started
-
-    def sleep(self) -> bool:
-        """Sleep before the next try; False (no sleep) once the budget is spent."""
-        if self._started is None:
-            self._started = time.monotonic()
-        if self.waited() >= self.seconds:  # retry_seconds=0: never retried
-            return False
-        time.sleep(self._delay * (0.5 + random.random()))
-        self._delay = min(self._delay * 2, 2.0)
-        return True
+    return isinstance(exc, Unavailable) or (isinstance(exc, ResourceExhausted) and exc.reason in BUSY_REASONS)
 
 
 model_id = ids.model_id  # the id the service gives an upload with this header

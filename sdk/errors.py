@@ -18,14 +18,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import grpc
 
 if TYPE_CHECKING:
     from sdk.result import Result
-
-REASON_METADATA_KEY = "kernelscope-reason"
 
 
 class KernelscopeError(Exception):
@@ -99,7 +97,8 @@ class ModelSourceError(KernelscopeError):
     """The object passed as a model could not be exported or read."""
 
 
-_BY_CODE: dict[grpc.StatusCode, type[ApiError]] = {
+# The class raised for each status code (sdk.transport maps a gRPC error through it; others raise ApiError).
+BY_CODE: dict[grpc.StatusCode, type[ApiError]] = {
     cls.code: cls
     for cls in (
         InvalidArgument,
@@ -114,16 +113,3 @@ _BY_CODE: dict[grpc.StatusCode, type[ApiError]] = {
         Internal,
     )
 }
-
-
-def from_rpc_error(error: grpc.RpcError) -> ApiError:
-    """Turn a grpc.RpcError into the matching ApiError subclass, keeping the reason from trailing metadata."""
-    code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
-    details = error.details() if hasattr(error, "details") else str(error)
-    reason = ""
-    trailing: Any = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
-    for key, value in trailing or ():
-        if key == REASON_METADATA_KEY:
-            reason = value
-    cls = _BY_CODE.get(code, ApiError)
-    return cls(details or str(code), reason=reason, code=code)

@@ -38,6 +38,7 @@ from rq import Queue, Worker
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
+from kernelscope.backoff import Backoff
 from workers import defaults
 
 # The inherited pipe the secrets travel through across the re-exec (a descriptor number, not a secret).
@@ -48,7 +49,7 @@ PIPE_BYTES = 60_000  # below the pipe's buffer, so the write never blocks before
 HEARTBEAT_SECONDS = 2
 # KERNELSCOPE_REDIS_PATIENCE: seconds a worker waits for Redis to come back before it gives up and quits.
 REDIS_PATIENCE_S = 300.0
-OUTAGE_BACKOFF_S = (0.1, 5.0)  # first and longest pause between tries while Redis is unreachable
+OUTAGE_BACKOFF_S = (0.1, 5.0)  # first and longest pause (kernelscope.backoff) while Redis is unreachable
 # Longest wait of the thread that listens for RQ's commands (RQ's own: 60 s); stopping the worker waits for it.
 LISTENER_POLL_S = 1.0
 
@@ -126,18 +127,18 @@ def _preload() -> None:
 
 
 def through_outage(call: Callable[[], T], what: str, patience_s: float, logger: logging.Logger) -> T:
-    """`call()`, tried again (with backoff, logged) while Redis is unreachable, for up to `patience_s` seconds."""
-    deadline = time.monotonic() + patience_s
-    pause, longest = OUTAGE_BACKOFF_S
+    """`call()`, tried again (kernelscope.backoff's policy, logged) while Redis is unreachable, for `patience_s`."""
+    first, longest = OUTAGE_BACKOFF_S
+    backoff = Backoff(patience_s, first_s=first, longest_s=longest, jitter=0.0)  # one worker: no herd to spread
     while True:
         try:
             return call()
         except REDIS_ERRORS as exc:
-            if time.monotonic() + pause > deadline:
+            pause = backoff.pause()
+            if pause is None:
                 raise
             logger.warning("%s: Redis unreachable, trying again in %.1f s: %s", what, pause, exc)
         time.sleep(pause)
-        pause = min(pause * 2, longest)
 
 
 class PatientJob(Job):

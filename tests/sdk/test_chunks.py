@@ -1,4 +1,5 @@
-"""Hand-encoded upload chunks: byte-for-byte the protobuf encoding, sent only to stubs that take them."""
+"""Hand-encoded upload chunks: byte-for-byte the protobuf encoding, sent by the gRPC transport only to stubs that
+take them."""
 
 from __future__ import annotations
 
@@ -12,8 +13,7 @@ from kernelscope.v1 import datasets_pb2, models_pb2, worker_pb2
 
 import sdk
 from sdk import chunks
-from sdk.transport import KernelScopeStub
-from tests.sdk.test_client import FakeRpcError, FakeTransport, ScriptedStub
+from sdk.transport import GrpcTransport, KernelScopeStub
 
 REQUEST_TYPES = (models_pb2.UploadModelRequest, datasets_pb2.UploadDatasetRequest, worker_pb2.WriteArtifactRequest)
 
@@ -46,28 +46,43 @@ def test_pieces_are_views_that_cover_the_bytes_once(tmp_path) -> None:
     assert list(chunks.pieces(b"")) == []
 
 
-def _uploaded_requests(stub: ScriptedStub, data: bytes) -> list[Any]:
-    """The requests the client streams for `data` (the service does not know the bytes yet)."""
-    stub.script = {"GetModel": [FakeRpcError(grpc.StatusCode.NOT_FOUND, "no such model", "NOT_FOUND")],
-                   "UploadModel": [models_pb2.Model(id="new")]}
-    client = sdk.Client(transport=FakeTransport(stub), retry_seconds=5)
-    assert client.upload_model(data, format="onnx").id == "new"
+class RecordingStub:
+    """In place of GrpcTransport's stub: records each call; GetModel knows no such bytes (an empty record),
+    UploadModel answers a new record."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any, dict[str, Any]]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        def rpc(request: Any, **kwargs: Any) -> Any:
+            self.calls.append((name, request, kwargs))
+            return models_pb2.Model(id="new") if name == "UploadModel" else models_pb2.Model()
+
+        return rpc
+
+
+def _uploaded_requests(stub: RecordingStub, data: bytes) -> list[Any]:
+    """The requests the gRPC transport streams for `data` (the service does not know the bytes yet)."""
+    transport = GrpcTransport("127.0.0.1:1")
+    transport.stub = stub
+    with sdk.Client(transport=transport, retry_seconds=5) as client:
+        assert client.upload_model(data, format="onnx").id == "new"
     name, requests, _ = stub.calls[-1]
     assert name == "UploadModel"
     return list(requests)
 
 
-def test_the_client_sends_encoded_chunks_only_to_a_stub_that_takes_them() -> None:
+def test_the_transport_sends_encoded_chunks_only_to_a_stub_that_takes_them() -> None:
     data = b"\x08\x07" + os.urandom(chunks.CHUNK_BYTES + 10)
 
-    class Plain(ScriptedStub):
+    class Plain(RecordingStub):
         pass
 
-    class Encoding(ScriptedStub):
+    class Encoding(RecordingStub):
         takes_encoded_chunks = True
 
-    plain = _uploaded_requests(Plain({}), data)
-    encoded = _uploaded_requests(Encoding({}), data)
+    plain = _uploaded_requests(Plain(), data)
+    encoded = _uploaded_requests(Encoding(), data)
     assert plain[0] == encoded[0] and plain[0].header.sha256 == hashlib.sha256(data).hexdigest()
     assert all(isinstance(r, models_pb2.UploadModelRequest) for r in plain[1:])
     assert all(isinstance(r, bytes) for r in encoded[1:])

@@ -112,8 +112,10 @@ def test_a_tenant_quota_refusal_is_raised_at_once_not_retried(start_server: Any)
     data = onnx_bytes(padding=5_000)
     server = start_server(tenant_quota_bytes=len(data) // 2, store_quota_bytes=0)
     with sdk.Client(server.address, retry_seconds=WAIT_S) as client:
-        counting = CountingStub(client._stub)
-        client._stub = counting
+        transport = client._transport
+        assert isinstance(transport, sdk.GrpcTransport)
+        counting = CountingStub(transport.stub)
+        transport.stub = counting
         with pytest.raises(ResourceExhausted) as refused:
             client.upload_model(data, format="onnx", name="too-big.onnx", progress=False)
     assert refused.value.reason == "TENANT_QUOTA", refused.value
