@@ -21,11 +21,11 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from google.protobuf import duration_pb2
 
-from kernelscope import ids
+from kernelscope import chunks, ids
 from kernelscope.backoff import Backoff
 from kernelscope.states import TERMINAL
 from kernelscope.v1 import datasets_pb2, jobs_pb2, models_pb2
-from sdk import chunks, model_source, tasks as task_specs
+from sdk import model_source, tasks as task_specs
 from sdk.errors import ApiError, DeadlineExceeded, InvalidArgument, ResourceExhausted, Unavailable
 from sdk.job import Job
 from sdk.progress import UploadBar

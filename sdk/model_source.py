@@ -4,7 +4,7 @@ A path, raw bytes, an `onnx.ModelProto`, a `torch.onnx.ONNXProgram`, a `torch.ex
 a `torch.nn.Module` with an example input (exported with torch.export). torch and onnx are never imported
 here unless the caller already imported them and handed us one of their objects: the SDK stays thin.
 
-The format is told from the content (sdk.formats), never from the file name. An `.onnx` file whose tensors
+The format is told from the content (kernelscope.formats), never from the file name. An `.onnx` file whose tensors
 keep their data in external files (PyTorch's default ONNX export writes `model.onnx.data`) is sent together
 with exactly those files, as one ONNX bundle; the worker accepts external data only from inside the upload.
 """
@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from kernelscope import chunks, formats
 from kernelscope.v1 import common_pb2, models_pb2
-from sdk import chunks, formats
 from sdk.errors import ModelSourceError
 
 FORMAT_NAMES = {
@@ -147,7 +147,7 @@ def _from_path(path: Path, fmt: int | None, name: str | None, spec: common_pb2.I
 
 
 def _format_of(kind: str, what: str) -> int:
-    """The upload format of a kind of file (sdk.formats), or a ModelSourceError saying what it looks like."""
+    """The upload format of a kind of file (kernelscope.formats), or a ModelSourceError saying what it looks like."""
     name = formats.FORMAT_OF.get(kind)
     if kind in formats.TRUNCATED_OF:
         raise ModelSourceError(f"{what} is {formats.WORDS[kind]}: give the complete file")
@@ -172,7 +172,7 @@ def _external_locations(path: Path) -> list[str]:
 
 
 def _bundle(path: Path, locations: list[str]) -> bytes:
-    """The .onnx and exactly the data files it names, from its folder, as one ONNX bundle (sdk.formats)."""
+    """The .onnx and exactly the data files it names, from its folder, as one ONNX bundle (kernelscope.formats)."""
     files: dict[str, Path] = {}
     for location in locations:
         if not formats.is_plain_relative(location):

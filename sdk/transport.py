@@ -12,8 +12,8 @@ from typing import Any, Callable, Generator, Iterable, Protocol
 import grpc
 from google.protobuf.message import Message
 
+from kernelscope import chunks
 from kernelscope.v1 import datasets_pb2, kernelscope_pb2_grpc, models_pb2
-from sdk import chunks
 from sdk.errors import BY_CODE, ApiError
 
 MAX_MESSAGE_BYTES = 16 << 20
@@ -47,7 +47,7 @@ class Transport(Protocol):
 
 
 class KernelScopeStub(kernelscope_pb2_grpc.KernelScopeStub):
-    """The generated stub, except that its upload methods also take chunks already encoded (sdk.chunks)."""
+    """The generated stub, except that its upload methods also take chunks already encoded (kernelscope.chunks)."""
 
     takes_encoded_chunks = True
 
@@ -70,7 +70,7 @@ class GrpcTransport:
 
     Calls go through `self.stub` (a KernelScopeStub; any KernelScope stub will do). Upload chunks go to it as
     protobuf messages, unless the stub sets `takes_encoded_chunks = True` (KernelScopeStub does): then they go
-    as bytes already encoded by sdk.chunks.
+    as bytes already encoded by kernelscope.chunks.
     """
 
     def __init__(self, target: str, token: str | None = None, root_certificates: bytes | None = None) -> None:

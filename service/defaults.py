@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sdk import chunks, formats
+from kernelscope import chunks, formats
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -32,7 +32,7 @@ DATA_DIR = Path.home() / ".kernelscope"
 # Size of the chunks the server streams (ReadArtifact, FetchBlob), bytes.
 CHUNK_BYTES = chunks.CHUNK_BYTES  # 1 MiB, as the SDK and the workers send
 # Bytes of an upload that format sniffing looks at before accepting the rest.
-SNIFF_BYTES = formats.HEAD_BYTES  # 4 KiB: what sdk.formats' rules read
+SNIFF_BYTES = formats.HEAD_BYTES  # 4 KiB: what kernelscope.formats' rules read
 # An upload's bytes are pushed to disk every this many bytes as they arrive, not all at the final fsync.
 WRITE_BEHIND_BYTES = 16 * MiB
 # glibc malloc for the server process (service/allocator.py): buffers below this stay on the heap ...

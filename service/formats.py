@@ -3,7 +3,7 @@
 This is no validation of the model (the worker does that, in a sandboxed process): it only catches
 clear mismatches (an ONNX file declared as TORCH_EXPORT, a torch zip declared as ONNX, a pickle declared as
 safetensors) from the first SNIFF_BYTES, before the rest of the upload is accepted. The rules are
-sdk.formats', which the SDK (to pick the format) and the worker (on the whole file) apply too. From the first
+kernelscope.formats', which the SDK (to pick the format) and the worker (on the whole file) apply too. From the first
 bytes a zip is only an ONNX bundle (its first entry is the .onnx model) or "some zip": which torch archive it
 is, the worker tells from the central directory at the end of the file.
 """
@@ -11,11 +11,11 @@ is, the worker tells from the central directory at the end of the file.
 from __future__ import annotations
 
 from kernelscope.v1 import models_pb2
-from sdk import formats as content
+from kernelscope import formats as content
 
 from service import errors
 
-# What each declared format must look like: the kinds (sdk.formats) it accepts.
+# What each declared format must look like: the kinds (kernelscope.formats) it accepts.
 ACCEPTED: dict[str, frozenset[str]] = {
     name: frozenset(kind for kind, fmt in content.FORMAT_OF.items() if fmt == name)
     for name in ("TORCH_EXPORT", "TORCHSCRIPT", "STATE_DICT", "SAFETENSORS", "ONNX")
@@ -40,7 +40,7 @@ def format_name(fmt: int) -> str:
 
 
 def sniff(head: bytes, total_size: int) -> str:
-    """The kind of file the leading bytes show: sdk.formats.head_kind, with a zip resolved to ONNX_BUNDLE when its
+    """The kind of file the leading bytes show: kernelscope.formats.head_kind, with a zip resolved to ONNX_BUNDLE when its
     first entry says so (else "ZIP")."""
     kind = content.head_kind(head, total_size)
     if kind == "ZIP" and content.zip_kind(content.head_zip_names(head)) == "ONNX_BUNDLE":

@@ -1,7 +1,7 @@
 """The worker side: the RQ job entry point, the model loaders and the analyses.
 
 gRPC's fork support is turned off here, on the package's first import, before any module of it can import grpc
-(the SDK's modules do): grpcio reads GRPC_ENABLE_FORK_SUPPORT when it is first imported. See workers/connection.py.
+(workers/connection.py does): grpcio reads GRPC_ENABLE_FORK_SUPPORT when it is first imported. See workers/connection.py.
 """
 
 import os

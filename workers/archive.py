@@ -14,7 +14,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sdk.formats import zip_root
+from kernelscope.formats import zip_root
 from workers.errors import ModelRejected
 
 ZIP_MAGIC = b"PK\x03\x04"

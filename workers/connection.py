@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
-from sdk import chunks
+from kernelscope import chunks
 
 RPC_TIMEOUT_S = 600.0  # upper bound for one blob transfer
 RETRY_SECONDS = 60.0  # how long a call answered UNAVAILABLE is retried
@@ -29,7 +29,7 @@ T = TypeVar("T")
 # (workers/sandbox.py): those threads then met closed epoll and event fds and aborted it ("Check failed:
 # wakeup_fd_->Wakeup().ok()", MODEL_PROCESS_SIGABRT), a few jobs in a hundred on a loaded machine. No child of a
 # worker uses gRPC, so none needs the threads: workers/__init__.py sets GRPC_ENABLE_FORK_SUPPORT=0 before grpc
-# is first imported (this module's `from sdk import chunks` imports it).
+# is first imported (this module imports it when it first calls the service).
 
 _settings: dict[str, str] = {}
 

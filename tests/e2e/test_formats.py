@@ -122,7 +122,7 @@ def _unsupported_op() -> bytes:
 
 def _escaping_bundle(files: dict[str, Path]) -> bytes:
     """An ONNX bundle whose weights point at ../../etc/passwd instead of its own data file."""
-    from sdk import formats
+    from kernelscope import formats
 
     pair = files["onnx_external_data"]
     model = pair.read_bytes()

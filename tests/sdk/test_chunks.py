@@ -12,7 +12,7 @@ import pytest
 from kernelscope.v1 import datasets_pb2, models_pb2, worker_pb2
 
 import sdk
-from sdk import chunks
+from kernelscope import chunks
 from sdk.transport import GrpcTransport, KernelScopeStub
 
 REQUEST_TYPES = (models_pb2.UploadModelRequest, datasets_pb2.UploadDatasetRequest, worker_pb2.WriteArtifactRequest)

@@ -1,4 +1,4 @@
-"""sdk.formats, the one set of content rules the SDK, the service and the worker share."""
+"""kernelscope.formats, the one set of content rules the SDK, the service and the worker share."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from sdk import formats
+from kernelscope import formats
 
 
 # ---------------------------------------------------------------- zip kinds, from entry names only

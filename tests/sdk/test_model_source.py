@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from kernelscope.v1 import models_pb2
-from sdk import formats
+from kernelscope import formats
 from sdk.errors import ModelSourceError
 from sdk.model_source import prepare
 

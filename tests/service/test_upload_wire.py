@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from kernelscope.v1 import datasets_pb2, models_pb2, worker_pb2
 
 import sdk
-from sdk import chunks as sdk_chunks
+from kernelscope import chunks as wire_chunks
 from service import uploads
 from service.server import upload_methods
 from tests.service.helpers import onnx_bytes, rpc_error, sha256, stored_files, upload_model
@@ -37,7 +37,7 @@ def test_a_lone_chunk_is_a_view_of_the_received_bytes(size: int, request_type: A
     view = uploads.chunk_view(data)
     assert view is not None and bytes(view) == payload
     assert view.obj is data  # no copy
-    assert sdk_chunks.encode(payload) == data  # what the SDK sends is the same wire format
+    assert wire_chunks.encode(payload) == data  # what the SDK sends is the same wire format
 
 
 @pytest.mark.parametrize(
@@ -89,7 +89,7 @@ def test_the_interceptor_covers_exactly_the_three_upload_methods() -> None:
             self.method = method
 
     swapped = interceptor.intercept_service(lambda _: plain, Details("/kernelscope.v1.KernelScope/UploadModel"))
-    assert isinstance(swapped.request_deserializer(sdk_chunks.encode(b"xyz")), memoryview)
+    assert isinstance(swapped.request_deserializer(wire_chunks.encode(b"xyz")), memoryview)
     other = interceptor.intercept_service(lambda _: plain, Details("/kernelscope.v1.KernelScope/GetModel"))
     assert other is plain
     assert interceptor.intercept_service(lambda _: None, Details("/kernelscope.v1.KernelScope/UploadModel")) is None
@@ -106,12 +106,12 @@ def test_sdk_uploads_reach_the_store_through_the_fast_path(kernelscope_server, m
         return view
 
     monkeypatch.setattr(uploads, "chunk_view", counting)
-    data = onnx_bytes(padding=int(2.5 * sdk_chunks.CHUNK_BYTES))
+    data = onnx_bytes(padding=int(2.5 * wire_chunks.CHUNK_BYTES))
     with sdk.Client(kernelscope_server.address) as client:
         model = client.upload_model(data, format="onnx", input_spec={"shape": [3, 4, 8, 8]}, name="m")
         # the same bytes and header as protobuf-built messages (any other client) are the same record
         assert upload_model(kernelscope_server.stub(), data, name="m").id == model.id
-    assert decoded[:3] == [sdk_chunks.CHUNK_BYTES, sdk_chunks.CHUNK_BYTES, len(data) - 2 * sdk_chunks.CHUNK_BYTES]
+    assert decoded[:3] == [wire_chunks.CHUNK_BYTES, wire_chunks.CHUNK_BYTES, len(data) - 2 * wire_chunks.CHUNK_BYTES]
     assert model.sha256 == sha256(data) and model.size_bytes == len(data)
     blobs = stored_files(kernelscope_server.config.data_dir)["blobs"]
     assert [b.read_bytes() == data for b in blobs] == [True]
@@ -245,7 +245,7 @@ def test_writes_are_pushed_to_disk_as_they_arrive_and_the_blob_is_intact(tmp_pat
     step = defaults.WRITE_BEHIND_BYTES
     data = os.urandom(2 * step + 3 * (1 << 20))
     store = BlobStore(tmp_path)
-    with store.stage(sdk_chunks.pieces(data), limit=len(data), expected_sha256=sha256(data)) as staged:
+    with store.stage(wire_chunks.pieces(data), limit=len(data), expected_sha256=sha256(data)) as staged:
         assert staged.path.read_bytes() == data
         store.commit(staged)
     assert started == [(0, step), (step, step)]

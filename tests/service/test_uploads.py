@@ -112,7 +112,7 @@ def test_bytes_past_the_declared_size_are_refused_while_the_client_still_streams
 
 def onnx_bundle_bytes() -> bytes:
     """An ONNX bundle as the SDK writes it: the .onnx first, then its data file."""
-    from sdk import formats
+    from kernelscope import formats
 
     buffer = io.BytesIO()
     formats.onnx_bundle(buffer, "model.onnx", onnx_bytes(), {"model.onnx.data": bytes(64)})

@@ -395,7 +395,7 @@ def _externalised(good: dict[str, Path], location: str) -> tuple[onnx.ModelProto
 
 
 def _bundle(path: Path, model: onnx.ModelProto, files: dict[str, bytes]) -> Path:
-    from sdk import formats
+    from kernelscope import formats
 
     with open(path, "wb") as out:
         formats.onnx_bundle(out, "m.onnx", model.SerializeToString(), files)

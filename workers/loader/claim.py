@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sdk import formats as content
+from kernelscope import formats as content
 from workers.archive import ArchiveListing, check_archive
 from workers.errors import ModelRejected
 from workers.loader.pickles import _pickle_globals, _refuse_pickle, _scan_torch_save
@@ -27,13 +27,13 @@ def _format_name(format: Any) -> str:
 
 
 def _sniff(path: Path) -> str:
-    """The kind of file at `path`, from its first bytes (sdk.formats.head_kind: the SDK's and the service's rules)."""
+    """The kind of file at `path`, from its first bytes (kernelscope.formats.head_kind: the SDK's and the service's rules)."""
     with open(path, "rb") as f:
         return content.head_kind(f.read(content.HEAD_BYTES), path.stat().st_size)
 
 
 def _zip_kind(listing: ArchiveListing) -> str:
-    """The kind of a checked zip archive, from its entry names (sdk.formats.zip_kind)."""
+    """The kind of a checked zip archive, from its entry names (kernelscope.formats.zip_kind)."""
     return content.zip_kind(listing.names)
 
 
@@ -55,7 +55,7 @@ _NOT_WHAT = {
 def _check_claim(path: Path, fmt: str) -> None:
     """Refuse a file whose bytes are not the format it was uploaded as (or that is a pickled module).
 
-    Kinds and the format each is uploaded as are sdk.formats'; an unrecognisable file uploaded as ONNX goes on
+    Kinds and the format each is uploaded as are kernelscope.formats'; an unrecognisable file uploaded as ONNX goes on
     to the ONNX parser, which says whether it is truncated or no protobuf at all.
     """
     kind = _sniff(path)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sdk import formats as content
+from kernelscope import formats as content
 from workers.archive import ArchiveListing, check_archive, is_zip
 from workers.errors import BadOptions, ModelRejected, first_line
 from workers.input_spec import InputSpec
@@ -119,7 +119,7 @@ def _onnx_bytes(path: Path) -> bytes:
 
 
 def _inline_bundle(path: Path, listing: ArchiveListing) -> bytes:
-    """An ONNX bundle's model (sdk.formats) with every external tensor's data read from the bundle's own entries.
+    """An ONNX bundle's model (kernelscope.formats) with every external tensor's data read from the bundle's own entries.
 
     A location must be a plain relative name (no '..', no absolute path, no drive) that is a regular-file entry
     of the bundle, other than the model; a bundle holding a symbolic link is refused whole. Nothing is extracted
