@@ -15,13 +15,14 @@ from typing import Any, Callable
 
 import grpc
 
-from service.errors import ServiceError, abort, handler_kind, resource_exhausted
+from service.errors import ServiceError, abort, resource_exhausted
+from service.interceptor import Behaviour, MethodInterceptor
 
 # tenant_of(context): the calling tenant, or a ServiceError for a caller without a valid token.
 TenantOf = Callable[[grpc.ServicerContext], str]
 
 
-class Admission(grpc.ServerInterceptor):
+class Admission(MethodInterceptor):
     """Counts each tenant's calls to the methods under `prefix` and refuses those over its caps.
 
     Calls without a valid token pass through uncounted: the method itself refuses them before
@@ -87,18 +88,11 @@ class Admission(grpc.ServerInterceptor):
         except ServiceError:
             return None
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(handler_call_details)
-        method: str = handler_call_details.method  # type: ignore[attr-defined]
-        if handler is None or not method.startswith(self._prefix):
-            return handler
+    def applies(self, method: str, handler: grpc.RpcMethodHandler) -> bool:
+        return method.startswith(self._prefix)
+
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler, behaviour: Behaviour) -> Behaviour:
         streaming = bool(handler.request_streaming or handler.response_streaming)
-        kind = handler_kind(handler)
-        behaviour = getattr(handler, kind)
 
         def admit(context: grpc.ServicerContext) -> Callable[[], None]:
             tenant = self._tenant(context)
@@ -128,7 +122,7 @@ class Admission(grpc.ServerInterceptor):
                 finally:
                     release()
 
-        return handler._replace(**{kind: run})  # type: ignore[attr-defined]
+        return run
 
 
 def _nothing() -> None:

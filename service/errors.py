@@ -24,6 +24,8 @@ from typing import Any, Callable, Iterator, TypeVar
 import grpc
 import redis.exceptions
 
+from service.interceptor import Behaviour, MethodInterceptor
+
 log = logging.getLogger(__name__)
 
 REASON_METADATA_KEY = "kernelscope-reason"
@@ -136,12 +138,7 @@ class Undecodable:
         )
 
 
-def handler_kind(handler: grpc.RpcMethodHandler) -> str:
-    """The handler's behaviour attribute ("unary_unary", "stream_unary", ...), which an interceptor wraps."""
-    return ("stream_" if handler.request_streaming else "unary_") + ("stream" if handler.response_streaming else "unary")
-
-
-class UndecodableRequests(grpc.ServerInterceptor):
+class UndecodableRequests(MethodInterceptor):
     """Answers requests that do not parse with INVALID_ARGUMENT (BAD_MESSAGE), not gRPC's INTERNAL.
 
     gRPC turns a deserializer's exception into INTERNAL "Exception deserializing request!", which
@@ -153,15 +150,10 @@ class UndecodableRequests(grpc.ServerInterceptor):
     def __init__(self, prefix: str) -> None:
         self._prefix = prefix
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(handler_call_details)
-        method: str = handler_call_details.method  # type: ignore[attr-defined]
-        if handler is None or handler.request_deserializer is None or not method.startswith(self._prefix):
-            return handler
+    def applies(self, method: str, handler: grpc.RpcMethodHandler) -> bool:
+        return handler.request_deserializer is not None and method.startswith(self._prefix)
+
+    def replace(self, method: str, handler: grpc.RpcMethodHandler) -> dict[str, Any]:
         deserialize = handler.request_deserializer
 
         def tolerant(data: bytes) -> Any:
@@ -170,8 +162,9 @@ class UndecodableRequests(grpc.ServerInterceptor):
             except Exception as exc:  # noqa: BLE001 - whatever the parser raises, the bytes are bad
                 return Undecodable(method, exc)
 
-        kind = handler_kind(handler)
-        behaviour = getattr(handler, kind)
+        return {"request_deserializer": tolerant}
+
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler, behaviour: Behaviour) -> Behaviour:
         if handler.request_streaming:
 
             def checked(requests: Iterator[Any]) -> Iterator[Any]:
@@ -190,4 +183,4 @@ class UndecodableRequests(grpc.ServerInterceptor):
                     abort(context, request.error)
                 return behaviour(request, context)
 
-        return handler._replace(request_deserializer=tolerant, **{kind: run})  # type: ignore[attr-defined]
+        return run

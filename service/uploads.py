@@ -23,6 +23,7 @@ import grpc
 from grpc._cython import cygrpc
 
 from service import errors
+from service.interceptor import Behaviour, MethodInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -94,25 +95,20 @@ def chunk_deserializer(message_type: Any) -> Callable[[bytes], Any]:
     return deserialize
 
 
-class ChunkViews(grpc.ServerInterceptor):
+class ChunkViews(MethodInterceptor):
     """Swaps in `chunk_deserializer` for the upload methods (full method name -> request message type)."""
 
     def __init__(self, methods: Mapping[str, Any]) -> None:
         self._deserializers = {name: chunk_deserializer(message_type) for name, message_type in methods.items()}
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(handler_call_details)
-        deserializer = self._deserializers.get(handler_call_details.method)  # type: ignore[attr-defined]
-        if handler is None or deserializer is None or not handler.request_streaming:
-            return handler
-        return handler._replace(request_deserializer=deserializer)  # type: ignore[attr-defined]
+    def applies(self, method: str, handler: grpc.RpcMethodHandler) -> bool:
+        return method in self._deserializers and handler.request_streaming
+
+    def replace(self, method: str, handler: grpc.RpcMethodHandler) -> dict[str, Any]:
+        return {"request_deserializer": self._deserializers[method]}
 
 
-class IdleStreams(grpc.ServerInterceptor):
+class IdleStreams(MethodInterceptor):
     """Ends upload calls (the full method names in `methods`) that wait longer than `timeout` seconds for
     their next message.
 
@@ -169,22 +165,14 @@ class IdleStreams(grpc.ServerInterceptor):
         while not stopped.wait(interval):
             self.end_idle()
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(handler_call_details)
-        method: str = handler_call_details.method  # type: ignore[attr-defined]
-        if handler is None or not handler.request_streaming or method not in self._methods:
-            return handler
-        kind = errors.handler_kind(handler)
-        behaviour = getattr(handler, kind)
+    def applies(self, method: str, handler: grpc.RpcMethodHandler) -> bool:
+        return bool(handler.request_streaming) and method in self._methods
 
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler, behaviour: Behaviour) -> Behaviour:
         def run(requests: Iterable[Any], context: grpc.ServicerContext) -> Any:
             return behaviour(self.watch(requests, method, context), context)
 
-        return handler._replace(**{kind: run})  # type: ignore[attr-defined]
+        return run
 
 
 def _end(context: grpc.ServicerContext, code: grpc.StatusCode, details: str) -> None:
