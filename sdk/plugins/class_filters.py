@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sdk import charts, metrics
+from sdk import metrics
+from sdk.report import charts
 from sdk.metrics import Extractor, Metric
 from sdk.plugins.base import Figures, Plugin, Summary, Verdict
 from sdk.plugins.summaries import difference, mean, percent, ratio

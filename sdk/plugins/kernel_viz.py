@@ -16,7 +16,8 @@ import re
 from html import escape
 from typing import Any, Callable, Iterable
 
-from sdk import charts, metrics
+from sdk import metrics
+from sdk.report import charts
 from sdk.metrics import Extractor, Metric
 from sdk.plugins.base import Figures, Plugin, Summary, Verdict
 from sdk.plugins.summaries import ARROWS, arrow, compass, layer_agreement, layer_names, mean, median, pick_layers
@@ -38,9 +39,15 @@ def _channels(s: Summary, layer: str | None) -> list[dict[str, Any]]:
     return [c for entry in pick_layers(s, layer) for c in entry.get("channels", [])]
 
 
+def _live(channels: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The channels that are not dead: the only ones whose motion and activation mean anything (metrics, findings,
+    verdicts and the section all count from these)."""
+    return [c for c in channels if not c.get("dead")]
+
+
 def _over_live(field: str, reduce: Callable[[Iterable[float | None]], float | None]) -> Extractor:
     """`reduce` of one per-channel field over the channels that are not dead."""
-    return lambda s, layer: reduce(c.get(field) for c in _channels(s, layer) if not c.get("dead"))
+    return lambda s, layer: reduce(c.get(field) for c in _live(_channels(s, layer)))
 
 
 _KV = dict(per_layer=True, layers=layer_names)
@@ -72,7 +79,7 @@ metrics.metric(_METRICS, "kernel_viz.mean_reconstruction_error", "Mean over live
 
 @metrics.metric(_METRICS, "kernel_viz.moving_share", "Share of live channels whose motion is significant (direction and speed reported; noise and static patterns are not).", None, **_KV)
 def _moving_share(s: Summary, layer: str | None) -> float | None:
-    live = [c for c in _channels(s, layer) if not c.get("dead")]
+    live = _live(_channels(s, layer))
     return sum(c.get("direction_deg") is not None for c in live) / len(live) if live else None
 
 
@@ -104,7 +111,7 @@ def _figures(summary: Summary) -> Figures:
     layers = []
     for entry in summary.get("layers") or []:
         channels = entry.get("channels") or []
-        live = [c for c in channels if not c.get("dead")]
+        live = _live(channels)
         moving = [c for c in live if c.get("direction_deg") is not None and c.get("speed_px_per_frame") is not None]
         sectors: dict[str, int] = {}
         for c in moving:
@@ -151,7 +158,7 @@ def _verdicts(s: Summary) -> list[Verdict]:
     for layer in s.get("layers", []):
         channels = layer.get("channels", [])
         dead = [c for c in channels if c.get("dead")]
-        live = [c for c in channels if not c.get("dead")]
+        live = _live(channels)
         moving = [c for c in live if c.get("direction_deg") is not None]
         text = f"{layer.get('name')}: {len(live)} of {len(channels)} channels live" + (f", {len(dead)} dead" if dead else "")
         if moving:
@@ -183,7 +190,7 @@ def _section(outcome: "TaskOutcome", assets: Assets) -> str:
     for layer in s.get("layers", []):
         name = str(layer.get("name"))
         channels = layer.get("channels", [])
-        live = [c for c in channels if not c.get("dead")]
+        live = _live(channels)
         dead = [int(c.get("index", -1)) for c in channels if c.get("dead")]
         timing = layer.get("timing") or {}
         folder = f"kernel_viz/{_path_component(name)}"

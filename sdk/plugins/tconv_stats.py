@@ -15,7 +15,8 @@ from html import escape
 from pathlib import PurePosixPath
 from typing import Any, Callable
 
-from sdk import charts, metrics
+from sdk import metrics
+from sdk.report import charts
 from sdk.metrics import Extractor, Metric
 from sdk.plugins.base import Figures, Plugin, Summary, Verdict
 from sdk.plugins.summaries import arrow, compass, layer_agreement, layer_names, percent, pick_layers
@@ -187,6 +188,17 @@ def _lines(figures: Figures) -> list[str]:
 # ---------------------------------------------------------------------- verdicts
 
 
+def _fits(layer: dict[str, Any]) -> int:
+    """How many filters of a fitted Conv3d layer were fitted (all-zero filters are not)."""
+    return int((((layer.get("residual") or {}).get("plain") or {}).get("count")) or 0)
+
+
+def _explained(layer: dict[str, Any], variant: str) -> int:
+    """How many of those the 3T model explains below the threshold (plain fit, or with per-slice gains): the count
+    the layer's verdict in its section and the pooled verdict at the top of the page both state."""
+    return round(((layer.get("explainable_share") or {}).get(variant) or 0.0) * _fits(layer))
+
+
 def _verdicts(s: Summary) -> list[Verdict]:
     """The fitted layers pooled into one verdict, one per 3TConv layer, and one naming the layers not analysed."""
     layers = s.get("layers", [])
@@ -198,11 +210,10 @@ def _verdicts(s: Summary) -> list[Verdict]:
         best: float | None = None
         for layer in fitted:
             plain = (layer.get("residual") or {}).get("plain") or {}
-            count = int(plain.get("count") or 0)
-            share = layer.get("explainable_share") or {}
+            count = _fits(layer)
             total += count
-            explained += round((share.get("plain") or 0.0) * count)
-            gained += round((share.get("gain") or 0.0) * count)
+            explained += _explained(layer, "plain")
+            gained += _explained(layer, "gain")
             zero += int(layer.get("zero_filters") or 0)
             if plain.get("min") is not None:
                 best = plain["min"] if best is None else min(best, plain["min"])
@@ -340,14 +351,13 @@ _TCONV_NOTES = {
 
 
 def _tconv_layer_verdict(layer: dict[str, Any], threshold: Any) -> list[str]:
+    """The one-line verdict under a layer's heading in the section (the top of the page pools the fitted layers)."""
     if layer.get("analysed") is False:
         return [f"Not analysed: {layer.get('note', layer.get('kind'))}."]
     if layer.get("kind") != "Conv3d-fit":
         return []
     plain = (layer.get("residual") or {}).get("plain") or {}
-    count = int(plain.get("count") or 0)
-    explained = round(((layer.get("explainable_share") or {}).get("plain") or 0.0) * count)
-    return [f"{explained} of {count} fitted filters 3T-explainable; best residual {fmt(plain.get('min'), 2)}, threshold {fmt(threshold)}."]
+    return [f"{_explained(layer, 'plain')} of {_fits(layer)} fitted filters 3T-explainable; best residual {fmt(plain.get('min'), 2)}, threshold {fmt(threshold)}."]
 
 
 def _summary_table(stats: dict[str, Any]) -> str:

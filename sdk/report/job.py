@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 
 def job_overview(result: "Result", state: str, record: Any = None) -> str:
+    """The job's facts, each task's status, and the headline (whole-model) gate metrics with what they mean."""
     job = result.job
     times = {}
     for key in ("create_time", "start_time", "end_time"):
@@ -44,6 +45,7 @@ def job_overview(result: "Result", state: str, record: Any = None) -> str:
 
 
 def verdict_list(found: list[Verdict]) -> str:
+    """The verdicts as a list marked by level, so a reader sees what went wrong before any table."""
     marks = {"ok": "✔", "note": "•", "bad": "✖"}
     items = "".join(
         f'<li class="verdict {v.level}" data-level="{v.level}" data-task="{escape(v.task)}"><span class="mark">{marks.get(v.level, "•")}</span> <strong>{escape(v.task)}</strong>: {escape(v.text)}</li>'
@@ -100,6 +102,7 @@ def _spec_warning(spec: Any) -> str:
 
 
 def model_section(result: "Result", description: Any, record: Any = None) -> str:
+    """The model's record, the input spec the job used (or a warning that it had none), and its layer inventory."""
     out = ""
     if record is not None:
         from kernelscope.v1 import models_pb2
@@ -169,6 +172,7 @@ def description_for(result: "Result", given: Any) -> Any:
 
 
 def state_name(result: "Result") -> str:
+    """The job's state as the API names it (SUCCEEDED, FAILED, ...)."""
     from kernelscope.v1 import jobs_pb2
 
     return jobs_pb2.JobState.Name(result.job.state)

@@ -5,7 +5,7 @@
 Why one file: reports are attached to CI runs and mailed around, so every image is embedded as a
 data: URI (embed=False writes them beside the page, in <name>_files/, for very large jobs) and the
 page fetches nothing from the network: its CSS, its table sorting and its charts (inline SVG drawn
-from the summaries, see sdk.charts) are all in the page. A small script marks the page once it has
+from the summaries, see sdk.report.charts) are all in the page. A small script marks the page once it has
 loaded (<body data-images-checked, data-images, data-broken-images>) so a headless browser can tell
 that every image decoded. Each task's section comes from its plugin (sdk.plugins); a task without
 one (a newer service's) is shown as its summary's scalars.

@@ -16,9 +16,8 @@ from typing import Any
 import pytest
 
 from kernelscope.v1 import jobs_pb2, models_pb2
-from sdk import charts
 from sdk.errors import NotFound
-from sdk.report import write_report
+from sdk.report import charts, write_report
 from sdk.result import Result
 from tests.sdk.test_gate import class_filters_summary
 
