@@ -56,6 +56,13 @@ def test_the_sdk_has_a_plugin_for_every_task_and_no_other() -> None:
         assert (ROOT / "sdk" / "plugins" / f"{name}.py").is_file(), f"the {name} plugin is not in sdk/plugins/{name}.py"
 
 
+def test_a_task_without_its_plugin_module_is_named_with_the_file_to_write() -> None:
+    from sdk import plugins
+
+    with pytest.raises(RuntimeError, match=r"task 'no_such_task' of tasks.proto has no SDK plugin: write sdk/plugins/no_such_task.py"):
+        plugins._load("no_such_task")
+
+
 @pytest.mark.parametrize("name", catalogue.NAMES)
 def test_the_sdk_has_a_schema_and_options_for_every_task(name: str) -> None:
     from sdk import plugins, schemas, tasks
