@@ -18,45 +18,15 @@ from google.protobuf.message import Message
 
 from kernelscope import catalogue
 from kernelscope.v1 import tasks_pb2
+from sdk import plugins
 from sdk.errors import InvalidArgument
 
 OPTIONS_BY_TASK: dict[str, type[Message]] = {name: entry.options for name, entry in catalogue.TASKS.items()}
 # The analyses (every task but describe), from the task catalogue.
 TASK_NAMES: tuple[str, ...] = catalogue.ANALYSES
-# Each task's options and what an unset one means (the proto documents the same defaults; a test holds them equal),
-# for `kernelscope analyze --help` and for the error that names a misspelled option.
-OPTION_DEFAULTS: dict[str, dict[str, str]] = {
-    "kernel_viz": {
-        "layers": "every convolution layer",
-        "channels": "all channels",
-        "steps": "256",
-        "seed": "0",
-        "objective": "NEURON (or CHANNEL)",
-        "canvas": "receptive field plus jitter margin",
-        "tv_weight": "0.1",
-    },
-    "tconv_stats": {
-        "layers": "every 3D convolution",
-        "fit_conv3d": "true",
-        "residual_threshold": "0.2",
-        "restarts": "4",
-        "fit_steps": "200",
-        "seed": "0",
-        "identity_tolerance": "0.05",
-    },
-    "class_filters": {
-        "layer": "the input of the last Linear layer",
-        "k": "5",
-        "mass_coverage": "0.9",
-        "accuracy_retention": "0.99",
-        "ranking": "contribution (or frequency)",
-        "mi_estimator": "binned (or knn)",
-        "bootstrap": "20",
-        "seed": "0",
-        "fit_fraction": "0.7",
-    },
-    "describe": {},
-}
+# Each task's options and what an unset one means (its plugin's option_defaults; the proto documents the same defaults,
+# a test holds them equal), for `kernelscope analyze --help` and for the error that names a misspelled option.
+OPTION_DEFAULTS: dict[str, dict[str, str]] = {name: dict(plugins.get(name).option_defaults) for name in catalogue.NAMES}
 
 TaskSpec = Any
 

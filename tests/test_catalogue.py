@@ -47,35 +47,57 @@ def test_the_workers_implement_every_task_and_no_other() -> None:
         assert callable(tasks.get(name))
 
 
+def test_the_sdk_has_a_plugin_for_every_task_and_no_other() -> None:
+    from sdk import plugins
+
+    assert tuple(plugins.PLUGINS) == catalogue.NAMES, "every catalogue task needs sdk/plugins/<name>.py"
+    for name, plugin in plugins.PLUGINS.items():
+        assert plugin.name == name
+        assert (ROOT / "sdk" / "plugins" / f"{name}.py").is_file(), f"the {name} plugin is not in sdk/plugins/{name}.py"
+
+
+def test_a_task_without_its_plugin_module_is_named_with_the_file_to_write() -> None:
+    from sdk import plugins
+
+    with pytest.raises(RuntimeError, match=r"task 'no_such_task' of tasks.proto has no SDK plugin: write sdk/plugins/no_such_task.py"):
+        plugins._load("no_such_task")
+
+
 @pytest.mark.parametrize("name", catalogue.NAMES)
 def test_the_sdk_has_a_schema_and_options_for_every_task(name: str) -> None:
-    from sdk import schemas, tasks
+    from sdk import plugins, schemas, tasks
 
     entry = catalogue.TASKS[name]
     assert schemas.VERSIONS[name] == entry.schema_version
     assert schemas.load(name)["$id"].endswith(f"/{name}/v{entry.schema_version}.json")
     assert tasks.OPTIONS_BY_TASK[name] is entry.options
+    assert tasks.OPTION_DEFAULTS[name] == dict(plugins.get(name).option_defaults)
     if entry.analysis:
         assert set(tasks.OPTION_DEFAULTS[name]) <= {f.name for f in entry.options.DESCRIPTOR.fields}
 
 
 @pytest.mark.parametrize("name", catalogue.ANALYSES)
 def test_every_analysis_has_its_report_section_findings_and_gate_metrics(name: str) -> None:
-    from sdk import findings, metrics, report
+    from sdk import metrics, plugins, report
 
+    plugin = plugins.get(name)
     assert report.TASK_TITLES[name] == catalogue.TASKS[name].title
-    assert name in report._RENDERERS and name in report._VERDICTS
-    assert name in findings._READERS and name in findings._WRITERS
-    assert metrics.names(name), f"no gate metric reads {name}"
+    assert plugin.section is not None and plugin.verdicts is not None, f"the {name} plugin has no report section or verdicts"
+    assert plugin.figures is not None and plugin.lines is not None, f"the {name} plugin has no findings"
+    assert plugin.metrics and all(m.task == name for m in plugin.metrics)
+    assert metrics.names(name) == [m.name for m in plugin.metrics], f"no gate metric reads {name}"
 
 
 def test_the_readme_lists_the_files_a_new_task_touches() -> None:
     readme = (ROOT / "README.md").read_text()
     section = readme.split("### Adding a task", 1)[1].split("\n## ", 1)[0]
     listed = re.findall(r"`([\w/.<>-]+)`", section)
-    for path in ("proto/kernelscope/v1/tasks.proto", "workers/tasks.py", "sdk/schemas/<name>.v1.json", "sdk/tasks.py",
-                 "sdk/report.py", "sdk/findings.py", "sdk/metrics.py"):
+    for path in ("proto/kernelscope/v1/tasks.proto", "workers/<name>/", "workers/tasks.py", "sdk/schemas/<name>.v1.json", "sdk/plugins/<name>.py"):
         assert path in listed, f"README's 'Adding a task' does not list {path}"
-    for name in catalogue.ANALYSES:  # and each listed file does hold every analysis today
-        for path in ("workers/tasks.py", "sdk/tasks.py", "sdk/report.py", "sdk/findings.py"):
-            assert f'"{name}"' in (ROOT / path).read_text(), f"{path} has nothing for {name}"
+    for path in ("sdk/tasks.py", "sdk/report.py", "sdk/findings.py", "sdk/metrics.py"):  # read the plugins now: a new task does not touch them
+        assert path not in listed, f"README's 'Adding a task' still lists {path}"
+    for name in catalogue.NAMES:  # and each listed file does hold every task today
+        assert f"{name} = " in (ROOT / "proto/kernelscope/v1/tasks.proto").read_text(), f"tasks.proto has no Task.{name}"
+        assert (ROOT / "sdk" / "schemas" / f"{name}.v1.json").is_file(), f"sdk/schemas/{name}.v1.json is missing"
+        assert (ROOT / "sdk" / "plugins" / f"{name}.py").is_file(), f"sdk/plugins/{name}.py is missing"
+        assert f'"{name}"' in (ROOT / "workers/tasks.py").read_text(), f"workers/tasks.py has nothing for {name}"

@@ -365,7 +365,7 @@ def test_relative_check_without_baseline_is_skipped_not_passed_silently() -> Non
 
 
 def test_regression_from_zero_is_infinitely_worse() -> None:
-    from sdk.gate import _regression
+    from sdk.gate.judge import _regression
 
     assert _regression("lower", 3.0, 0.0) == math.inf
     assert _regression("lower", 0.0, 0.0) == 0.0
@@ -568,7 +568,7 @@ def test_the_gate_page_leads_with_the_verdict_and_labels_both_models(failing_rep
 
 
 def test_annotation_escaping() -> None:
-    from sdk.gate import _escape_data, _escape_property
+    from sdk.gate.annotations import _escape_data, _escape_property
 
     assert _escape_data("50% off\nnext") == "50%25 off%0Anext"
     assert _escape_property("a: b, c") == "a%3A b%2C c"
@@ -687,7 +687,7 @@ def test_progress_lines_follow_each_stage_without_flooding_the_log() -> None:
     """One line per change of state, task or stage, or per 10 % within a stage; the end of each job; both jobs."""
     import io
 
-    from sdk.gate import _await
+    from sdk.gate.run import _await
 
     def job(state: int, task: str = "", stage: str = "", fraction: float = 0.0) -> jobs_pb2.Job:
         update = jobs_pb2.Job(id="job_x", state=state)

@@ -16,9 +16,8 @@ from typing import Any
 import pytest
 
 from kernelscope.v1 import jobs_pb2, models_pb2
-from sdk import charts
 from sdk.errors import NotFound
-from sdk.report import write_report
+from sdk.report import charts, write_report
 from sdk.result import Result
 from tests.sdk.test_gate import class_filters_summary
 
@@ -470,9 +469,9 @@ def test_tconv_verdicts_for_3tconv_and_unanalysed_layers() -> None:
 
 
 def test_embedded_download_links_stop_at_a_total_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import sdk.report
+    import sdk.report.artifacts
 
-    monkeypatch.setattr(sdk.report, "_LINK_INLINE_TOTAL", 150)
+    monkeypatch.setattr(sdk.report.artifacts, "_LINK_INLINE_TOTAL", 150)
     blobs = {f"class_filters/part{i}.npz": bytes([i]) * 60 for i in range(4)}
     job, files = make_job({"class_filters": (class_filters_summary(), blobs)})
     html = write_report([Result(job, FakeClient(files, description()))], tmp_path / "r.html").read_text()  # type: ignore[arg-type]
