@@ -60,9 +60,22 @@ MEDIA_TYPES = {
 def run(spec: dict[str, Any]) -> dict[str, Any]:
     """Run every task of the job described by `spec` (a JobSpec as JSON); return its JobManifest as JSON.
 
-    The horse (this process) keeps the service connection and the worker token; the model is loaded and the
-    tasks run in a sandboxed model process (workers/sandbox.py), which hands back summaries and progress over
-    a pipe and leaves its artifacts in its scratch directory for the horse to upload once it has exited.
+    A job RQ stops at its timeout returns a manifest that says so (kernelscope.contract.timed_out): the
+    sandbox has killed the model process by then, and nothing is uploaded.
+    """
+    from rq.timeouts import JobTimeoutException
+
+    try:
+        return _run(spec)
+    except JobTimeoutException as exc:
+        return contract.to_json(contract.timed_out(exc))
+
+
+def _run(spec: dict[str, Any]) -> dict[str, Any]:
+    """The job, to its manifest. The horse (this process) keeps the service connection and the worker token;
+    the model is loaded and the tasks run in a sandboxed model process (workers/sandbox.py), which hands back
+    summaries and progress over a pipe and leaves its artifacts in its scratch directory for the horse to upload
+    once it has exited.
     """
     import grpc
     import rq
