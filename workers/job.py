@@ -4,11 +4,11 @@ It runs in RQ's forked work-horse. The horse fetches the model (and dataset) thr
 (verified against their hashes), then forks a sandboxed model process (workers/sandbox.py: no secrets, no
 network, only its scratch directory writable, resource limits) which loads the model, runs each task
 through `perform` (its Analysis, found by workers.tasks) and sends the results back over a pipe; the horse,
-which alone holds the worker token, uploads each task's artifacts and returns a JobManifest (worker.proto, as JSON through
-kernelscope.contract, with a `sandbox` field naming the layers that were active) for the JobSpec it was
-given. Errors a user caused are recorded in the manifest with their gRPC
-code and reason (google.longrunning semantics: execution errors live inside the job); only a bug or a
-crash of the horse itself makes the RQ job fail.
+which alone holds the worker token, uploads each task's artifacts and returns a JobManifest (worker.proto,
+as JSON through kernelscope.contract, with a `sandbox` field naming the layers that were active) for the
+JobSpec it was given. Errors a user caused, and a job stopped at its timeout, are recorded in the manifest
+with their gRPC code and reason (google.longrunning semantics: execution errors live inside the job); only
+a bug or a crash of the horse itself makes the RQ job fail.
 """
 
 from __future__ import annotations
