@@ -88,9 +88,9 @@ def stem(args: argparse.Namespace) -> None:
 def model(args: argparse.Namespace) -> None:
     from workers.context import TaskContext
     from workers.input_spec import InputSpec
+    from workers.job import perform
     from workers.model import LoadedModel
     from workers.samples.zoo import video_resnet
-    from workers.tasks import get
 
     torch.manual_seed(args.seed)
     net = video_resnet.r3d_18(400, width=64).eval().to(args.device)
@@ -103,8 +103,8 @@ def model(args: argparse.Namespace) -> None:
             stages.append((stage, time.perf_counter() - started))
 
     with tempfile.TemporaryDirectory() as out:
-        ctx = TaskContext(model=LoadedModel.from_module(net, spec), options={}, out_dir=Path(out), progress=progress)
-        summary, total = _timed(lambda: get("tconv_stats")(ctx))
+        ctx = TaskContext(model=LoadedModel.from_module(net, spec), out_dir=Path(out), progress=progress)
+        summary, total = _timed(lambda: perform("tconv_stats", ctx, {}))
         json_bytes = (Path(out) / "tconv_stats" / "tconv_stats.json").stat().st_size
     fitted = [layer for layer in summary["layers"] if layer["kind"] == "Conv3d-fit"]
     filters = sum(layer["filters"] for layer in fitted)

@@ -84,14 +84,13 @@ def apply_manifest(job: jobs_pb2.Job, raw: Any) -> None:
 
 
 def apply_failure(job: jobs_pb2.Job, exc_string: str, horse_retries: int = 0) -> None:
-    """A job whose function raised (or was killed): WORKER_FAILED with the exception's last line, JOB_TIMEOUT,
-    WORKER_LOST when its worker died once too often (UNAVAILABLE: submitting it again may well work), or
-    WORK_HORSE_KILLED when a signal killed its work-horse after `horse_retries` runs again."""
+    """A job whose function raised (or was killed): WORKER_FAILED with the exception's last line, WORKER_LOST
+    when its worker died once too often (UNAVAILABLE: submitting it again may well work), or WORK_HORSE_KILLED
+    when a signal killed its work-horse after `horse_retries` runs again. (A job stopped at its timeout is not
+    here: its function returns a manifest saying so, kernelscope.contract.timed_out.)"""
     lines = [line for line in exc_string.strip().splitlines() if line.strip()]
     last = lines[-1].strip() if lines else "the worker failed without an exception"
-    if "JobTimeoutException" in exc_string:
-        set_error(job.error, "DEADLINE_EXCEEDED", "JOB_TIMEOUT", f"the job ran past its timeout: {last}")
-    elif (number := horse_signal(exc_string)) is not None:
+    if (number := horse_signal(exc_string)) is not None:
         _horse_killed(job, number, horse_retries)
     elif WORKER_LOST_MARK in exc_string or "AbandonedJobError" in exc_string:
         message = last.split(WORKER_LOST_MARK, 1)[-1].strip(" :") if WORKER_LOST_MARK in last else (

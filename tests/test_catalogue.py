@@ -1,9 +1,11 @@
 """The task catalogue (kernelscope.catalogue) is read from tasks.proto's Task oneof, and every layer that keeps
 a registry of its own per task covers exactly the catalogue's tasks. A task added to the proto without its
-TaskInfo, or without one of the files the README's "Adding a task" list names, fails here."""
+TaskInfo, or without one of the files the README's "Adding a task" list names (for the workers, the module
+workers/analyses/<name>.py), fails here."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -40,11 +42,19 @@ def test_the_service_reads_the_catalogue() -> None:
 
 def test_the_workers_implement_every_task_and_no_other() -> None:
     from workers import tasks
+    from workers.analysis import Analysis
+    from workers.options import TaskOptions
 
     assert tasks.NAMES == catalogue.NAMES
-    assert set(tasks._PROVIDERS) == set(catalogue.NAMES)
+    implemented = {path.stem for path in (ROOT / "workers" / "analyses").glob("*.py") if path.stem != "__init__"}
+    assert implemented == set(catalogue.NAMES), "workers/analyses/ needs one module per catalogue task, named as the task"
     for name in catalogue.NAMES:
-        assert callable(tasks.get(name))
+        analysis = tasks.get(name)
+        assert isinstance(analysis, Analysis) and analysis.name == name
+        assert issubclass(analysis.options, TaskOptions)
+        # The typed options are the proto message's fields: a field the worker did not read would be lost.
+        fields = {f.name for f in catalogue.TASKS[name].options.DESCRIPTOR.fields}
+        assert {f.name for f in dataclasses.fields(analysis.options)} == fields, name
 
 
 def test_the_sdk_has_a_plugin_for_every_task_and_no_other() -> None:
@@ -92,12 +102,13 @@ def test_the_readme_lists_the_files_a_new_task_touches() -> None:
     readme = (ROOT / "README.md").read_text()
     section = readme.split("### Adding a task", 1)[1].split("\n## ", 1)[0]
     listed = re.findall(r"`([\w/.<>-]+)`", section)
-    for path in ("proto/kernelscope/v1/tasks.proto", "workers/<name>/", "workers/tasks.py", "sdk/schemas/<name>.v1.json", "sdk/plugins/<name>.py"):
+    for path in ("proto/kernelscope/v1/tasks.proto", "workers/analyses/<name>.py", "sdk/schemas/<name>.v1.json", "sdk/plugins/<name>.py"):
         assert path in listed, f"README's 'Adding a task' does not list {path}"
-    for path in ("sdk/tasks.py", "sdk/report.py", "sdk/findings.py", "sdk/metrics.py"):  # read the plugins now: a new task does not touch them
+    # These read the catalogue, the analyses and the plugins now: a new task does not touch them.
+    for path in ("workers/tasks.py", "sdk/tasks.py", "sdk/report.py", "sdk/findings.py", "sdk/metrics.py"):
         assert path not in listed, f"README's 'Adding a task' still lists {path}"
     for name in catalogue.NAMES:  # and each listed file does hold every task today
         assert f"{name} = " in (ROOT / "proto/kernelscope/v1/tasks.proto").read_text(), f"tasks.proto has no Task.{name}"
+        assert (ROOT / "workers" / "analyses" / f"{name}.py").is_file(), f"workers/analyses/{name}.py is missing"
         assert (ROOT / "sdk" / "schemas" / f"{name}.v1.json").is_file(), f"sdk/schemas/{name}.v1.json is missing"
         assert (ROOT / "sdk" / "plugins" / f"{name}.py").is_file(), f"sdk/plugins/{name}.py is missing"
-        assert f'"{name}"' in (ROOT / "workers/tasks.py").read_text(), f"workers/tasks.py has nothing for {name}"

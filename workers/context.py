@@ -1,10 +1,10 @@
-"""What a task is handed: the model, the optional dataset, its options, where to write, how to report."""
+"""What a task is handed: the model, the optional dataset, the device, where to write, how to report."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
@@ -32,14 +32,15 @@ def full_float32() -> None:
 
 @dataclass
 class TaskContext:
-    """options: the task's options message as JSON (proto field names; unset fields absent).
+    """What the job hands every task: the model, the dataset, the device, a directory and a progress callback.
 
-    out_dir: every file a task writes under it becomes an artifact named by its relative path.
+    out_dir: every file a task writes under it becomes an artifact named by its relative path; an analysis
+    is handed its own directory, <task dir>/<task name> (workers.job.perform).
     progress(stage, fraction): fraction of this task done, in [0, 1]; cheap, call it often.
+    The task's options are not here: the job reads them into the analysis's typed TaskOptions.
     """
 
     model: LoadedModel
-    options: dict[str, Any]
     out_dir: Path
     dataset: Dataset | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -48,13 +49,3 @@ class TaskContext:
     def __post_init__(self) -> None:
         if torch.device(self.device).type == "cuda":
             full_float32()
-
-    def option(self, name: str, default: Any) -> Any:
-        """The option's value, or `default` when the caller left it unset (or empty)."""
-        value = self.options.get(name)
-        if value is None or value == "" or value == []:
-            return default
-        # proto3 JSON writes int64 fields (seeds) as strings: give them the default's type back.
-        if isinstance(value, str) and isinstance(default, (int, float)) and not isinstance(default, bool):
-            return type(default)(value)
-        return value

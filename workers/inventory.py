@@ -1,4 +1,4 @@
-"""The layer inventory (task `describe`, behind DescribeModel): what a user can name in a task.
+"""The layer inventory (task `describe`, workers.analyses.describe, behind DescribeModel): what a user can name in a task.
 
 For every analysable layer (every convolution and linear, workers.layers.kind: the rule every task
 uses): name (the module path tasks take), kind (Conv3d, Conv2d, TConv3d, Linear, ConvTranspose3d,
@@ -27,10 +27,8 @@ from torch import nn
 
 from workers import fields
 from workers import layers as layer_kinds
-from workers.context import TaskContext
 from workers.layers import CONV_KINDS, KINDS
 from workers.model import LoadedModel, frozen
-from workers.tasks import register
 
 # Random inputs united for the receptive-field probe.
 PROBE_SAMPLES = 4
@@ -60,12 +58,6 @@ class Layer:
             "parameters": int(self.parameters),
             "groups": int(self.groups),
         }
-
-
-@register("describe")
-def run(ctx: TaskContext) -> dict[str, Any]:
-    """The summary DescribeModel turns into a ModelDescription."""
-    return describe(ctx.model, device=ctx.device, progress=ctx.progress)
 
 
 def describe(

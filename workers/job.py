@@ -3,16 +3,17 @@
 It runs in RQ's forked work-horse. The horse fetches the model (and dataset) through the blob cache
 (verified against their hashes), then forks a sandboxed model process (workers/sandbox.py: no secrets, no
 network, only its scratch directory writable, resource limits) which loads the model, runs each task
-through the registry and sends the results back over a pipe; the horse, which alone holds the worker
-token, uploads each task's artifacts and returns a JobManifest (worker.proto, as JSON through
-kernelscope.contract, with a `sandbox` field naming the layers that were active) for the JobSpec it was
-given. Errors a user caused are recorded in the manifest with their gRPC
-code and reason (google.longrunning semantics: execution errors live inside the job); only a bug or a
-crash of the horse itself makes the RQ job fail.
+through `perform` (its Analysis, found by workers.tasks) and sends the results back over a pipe; the horse,
+which alone holds the worker token, uploads each task's artifacts and returns a JobManifest (worker.proto,
+as JSON through kernelscope.contract, with a `sandbox` field naming the layers that were active) for the
+JobSpec it was given. Errors a user caused, and a job stopped at its timeout, are recorded in the manifest
+with their gRPC code and reason (google.longrunning semantics: execution errors live inside the job); only
+a bug or a crash of the horse itself makes the RQ job fail.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import mimetypes
@@ -24,7 +25,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 from kernelscope import contract
 from kernelscope.v1 import jobs_pb2, tasks_pb2, worker_pb2
@@ -32,8 +33,11 @@ from kernelscope.v1 import jobs_pb2, tasks_pb2, worker_pb2
 from workers import defaults
 from workers.cache import BlobCache
 from workers.connection import ServiceConnection
-from workers.errors import TaskError, memory_error
+from workers.errors import DatasetUnusable, TaskError, memory_error
 from workers.progress import JobProgress, PipeProgress
+
+if TYPE_CHECKING:
+    from workers.context import TaskContext
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +60,22 @@ MEDIA_TYPES = {
 def run(spec: dict[str, Any]) -> dict[str, Any]:
     """Run every task of the job described by `spec` (a JobSpec as JSON); return its JobManifest as JSON.
 
-    The horse (this process) keeps the service connection and the worker token; the model is loaded and the
-    tasks run in a sandboxed model process (workers/sandbox.py), which hands back summaries and progress over
-    a pipe and leaves its artifacts in its scratch directory for the horse to upload once it has exited.
+    A job RQ stops at its timeout returns a manifest that says so (kernelscope.contract.timed_out): the
+    sandbox has killed the model process by then, and nothing is uploaded.
+    """
+    from rq.timeouts import JobTimeoutException
+
+    try:
+        return _run(spec)
+    except JobTimeoutException as exc:
+        return contract.to_json(contract.timed_out(exc))
+
+
+def _run(spec: dict[str, Any]) -> dict[str, Any]:
+    """The job, to its manifest. The horse (this process) keeps the service connection and the worker token;
+    the model is loaded and the tasks run in a sandboxed model process (workers/sandbox.py), which hands back
+    summaries and progress over a pipe and leaves its artifacts in its scratch directory for the horse to upload
+    once it has exited.
     """
     import grpc
     import rq
@@ -184,22 +201,13 @@ def _device() -> Any:
 
 
 def _run_task(task: tasks_pb2.Task, model: Any, dataset: Any, device: Any, out_dir: Path, progress: JobProgress) -> dict[str, Any]:
-    from workers import tasks as registry
     from workers.context import TaskContext
 
     started = time.monotonic()
     result: dict[str, Any] = {"task": task.name, "summary": None, "error": None}
     try:
-        fn = registry.get(task.name)
-        ctx = TaskContext(
-            model=model,
-            options=contract.task_options(task),
-            out_dir=out_dir,
-            dataset=dataset,
-            device=device,
-            progress=progress.report,
-        )
-        result["summary"] = fn(ctx)
+        ctx = TaskContext(model=model, out_dir=out_dir, dataset=dataset, device=device, progress=progress.report)
+        result["summary"] = perform(task.name, ctx, contract.task_options(task))
     except TaskError as exc:
         result["error"] = exc.to_dict()
     except Exception as exc:  # noqa: BLE001 - a bug in one task must not lose the others' results
@@ -211,6 +219,28 @@ def _run_task(task: tasks_pb2.Task, model: Any, dataset: Any, device: Any, out_d
         result["error"] = {"code": "INTERNAL", "reason": "TASK_CRASHED", "message": f"{type(exc).__name__}: {exc}"}
     result["duration_seconds"] = round(time.monotonic() - started, 3)
     return result
+
+
+def perform(name: str, ctx: TaskContext, options: Mapping[str, Any]) -> dict[str, Any]:
+    """Run task `name` on ctx and return its summary: the one place that reads a task's options (its TaskOptions),
+    checks what the catalogue says it needs (a runnable module, a dataset), hands it its own directory
+    ctx.out_dir/<name> for its files, and writes an analysis's summary there as <name>.json."""
+    from workers import tasks
+
+    analysis = tasks.get(name)
+    typed = analysis.options.from_dict(options)
+    entry = analysis.entry
+    if entry.needs_module:
+        ctx.model.require_module(name)
+    if entry.needs_dataset and ctx.dataset is None:
+        raise DatasetUnusable(f"{name} needs a labelled dataset (arrays x and y); attach one to the job", reason="DATASET_REQUIRED")
+    files = ctx.out_dir / name
+    if entry.analysis:  # describe writes no files: its summary is the model's description
+        files.mkdir(parents=True, exist_ok=True)
+    outcome = analysis.run(dataclasses.replace(ctx, out_dir=files), typed)
+    if entry.analysis:
+        (files / f"{name}.json").write_text(json.dumps(outcome.summary, **analysis.summary_json))
+    return outcome.summary
 
 
 def upload_results(

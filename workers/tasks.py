@@ -1,66 +1,31 @@
-"""The task registry: one name per analysis, mapped to the function that runs it.
+"""The task registry: each task of the catalogue (kernelscope.catalogue) mapped to its Analysis, by name alone.
 
-A task function takes a TaskContext and returns a JSON-serialisable summary dict; artifacts are
-the files it writes under ctx.out_dir. Modules register themselves on import; `get` imports the
-analysis packages lazily so that a worker pays only for what a job asks for.
+The analysis of task `<name>` is ANALYSIS in the module `workers.analyses.<name>`: a task added to tasks.proto
+needs that module and no edit here. `get` imports it on first use, so that a worker pays only for the tasks a
+job asks for.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from typing import Any
 
-import numpy as np
 from kernelscope import catalogue
 
-from workers.context import TaskContext
+from workers.analysis import Analysis
 from workers.errors import BadOptions
 
-TaskFn = Callable[[TaskContext], dict[str, Any]]
-
-# Task name -> module whose import registers it.
-_PROVIDERS: dict[str, str] = {
-    "describe": "workers.inventory",
-    "tconv_stats": "workers.tconv.task",
-    "kernel_viz": "workers.kernel_viz.task",
-    "class_filters": "workers.class_filters.task",
-}
-_REGISTRY: dict[str, TaskFn] = {}
-
 NAMES: tuple[str, ...] = catalogue.NAMES
+PACKAGE = "workers.analyses"
+# Task name -> the module that implements it (workers/__main__.py preloads them into the worker).
+_PROVIDERS: dict[str, str] = {name: f"{PACKAGE}.{name}" for name in NAMES}
 
 
-def register(name: str) -> Callable[[TaskFn], TaskFn]:
-    """Decorator: make `fn` the implementation of task `name`."""
-
-    def wrap(fn: TaskFn) -> TaskFn:
-        _REGISTRY[name] = fn
-        return fn
-
-    return wrap
-
-
-def get(name: str) -> TaskFn:
-    """The function for task `name`; INVALID_ARGUMENT listing the valid names for an unknown one."""
-    if name not in NAMES:
+def get(name: str) -> Analysis[Any]:
+    """The analysis of task `name`; INVALID_ARGUMENT listing the valid names for an unknown one."""
+    if name not in _PROVIDERS:
         raise BadOptions(f"unknown task {name!r}; valid tasks: {', '.join(NAMES)}", reason="UNKNOWN_TASK")
-    if name not in _REGISTRY:
-        importlib.import_module(_PROVIDERS[name])
-    return _REGISTRY[name]
-
-
-def plain(value: Any) -> Any:
-    """A summary as JSON-safe plain Python, recursively: numpy scalars and arrays to Python, NaN/inf to None,
-    tuples to lists, keys to str (the JSON a job result carries has no NaN and no numpy)."""
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return [plain(v) for v in value.tolist()]
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        value = float(value)
-        return value if np.isfinite(value) else None
-    return value
+    found = importlib.import_module(_PROVIDERS[name]).ANALYSIS
+    if not isinstance(found, Analysis) or found.name != name:
+        raise TypeError(f"{_PROVIDERS[name]}.ANALYSIS is not the Analysis of task {name!r}: {found!r}")
+    return found

@@ -59,3 +59,14 @@ def input_spec_dict(spec: common_pb2.InputSpec) -> dict[str, Any]:
 def error(code: str, reason: str, message: str) -> common_pb2.ErrorDetail:
     return common_pb2.ErrorDetail(code=code, reason=reason, message=message)
 
+
+def timed_out(exc: BaseException) -> worker_pb2.JobManifest:
+    """The manifest of a job its queue stopped at the job's timeout (RQ raises rq.timeouts.JobTimeoutException
+    inside the job function). Why here: the job function returns it, so the service reads DEADLINE_EXCEEDED /
+    JOB_TIMEOUT from the typed manifest instead of matching the exception's text in RQ's failure record. It
+    names no worker: the service keeps RQ's worker name for the job, as for any job that did not finish."""
+    manifest = worker_pb2.JobManifest()
+    manifest.error.CopyFrom(
+        error("DEADLINE_EXCEEDED", "JOB_TIMEOUT", f"the job ran past its timeout: {type(exc).__module__}.{type(exc).__qualname__}: {exc}")
+    )
+    return manifest

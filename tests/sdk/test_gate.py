@@ -133,7 +133,7 @@ def tconv_summary(residuals: dict[str, tuple[float, int, int]], motion_px: dict[
     ]
     model = {"layers": len(layers), "filters_included": 0, "tconv_layers": 0, "fitted_layers": len(layers), "explainable_share": {"plain": 0.0, "gain": 0.5}}
     options = {"layers": list(residuals), "fit_conv3d": True, "residual_threshold": 0.2, "restarts": 0, "fit_steps": 5, "seed": 0, "identity_tolerance": 0.05}
-    from workers.tconv.task import CONVENTIONS
+    from workers.analyses.tconv_stats import CONVENTIONS
 
     return {"layers": layers, "model": model, "options": options, "conventions": CONVENTIONS, "units": {}, "notes": []}
 

@@ -73,7 +73,17 @@ def _write_artifact(job_id: str, task: str, name: str, data: bytes) -> None:
 
 
 def run(raw_spec: dict[str, Any]) -> dict[str, Any]:
-    """A JobSpec (as JSON) in, a JobManifest (as JSON) out, through kernelscope.contract as the real worker does."""
+    """A JobSpec (as JSON) in, a JobManifest (as JSON) out, through kernelscope.contract as the real worker does
+    (a job stopped at its timeout included)."""
+    from rq.timeouts import JobTimeoutException
+
+    try:
+        return _run(raw_spec)
+    except JobTimeoutException as exc:
+        return contract.to_json(contract.timed_out(exc))
+
+
+def _run(raw_spec: dict[str, Any]) -> dict[str, Any]:
     import rq
 
     job = rq.get_current_job()

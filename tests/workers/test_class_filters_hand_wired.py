@@ -10,9 +10,9 @@ import torch
 
 from workers.context import TaskContext
 from workers.dataset import Dataset
+from workers.job import perform
 from workers.model import LoadedModel
 from workers.samples.hand_wired import HandWiredCNN
-from workers.tasks import get
 
 CLASSES = 4
 CHANCE = 1.0 / CLASSES
@@ -25,12 +25,11 @@ def _run(tmp_path: Path, video: bool, layer: str = "", n_per_class: int = 32) ->
     progress: list[tuple[str, float]] = []
     ctx = TaskContext(
         model=LoadedModel.from_module(model, model.input_spec),
-        options={"layer": layer, "bootstrap": 10},
         out_dir=tmp_path,
         dataset=Dataset(x, y),
         progress=lambda stage, fraction: progress.append((stage, fraction)),
     )
-    summary = get("class_filters")(ctx)
+    summary = perform("class_filters", ctx, {"layer": layer, "bootstrap": 10})
     fractions = [f for _, f in progress]
     assert fractions == sorted(fractions) and 0.0 <= fractions[0] and fractions[-1] == 1.0
     return summary, model
@@ -87,7 +86,7 @@ def test_exported_models_give_the_same_answer(tmp_path: Path, fmt: str) -> None:
     path = tmp_path / ("model.pt2" if fmt == "TORCH_EXPORT" else "model.onnx")
     (export_pt2 if fmt == "TORCH_EXPORT" else export_onnx)(model, path, example=torch.zeros(2, *model.input_spec.shape))
     loaded = load_model(path, fmt, model.input_spec.to_dict())
-    ctx = TaskContext(model=loaded, options={"bootstrap": 0}, out_dir=tmp_path, dataset=Dataset(x, y))
-    summary = get("class_filters")(ctx)
+    ctx = TaskContext(model=loaded, out_dir=tmp_path, dataset=Dataset(x, y))
+    summary = perform("class_filters", ctx, {"bootstrap": 0})
     assert summary["layer"] == "fc:input" and summary["attribution"] == "exact_logit_split"
     assert [sorted(e["subset_k"]) for e in summary["classes"]] == model.subsets

@@ -27,9 +27,9 @@ from workers.class_filters import information
 from workers.context import TaskContext
 from workers.dataset import Dataset
 from workers.input_spec import InputSpec
+from workers.job import perform
 from workers.model import LoadedModel
 from workers.samples.zoo.resnet3d import ResNetBasicHead
-from workers.tasks import get
 
 
 WIDTH, PER_CLASS = 24, 4
@@ -65,8 +65,8 @@ def _linear(weight: np.ndarray, bias: np.ndarray | None = None) -> nn.Linear:
 def _run(tmp_path: Path, model: nn.Module, shape: tuple[int, ...], x: np.ndarray, y: np.ndarray, options: dict | None = None) -> dict:
     """The task's summary, checked against the schema the SDK ships."""
     loaded = LoadedModel.from_module(model.eval(), InputSpec(shape=shape))
-    ctx = TaskContext(model=loaded, options={"bootstrap": 10, "seed": 0, **(options or {})}, out_dir=tmp_path, dataset=Dataset(x, y))
-    summary = get("class_filters")(ctx)
+    ctx = TaskContext(model=loaded, out_dir=tmp_path, dataset=Dataset(x, y))
+    summary = perform("class_filters", ctx, {"bootstrap": 10, "seed": 0, **(options or {})})
     jsonschema.validate(summary, schemas.load("class_filters"))
     return summary
 

@@ -16,8 +16,8 @@ from workers.class_filters import information, ranking
 from workers.context import TaskContext
 from workers.dataset import Dataset
 from workers.input_spec import InputSpec
+from workers.job import perform
 from workers.model import LoadedModel
-from workers.tasks import get
 
 CLASSES, PER_CLASS, LOUD, QUIET = 4, 5, 6, 9
 WIDTH = CLASSES * PER_CLASS + LOUD + QUIET
@@ -75,8 +75,8 @@ def _identity_head_model(weight: np.ndarray) -> LoadedModel:
 
 def _run(tmp_path: Path, options: dict, n_per_class: int = 60) -> tuple[dict, list[list[int]], list[int]]:
     x, y, subsets, loud, weight = planted(n_per_class)
-    ctx = TaskContext(model=_identity_head_model(weight), options=options, out_dir=tmp_path, dataset=Dataset(x, y, ["a", "b", "c", "d"]))
-    return get("class_filters")(ctx), subsets, loud
+    ctx = TaskContext(model=_identity_head_model(weight), out_dir=tmp_path, dataset=Dataset(x, y, ["a", "b", "c", "d"]))
+    return perform("class_filters", ctx, options), subsets, loud
 
 
 def test_task_recovers_the_planted_subsets_and_keeps_accuracy(tmp_path: Path) -> None:

@@ -18,9 +18,9 @@ from workers.context import TaskContext
 from workers.dataset import Dataset
 from workers.errors import BadOptions, DatasetUnusable, ModelUnusable
 from workers.input_spec import InputSpec
+from workers.job import perform
 from workers.model import LoadedModel
 from workers.samples.hand_wired import HandWiredCNN
-from workers.tasks import get
 
 
 def _ross_reference(values: np.ndarray, labels: np.ndarray, k: int = 3) -> float:
@@ -207,8 +207,8 @@ def test_options_parse_json_names_strings_and_reject_nonsense() -> None:
             Options.from_dict(bad)
 
 
-def _ctx(tmp_path: Path, model: nn.Module, spec: InputSpec, dataset: Dataset | None, options: dict | None = None) -> TaskContext:
-    return TaskContext(model=LoadedModel.from_module(model, spec), options=options or {}, out_dir=tmp_path, dataset=dataset)
+def _run(tmp_path: Path, model: nn.Module, spec: InputSpec, dataset: Dataset | None, options: dict | None = None) -> dict:
+    return perform("class_filters", TaskContext(model=LoadedModel.from_module(model, spec), out_dir=tmp_path, dataset=dataset), options or {})
 
 
 def test_user_errors_are_clear(tmp_path: Path) -> None:
@@ -217,7 +217,6 @@ def test_user_errors_are_clear(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(30, 4)).astype(np.float32)
     y = np.arange(30) % 3
-    run = get("class_filters")
     cases = [
         (None, {}, DatasetUnusable, "DATASET_REQUIRED"),
         (Dataset(x[:, :3], y), {}, DatasetUnusable, "DATASET_SHAPE"),
@@ -230,11 +229,11 @@ def test_user_errors_are_clear(tmp_path: Path) -> None:
     ]
     for dataset, options, error, reason in cases:
         with pytest.raises(error) as err:
-            run(_ctx(tmp_path, model, spec, dataset, options))
+            _run(tmp_path, model, spec, dataset, options)
         assert err.value.reason == reason, (reason, err.value.message)
     no_linear = nn.Sequential(nn.Conv1d(1, 3, 3), nn.AdaptiveAvgPool1d(1), nn.Flatten())
     with pytest.raises(ModelUnusable) as err:
-        run(_ctx(tmp_path, no_linear, InputSpec(shape=(1, 8)), Dataset(rng.normal(size=(30, 1, 8)).astype(np.float32), y)))
+        _run(tmp_path, no_linear, InputSpec(shape=(1, 8)), Dataset(rng.normal(size=(30, 1, 8)).astype(np.float32), y))
     assert err.value.reason == "NO_LINEAR_HEAD"
 
 
@@ -245,7 +244,7 @@ def test_summary_is_plain_json(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(45, 4)).astype(np.float32)
     y = np.arange(45) % 3
-    summary = get("class_filters")(_ctx(tmp_path, model, spec, Dataset(x, y), {"k": 2, "bootstrap": 3}))
+    summary = _run(tmp_path, model, spec, Dataset(x, y), {"k": 2, "bootstrap": 3})
 
     def walk(value: object) -> None:
         assert value is None or type(value) in (dict, list, str, int, float, bool), type(value)

@@ -54,9 +54,9 @@ def tf32_on() -> object:
 
 def test_a_task_on_cuda_computes_in_full_float32(tf32_on: object, tmp_path: Path) -> None:
     # cuDNN's TF32 default made the 1 x 1 x 1 conv head of S3D miss class_filters' exactness check (1e-4) on CUDA.
-    TaskContext(model=None, options={}, out_dir=tmp_path, device=torch.device("cpu"))  # type: ignore[arg-type]
+    TaskContext(model=None, out_dir=tmp_path, device=torch.device("cpu"))  # type: ignore[arg-type]
     assert torch.backends.cudnn.allow_tf32  # the CPU leaves the process's settings alone
-    TaskContext(model=None, options={}, out_dir=tmp_path, device=torch.device("cuda"))  # type: ignore[arg-type]
+    TaskContext(model=None, out_dir=tmp_path, device=torch.device("cuda"))  # type: ignore[arg-type]
     assert not torch.backends.cudnn.allow_tf32
     assert not torch.backends.cuda.matmul.allow_tf32
 

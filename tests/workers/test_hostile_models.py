@@ -723,12 +723,17 @@ def test_a_model_outgrowing_the_job_memory_limit_is_resource_exhausted(tmp_path:
         import torch
         torch.set_num_threads(1)
         from workers import job, tasks
+        from workers.analyses.describe import Options
+        from workers.analysis import Analysis, Outcome
         from workers.loader import load_model
 
-        def forward_probe(ctx):
-            return {{"sum": float(ctx.model.module(torch.zeros(1, 2)).sum())}}
+        class ForwardProbe(Analysis):
+            options = Options
 
-        tasks.get = lambda name: forward_probe  # a task that only runs the model forward
+            def run(self, ctx, options):
+                return Outcome({{"sum": float(ctx.model.module(torch.zeros(1, 2)).sum())}})
+
+        tasks.get = lambda name: ForwardProbe()  # a task that only runs the model forward
 
         class Progress:
             def report(self, *a, **k):
@@ -737,7 +742,7 @@ def test_a_model_outgrowing_the_job_memory_limit_is_resource_exhausted(tmp_path:
         model = load_model({str(path)!r}, "TORCH_EXPORT", {{}})
         out = Path({str(tmp_path / "out")!r}); out.mkdir()
         from kernelscope.v1 import tasks_pb2
-        probe = tasks_pb2.Task(name="describe", describe=tasks_pb2.DescribeOptions())  # run as forward_probe (above)
+        probe = tasks_pb2.Task(name="describe", describe=tasks_pb2.DescribeOptions())  # run as ForwardProbe (above)
         result = job._run_task(probe, model, None, torch.device("cpu"), out, Progress())
         print(json.dumps(result["error"]))
         """

@@ -16,7 +16,7 @@ from kernelscope.v1 import models_pb2
 from sdk.model_source import prepare
 from workers.input_spec import InputSpec
 from workers.inventory import describe
-from workers.kernel_viz.task import conv_layers
+from workers.analyses.kernel_viz import conv_layers
 from workers.loader import ALLOW_TORCHSCRIPT_ENV, load_model
 from workers.model import LoadedModel
 from workers.samples.zoo import ZOO, build, example

@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from workers import tasks
 from workers.context import TaskContext
 from workers.errors import BadOptions, ModelUnusable
 from workers.input_spec import InputSpec
+from workers.job import perform
 from workers.model import LoadedModel
 
 
@@ -71,11 +71,10 @@ def _run(module: nn.Module, spec: InputSpec, out_dir: Path, **options: Any) -> d
     stages: list[tuple[str, float]] = []
     ctx = TaskContext(
         model=LoadedModel.from_module(module, spec),
-        options=options,
         out_dir=out_dir,
         progress=lambda stage, fraction: stages.append((stage, fraction)),
     )
-    summary = tasks.get("kernel_viz")(ctx)
+    summary = perform("kernel_viz", ctx, options)
     fractions = [f for _, f in stages]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(stages) > 10
     return summary
@@ -153,11 +152,11 @@ def test_bad_options_are_invalid_argument_with_a_reason(tmp_path: Path, options:
 def test_models_it_cannot_run_are_failed_precondition(tmp_path: Path) -> None:
     weights_only = LoadedModel(input_spec=SPEC, state_dict=PlantedMotion().state_dict(), module=None, format="STATE_DICT")
     with pytest.raises(ModelUnusable) as caught:
-        tasks.get("kernel_viz")(TaskContext(model=weights_only, options={}, out_dir=tmp_path))
+        perform("kernel_viz", TaskContext(model=weights_only, out_dir=tmp_path), {})
     assert caught.value.reason == "NEEDS_RUNNABLE_MODEL"
     no_convs = LoadedModel.from_module(nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 24 * 24, 2)), SPEC)
     with pytest.raises(ModelUnusable) as caught:
-        tasks.get("kernel_viz")(TaskContext(model=no_convs, options={}, out_dir=tmp_path))
+        perform("kernel_viz", TaskContext(model=no_convs, out_dir=tmp_path), {})
     assert caught.value.reason == "NO_CONV_LAYERS" and caught.value.code == "FAILED_PRECONDITION"
 
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from workers import tasks
 from workers.context import TaskContext
 from workers.input_spec import InputSpec
 from workers.inventory import describe
+from workers.job import perform
 from workers.loader import load_model
 from workers.model import LoadedModel
 from workers.tconv.layer import TConv3d
@@ -150,9 +150,9 @@ def test_weights_only_inventory_reads_the_authors_3tconv_names() -> None:
 
 def test_describe_is_a_registered_task_with_a_plain_json_summary(tmp_path: Path, chain: Chain) -> None:
     seen: list[tuple[str, float]] = []
-    ctx = TaskContext(model=LoadedModel.from_module(chain, SPEC), options={}, out_dir=tmp_path,
+    ctx = TaskContext(model=LoadedModel.from_module(chain, SPEC), out_dir=tmp_path,
                       progress=lambda stage, fraction: seen.append((stage, fraction)))
-    summary = tasks.get("describe")(ctx)
+    summary = perform("describe", ctx, {})
     assert set(summary) == {"input_spec", "layers", "supported_tasks"}
     assert json.loads(json.dumps(summary, allow_nan=False)) == summary
     assert seen and all(0.0 <= f <= 1.0 for _, f in seen) and seen[-1][1] == 1.0

@@ -19,6 +19,7 @@ from workers.context import TaskContext
 from workers.dataset import Dataset
 from workers.errors import ModelUnusable
 from workers.input_spec import InputSpec
+from workers.job import perform
 from workers.kernel_viz.objective import Objective, channel_activations
 from workers.kernel_viz.receptive_field import plan_canvas
 from workers.kernel_viz.renderer import render
@@ -27,7 +28,6 @@ from workers.kernel_viz.transforms import Jitter
 from workers.loader import load_model
 from workers.model import LoadedModel
 from workers.samples.models import export_pt2
-from workers.tasks import get
 
 
 SPEC = InputSpec(shape=(3, 8, 24, 24), value_min=0.0, value_max=1.0, mean=(0.45,) * 3, std=(0.25,) * 3)
@@ -174,10 +174,8 @@ def test_class_filters_runs_end_to_end_on_a_batch1_export(exports: dict[str, Loa
     rng = np.random.default_rng(1)
     x = rng.random((12 * CLASSES, *SPEC.shape), dtype=np.float32)
     y = np.repeat(np.arange(CLASSES), 12)
-    ctx = TaskContext(
-        model=exports["batch1"], options={"bootstrap": 0}, out_dir=tmp_path, dataset=Dataset(x, y, ["a", "b", "c"])
-    )
-    summary = get("class_filters")(ctx)
+    ctx = TaskContext(model=exports["batch1"], out_dir=tmp_path, dataset=Dataset(x, y, ["a", "b", "c"]))
+    summary = perform("class_filters", ctx, {"bootstrap": 0})
     assert summary and (tmp_path / "class_filters").exists()
 
 

@@ -15,9 +15,9 @@ from torch import nn
 
 from workers.context import TaskContext
 from workers.inventory import describe
+from workers.job import perform
 from workers.loader import load_model
 from workers.model import LoadedModel
-from workers.tasks import get
 from workers.input_spec import InputSpec
 from workers.tconv import TConv3d, export_onnx
 
@@ -87,7 +87,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, LoadedModel]:
 
 def _tconv(model: LoadedModel, out: Path, **options: Any) -> dict[str, Any]:
     opts = {"restarts": 0, "fit_steps": 20, **options}
-    return get("tconv_stats")(TaskContext(model=model, options=opts, out_dir=out))
+    return perform("tconv_stats", TaskContext(model=model, out_dir=out), opts)
 
 
 EXPECTED = {"stem.0": "Conv3d-fit", "layer1.0.conv": "Conv3d-fit", "layer1.0.temporal": "temporal_only"}

@@ -16,8 +16,8 @@ from torch import nn
 from workers.context import TaskContext
 from workers.errors import BadOptions, ModelUnusable
 from workers.input_spec import InputSpec
+from workers.job import perform
 from workers.model import LoadedModel
-from workers.tasks import get
 from workers.tconv import TConv3d, build_kernel
 
 SCHEMA = Path(__file__).resolve().parents[2] / "sdk" / "schemas" / "tconv_stats.v1.json"
@@ -25,7 +25,7 @@ SPEC = InputSpec(shape=(3, 6, 16, 16))
 
 
 def _run(model: LoadedModel, tmp_path: Path, **options: Any) -> dict[str, Any]:
-    return get("tconv_stats")(TaskContext(model=model, options=options, out_dir=tmp_path))
+    return perform("tconv_stats", TaskContext(model=model, out_dir=tmp_path), options)
 
 
 def _check_schema(summary: dict[str, Any]) -> None:

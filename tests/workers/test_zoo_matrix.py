@@ -37,10 +37,10 @@ import torch
 
 from kernelscope.v1 import models_pb2
 from sdk.model_source import prepare
-from workers import tasks
 from workers.context import TaskContext
 from workers.dataset import Dataset
 from workers.errors import TaskError
+from workers.job import perform
 from workers.loader import load_model
 from workers.model import LoadedModel
 from workers.samples.zoo import ZOO, names
@@ -170,7 +170,7 @@ def test_zoo_cell(arch: str, fmt: str, task: str, zoo_session: ZooSession, tmp_p
 
 def _run(task: str, model: LoadedModel, out_dir: Path, options: dict[str, Any], dataset: Dataset | None = None) -> dict[str, Any]:
     device = _device()
-    return tasks.get(task)(TaskContext(model=model, options=options, out_dir=out_dir, dataset=dataset, device=device))
+    return perform(task, TaskContext(model=model, out_dir=out_dir, dataset=dataset, device=device), options)
 
 
 def check_describe(bundle: PlantedExports, model: LoadedModel, out_dir: Path) -> str | None:

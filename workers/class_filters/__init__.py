@@ -10,7 +10,8 @@
     stability     bootstrap Jaccard of the subsets
     analysis      all of the above after the forward pass
     figures       heat map and subset-size bars
-    task          the registered `class_filters` task (import it to register)
+
+The task itself is workers.analyses.class_filters.
 """
 
 from workers.class_filters.activations import LayerActivations, collect, find_head

@@ -18,13 +18,13 @@ from typing import Any, Callable
 
 import numpy as np
 
+from workers.analysis import plain
 from workers.class_filters import information, ranking, selectivity, stability, subsets
 from workers.class_filters.activations import LayerActivations
 from workers.class_filters.options import Options
 from workers.class_filters.restriction import Restriction, ablation_drops, recall
 from workers.class_filters.split import Split, present_classes
 from workers.errors import BadOptions
-from workers.tasks import plain
 
 StageFn = Callable[[str, float], None]
 

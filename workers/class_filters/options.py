@@ -1,42 +1,30 @@
-"""ClassFiltersOptions (proto) as a checked dataclass; every default is stated here once."""
+"""ClassFiltersOptions (proto) as a checked TaskOptions (workers.options); every default is stated here once."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from typing import Any
 
 from workers.class_filters.information import BINNED, ESTIMATORS
 from workers.class_filters.ranking import CONTRIBUTION, RANKINGS
 from workers.errors import BadOptions
+from workers.options import TaskOptions, option
 
 
 @dataclass(frozen=True)
-class Options:
-    layer: str = ""  # module name; empty = the input of the last Linear layer
-    k: int = 5  # fixed subset size (filters per class)
-    mass_coverage: float = 0.9  # share of positive contribution the coverage subset holds
-    accuracy_retention: float = 0.99  # share of the class's F1 the retention subset keeps
-    ranking: str = CONTRIBUTION  # "contribution" | "frequency"
-    mi_estimator: str = BINNED  # "binned" | "knn"
-    bootstrap: int = 20  # resamples for subset stability (0 = skip)
-    seed: int = 0
-    fit_fraction: float = 0.7  # share of each class used to fit the ranking; the rest evaluates
+class Options(TaskOptions):
+    """ClassFiltersOptions."""
 
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> "Options":
-        """Read the options JSON (proto or JSON field names; int64 may arrive as a string) and check it."""
-        given = {_snake(key): value for key, value in raw.items() if value is not None and value != ""}
-        unknown = sorted(set(given) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise BadOptions(f"unknown class_filters options: {', '.join(unknown)}", reason="UNKNOWN_OPTION")
-        try:
-            values = {name: type(getattr(cls, name))(given[name]) if name in given else getattr(cls, name) for name in cls.__dataclass_fields__}
-        except (TypeError, ValueError) as exc:
-            raise BadOptions(f"class_filters options have a value of the wrong type: {exc}", reason="BAD_OPTION_TYPE") from exc
-        options = cls(**values)
-        options.check()
-        return options
+    TASK = "class_filters"
+
+    layer: str = option("", "module name; empty = the input of the head (the last affine layer)")
+    k: int = option(5, "fixed subset size: filters per class, >= 1")
+    mass_coverage: float = option(0.9, "share of the positive contribution the coverage subset holds, in (0, 1]")
+    accuracy_retention: float = option(0.99, "share of the class's F1 the retention subset keeps, in (0, 1]")
+    ranking: str = option(CONTRIBUTION, "contribution | frequency")
+    mi_estimator: str = option(BINNED, "binned (bits) | knn (nats)")
+    bootstrap: int = option(20, "resamples for subset stability, in [0, 1000]; 0 = skip")
+    seed: int = option(0, "seed of the split, the bootstraps and the random ablations")
+    fit_fraction: float = option(0.7, "share of each class used to fit the ranking, in (0, 1); the rest evaluates")
 
     def check(self) -> None:
         """INVALID_ARGUMENT for values that cannot mean anything (k against the layer width is checked later)."""
@@ -58,6 +46,3 @@ class Options:
         if problems:
             raise BadOptions("; ".join(problems), reason="BAD_CLASS_FILTERS_OPTIONS")
 
-
-def _snake(name: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()

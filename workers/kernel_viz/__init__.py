@@ -2,7 +2,7 @@
 
 Stage 1 (renderer) optimises, for all requested channels of a layer at once, a video in the
 model's own input space; stage 2 (decomposition) explains each video as a texture moved by
-per-frame velocities; motion summarises them; figures draws them; task ties it together.
+per-frame velocities; motion summarises them; figures draws them; workers.analyses.kernel_viz ties it together as the task.
 """
 
 from workers.kernel_viz.decomposition import Decomposition, decompose, global_translation, warp

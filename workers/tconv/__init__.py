@@ -1,6 +1,6 @@
 """3TConv (Ras et al. 2020): the layer, inflating 2D CNNs into it, and the `tconv_stats` analysis.
 
-The task itself lives in workers.tconv.task and registers on import (workers.tasks imports it lazily).
+The task itself is workers.analyses.tconv_stats (workers.tasks imports it when a job asks for it).
 """
 
 from workers.tconv.convert import inflate_2d

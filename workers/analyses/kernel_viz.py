@@ -1,9 +1,6 @@
 """The `kernel_viz` task: texture and motion of every requested 3D (or 2D) convolution kernel.
 
-Options (proto KernelVizOptions, as MessageToDict gives them): layers (default: every Conv3d,
-Conv2d and TConv3d), channels (default: all), steps (256), seed (0), objective ("NEURON" or
-"CHANNEL"), canvas ([T, H, W]; default: receptive field + jitter margin, capped at the input),
-tv_weight (0.1).
+Options: KernelVizOptions, read into Options below (each field's default and unit).
 
 Summary (also written to kernel_viz/kernel_viz.json):
 
@@ -49,7 +46,6 @@ kernel_viz/<layer>/contact_sheet.png, kernel_viz/kernel_viz.json.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import time
@@ -61,6 +57,7 @@ import torch
 from torch import nn
 
 from workers import layers
+from workers.analysis import Analysis, Outcome, plain
 from workers.context import TaskContext
 from workers.errors import BadOptions, ModelUnusable
 from workers.kernel_viz import defaults, figures
@@ -71,9 +68,8 @@ from workers.kernel_viz.receptive_field import CanvasPlan, plan_canvas
 from workers.kernel_viz.renderer import Rendering, channel_generator, evaluate, memory_budget, render
 from workers.kernel_viz.target import LayerTarget, Size3, input_size
 from workers.kernel_viz.transforms import Jitter
-from workers.tasks import plain, register
+from workers.options import TaskOptions, option
 
-TASK = "kernel_viz"
 _MAX_STEPS = 100_000
 # How to read every figure of the summary (the same as workers/samples/motion.py's).
 CONVENTIONS = {
@@ -90,10 +86,36 @@ CONVENTIONS = {
 
 
 @dataclass(frozen=True)
-class Options:
-    """KernelVizOptions, validated."""
+class Options(TaskOptions):
+    """KernelVizOptions."""
 
-    layers: list[str]
+    TASK = "kernel_viz"
+
+    layers: tuple[str, ...] = option((), "module paths; empty = every Conv3d, Conv2d and TConv3d")
+    channels: tuple[int, ...] = option((), "output channel indices; empty = all")
+    steps: int = option(defaults.STEPS, "stage-1 optimisation steps per channel, in [1, 100000]")
+    seed: int = option(0, "seed of the random start, jitter and permutations")
+    objective: str = option("NEURON", "NEURON (the centre unit) or CHANNEL (the channel mean)")
+    canvas: tuple[int, ...] = option((), "[T, H, W] in input frames/pixels; empty = receptive field + jitter margin")
+    tv_weight: float = option(defaults.TV_WEIGHT, "weight of the stage-2 total variation, >= 0")
+
+    def check(self) -> None:
+        try:
+            Objective.parse(self.objective)
+        except ValueError as exc:
+            raise BadOptions(f"objective must be NEURON or CHANNEL, got {self.objective!r}", reason="BAD_OBJECTIVE") from exc
+        if not 1 <= self.steps <= _MAX_STEPS:
+            raise BadOptions(f"steps must be in [1, {_MAX_STEPS}], got {self.steps}", reason="BAD_STEPS")
+        if not (math.isfinite(self.tv_weight) and self.tv_weight >= 0):
+            raise BadOptions(f"tv_weight must be a finite number >= 0, got {self.tv_weight}", reason="BAD_TV_WEIGHT")
+        if any(c < 0 for c in self.channels):
+            raise BadOptions(f"channel indices must be >= 0, got {list(self.channels)}", reason="CHANNEL_OUT_OF_RANGE")
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """The options as a run uses them: channels without repeats, the objective parsed, the canvas checked."""
+
     channels: list[int]
     steps: int
     seed: int
@@ -101,72 +123,51 @@ class Options:
     canvas: Size3 | None
     tv_weight: float
 
-    @classmethod
-    def from_context(cls, ctx: TaskContext) -> "Options":
-        try:
-            layers = [str(name) for name in ctx.option("layers", [])]
-            channels = list(dict.fromkeys(int(c) for c in ctx.option("channels", [])))
-            steps = int(ctx.option("steps", defaults.STEPS))
-            seed = int(ctx.option("seed", 0))  # MessageToDict gives int64 as a string
-            tv_weight = float(ctx.option("tv_weight", defaults.TV_WEIGHT))
-            canvas = [int(s) for s in ctx.option("canvas", [])]
-        except (TypeError, ValueError) as exc:
-            raise BadOptions(f"kernel_viz options are malformed: {exc}", reason="BAD_OPTIONS") from exc
-        try:
-            objective = Objective.parse(ctx.option("objective", None))
-        except ValueError as exc:
-            raise BadOptions(
-                f"objective must be NEURON or CHANNEL, got {ctx.options.get('objective')!r}", reason="BAD_OBJECTIVE"
-            ) from exc
-        if not 1 <= steps <= _MAX_STEPS:
-            raise BadOptions(f"steps must be in [1, {_MAX_STEPS}], got {steps}", reason="BAD_STEPS")
-        if not (math.isfinite(tv_weight) and tv_weight >= 0):
-            raise BadOptions(f"tv_weight must be a finite number >= 0, got {tv_weight}", reason="BAD_TV_WEIGHT")
-        if any(c < 0 for c in channels):
-            raise BadOptions(f"channel indices must be >= 0, got {channels}", reason="CHANNEL_OUT_OF_RANGE")
-        return cls(layers, channels, steps, seed, objective, _canvas(canvas, ctx), tv_weight)
 
+class KernelViz(Analysis[Options]):
+    options = Options
+    summary_json = {"indent": 1}
 
-@register(TASK)
-def run(ctx: TaskContext) -> dict[str, Any]:
-    """Visualise every requested channel of every requested layer; see the module docstring for the summary."""
-    options = Options.from_context(ctx)
-    module = ctx.model.require_module(TASK)
-    layers = options.layers or conv_layers(module)
-    known = dict(module.named_modules())
-    for name in layers:
-        if not name or name not in known:
-            raise BadOptions(
-                f"no layer named {name!r}; convolution layers: {', '.join(conv_layers(module)[:50])}",
-                reason="UNKNOWN_LAYER",
+    def run(self, ctx: TaskContext, options: Options) -> Outcome:
+        """Visualise every requested channel of every requested layer; see the module docstring for the summary."""
+        settings = _Settings(
+            list(dict.fromkeys(options.channels)), options.steps, options.seed, Objective.parse(options.objective),
+            _canvas(list(options.canvas), ctx), options.tv_weight,
+        )
+        module = ctx.model.require_module(self.name)
+        layers = list(options.layers) or conv_layers(module)
+        known = dict(module.named_modules())
+        for name in layers:
+            if not name or name not in known:
+                raise BadOptions(
+                    f"no layer named {name!r}; convolution layers: {', '.join(conv_layers(module)[:50])}",
+                    reason="UNKNOWN_LAYER",
+                )
+        if not layers:
+            raise ModelUnusable(
+                "the model has no convolution layer to visualise; name the layers to visualise in `layers`",
+                reason="NO_CONV_LAYERS",
             )
-    if not layers:
-        raise ModelUnusable(
-            "the model has no convolution layer to visualise; name the layers to visualise in `layers`",
-            reason="NO_CONV_LAYERS",
-        )
-    root = Path(ctx.out_dir) / TASK
-    summary: dict[str, Any] = {
-        "objective": options.objective.value,
-        "steps": options.steps,
-        "seed": options.seed,
-        "tv_weight": options.tv_weight,
-        "device": str(ctx.device),
-        "conventions": dict(CONVENTIONS),
-        "layers": [],
-    }
-    for i, name in enumerate(layers):
+        summary: dict[str, Any] = {
+            "objective": settings.objective.value,
+            "steps": settings.steps,
+            "seed": settings.seed,
+            "tv_weight": settings.tv_weight,
+            "device": str(ctx.device),
+            "conventions": dict(CONVENTIONS),
+            "layers": [],
+        }
+        for i, name in enumerate(layers):
 
-        def progress(stage: str, fraction: float, i: int = i, name: str = name) -> None:
-            ctx.progress(f"{name}: {stage}", min(1.0, (i + fraction) / len(layers)))
+            def progress(stage: str, fraction: float, i: int = i, name: str = name) -> None:
+                ctx.progress(f"{name}: {stage}", min(1.0, (i + fraction) / len(layers)))
 
-        summary["layers"].append(
-            _layer(ctx, options, name, _kind(known[name]), root / _safe(name), progress)
-        )
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "kernel_viz.json").write_text(json.dumps(summary, indent=1))
-    ctx.progress("done", 1.0)
-    return summary
+            summary["layers"].append(_layer(ctx, settings, name, _kind(known[name]), ctx.out_dir / _safe(name), progress))
+        ctx.progress("done", 1.0)
+        return Outcome(summary)
+
+
+ANALYSIS = KernelViz()
 
 
 def conv_layers(module: nn.Module) -> list[str]:
@@ -182,7 +183,7 @@ def _kind(module: nn.Module) -> str:
 
 def _layer(
     ctx: TaskContext,
-    options: Options,
+    options: _Settings,
     name: str,
     kind: str,
     out_dir: Path,
@@ -310,7 +311,7 @@ def motion_frames(plan: CanvasPlan, objective: Objective) -> list[int]:
 
 def _motion(
     ctx: TaskContext,
-    options: Options,
+    options: _Settings,
     placed: LayerTarget,
     plan: CanvasPlan,
     rendering: Rendering,

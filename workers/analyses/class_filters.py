@@ -1,6 +1,6 @@
 """The `class_filters` task: which few filters of a layer carry each class's decision.
 
-Options: ClassFiltersOptions (see options.Options). Needs a labelled dataset whose labels are output
+Options: ClassFiltersOptions, read into workers.class_filters.options.Options (each field's default and unit). Needs a labelled dataset whose labels are output
 indices of the head: any subset of its classes (3 of Kinetics' 400), each with at least 2 samples; x is
 raw input (N, *input shape), normalised here.
 
@@ -54,11 +54,9 @@ subset_sizes.png.
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 import numpy as np
 
+from workers.analysis import Analysis, Outcome
 from workers.class_filters.activations import collect, output_width
 from workers.class_filters.analysis import analyse
 from workers.class_filters.figures import heatmap, subset_sizes
@@ -69,74 +67,71 @@ from workers.context import TaskContext
 from workers.dataset import Dataset
 from workers.errors import DatasetUnusable
 from workers.input_spec import InputSpec
-from workers.tasks import register
-
-NAME = "class_filters"
 
 
-@register(NAME)
-def run(ctx: TaskContext) -> dict[str, Any]:
-    """Rank, size, restrict and ablate each class's filter subset (see the module doc for the summary)."""
-    options = Options.from_dict(ctx.options)
-    ctx.model.require_module(NAME)
-    dataset = checked_dataset(ctx.dataset, ctx.model.input_spec)
-    x, y = dataset.x, dataset.y
-    outputs = output_width(ctx.model, x, ctx.device)
-    classes = checked_classes(y, outputs)
-    split = stratified_split(y, options.fit_fraction, options.seed)
+class ClassFiltersAnalysis(Analysis[Options]):
+    options = Options
 
-    ctx.progress("forward pass", 0.0)
-    acts = collect(
-        ctx.model,
-        x,
-        y,
-        split.fit,
-        layer=options.layer,
-        device=ctx.device,
-        on_fraction=lambda f: ctx.progress("forward pass", 0.5 * f),
-        num_classes=outputs,
-    )
-    restriction = restriction_for(acts, split.eval, ctx.model, x, ctx.device, classes)
-    result = analyse(
-        acts,
-        y,
-        split,
-        options,
-        restriction,
-        dataset.class_names,
-        on_stage=lambda stage, f: ctx.progress(stage, 0.5 + 0.45 * f),
-    )
+    def run(self, ctx: TaskContext, options: Options) -> Outcome:
+        """Rank, size, restrict and ablate each class's filter subset (see the module doc for the summary)."""
+        assert ctx.dataset is not None  # the catalogue says class_filters needs one: the job checked
+        dataset = checked_dataset(ctx.dataset, ctx.model.input_spec)
+        x, y = dataset.x, dataset.y
+        outputs = output_width(ctx.model, x, ctx.device)
+        classes = checked_classes(y, outputs)
+        split = stratified_split(y, options.fit_fraction, options.seed)
 
-    ctx.progress("figures", 0.95)
-    out = ctx.out_dir / NAME
-    out.mkdir(parents=True, exist_ok=True)
-    summary = result.summary
-    (out / "class_filters.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
-    np.savez_compressed(
-        out / "matrices.npz",
-        **{name: matrix.astype(np.float32) for name, matrix in result.matrices.items()},
-        subsets=result.subsets.astype(np.int64),
-        classes=result.classes.astype(np.int64),
-        coverage_sizes=result.sizes["coverage"].astype(np.int64),
-        retention_sizes=result.sizes["retention"].astype(np.int64),
-        class_names=np.array(summary["class_names"], dtype=str),
-    )
-    heatmap(
-        out / "heatmap.png",
-        result.matrices["contribution"],
-        result.subsets,
-        summary["class_names"],
-        f"class × filter contribution at {acts.layer} ({acts.attribution.replace('_', ' ')})",
-    )
-    subset_sizes(out / "subset_sizes.png", result.sizes, summary["class_names"], acts.num_filters)
-    ctx.progress("done", 1.0)
-    return summary
+        ctx.progress("forward pass", 0.0)
+        acts = collect(
+            ctx.model,
+            x,
+            y,
+            split.fit,
+            layer=options.layer,
+            device=ctx.device,
+            on_fraction=lambda f: ctx.progress("forward pass", 0.5 * f),
+            num_classes=outputs,
+        )
+        restriction = restriction_for(acts, split.eval, ctx.model, x, ctx.device, classes)
+        result = analyse(
+            acts,
+            y,
+            split,
+            options,
+            restriction,
+            dataset.class_names,
+            on_stage=lambda stage, f: ctx.progress(stage, 0.5 + 0.45 * f),
+        )
+
+        ctx.progress("figures", 0.95)
+        out = ctx.out_dir
+        summary = result.summary
+        np.savez_compressed(
+            out / "matrices.npz",
+            **{name: matrix.astype(np.float32) for name, matrix in result.matrices.items()},
+            subsets=result.subsets.astype(np.int64),
+            classes=result.classes.astype(np.int64),
+            coverage_sizes=result.sizes["coverage"].astype(np.int64),
+            retention_sizes=result.sizes["retention"].astype(np.int64),
+            class_names=np.array(summary["class_names"], dtype=str),
+        )
+        heatmap(
+            out / "heatmap.png",
+            result.matrices["contribution"],
+            result.subsets,
+            summary["class_names"],
+            f"class × filter contribution at {acts.layer} ({acts.attribution.replace('_', ' ')})",
+        )
+        subset_sizes(out / "subset_sizes.png", result.sizes, summary["class_names"], acts.num_filters)
+        ctx.progress("done", 1.0)
+        return Outcome(summary)
 
 
-def checked_dataset(dataset: Dataset | None, spec: InputSpec) -> Dataset:
+ANALYSIS = ClassFiltersAnalysis()
+
+
+def checked_dataset(dataset: Dataset, spec: InputSpec) -> Dataset:
     """The dataset, or FAILED_PRECONDITION saying what about it does not fit the model or the task."""
-    if dataset is None:
-        raise DatasetUnusable("class_filters needs a labelled dataset (arrays x and y); attach one to the job", reason="DATASET_REQUIRED")
     x, y = np.asarray(dataset.x), np.asarray(dataset.y)
     if x.ndim < 2 or tuple(x.shape[1:]) != tuple(spec.shape):
         raise DatasetUnusable(f"dataset x has shape {x.shape}; the model takes (N, {', '.join(map(str, spec.shape))})", reason="DATASET_SHAPE")

@@ -1,8 +1,6 @@
 """The `tconv_stats` task: temporal-transformation statistics of 3TConv layers, and 3T fits of Conv3d layers.
 
-Options (proto TConvStatsOptions, JSON field names): layers (empty = every 3T layer and every Conv3d with
-k_t > 1), fit_conv3d (True), residual_threshold (0.2), restarts (4), fit_steps (200), seed (0),
-identity_tolerance (0.05; |1−1/s|, |r| in rad and |t| in normalised units).
+Options: TConvStatsOptions, read into Options below (each field's default and unit).
 
 Layers are named by their module path, the name describe and kernel_viz use, in every format (a weights-only
 upload has no module tree: its layers are named by their state_dict keys, as describe names them).
@@ -64,8 +62,6 @@ Artifacts under tconv_stats/: <layer>_histograms.png, <layer>_translation_joint.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,9 +70,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from workers.analysis import Analysis, Outcome
 from workers.context import TaskContext
 from workers.errors import BadOptions, ModelUnusable
-from workers.tasks import register
+from workers.options import TaskOptions, option
 from workers.tconv import figures
 from workers.tconv.fit import ThreeTFit, fit_3t
 from workers.tconv.parameters import Conv3dWeight, TConvGroup, ThreeTParams
@@ -84,7 +81,6 @@ from workers.tconv.sources import find_model_layers
 from workers.tconv.statistics import LayerStatistics, layer_statistics, model_statistics, step_motion, summarize
 from workers.tconv.stride import Stride, measure_strides
 
-TASK = "tconv_stats"
 TOP_TRAJECTORIES = 5
 # Per-filter parameters listed in the JSON summary per layer (all of them are in the layer's NPZ). R3D-18's
 # widest layer has 512 filters: its whole summary with every filter's numbers is about 1 MB.
@@ -139,41 +135,28 @@ NOT_ANALYSED = {
 
 
 @dataclass(frozen=True)
-class Options:
-    layers: tuple[str, ...]
-    fit_conv3d: bool
-    residual_threshold: float
-    restarts: int
-    fit_steps: int
-    seed: int
-    identity_tolerance: float
+class Options(TaskOptions):
+    """TConvStatsOptions."""
 
-    @classmethod
-    def read(cls, ctx: TaskContext) -> "Options":
-        try:
-            opts = cls(
-                layers=tuple(str(n) for n in ctx.option("layers", [])),
-                fit_conv3d=bool(ctx.option("fit_conv3d", True)),
-                residual_threshold=float(ctx.option("residual_threshold", 0.2)),
-                restarts=int(ctx.option("restarts", 4)),
-                fit_steps=int(ctx.option("fit_steps", 200)),
-                seed=int(ctx.option("seed", 0)),  # int64 arrives as a string in proto JSON
-                identity_tolerance=float(ctx.option("identity_tolerance", 0.05)),
-            )
-        except (TypeError, ValueError) as exc:
-            raise BadOptions(f"tconv_stats options: {exc}", reason="BAD_TASK_OPTIONS") from exc
-        if not opts.residual_threshold > 0:
+    TASK = "tconv_stats"
+
+    layers: tuple[str, ...] = option((), "module paths; empty = every 3T layer and every Conv3d with k_t > 1")
+    fit_conv3d: bool = option(True, "fit the 3T parameters of plain Conv3d layers")
+    residual_threshold: float = option(0.2, "relative residual ||W_fit - W|| / ||W|| below which a fit explains a filter, > 0")
+    restarts: int = option(4, "random restarts per fit, in [0, 64]")
+    fit_steps: int = option(200, "optimisation steps per fit, in [1, 10000]")
+    seed: int = option(0, "seed of the fits' restarts")
+    identity_tolerance: float = option(0.05, "|1 - 1/s|, |r| in rad and |t| in normalised units under which a step is the identity, >= 0")
+
+    def check(self) -> None:
+        if not self.residual_threshold > 0:
             raise BadOptions("residual_threshold must be > 0 (a relative residual, e.g. 0.2)", reason="BAD_RESIDUAL_THRESHOLD")
-        if opts.restarts < 0 or opts.restarts > 64:
+        if self.restarts < 0 or self.restarts > 64:
             raise BadOptions("restarts must be between 0 and 64", reason="BAD_RESTARTS")
-        if opts.fit_steps < 1 or opts.fit_steps > 10_000:
+        if self.fit_steps < 1 or self.fit_steps > 10_000:
             raise BadOptions("fit_steps must be between 1 and 10000", reason="BAD_FIT_STEPS")
-        if not opts.identity_tolerance >= 0:
+        if not self.identity_tolerance >= 0:
             raise BadOptions("identity_tolerance must be >= 0", reason="BAD_IDENTITY_TOLERANCE")
-        return opts
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "layers": list(self.layers)}
 
 
 Layer = TConvGroup | Conv3dWeight
@@ -361,10 +344,19 @@ def _analyse_conv(
     return summary, stats, plain.residual, gained.residual
 
 
-@register(TASK)
-def run(ctx: TaskContext) -> dict[str, Any]:
-    """Statistics of every selected 3TConv layer and 3T fits of every selected Conv3d layer."""
-    opts = Options.read(ctx)
+class TConvStats(Analysis[Options]):
+    options = Options
+    summary_json = {"allow_nan": False, "separators": (",", ":")}
+
+    def run(self, ctx: TaskContext, options: Options) -> Outcome:
+        """Statistics of every selected 3TConv layer and 3T fits of every selected Conv3d layer."""
+        return Outcome(_summary(ctx, options))
+
+
+ANALYSIS = TConvStats()
+
+
+def _summary(ctx: TaskContext, opts: Options) -> dict[str, Any]:
     ctx.progress("reading parameters", 0.0)
     groups, convs, notes = find_model_layers(ctx.model)
     layers, select_notes = _select(groups, convs, opts)
@@ -372,8 +364,7 @@ def run(ctx: TaskContext) -> dict[str, Any]:
     ctx.progress("measuring strides", 0.02)
     strides, stride_notes = measure_strides(ctx.model, [layer.name for layer in layers], ctx.device)
     notes.extend(stride_notes)
-    out = ctx.out_dir / TASK
-    out.mkdir(parents=True, exist_ok=True)
+    out = ctx.out_dir
     used: set[str] = set()
     blocks: list[dict[str, Any]] = []
     pooled: list[LayerStatistics] = []
@@ -402,7 +393,7 @@ def run(ctx: TaskContext) -> dict[str, Any]:
             pooled.append(stats)
             plain_res.append(pr)
             gain_res.append(gr)
-        block["artifacts"] = [str(p.relative_to(ctx.out_dir)) for p in block.pop("_paths")]
+        block["artifacts"] = [str(p.relative_to(out.parent)) for p in block.pop("_paths")]  # <task>/<file>
         blocks.append(block)
         done += weight
     for kind, names in skipped.items():
@@ -419,6 +410,5 @@ def run(ctx: TaskContext) -> dict[str, Any]:
     summary = {
         "layers": blocks, "model": model, "options": opts.to_dict(), "conventions": CONVENTIONS, "units": UNITS, "notes": notes,
     }
-    (out / "tconv_stats.json").write_text(json.dumps(summary, allow_nan=False, separators=(",", ":")))
     ctx.progress("done", 1.0)
     return summary
