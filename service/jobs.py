@@ -32,7 +32,7 @@ from rq.job import Job as RQJob
 from rq.job import JobStatus
 from rq.serializers import JSONSerializer
 
-from service import datasets, errors, job_state, models, tasks
+from service import datasets, errors, job_state, models, scripts, tasks
 from service.reaper import HORSE_KILLS_META, NOTES_META, requeue_killed_horse
 from service.artifacts import ArtifactLog
 from service.blobstore import StagedBlob
@@ -61,14 +61,6 @@ _REQUEST_RACE_SECONDS = 5.0
 _ENDED_RQ_STATUSES = frozenset(s.value.encode() for s in (
     JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED,
 ))
-# Claim an in-flight slot: add job ARGV[1] (scored by the claim time ARGV[3]) to the sorted set KEYS[1]
-# unless it already holds ARGV[2] members. Returns -1 when claimed, else the count.
-_CLAIM_SLOT = """
-local n = redis.call('ZCARD', KEYS[1])
-if n >= tonumber(ARGV[2]) then return n end
-redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
-return -1
-"""
 # Seconds after its claim that a slot whose job has neither an RQ job nor a record counts as abandoned
 # (a creation that died half-way, or an internal job whose records expired); before, it is being created.
 _CLAIM_GRACE_SECONDS = 60.0
@@ -95,7 +87,7 @@ class JobManager:
         self.keys: Keys = registry.keys
         self.index = Index(conn, self.keys.index("job"))
         self.queue = Queue(config.queue_name, connection=conn, serializer=JSONSerializer)
-        self._claim_slot = conn.register_script(_CLAIM_SLOT)
+        self._claim_slot = conn.register_script(scripts.CLAIM_SLOT)
 
     # --- create -----------------------------------------------------------------------------
 

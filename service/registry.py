@@ -36,7 +36,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from kernelscope.v1 import datasets_pb2, models_pb2
 
-from service import defaults, errors
+from service import defaults, errors, scripts
 from service.blobstore import BlobStore, StagedBlob
 
 log = logging.getLogger(__name__)
@@ -197,49 +197,6 @@ class Quotas:
     store_bytes: int = 0
 
 
-# Take `referrer`'s use of blob ARGV[2] (ARGV[3] bytes) for the tenant, charging the tenant when none of
-# its records used the blob yet and the store when the blob is not counted yet, unless that goes over
-# a quota (ARGV[4] tenant, ARGV[5] store; 0: none). KEYS: refs, size, held, tenant usage, store usage.
-# Returns {0, 0} when taken (or already held), {1, tenant usage} or {2, store usage} when refused.
-_TAKE = """
-if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return {0, 0} end
-local size = tonumber(ARGV[3])
-local tenant_charge, store_charge = 0, 0
-if redis.call('HEXISTS', KEYS[3], ARGV[2]) == 0 then tenant_charge = size end
-if redis.call('EXISTS', KEYS[2]) == 0 then store_charge = size end
-local tenant_used = tonumber(redis.call('GET', KEYS[4]) or '0')
-local store_used = tonumber(redis.call('GET', KEYS[5]) or '0')
-local tenant_limit, store_limit = tonumber(ARGV[4]), tonumber(ARGV[5])
-if tenant_charge > 0 and tenant_limit > 0 and tenant_used + tenant_charge > tenant_limit then return {1, tenant_used} end
-if store_charge > 0 and store_limit > 0 and store_used + store_charge > store_limit then return {2, store_used} end
-redis.call('SADD', KEYS[1], ARGV[1])
-redis.call('HINCRBY', KEYS[3], ARGV[2], 1)
-if tenant_charge > 0 then redis.call('INCRBY', KEYS[4], tenant_charge) end
-if store_charge > 0 then
-  redis.call('SET', KEYS[2], size)
-  redis.call('INCRBY', KEYS[5], store_charge)
-end
-return {0, 0}
-"""
-# Drop `referrer`'s use of blob ARGV[2]: the tenant is credited when its last record using the blob goes,
-# the store when the last record of all does. Same KEYS as _TAKE. Returns 1 when no record uses the blob.
-# Blobs stored before quotas were counted have no size key and credit nothing.
-_DROP = """
-local size = tonumber(redis.call('GET', KEYS[2]) or '-1')
-if redis.call('SREM', KEYS[1], ARGV[1]) == 1 then
-  local left = redis.call('HINCRBY', KEYS[3], ARGV[2], -1)
-  if left <= 0 then
-    redis.call('HDEL', KEYS[3], ARGV[2])
-    if left == 0 and size >= 0 then redis.call('DECRBY', KEYS[4], size) end
-  end
-end
-if redis.call('SCARD', KEYS[1]) > 0 then return 0 end
-if size >= 0 then
-  redis.call('DECRBY', KEYS[5], size)
-  redis.call('DEL', KEYS[2])
-end
-return 1
-"""
 
 
 class BlobRefs:
@@ -257,8 +214,8 @@ class BlobRefs:
         self.store = store
         self.keys = keys or Keys()
         self.quotas = quotas
-        self._take = conn.register_script(_TAKE)
-        self._drop = conn.register_script(_DROP)
+        self._take = conn.register_script(scripts.TAKE_BLOB)
+        self._drop = conn.register_script(scripts.DROP_BLOB)
 
     def _lock(self, sha256: str) -> Any:
         return self.conn.lock(Keys.blob_lock(sha256), timeout=_BLOB_LOCK_SECONDS, blocking_timeout=_BLOB_LOCK_SECONDS)
