@@ -28,7 +28,8 @@ def set_error(detail: common_pb2.ErrorDetail, code: str, reason: str, message: s
 
 
 def error_from(detail: common_pb2.ErrorDetail, raw: common_pb2.ErrorDetail) -> None:
-    set_error(detail, raw.code or "UNKNOWN", raw.reason or "TASK_FAILED", raw.message)
+    read = contract.error(raw.code, raw.reason, raw.message)
+    set_error(detail, read.code, read.reason, read.message)
 
 
 def set_progress(progress: jobs_pb2.Progress, raw: dict[str, Any]) -> None:

@@ -57,3 +57,16 @@ def test_the_service_shows_a_broken_manifest_as_bad_manifest() -> None:
     job = jobs_pb2.Job(tasks=[tasks_pb2.Task(name="describe")])
     apply_manifest(job, {"results": [{"task": 7, "summary_json": {"not": "text"}}]})
     assert job.state == jobs_pb2.FAILED and (job.error.code, job.error.reason) == ("INTERNAL", "BAD_MANIFEST")
+
+
+def test_an_error_that_says_no_more_reads_the_same_in_the_worker_and_the_service() -> None:
+    from service.job_state import apply_manifest
+    from workers.job import task_result
+
+    reported = task_result({"task": "kernel_viz", "error": "it broke"}, [])
+    assert (reported.error.code, reported.error.reason, reported.error.message) == ("UNKNOWN", "TASK_FAILED", "it broke")
+    job = jobs_pb2.Job(tasks=[tasks_pb2.Task(name="kernel_viz")])
+    bare = worker_pb2.JobManifest(results=[jobs_pb2.TaskResult(task="kernel_viz", error=common_pb2.ErrorDetail(message="it broke"))])
+    apply_manifest(job, contract.to_json(bare))
+    assert job.state == jobs_pb2.FAILED
+    assert (job.error.code, job.error.reason, job.error.message) == (contract.UNKNOWN_CODE, contract.TASK_FAILED, "it broke")

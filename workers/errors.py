@@ -32,7 +32,7 @@ class TaskError(Exception):
     """An error a user can act on. `code` is a gRPC status code name, `reason` an UPPER_SNAKE id."""
 
     code: str = "INTERNAL"
-    default_reason: str = "TASK_FAILED"
+    default_reason: str = "TASK_FAILED"  # kernelscope.contract.TASK_FAILED: the model process imports no protobuf
 
     def __init__(self, message: str, reason: str | None = None) -> None:
         super().__init__(message)

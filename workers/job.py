@@ -283,7 +283,7 @@ def task_result(result: dict[str, Any], artifacts: list[dict[str, Any]]) -> jobs
     error = result.get("error")
     if error:
         raw = error if isinstance(error, dict) else {"message": str(error)}
-        out.error.CopyFrom(contract.error(str(raw.get("code") or "UNKNOWN"), str(raw.get("reason") or "TASK_FAILED"), str(raw.get("message") or "")))
+        out.error.CopyFrom(contract.error(str(raw.get("code") or ""), str(raw.get("reason") or ""), str(raw.get("message") or "")))
     return out
 
 

@@ -493,7 +493,7 @@ class ModelProcessCrash(Exception):
 
 
 def _task_error(raw: dict[str, Any]) -> TaskError:
-    error = TaskError(str(raw.get("message", "")), reason=str(raw.get("reason") or "TASK_FAILED"))
+    error = TaskError(str(raw.get("message", "")), reason=str(raw["reason"]) if raw.get("reason") else None)
     error.code = str(raw.get("code") or "INTERNAL")
     return error
 

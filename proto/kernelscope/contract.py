@@ -56,8 +56,14 @@ def input_spec_dict(spec: common_pb2.InputSpec) -> dict[str, Any]:
     }
 
 
+# What an error that says no more is read as, by the worker that reports it and the service that stores it.
+UNKNOWN_CODE = "UNKNOWN"
+TASK_FAILED = "TASK_FAILED"
+
+
 def error(code: str, reason: str, message: str) -> common_pb2.ErrorDetail:
-    return common_pb2.ErrorDetail(code=code, reason=reason, message=message)
+    """An ErrorDetail; an empty code or reason reads as UNKNOWN_CODE / TASK_FAILED (the one place they default)."""
+    return common_pb2.ErrorDetail(code=code or UNKNOWN_CODE, reason=reason or TASK_FAILED, message=message)
 
 
 def timed_out(exc: BaseException) -> worker_pb2.JobManifest:
