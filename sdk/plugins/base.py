@@ -1,8 +1,9 @@
 """The plugin base: everything the SDK knows about one task, as one object its module in sdk/plugins/ builds.
 
 Why: a task's option defaults, gate metrics, findings and report section used to be spread over five SDK
-modules; a new analysis now writes one plugin module and names it in sdk/plugins/__init__.py. The CLI, the
-gate (sdk.metrics), the findings (sdk.findings) and the report (sdk.report) read the registry.
+modules; a new analysis now writes one plugin module, which the registry (sdk/plugins/__init__.py) finds by
+the task's name. The CLI, the gate (sdk.metrics), the findings (sdk.findings) and the report (sdk.report) read
+the registry.
 """
 
 from __future__ import annotations
