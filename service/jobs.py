@@ -7,9 +7,8 @@ function is enqueued by dotted path (config.job_function): the service never imp
 The record is service/job_record.py; how RQ's state and the worker's manifest become a Job is
 service/job_state.py.
 
-Each tenant may have at most config.max_jobs_in_flight jobs queued or running: a set of its job ids
-is claimed atomically at creation and released when the service first sees the job ended (or, when
-the set is full, after asking RQ which of its members did end).
+Each tenant may have at most config.max_jobs_in_flight jobs queued or running (service/inflight.py): a slot
+is claimed at creation and released when the service first sees the job ended, or when it is deleted.
 """
 
 from __future__ import annotations
@@ -32,11 +31,12 @@ from rq.job import Job as RQJob
 from rq.job import JobStatus
 from rq.serializers import JSONSerializer
 
-from service import datasets, errors, job_state, models, scripts, tasks
+from service import datasets, errors, job_state, models, tasks
 from service.reaper import HORSE_KILLS_META, NOTES_META, requeue_killed_horse
 from service.artifacts import ArtifactLog
 from service.blobstore import StagedBlob
 from service.config import Config
+from service.inflight import InflightSlots
 from service.job_record import JobRecord
 from service.registry import Index, Keys, Registry, page_size
 
@@ -57,14 +57,6 @@ _PAGE_BYTES = 4 * 1024 * 1024
 _MAX_JOB_BYTES = 12 * 1024 * 1024
 # Seconds a repeated request_id waits for the first request to finish creating its job.
 _REQUEST_RACE_SECONDS = 5.0
-# RQ statuses after which a job holds no in-flight slot (a missing job counts as ended too).
-_ENDED_RQ_STATUSES = frozenset(s.value.encode() for s in (
-    JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED,
-))
-# Seconds after its claim that a slot whose job has neither an RQ job nor a record counts as abandoned
-# (a creation that died half-way, or an internal job whose records expired); before, it is being created.
-_CLAIM_GRACE_SECONDS = 60.0
-
 IsActive = Callable[[], bool]
 
 
@@ -87,7 +79,7 @@ class JobManager:
         self.keys: Keys = registry.keys
         self.index = Index(conn, self.keys.index("job"))
         self.queue = Queue(config.queue_name, connection=conn, serializer=JSONSerializer)
-        self._claim_slot = conn.register_script(scripts.CLAIM_SLOT)
+        self.slots = InflightSlots(conn, self.keys, config.max_jobs_in_flight)
 
     # --- create -----------------------------------------------------------------------------
 
@@ -172,11 +164,11 @@ class JobManager:
         names = ", ".join(t.name for t in job_tasks)
         # Public jobs live until DeleteJob; DescribeModel's internal ones expire (their result is cached).
         ttl = self.config.internal_job_ttl if internal else None
-        self._claim(job_id)
+        self.slots.claim(job_id)
         try:
             self._write(record, model, dataset, job_tasks, names, ttl)
         except BaseException:
-            self._release(job_id)
+            self.slots.release(job_id)
             raise
         return record
 
@@ -208,47 +200,6 @@ class JobManager:
                 if self.config.job_ttl > 0:  # service/retention.py looks at it then, and again once it ended
                     pipe.zadd(Keys.RETENTION, {job_id: time.time() + self.config.job_ttl})
             pipe.execute()
-
-    # --- the in-flight limit ----------------------------------------------------------------
-
-    def _claim(self, job_id: str) -> None:
-        """Take one of the tenant's in-flight slots for `job_id`, or RESOURCE_EXHAUSTED naming the limit."""
-        limit = self.config.max_jobs_in_flight
-        key = self.keys.inflight()
-        for attempt in range(2):
-            count = int(self._claim_slot(keys=[key], args=[job_id, limit, time.time()]))
-            if count < 0:
-                return
-            if attempt == 0:
-                self._release_ended()
-        raise errors.resource_exhausted(
-            "TOO_MANY_JOBS",
-            f"tenant {self.keys.tenant!r} has {count} jobs queued or running, the limit is {limit} "
-            "(KERNELSCOPE_MAX_JOBS_IN_FLIGHT); wait for some to finish",
-        )
-
-    def _release(self, job_id: str) -> bool:
-        """Give the job's slot back; True only for the call that actually released it."""
-        return bool(self.conn.zrem(self.keys.inflight(), job_id))
-
-    def _release_ended(self) -> None:
-        """Free the slots of jobs RQ says have ended (or no longer holds) though nobody looked at them since."""
-        claims = [(m.decode(), score) for m, score in self.conn.zrange(self.keys.inflight(), 0, -1, withscores=True)]
-        if not claims:
-            return
-        with self.conn.pipeline(transaction=False) as pipe:
-            for job_id, _ in claims:
-                pipe.hget(RQJob.key_for(job_id), "status")
-                pipe.exists(self.keys.record("job", job_id))
-            replies = pipe.execute()
-        settled = time.time() - _CLAIM_GRACE_SECONDS
-        ended = [
-            job_id
-            for (job_id, claimed), status, has_record in zip(claims, replies[0::2], replies[1::2])
-            if status in _ENDED_RQ_STATUSES or (status is None and (has_record or claimed < settled))
-        ]
-        if ended:
-            self.conn.zrem(self.keys.inflight(), *ended)
 
     def _await_record(self, job_id: str) -> JobRecord:
         """The record a concurrent first request with the same request_id is writing."""
@@ -332,7 +283,7 @@ class JobManager:
                 if not record.internal and self.config.job_ttl > 0:
                     expires = job.end_time.ToNanoseconds() / 1e9 + self.config.job_ttl
                     self.conn.zadd(Keys.RETENTION, {record.id: expires})
-                if self._release(record.id):
+                if self.slots.release(record.id):
                     self._report_end(job)
         self._attach_artifacts(job)
         return job
@@ -543,7 +494,7 @@ class JobManager:
         members = [record.index_member] if record is not None else self.index.members_of(job_id)
         with self.conn.pipeline() as pipe:
             pipe.delete(self.keys.record("job", job_id), Keys.job_owner(job_id))
-            pipe.zrem(self.keys.inflight(), job_id)
+            self.slots.release(job_id, pipe)
             pipe.zrem(Keys.RETENTION, job_id)
             for member in members:
                 self.index.remove(member, pipe)
