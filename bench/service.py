@@ -47,7 +47,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kernelscope.chunks import varint  # noqa: E402 - after the path is set
+from kernelscope.varint import encode as varint  # noqa: E402 - after the path is set
 
 MiB = 1 << 20
 # The stack's server: enough RPC threads for 50 watching clients plus the workers' calls, room for 1000

@@ -20,6 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message_factory
+from kernelscope.chunks import CHUNK_TAG
 from kernelscope.v1 import kernelscope_pb2, kernelscope_pb2_grpc, worker_pb2, worker_pb2_grpc
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -32,7 +33,7 @@ from service.config import Config
 from service.errors import UndecodableRequests
 from service.reaper import Reaper
 from service.tenants import Tenants
-from service.uploads import CHUNK_TAG, ChunkViews, IdleStreams
+from service.uploads import ChunkViews, IdleStreams
 from service.worker_api import WorkerServicer
 
 log = logging.getLogger(__name__)

@@ -22,14 +22,14 @@ from typing import Any, Callable, Collection, Iterable, Iterator, Mapping
 import grpc
 from grpc._cython import cygrpc
 
+from kernelscope import varint
+from kernelscope.chunks import CHUNK_TAG
 from service import errors
 from service.interceptor import Behaviour, MethodInterceptor
 
 log = logging.getLogger(__name__)
 
 # Field 2, wire type 2 (length-delimited): `bytes chunk = 2` in every upload request message.
-CHUNK_TAG = (2 << 3) | 2
-_MAX_VARINT_BYTES = 10
 
 
 def split(requests: Iterable[Any], header_type: str) -> tuple[Any, Iterator[bytes | memoryview]]:
@@ -68,18 +68,8 @@ def chunk_view(data: bytes) -> memoryview | None:
     """The payload of a message that is exactly one `chunk` field, as a view into `data`; None for any other."""
     if len(data) < 2 or data[0] != CHUNK_TAG:
         return None
-    length = shift = 0
-    pos = 1
-    while True:
-        if pos >= len(data) or pos > _MAX_VARINT_BYTES:
-            return None
-        byte = data[pos]
-        pos += 1
-        length |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            break
-    if pos + length != len(data):
+    length, pos = varint.decode(data, 1)
+    if length is None or pos + length != len(data):
         return None
     return memoryview(data)[pos:]
 

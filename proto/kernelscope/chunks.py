@@ -13,24 +13,17 @@ from typing import Any, Iterable, Iterator
 
 from google.protobuf.message import Message
 
+from kernelscope import varint
+
 CHUNK_BYTES = 1 << 20  # 1 MiB per upload message
 CHUNK_FIELD = 2
-_TAG = bytes([(CHUNK_FIELD << 3) | 2])
-
-
-def varint(value: int) -> bytes:
-    """A non-negative int in protobuf's base-128 varint encoding (lengths, field tags)."""
-    out = bytearray()
-    while True:
-        out.append((value & 0x7F) | (0x80 if value >> 7 else 0))
-        value >>= 7
-        if not value:
-            return bytes(out)
+CHUNK_TAG = (CHUNK_FIELD << 3) | 2  # field 2, length-delimited: the first byte of every chunk request
+_TAG = bytes([CHUNK_TAG])
 
 
 def encode(piece: bytes | memoryview) -> bytes:
     """The serialized request message whose only field is `chunk = piece` (one copy of `piece`)."""
-    return b"".join((_TAG, varint(len(piece)), piece))
+    return b"".join((_TAG, varint.encode(len(piece)), piece))
 
 
 def serialize(request: Message | bytes) -> bytes:

@@ -30,6 +30,8 @@ import zipfile
 from pathlib import Path
 from typing import BinaryIO, Iterable, Mapping, Sequence
 
+from kernelscope import varint
+
 HEAD_BYTES = 4096
 
 ZIP_KINDS = ("TORCH_EXPORT", "TORCH_EXPORT_LEGACY", "TORCHSCRIPT", "TORCH_SAVE", "ONNX_BUNDLE", "UNKNOWN_ZIP")
@@ -104,7 +106,7 @@ def _onnx_kind(head: bytes, total_size: int) -> str:
     pos, seen = 0, set()
     cut = False  # a field runs past the end of the file
     while pos < len(head):
-        tag, pos = _varint(head, pos)
+        tag, pos = varint.decode(head, pos)
         if tag is None:
             cut = len(head) >= total_size
             break
@@ -112,7 +114,7 @@ def _onnx_kind(head: bytes, total_size: int) -> str:
         if _ONNX_MODEL_FIELDS.get(number) != wire:
             return "UNKNOWN"
         seen.add(number)
-        value, pos = _varint(head, pos)
+        value, pos = varint.decode(head, pos)
         if value is None or (wire == 2 and pos + value > total_size):
             cut = value is not None or len(head) >= total_size
             break
@@ -261,17 +263,17 @@ def _fields(data: memoryview) -> Iterable[tuple[int, int, int | memoryview]]:
     """(field number, wire type, value) of every field: ints for varints and fixed, views for length-delimited."""
     pos, end = 0, len(data)
     while pos < end:
-        tag, pos = _varint(data, pos)
+        tag, pos = varint.decode(data, pos)
         if tag is None:
             raise ValueError("protobuf ends inside a field tag")
         number, wire = tag >> 3, tag & 7
         if wire == 0:
-            value, pos = _varint(data, pos)
+            value, pos = varint.decode(data, pos)
             if value is None:
                 raise ValueError("protobuf ends inside a varint")
             yield number, wire, value
         elif wire == 2:
-            length, pos = _varint(data, pos)
+            length, pos = varint.decode(data, pos)
             if length is None or pos + length > end:
                 raise ValueError("a length-delimited protobuf field runs past the end")
             yield number, wire, data[pos:pos + length]
@@ -286,16 +288,6 @@ def _fields(data: memoryview) -> Iterable[tuple[int, int, int | memoryview]]:
             raise ValueError(f"protobuf wire type {wire} does not occur in ONNX")
 
 
-def _varint(data: bytes | memoryview, pos: int) -> tuple[int | None, int]:
-    """Decode a protobuf varint at `pos`; (None, pos) when `data` ends first or it runs past 10 bytes."""
-    value, shift = 0, 0
-    for i in range(pos, min(pos + 10, len(data))):
-        byte = data[i]
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, i + 1
-        shift += 7
-    return None, pos
 
 
 def is_plain_relative(location: str) -> bool:

@@ -13,7 +13,7 @@ import grpc
 import numpy as np
 from kernelscope.v1 import datasets_pb2, models_pb2
 
-from kernelscope.chunks import varint
+from kernelscope.varint import encode as varint
 from service.errors import REASON_METADATA_KEY
 
 CHUNK = 64 * 1024
