@@ -86,6 +86,21 @@ def test_the_sdk_has_a_schema_and_options_for_every_task(name: str) -> None:
         assert set(tasks.OPTION_DEFAULTS[name]) <= {f.name for f in entry.options.DESCRIPTOR.fields}
 
 
+@pytest.mark.parametrize("name", catalogue.NAMES)
+def test_what_help_shows_for_an_unset_option_is_what_the_worker_uses(name: str) -> None:
+    # The defaults stand in the worker's TaskOptions (what runs) and in the SDK plugin (what --help shows; the SDK
+    # cannot import the worker): every value the help names must be the worker's.
+    from sdk import plugins
+    from workers import tasks
+
+    shown = plugins.get(name).option_defaults
+    for field in dataclasses.fields(tasks.get(name).options):
+        if field.default in ((), ""):  # "every convolution layer" and the like: no value to compare
+            continue
+        expected = str(field.default).lower() if isinstance(field.default, bool) else str(field.default)
+        assert shown[field.name].split()[0] == expected, (name, field.name)
+
+
 @pytest.mark.parametrize("name", catalogue.ANALYSES)
 def test_every_analysis_has_its_report_section_findings_and_gate_metrics(name: str) -> None:
     from sdk import metrics, plugins, report
