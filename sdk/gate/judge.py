@@ -14,6 +14,7 @@ from sdk.gate.numbers import fmt, fmt_apart, pct_apart
 from sdk.gate.policy import _RELATIVE_BOUNDS, Check, Policy
 from sdk.gate.status import ERROR, FAIL, PASS, SKIP, WARN
 from sdk.gate.verdict import CheckResult, GateReport
+from sdk.plugins.summaries import exact
 
 if TYPE_CHECKING:
     from sdk.result import Result
@@ -91,10 +92,10 @@ def _judge(
                 return CheckResult(check, ERROR, value, None, why)
             regression = _exact_regression(metric.better, value, base_value)
             shown = float(regression)
-            if check.max_regression is not None and regression > _exact(check.max_regression):
+            if check.max_regression is not None and regression > exact(check.max_regression):
                 status = FAIL
                 reasons.append(f"{pct_apart(shown, check.max_regression)} worse than baseline {fmt(base_value)} (allowed {pct_apart(check.max_regression, shown)})")
-            elif check.warn_regression is not None and regression > _exact(check.warn_regression):
+            elif check.warn_regression is not None and regression > exact(check.warn_regression):
                 status = WARN if status == PASS else status
                 reasons.append(f"{pct_apart(shown, check.warn_regression)} worse than baseline {fmt(base_value)} (warn above {pct_apart(check.warn_regression, shown)})")
             elif status == PASS:
@@ -110,19 +111,10 @@ def _judge(
     return CheckResult(check, status, value, base_value, "; ".join(reasons))
 
 
-def _exact(value: float) -> Decimal:
-    """The number as written (the shortest decimal that reads back as this float): 0.9 is 0.9, not 0.90000000000000002220.
-
-    Policies and summaries are decimal text; comparing their binary approximations turns an exact 5 % into
-    5.000000000000002 % and fails it.
-    """
-    return Decimal(repr(float(value)))
-
-
 def _exact_regression(better: str | None, value: float, base: float) -> Decimal:
     """Relative worsening of `value` against `base`, in exact decimal arithmetic (0 when not worse; Infinity
     when the baseline is 0 and it got worse)."""
-    v, b = _exact(value), _exact(base)
+    v, b = exact(value), exact(base)
     delta = v - b if better == "lower" else b - v
     if delta <= 0:
         return Decimal(0)

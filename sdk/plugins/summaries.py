@@ -34,18 +34,21 @@ def arrow(degrees: float) -> str:
     return ARROWS[sector(degrees)]
 
 
-def _decimal(value: float) -> Decimal:
+def exact(value: float) -> Decimal:
+    """The number as written (the shortest decimal that reads back as this float): 0.9 is 0.9, not
+    0.90000000000000002220. Policies and summaries are decimal text; comparing or subtracting their binary
+    approximations turns an exact 5 % into 5.000000000000002 % (the gate's judge and these helpers use it)."""
     return Decimal(repr(float(value)))
 
 
 def ratio(a: float, b: float) -> float:
     """a / b on the numbers as written: 0.72 / 0.9 is 0.8, not binary's 0.7999999999999999 (which fails min = 0.8)."""
-    return float(_decimal(a) / _decimal(b))
+    return float(exact(a) / exact(b))
 
 
 def difference(a: float, b: float) -> float:
     """a − b on the numbers as written: 0.9 − 0.85 is 0.05, not 0.050000000000000044."""
-    return float(_decimal(a) - _decimal(b))
+    return float(exact(a) - exact(b))
 
 
 def mean(values: Iterable[float | None]) -> float | None:
