@@ -79,8 +79,17 @@ def _converter(hint: Any) -> Callable[[Any], Any]:
 
         return items
     if hint is bool:
-        return bool
+        return _boolean
     return hint
+
+
+def _boolean(value: Any) -> bool:
+    """A JSON boolean (or its text): bool("false") would be True."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise TypeError(f"expected true or false, got {value!r}")
 
 
 def _plain(value: Any) -> Any:

@@ -146,6 +146,8 @@ def test_conv3d_fit_explains_planted_filters(tmp_path: Path) -> None:
         ({"restarts": -2}, BadOptions, "BAD_RESTARTS"),
         ({"fit_steps": 0}, BadOptions, "BAD_FIT_STEPS"),
         ({"fit_conv3d": False}, ModelUnusable, "NO_TEMPORAL_LAYERS"),
+        ({"fit_conv3d": "false"}, ModelUnusable, "NO_TEMPORAL_LAYERS"),  # the text "false" is false, not a true string
+        ({"fit_conv3d": "no"}, BadOptions, "BAD_TASK_OPTIONS"),
     ],
 )
 def test_user_errors(tmp_path: Path, options: dict[str, Any], error: type[Exception], reason: str) -> None:
