@@ -389,11 +389,9 @@ def _levenberg_marquardt(
         if idx.numel() >= _TWO_PASS_ROWS:  # many rows: the work is in the Jacobians, build them where accepted only
             ev = _project(trial, a_target, k_t, k_h, k_w, gain, slopes=True)
             better = (ev.cost < cost) & torch.isfinite(ev.cost)
-            needed = better
-            if not final_jacobians:  # a row that stops here never uses the Jacobian at its end point
-                ending = _converged(it, steps, lam, better, cost, ev.cost, a_norm, ring)
-                needed = better & ~ending
-            moved = torch.nonzero(needed).flatten()
+            stopping = _converged(it, steps, lam, better, cost, ev.cost, a_norm, ring)
+            # A row that stops here never uses the Jacobian at its end point, unless the caller goes on from it.
+            moved = torch.nonzero(better if final_jacobians else better & ~stopping).flatten()
             jtj, jtr = jtj.clone(), jtr.clone()
             if moved.numel():
                 at = _jacobian(ev.pick(moved), n, k_t)
@@ -403,6 +401,7 @@ def _levenberg_marquardt(
             ev = _evaluate(trial, a_target, k_t, k_h, k_w, gain, jacobian=True)
             assert ev.jtj is not None and ev.jtr is not None
             better = (ev.cost < cost) & torch.isfinite(ev.cost)
+            stopping = _converged(it, steps, lam, better, cost, ev.cost, a_norm, ring)
             jtj = torch.where(better[:, None, None], ev.jtj, jtj)
             jtr = torch.where(better[:, None], ev.jtr, jtr)
         live = _Rows(
@@ -412,8 +411,7 @@ def _levenberg_marquardt(
             jtj,
             jtr,
         )
-        done = _converged(it, steps, lam, better, cost, ev.cost, a_norm, ring)
-        done |= live.jtr.abs().amax(1) <= _FLAT * a_norm  # a stationary point, e.g. content moved out of the window
+        done = stopping | (live.jtr.abs().amax(1) <= _FLAT * a_norm)  # a stationary point, e.g. content moved out of the window
         cost = live.cost
         ring = torch.cat([ring[-_WINDOW:], cost[None]])
         if progress is not None:
