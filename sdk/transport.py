@@ -13,11 +13,11 @@ import grpc
 from google.protobuf.message import Message
 
 from kernelscope import chunks
+from kernelscope.contract import REASON_METADATA_KEY
 from kernelscope.v1 import datasets_pb2, kernelscope_pb2_grpc, models_pb2
 from sdk.errors import BY_CODE, ApiError
 
 MAX_MESSAGE_BYTES = 16 << 20
-REASON_METADATA_KEY = "kernelscope-reason"  # the trailing metadata that carries the service's reason
 
 Pieces = Iterable[bytes | memoryview]
 

@@ -23,12 +23,12 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import grpc
 import redis.exceptions
+from kernelscope.contract import REASON_METADATA_KEY
 
 from service.interceptor import Behaviour, MethodInterceptor
 
 log = logging.getLogger(__name__)
 
-REASON_METADATA_KEY = "kernelscope-reason"
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -41,10 +41,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Status codes (by name) of an artifact upload the service refused for the job's own doing, and the
-# trailing metadata key of the service's reason (service/errors.py REASON_METADATA_KEY).
+# Status codes (by name) of an artifact upload the service refused for the job's own doing.
 _REFUSALS = ("RESOURCE_EXHAUSTED", "INVALID_ARGUMENT", "FAILED_PRECONDITION")
-_REASON_KEY = "kernelscope-reason"
 
 MEDIA_TYPES = {
     ".png": "image/png",
@@ -264,7 +262,7 @@ def upload_results(
             code = getattr(exc.code(), "name", "")
             if code not in _REFUSALS:
                 raise
-            reason = dict(exc.trailing_metadata() or ()).get(_REASON_KEY) or "ARTIFACT_REFUSED"
+            reason = dict(exc.trailing_metadata() or ()).get(contract.REASON_METADATA_KEY) or "ARTIFACT_REFUSED"
             artifacts = []
             result["error"] = result.get("error") or {
                 "code": code, "reason": reason, "message": f"the service refused an artifact: {exc.details()}"

@@ -1,4 +1,5 @@
-"""The service-worker contract: a job's JobSpec and JobManifest (worker.proto), to and from the JSON RQ keeps.
+"""The service-worker contract: a job's JobSpec and JobManifest (worker.proto), to and from the JSON RQ keeps, and how an
+error travels (its ErrorDetail defaults, the trailing metadata key of its reason).
 
 Why one module: the service writes the spec and reads the manifest, the worker's job function reads the spec and
 writes the manifest, and the tests' fake worker does what the worker does; each goes through these functions, so
@@ -55,6 +56,10 @@ def input_spec_dict(spec: common_pb2.InputSpec) -> dict[str, Any]:
         "std": [float(v) for v in spec.std],
     }
 
+
+# The trailing metadata key that carries a refusal's reason (UPPER_SNAKE) on every RPC: the service sets it, the SDK
+# and the workers read it.
+REASON_METADATA_KEY = "kernelscope-reason"
 
 # What an error that says no more is read as, by the worker that reports it and the service that stores it.
 UNKNOWN_CODE = "UNKNOWN"
