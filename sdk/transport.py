@@ -17,8 +17,6 @@ from kernelscope.contract import REASON_METADATA_KEY
 from kernelscope.v1 import datasets_pb2, kernelscope_pb2_grpc, models_pb2
 from sdk.errors import BY_CODE, ApiError
 
-MAX_MESSAGE_BYTES = 16 << 20
-
 Pieces = Iterable[bytes | memoryview]
 
 
@@ -75,8 +73,8 @@ class GrpcTransport:
 
     def __init__(self, target: str, token: str | None = None, root_certificates: bytes | None = None) -> None:
         options = [
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", chunks.MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", chunks.MAX_MESSAGE_BYTES),
         ]
         if root_certificates is not None:
             creds = grpc.ssl_channel_credentials(root_certificates=root_certificates)

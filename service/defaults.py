@@ -18,7 +18,7 @@ PORT = 50051
 # Threads serving RPCs; every open WatchJob/WaitJob/upload holds one for its duration.
 MAX_WORKERS = 32
 # Largest single gRPC message either way, bytes; chunks are CHUNK_BYTES, so this only needs headroom.
-MAX_MESSAGE_BYTES = 16 * MiB
+MAX_MESSAGE_BYTES = chunks.MAX_MESSAGE_BYTES  # 16 MiB, what the SDK and the workers allow
 # HTTP/2 window of each stream toward the server, bytes: what gRPC may buffer per upload while the
 # disk catches up (fixed: BDP probing would grow it with the link's speed). 4 MiB fills loopback and LAN
 # links; a long fat link wants window >= bandwidth x round-trip time.

@@ -59,7 +59,8 @@ class ServiceConnection:
 
         from kernelscope.v1 import worker_pb2_grpc
 
-        options = [("grpc.max_receive_message_length", 16 << 20), ("grpc.max_send_message_length", 16 << 20)]
+        size = chunks.MAX_MESSAGE_BYTES
+        options = [("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)]
         ca = os.environ.get("KERNELSCOPE_TLS_CA", "")
         if ca:
             credentials = grpc.ssl_channel_credentials(root_certificates=Path(ca).read_bytes())

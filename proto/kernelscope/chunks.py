@@ -16,6 +16,9 @@ from google.protobuf.message import Message
 from kernelscope import varint
 
 CHUNK_BYTES = 1 << 20  # 1 MiB per upload message
+# Largest single gRPC message either way that the SDK and the workers send or accept (the service's own limit
+# defaults to it, service/defaults.py): chunks are CHUNK_BYTES, so this only needs headroom.
+MAX_MESSAGE_BYTES = 16 << 20
 CHUNK_FIELD = 2
 CHUNK_TAG = (CHUNK_FIELD << 3) | 2  # field 2, length-delimited: the first byte of every chunk request
 _TAG = bytes([CHUNK_TAG])
